@@ -1,0 +1,35 @@
+"""Entry point of the ``lmul-onnx`` command."""
+
+from __future__ import annotations
+
+import click
+import onnxruntime
+
+import lmul_onnx
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(lmul_onnx.__version__, prog_name="lmul-onnx")
+def main() -> None:
+    """Rewrite ONNX models to L-Mul, run them in onnxruntime, measure the drift.
+
+    \b
+    Typical use:
+      lmul-onnx convert model.onnx            # writes model.lmul.onnx
+      lmul-onnx validate model.onnx model.lmul.onnx
+    """
+
+
+@main.command()
+def info() -> None:
+    """Print the versions and the path of the native custom-op library."""
+    click.echo(f"lmul-onnx     {lmul_onnx.__version__}")
+    click.echo(f"onnxruntime   {onnxruntime.__version__}")
+    try:
+        click.echo(f"library       {lmul_onnx.get_library_path()}")
+    except lmul_onnx.LibraryNotFoundError as error:
+        raise click.ClickException(str(error)) from error
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+// Bulk L-Mul kernels over whole buffers, without onnxruntime types.
+//
+// The binding (ort_ops.cc) validates shapes and splits the work into independent pieces;
+// each function here computes one piece and never allocates, so pieces can run on any
+// thread without sharing state.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "lmul_arith.h"
+
+namespace lmul {
+
+// Storage traits: how an element type is kept in memory and widened/narrowed.
+struct Float32Storage {
+  using type = float;
+  static constexpr ElementType kind = ElementType::kFloat32;
+  static float load(float x) { return x; }
+  static float store(float x) { return x; }
+};
+struct Float16Storage {
+  using type = uint16_t;
+  static constexpr ElementType kind = ElementType::kFloat16;
+  static float load(uint16_t x) { return float16_to_float(x); }
+  static uint16_t store(float x) { return float_to_float16(x); }
+};
+struct BFloat16Storage {
+  using type = uint16_t;
+  static constexpr ElementType kind = ElementType::kBFloat16;
+  static float load(uint16_t x) { return bfloat16_to_float(x); }
+  static uint16_t store(float x) { return float_to_bfloat16(x); }
+};
+
+// out[i] = LMul(a[i * a_step], b[i * b_step]) for i < length (steps are 0 or 1).
+template <class S>
+void lmul_run(const typename S::type* a, size_t a_step, const typename S::type* b, size_t b_step,
+              typename S::type* out, size_t length, int mantissa_bits) {
+  for (size_t i = 0; i < length; ++i) {
+    out[i] = S::store(lmul_float(S::load(a[i * a_step]), S::load(b[i * b_step]), mantissa_bits));
+  }
+}
+
+// Packs a rows x cols matrix (element (r, c) at src[r * row_stride + c * col_stride]) into
+// dense row-major float32 bit patterns, each rounded to `mantissa_bits` (SPEC 1, step 1).
+template <class S>
+void pack_rounded(const typename S::type* src, size_t rows, size_t cols, size_t row_stride,
+                  size_t col_stride, int mantissa_bits, uint32_t* dst) {
+  for (size_t r = 0; r < rows; ++r) {
+    for (size_t c = 0; c < cols; ++c) {
+      const float value = S::load(src[r * row_stride + c * col_stride]);
+      dst[r * cols + c] = round_mantissa_bits(float_bits(value), mantissa_bits);
+    }
+  }
+}
+
+// Rows [row_begin, row_end) of S = A (*) B, where A (M x K) and B (K x N) are packed
+// rounded operands and every product is an L-Mul; sums in float32. Row r of the result
+// goes to acc + (r - row_begin) * n.
+void lmul_matmul_rows(const uint32_t* a, const uint32_t* b, size_t k, size_t n, size_t row_begin,
+                      size_t row_end, uint32_t bias, float* acc);
+
+}  // namespace lmul

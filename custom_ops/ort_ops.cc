@@ -1,0 +1,345 @@
+// The onnxruntime binding of the `lmul` op domain (shared/SPEC.md section 3).
+//
+// This file knows onnxruntime and nothing about the arithmetic: it reads attributes,
+// validates shapes, allocates outputs, splits the work over onnxruntime's intra-op
+// thread pool and calls the kernels in kernels/. Every failure becomes an OrtStatus that
+// names the node; no exception crosses the C boundary.
+#define ORT_API_MANUAL_INIT
+#include <onnxruntime_cxx_api.h>
+#undef ORT_API_MANUAL_INIT
+
+#include <algorithm>
+#include <cstring>
+#include <exception>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "kernels/lmul_kernels.h"
+#include "kernels/shapes.h"
+
+namespace {
+
+using lmul::BFloat16Storage;
+using lmul::Float16Storage;
+using lmul::Float32Storage;
+
+constexpr const char* kDomain = "lmul";
+constexpr const char* kMantissaBitsAttribute = "mantissa_bits";
+// Work below this many scalar operations is not worth handing to another thread.
+constexpr size_t kMinOpsPerTask = size_t{1} << 16;
+
+enum class OpKind { kMul, kMatMul, kGemm };
+
+constexpr const char* op_name(OpKind kind) {
+  return kind == OpKind::kMul ? "LMul" : kind == OpKind::kMatMul ? "LMulMatMul" : "LMulGemm";
+}
+
+template <class S>
+constexpr ONNXTensorElementDataType onnx_type() {
+  return S::kind == lmul::ElementType::kFloat32   ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT
+         : S::kind == lmul::ElementType::kFloat16 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16
+                                                  : ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16;
+}
+
+template <class S>
+constexpr const char* type_name() {
+  return S::kind == lmul::ElementType::kFloat32   ? "float32"
+         : S::kind == lmul::ElementType::kFloat16 ? "float16"
+                                                  : "bfloat16";
+}
+
+// An error in a node's inputs or attributes, reported as ORT_INVALID_ARGUMENT.
+struct NodeError : std::exception {
+  explicit NodeError(std::string message) : text(std::move(message)) {}
+  const char* what() const noexcept override { return text.c_str(); }
+  std::string text;
+};
+
+// Attribute readers that tell "absent" from "present with the wrong type".
+enum class AttributeState { kAbsent, kPresent };
+
+void release(OrtStatus* status) {
+  if (status) Ort::GetApi().ReleaseStatus(status);
+}
+
+AttributeState read_int(const OrtKernelInfo* info, const char* name, int64_t& value) {
+  const OrtApi& api = Ort::GetApi();
+  OrtStatus* status = api.KernelInfoGetAttribute_int64(info, name, &value);
+  if (!status) return AttributeState::kPresent;
+  release(status);
+  float as_float = 0.0f;
+  status = api.KernelInfoGetAttribute_float(info, name, &as_float);
+  if (!status) throw NodeError(std::string("attribute '") + name + "' must be an int, got a float");
+  release(status);
+  size_t length = 0;
+  status = api.KernelInfoGetAttribute_string(info, name, nullptr, &length);
+  if (!status) throw NodeError(std::string("attribute '") + name + "' must be an int, got a string");
+  release(status);
+  return AttributeState::kAbsent;
+}
+
+AttributeState read_float(const OrtKernelInfo* info, const char* name, float& value) {
+  const OrtApi& api = Ort::GetApi();
+  OrtStatus* status = api.KernelInfoGetAttribute_float(info, name, &value);
+  if (!status) return AttributeState::kPresent;
+  release(status);
+  int64_t as_int = 0;
+  status = api.KernelInfoGetAttribute_int64(info, name, &as_int);
+  if (!status) throw NodeError(std::string("attribute '") + name + "' must be a float, got an int");
+  release(status);
+  return AttributeState::kAbsent;
+}
+
+bool read_flag(const OrtKernelInfo* info, const char* name) {
+  int64_t value = 0;
+  if (read_int(info, name, value) == AttributeState::kAbsent) return false;
+  if (value != 0 && value != 1) {
+    throw NodeError(std::string("attribute '") + name + "' must be 0 or 1, got " + std::to_string(value));
+  }
+  return value == 1;
+}
+
+// Hands `tasks` independent calls task(i) to onnxruntime's intra-op thread pool.
+template <class Task>
+void parallel_for(const Ort::KernelContext& context, size_t tasks, Task& task) {
+  if (tasks == 0) return;
+  if (tasks == 1) {
+    task(size_t{0});
+    return;
+  }
+  context.ParallelFor([](void* data, size_t i) { (*static_cast<Task*>(data))(i); }, tasks, 0, &task);
+}
+
+size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
+
+lmul::Shape shape_of(const Ort::ConstValue& value) {
+  return value.GetTensorTypeAndShapeInfo().GetShape();
+}
+
+template <OpKind Kind, class S>
+struct LMulKernel {
+  using T = typename S::type;
+
+  std::string node_name;
+  int mantissa_bits = lmul::type_mantissa_bits(S::kind);
+  bool trans_a = false, trans_b = false;
+  float alpha = 1.0f, beta = 1.0f;
+
+  LMulKernel(const OrtKernelInfo* info) {
+    node_name = Ort::ConstKernelInfo(info).GetNodeName();
+    int64_t bits = 0;
+    if (read_int(info, kMantissaBitsAttribute, bits) == AttributeState::kPresent) {
+      const int limit = lmul::type_mantissa_bits(S::kind);
+      if (bits < 1 || bits > limit) {
+        throw NodeError("attribute 'mantissa_bits' must be in 1.." + std::to_string(limit) + " for " +
+                        type_name<S>() + " inputs, got " + std::to_string(bits));
+      }
+      mantissa_bits = static_cast<int>(bits);
+    }
+    if (Kind == OpKind::kGemm) {
+      trans_a = read_flag(info, "transA");
+      trans_b = read_flag(info, "transB");
+      read_float(info, "alpha", alpha);
+      read_float(info, "beta", beta);
+    }
+  }
+
+  OrtStatusPtr ComputeV2(OrtKernelContext* raw_context) noexcept { return guarded(node_name, [&] { Compute(raw_context); }); }
+
+  // Runs body(), turning any exception into a status that names the op and the node.
+  template <class Body>
+  static OrtStatusPtr guarded(const std::string& node, Body&& body) noexcept {
+    auto fail = [&node](OrtErrorCode code, const char* what) {
+      const std::string message = std::string(kDomain) + "." + op_name(Kind) + " node '" + node + "': " + what;
+      return Ort::GetApi().CreateStatus(code, message.c_str());
+    };
+    try {
+      body();
+      return nullptr;
+    } catch (const NodeError& e) {
+      return fail(ORT_INVALID_ARGUMENT, e.what());
+    } catch (const std::bad_alloc&) {
+      return fail(ORT_FAIL, "out of memory");
+    } catch (const std::exception& e) {
+      return fail(ORT_FAIL, e.what());
+    } catch (...) {
+      return fail(ORT_FAIL, "unknown error");
+    }
+  }
+
+  void Compute(OrtKernelContext* raw_context) const {
+    Ort::KernelContext context(raw_context);
+    if (Kind == OpKind::kMul) {
+      ComputeMul(context);
+    } else {
+      ComputeMatrixProduct(context);
+    }
+  }
+
+  void ComputeMul(Ort::KernelContext& context) const {
+    const Ort::ConstValue a = context.GetInput(0), b = context.GetInput(1);
+    lmul::BroadcastPlan plan;
+    std::string error;
+    if (!lmul::make_broadcast_plan(shape_of(a), shape_of(b), plan, error)) throw NodeError(error);
+    Ort::UnownedValue y = context.GetOutput(0, plan.out_shape);
+    if (plan.total == 0) return;
+    const T* pa = static_cast<const T*>(a.GetTensorRawData());
+    const T* pb = static_cast<const T*>(b.GetTensorRawData());
+    T* py = static_cast<T*>(y.GetTensorMutableRawData());
+    const size_t chunk = kMinOpsPerTask;
+    const int m = mantissa_bits;
+    auto task = [&](size_t t) {
+      const size_t begin = t * chunk, end = std::min(plan.total, begin + chunk);
+      lmul::for_each_run(plan, begin, end,
+                         [&](size_t ao, size_t bo, size_t yo, size_t length, size_t as, size_t bs) {
+                           lmul::lmul_run<S>(pa + ao, as, pb + bo, bs, py + yo, length, m);
+                         });
+    };
+    parallel_for(context, ceil_div(plan.total, chunk), task);
+  }
+
+  // LMulMatMul and LMulGemm: pack rounded operands once, then independent row blocks.
+  void ComputeMatrixProduct(Ort::KernelContext& context) const {
+    const Ort::ConstValue a = context.GetInput(0), b = context.GetInput(1);
+    const lmul::Shape a_shape = shape_of(a), b_shape = shape_of(b);
+    std::string error;
+    lmul::MatMulPlan mm;
+    lmul::GemmPlan gemm;
+    Ort::ConstValue c{nullptr};
+    lmul::Shape c_shape;
+    if (Kind == OpKind::kMatMul) {
+      if (!lmul::make_matmul_plan(a_shape, b_shape, mm, error)) throw NodeError(error);
+    } else {
+      if (context.GetInputCount() > 2) c = context.GetInput(2);
+      if (c) c_shape = shape_of(c);
+      if (!lmul::make_gemm_plan(a_shape, b_shape, c ? &c_shape : nullptr, trans_a, trans_b, gemm, error)) {
+        throw NodeError(error);
+      }
+      mm.m = gemm.m;
+      mm.k = gemm.k;
+      mm.n = gemm.n;
+      mm.out_shape = {static_cast<int64_t>(gemm.m), static_cast<int64_t>(gemm.n)};
+      mm.a_matrices = mm.b_matrices = 1;
+      mm.a_matrix = mm.b_matrix = {0};
+    }
+    Ort::UnownedValue y = context.GetOutput(0, mm.out_shape);
+    const size_t m = mm.m, k = mm.k, n = mm.n, batches = mm.a_matrix.size();
+    if (m == 0 || n == 0 || batches == 0) return;
+
+    // Operands rounded to m bits once, not once per product.
+    const T* pa = static_cast<const T*>(a.GetTensorRawData());
+    const T* pb = static_cast<const T*>(b.GetTensorRawData());
+    std::vector<uint32_t> a_packed(mm.a_matrices * m * k), b_packed(mm.b_matrices * k * n);
+    const size_t a_row_stride = trans_a ? 1 : k, a_col_stride = trans_a ? m : 1;
+    const size_t b_row_stride = trans_b ? 1 : n, b_col_stride = trans_b ? k : 1;
+    for (size_t i = 0; i < mm.a_matrices; ++i) {
+      lmul::pack_rounded<S>(pa + i * m * k, m, k, a_row_stride, a_col_stride, mantissa_bits,
+                            a_packed.data() + i * m * k);
+    }
+    for (size_t i = 0; i < mm.b_matrices; ++i) {
+      lmul::pack_rounded<S>(pb + i * k * n, k, n, b_row_stride, b_col_stride, mantissa_bits,
+                            b_packed.data() + i * k * n);
+    }
+
+    T* py = static_cast<T*>(y.GetTensorMutableRawData());
+    const T* pc = c ? static_cast<const T*>(c.GetTensorRawData()) : nullptr;
+    // float32 results are summed in place; other types go through a float32 scratch row block.
+    constexpr bool kInPlace = std::is_same<T, float>::value && Kind == OpKind::kMatMul;
+    const size_t row_ops = std::max<size_t>(1, k * n);
+    const size_t rows_per_task = std::min(m, std::max<size_t>(1, kMinOpsPerTask / row_ops));
+    const size_t blocks = ceil_div(m, rows_per_task);
+    std::vector<float> scratch(kInPlace ? 0 : batches * m * n);
+    const uint32_t bias = lmul::lmul_bias(mantissa_bits);
+
+    auto task = [&](size_t t) {
+      const size_t batch = t / blocks, r0 = (t % blocks) * rows_per_task, r1 = std::min(m, r0 + rows_per_task);
+      const size_t out_offset = batch * m * n + r0 * n;
+      float* acc = kInPlace ? reinterpret_cast<float*>(py) + out_offset : scratch.data() + out_offset;
+      lmul::lmul_matmul_rows(a_packed.data() + mm.a_matrix[batch] * m * k,
+                             b_packed.data() + mm.b_matrix[batch] * k * n, k, n, r0, r1, bias, acc);
+      if (kInPlace) return;
+      for (size_t r = r0; r < r1; ++r) {
+        const float* s = acc + (r - r0) * n;
+        T* out = py + batch * m * n + r * n;
+        for (size_t j = 0; j < n; ++j) {
+          float value = s[j];
+          if (Kind == OpKind::kGemm) {
+            value = alpha * value;  // ordinary float32 scalings (SPEC 3)
+            if (pc) value += beta * S::load(pc[r * gemm.c_row_stride + j * gemm.c_col_stride]);
+          }
+          out[j] = S::store(value);
+        }
+      }
+    };
+    parallel_for(context, batches * blocks, task);
+  }
+};
+
+template <OpKind Kind, class S>
+struct LMulOp : Ort::CustomOpBase<LMulOp<Kind, S>, LMulKernel<Kind, S>, /*WithStatus=*/true> {
+  const char* GetName() const { return op_name(Kind); }
+  size_t GetInputTypeCount() const { return Kind == OpKind::kGemm ? 3 : 2; }
+  ONNXTensorElementDataType GetInputType(size_t) const { return onnx_type<S>(); }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
+    return Kind == OpKind::kGemm && index == 2 ? OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL
+                                               : OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED;
+  }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return onnx_type<S>(); }
+
+  // Attributes are checked here, so a bad value fails when the session is created.
+  OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const noexcept {
+    std::string node;
+    return LMulKernel<Kind, S>::guarded(node, [&] {
+      node = Ort::ConstKernelInfo(info).GetNodeName();
+      *kernel = new LMulKernel<Kind, S>(info);
+    });
+  }
+};
+
+// One op object per (op, element type): onnxruntime merges them into one schema per op
+// name with a type constraint, and picks the kernel that matches the node's inputs.
+struct Registry {
+  Ort::CustomOpDomain domain{kDomain};
+  LMulOp<OpKind::kMul, Float32Storage> mul_f32;
+  LMulOp<OpKind::kMul, Float16Storage> mul_f16;
+  LMulOp<OpKind::kMul, BFloat16Storage> mul_bf16;
+  LMulOp<OpKind::kMatMul, Float32Storage> matmul_f32;
+  LMulOp<OpKind::kMatMul, Float16Storage> matmul_f16;
+  LMulOp<OpKind::kMatMul, BFloat16Storage> matmul_bf16;
+  LMulOp<OpKind::kGemm, Float32Storage> gemm_f32;
+  LMulOp<OpKind::kGemm, Float16Storage> gemm_f16;
+  LMulOp<OpKind::kGemm, BFloat16Storage> gemm_bf16;
+
+  Registry() {
+    for (OrtCustomOp* op : std::initializer_list<OrtCustomOp*>{&mul_f32, &mul_f16, &mul_bf16, &matmul_f32,
+                                                               &matmul_f16, &matmul_bf16, &gemm_f32,
+                                                               &gemm_f16, &gemm_bf16}) {
+      domain.Add(op);
+    }
+  }
+};
+
+}  // namespace
+
+extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
+RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
+  const OrtApi* api = api_base->GetApi(ORT_API_VERSION);
+  if (api == nullptr) {
+    // An onnxruntime older than the headers: report it with the oldest API there is.
+    const std::string message = std::string("lmul-onnx custom ops need onnxruntime API version ") +
+                                std::to_string(ORT_API_VERSION) + " (onnxruntime >= 1." +
+                                std::to_string(ORT_API_VERSION) + "), but this onnxruntime is " +
+                                api_base->GetVersionString();
+    return api_base->GetApi(1)->CreateStatus(ORT_FAIL, message.c_str());
+  }
+  Ort::InitApi(api);
+  try {
+    // Kept alive for the whole process: sessions keep pointers to the domain and ops.
+    static Registry* registry = new Registry();
+    return api->AddCustomOpDomain(options, registry->domain);
+  } catch (const std::exception& e) {
+    return api->CreateStatus(ORT_FAIL, (std::string("lmul-onnx: ") + e.what()).c_str());
+  }
+}

@@ -1,0 +1,31 @@
+"""lmul-onnx: run ONNX models with L-Mul (linear-complexity multiplication).
+
+The arithmetic (``lmul``, ``lmul_matmul``, ``lmul_gemm``) follows ``SPEC.md`` bit for
+bit; the native custom-op library makes onnxruntime run the ``lmul`` op domain.
+"""
+
+from lmul_onnx.numerics import (
+    lmul,
+    lmul_gemm,
+    lmul_matmul,
+    offset_exponent_bits,
+    round_mantissa,
+)
+from lmul_onnx.ops import DOMAIN, DOMAIN_VERSION
+from lmul_onnx.runtime import InferenceSession, LibraryNotFoundError, get_library_path, session_options
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DOMAIN",
+    "DOMAIN_VERSION",
+    "InferenceSession",
+    "LibraryNotFoundError",
+    "get_library_path",
+    "lmul",
+    "lmul_gemm",
+    "lmul_matmul",
+    "offset_exponent_bits",
+    "round_mantissa",
+    "session_options",
+]
