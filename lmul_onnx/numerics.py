@@ -79,7 +79,7 @@ def round_mantissa(x: np.ndarray, mantissa_bits: int) -> np.ndarray:
     infinite. NaN and infinity pass through unchanged.
     """
     _check_mantissa_bits(mantissa_bits, FLOAT32_MANTISSA_BITS)
-    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    bits = np.asarray(x, dtype=np.float32).view(np.uint32)
     if mantissa_bits == FLOAT32_MANTISSA_BITS:
         return bits.view(np.float32).copy()
     drop = FLOAT32_MANTISSA_BITS - mantissa_bits
@@ -151,7 +151,8 @@ def lmul(a: np.ndarray, b: np.ndarray, mantissa_bits: int | None = None) -> np.n
     a, b = np.asarray(a), np.asarray(b)
     dtype, m = _resolve(a, b, mantissa_bits)
     product = _lmul_float32(_to_float32(a), _to_float32(b), m)
-    return product.astype(dtype)
+    with np.errstate(over="ignore"):  # float32 -> float16 overflow is infinity, as specified
+        return product.astype(dtype)
 
 
 def _matmul_float64(a32: np.ndarray, b32: np.ndarray, m: int, row_block: int) -> np.ndarray:
@@ -179,7 +180,7 @@ def _lmul_matmul_float64(a: np.ndarray, b: np.ndarray, m: int) -> np.ndarray:
     rows, cols, inner = a2.shape[-2], b2.shape[-1], a2.shape[-1]
     # Bound the (rows, K, N) temporary to roughly 16M elements.
     row_block = max(1, (1 << 24) // max(1, inner * cols))
-    out = np.empty(batch + (rows, cols), dtype=np.float64)
+    out = np.empty((*batch, rows, cols), dtype=np.float64)
     for index in np.ndindex(*batch):
         out[index] = _matmul_float64(a_b[index], b_b[index], m, row_block)
     if a.ndim == 1:
@@ -207,7 +208,8 @@ def lmul_matmul(
     out = _lmul_matmul_float64(_to_float32(a), _to_float32(b), m)
     if accumulate == np.float64:
         return out
-    return out.astype(np.float32).astype(dtype)
+    with np.errstate(over="ignore"):
+        return out.astype(np.float32).astype(dtype)
 
 
 def lmul_gemm(
@@ -243,4 +245,5 @@ def lmul_gemm(
     if c is not None:
         c32 = _to_float32(c)
         y = y + np.float32(beta) * np.broadcast_to(c32, y.shape)
-    return y.astype(np.float32).astype(dtype)
+    with np.errstate(over="ignore"):
+        return y.astype(np.float32).astype(dtype)

@@ -11,11 +11,16 @@ or through :func:`session_options` / :class:`InferenceSession`, which do it for 
 
 from __future__ import annotations
 
+import ctypes
 import os
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import ml_dtypes
+import numpy as np
+import onnx
 import onnxruntime as ort
 
 LIBRARY_NAME = "liblmul_onnx_ops.so"
@@ -84,3 +89,46 @@ class InferenceSession(ort.InferenceSession):
             providers=providers or ["CPUExecutionProvider"],
             **kwargs,
         )
+
+
+def _to_ort_value(array: np.ndarray) -> ort.OrtValue | np.ndarray:
+    """numpy arrays go through as they are, except bfloat16, which onnxruntime's numpy
+    bridge does not know: it travels as raw 16-bit patterns tagged BFLOAT16."""
+    if array.dtype.name == "bfloat16":
+        return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
+            np.ascontiguousarray(array).view(np.uint16), onnx.TensorProto.BFLOAT16
+        )
+    return array
+
+
+def _copy_bfloat16(value: ort.OrtValue) -> np.ndarray:
+    """Copy a bfloat16 OrtValue (CPU memory) into a new ``ml_dtypes.bfloat16`` array."""
+    count = int(np.prod(value.shape(), dtype=np.int64))
+    if count == 0:
+        return np.zeros(value.shape(), dtype=ml_dtypes.bfloat16)
+    raw = (ctypes.c_uint16 * count).from_address(value.data_ptr())
+    return np.array(raw, dtype=np.uint16).reshape(value.shape()).view(ml_dtypes.bfloat16)
+
+
+def run(
+    session: ort.InferenceSession,
+    feeds: Mapping[str, np.ndarray],
+    output_names: Sequence[str] | None = None,
+) -> list[np.ndarray]:
+    """``session.run`` that also accepts and returns bfloat16 arrays (``ml_dtypes``)."""
+    names = list(output_names) if output_names is not None else [o.name for o in session.get_outputs()]
+    if not any(np.asarray(x).dtype.name == "bfloat16" for x in feeds.values()):
+        return session.run(names, dict(feeds))
+    values = {name: _to_ort_value(np.asarray(x)) for name, x in feeds.items()}
+    ort_feeds = {
+        name: v if isinstance(v, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(v)
+        for name, v in values.items()
+    }
+    outputs = session.run_with_ort_values(names, ort_feeds)
+    results = []
+    for value in outputs:
+        if value.data_type() == "tensor(bfloat16)":
+            results.append(_copy_bfloat16(value))
+        else:
+            results.append(value.numpy())
+    return results

@@ -1,0 +1,66 @@
+"""Small-model builders for tests, examples and bug reports.
+
+They build one-node models in the ``lmul`` domain (or the standard one) with explicit IR
+and opset versions that every supported onnxruntime accepts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from lmul_onnx.ops import DOMAIN, DOMAIN_VERSION
+
+IR_VERSION = 9
+ONNX_OPSET = 17
+
+_NUMPY_TO_ONNX = {
+    "float32": TensorProto.FLOAT,
+    "float16": TensorProto.FLOAT16,
+    "bfloat16": TensorProto.BFLOAT16,
+    "float64": TensorProto.DOUBLE,
+    "int32": TensorProto.INT32,
+    "int64": TensorProto.INT64,
+}
+
+
+def onnx_type(dtype: Any) -> int:
+    """Return the ONNX element type of a numpy dtype (bfloat16 via ml_dtypes)."""
+    return _NUMPY_TO_ONNX[np.dtype(dtype).name]
+
+
+def single_op_model(
+    op_type: str,
+    input_dtypes: Sequence[Any],
+    *,
+    domain: str = DOMAIN,
+    node_name: str = "node0",
+    input_names: Sequence[str] | None = None,
+    output_dtype: Any = None,
+    opset: int = ONNX_OPSET,
+    **attributes: Any,
+) -> onnx.ModelProto:
+    """Build a model with one node ``op_type`` whose inputs are graph inputs.
+
+    Shapes are left symbolic, so one model serves every shape a test feeds it. An input
+    name of ``""`` leaves that (optional) input out.
+    """
+    names = list(input_names) if input_names is not None else [f"in{i}" for i in range(len(input_dtypes))]
+    output_dtype = output_dtype if output_dtype is not None else input_dtypes[0]
+    node = helper.make_node(op_type, names, ["out"], name=node_name, domain=domain, **attributes)
+    inputs = [
+        helper.make_tensor_value_info(name, onnx_type(dtype), None)
+        for name, dtype in zip(names, input_dtypes, strict=True)
+        if name
+    ]
+    graph = helper.make_graph(
+        [node], "single_op", inputs, [helper.make_tensor_value_info("out", onnx_type(output_dtype), None)]
+    )
+    opsets = [helper.make_opsetid("", opset)]
+    if domain == DOMAIN:
+        opsets.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
+    return helper.make_model(graph, opset_imports=opsets, ir_version=IR_VERSION)

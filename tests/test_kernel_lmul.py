@@ -1,0 +1,111 @@
+"""The native ``lmul.LMul`` kernel against the numpy reference, bit for bit."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from lmul_onnx import numerics
+
+SPECIAL_BITS = [
+    0x00000000,
+    0x80000000,
+    0x00000001,
+    0x807FFFFF,
+    0x00800000,
+    0x3F800000,
+    0xBF800000,
+    0x7F7FFFFF,
+    0xFF7FFFFF,
+    0x7F800000,
+    0xFF800000,
+    0x7FC00000,
+    0xFFC00001,
+    0x7F800001,
+    0x0DA24260,
+    0x1E3CE508,
+    0x3F800001,
+    0x3FFFFFFF,
+    0x7F7FFFF0,
+    0x00FFFFFF,
+]
+
+
+def random_bits(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Bit patterns over every exponent, plus zeros, subnormals, infinities and NaNs."""
+    bits = rng.integers(0, 2**32, size=n, dtype=np.uint64).astype(np.uint32)
+    specials = np.array(SPECIAL_BITS, dtype=np.uint32)
+    return np.concatenate([specials, bits, rng.choice(specials, size=n // 8)])
+
+
+def assert_same_bits(result: np.ndarray, expected: np.ndarray) -> None:
+    """Equal bit patterns, except that any NaN matches any NaN (SPEC: payloads excepted)."""
+    assert result.shape == expected.shape and result.dtype == expected.dtype
+    r_nan = np.isnan(result.astype(np.float32))
+    e_nan = np.isnan(expected.astype(np.float32))
+    assert np.array_equal(r_nan, e_nan), f"NaN positions differ at {np.argwhere(r_nan != e_nan)[:5]}"
+    view = np.uint32 if result.dtype == np.float32 else np.uint16
+    r, e = result.view(view)[~r_nan], expected.view(view)[~e_nan]
+    mismatch = np.flatnonzero(r != e)
+    assert mismatch.size == 0, (
+        f"{mismatch.size} elements differ, first: {r[mismatch[:3]]} vs {e[mismatch[:3]]}"
+    )
+
+
+@pytest.mark.parametrize("m", range(1, 24))
+def test_lmul_float32_every_width(m: int, rng: np.random.Generator, run_op: Callable) -> None:
+    a = random_bits(rng, 4000).view(np.float32)
+    b = rng.permutation(random_bits(rng, 4000)).view(np.float32)
+    # All pairs of specials too: the square of the special list.
+    specials = np.array(SPECIAL_BITS, dtype=np.uint32).view(np.float32)
+    a = np.concatenate([a, np.repeat(specials, len(specials))])
+    b = np.concatenate([b, np.tile(specials, len(specials))])
+    assert_same_bits(run_op("LMul", [a, b], mantissa_bits=m), numerics.lmul(a, b, mantissa_bits=m))
+
+
+def test_lmul_default_width_is_the_type_width(rng: np.random.Generator, run_op: Callable) -> None:
+    a = random_bits(rng, 3000).view(np.float32)
+    b = random_bits(rng, 3000).view(np.float32)
+    assert_same_bits(run_op("LMul", [a, b]), numerics.lmul(a, b, mantissa_bits=23))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "widths"), [(np.float16, [1, 3, 4, 7, 10]), (ml_dtypes.bfloat16, [1, 2, 4, 7])]
+)
+def test_lmul_half_types(dtype: type, widths: list[int], rng: np.random.Generator, run_op: Callable) -> None:
+    a = rng.integers(0, 2**16, size=20000, dtype=np.uint32).astype(np.uint16).view(dtype)
+    b = rng.integers(0, 2**16, size=20000, dtype=np.uint32).astype(np.uint16).view(dtype)
+    for m in widths:
+        assert_same_bits(run_op("LMul", [a, b], mantissa_bits=m), numerics.lmul(a, b, mantissa_bits=m))
+    assert_same_bits(run_op("LMul", [a, b]), numerics.lmul(a, b))
+
+
+BROADCAST_CASES = [
+    ((3, 4), (3, 4)),
+    ((3, 4), (4,)),
+    ((3, 1), (1, 5)),
+    ((2, 1, 4), (3, 1)),
+    ((), (5,)),
+    ((), ()),
+    ((4, 1, 1), (1, 3, 2)),
+    ((0, 3), (3,)),
+    ((2, 3, 4, 5), (1, 3, 1, 5)),
+    ((70000,), (1,)),  # spans several thread-pool tasks
+]
+
+
+@pytest.mark.parametrize(("a_shape", "b_shape"), BROADCAST_CASES)
+@pytest.mark.parametrize("threads", [1, 3])
+def test_lmul_broadcasting(
+    a_shape: tuple, b_shape: tuple, threads: int, rng: np.random.Generator, run_op: Callable
+) -> None:
+    a = rng.standard_normal(a_shape).astype(np.float32)
+    b = rng.standard_normal(b_shape).astype(np.float32)
+    expected = numerics.lmul(a, b, mantissa_bits=3)
+    assert_same_bits(run_op("LMul", [a, b], threads=threads, mantissa_bits=3), expected)
+    assert_same_bits(
+        run_op("LMul", [b, a], threads=threads, mantissa_bits=3), expected.reshape(expected.shape)
+    )
