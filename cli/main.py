@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 import onnxruntime
+from lmul_onnx.cli.convert import convert as convert_command
 
 import lmul_onnx
 
@@ -30,6 +31,8 @@ def info() -> None:
     except lmul_onnx.LibraryNotFoundError as error:
         raise click.ClickException(str(error)) from error
 
+
+main.add_command(convert_command)
 
 if __name__ == "__main__":
     main()

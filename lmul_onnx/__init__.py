@@ -4,6 +4,7 @@ The arithmetic (``lmul``, ``lmul_matmul``, ``lmul_gemm``) follows ``SPEC.md`` bi
 bit; the native custom-op library makes onnxruntime run the ``lmul`` op domain.
 """
 
+from lmul_onnx.convert import ConversionReport, ModelLoadError, convert, convert_file
 from lmul_onnx.numerics import (
     lmul,
     lmul_gemm,
@@ -19,8 +20,12 @@ __version__ = "0.1.0"
 __all__ = [
     "DOMAIN",
     "DOMAIN_VERSION",
+    "ConversionReport",
     "InferenceSession",
     "LibraryNotFoundError",
+    "ModelLoadError",
+    "convert",
+    "convert_file",
     "get_library_path",
     "lmul",
     "lmul_gemm",

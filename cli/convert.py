@@ -1,0 +1,119 @@
+"""``lmul-onnx convert``: rewrite a model's products into L-Mul ops."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+from lmul_onnx.cli.common import InputError, echo_json, is_tty, parse_key_value, status
+
+from lmul_onnx.convert import ModelLoadError, convert_file
+from lmul_onnx.ops import SUPPORTED_OPS
+from lmul_onnx.passes.selection import Scope, SelectionOptions
+
+
+def _split_ops(text: str) -> tuple[str, ...]:
+    return tuple(op.strip() for op in text.split(",") if op.strip())
+
+
+@click.command()
+@click.argument("input_model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Output model. Default: <input stem>.lmul.onnx beside the input.",
+)
+@click.option(
+    "--ops", default=",".join(SUPPORTED_OPS), show_default=True, help="Comma-separated op types to rewrite."
+)
+@click.option(
+    "--scope",
+    type=click.Choice([s.value for s in Scope]),
+    default="all",
+    show_default=True,
+    help="all; attention = products of two activations (Q·Kᵀ, probabilities·V); "
+    "weights = products with a constant operand.",
+)
+@click.option(
+    "--include", multiple=True, metavar="REGEX", help="Only convert nodes whose name matches (repeatable)."
+)
+@click.option(
+    "--exclude", multiple=True, metavar="REGEX", help="Never convert nodes whose name matches (repeatable)."
+)
+@click.option(
+    "--mantissa-bits",
+    type=click.IntRange(1, 23),
+    default=None,
+    help="Operand mantissa width m for every converted node [default: the tensor type's own width].",
+)
+@click.option(
+    "--mantissa-bits-for",
+    multiple=True,
+    metavar="REGEX=N",
+    help="Per-node mantissa width; the first matching REGEX wins (repeatable).",
+)
+@click.option("--dry-run", is_flag=True, help="List what would change; write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
+def convert(
+    input_model: Path,
+    output: Path | None,
+    ops: str,
+    scope: str,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    mantissa_bits: int | None,
+    mantissa_bits_for: tuple[str, ...],
+    dry_run: bool,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Rewrite MatMul/Gemm/Mul nodes of INPUT_MODEL into the `lmul` op domain.
+
+    Only float32/float16/bfloat16 nodes are rewritten; node names, inputs, outputs,
+    initializers, metadata, IR and opset versions stay as exported. Subgraphs
+    (If/Loop/Scan) and model-local functions are walked. Converting twice changes
+    nothing.
+    """
+    overrides = tuple(parse_key_value("--mantissa-bits-for", item, int) for item in mantissa_bits_for)
+    try:
+        options = SelectionOptions(
+            ops=_split_ops(ops),
+            scope=Scope(scope),
+            include=include,
+            exclude=exclude,
+            mantissa_bits=mantissa_bits,
+            mantissa_bits_for=overrides,
+        )
+    except ValueError as error:
+        raise InputError(str(error)) from None
+
+    quiet = quiet or as_json
+    shown = {"last": 0.0}
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if is_tty() and not quiet and (now - shown["last"] > 0.2 or done == total):
+            shown["last"] = now
+            click.echo(f"\rexamining nodes {done}/{total}", err=True, nl=done == total)
+
+    status(f"loading {input_model}", quiet)
+    start = time.monotonic()
+    try:
+        report = convert_file(input_model, output, options, dry_run=dry_run, progress=progress)
+    except (ModelLoadError, ValueError) as error:
+        raise InputError(str(error)) from None
+    if as_json:
+        echo_json(report.to_dict())
+        return
+    click.echo(report.format_table())
+    if dry_run:
+        for record in report.converted:
+            bits = f" m={record.decision.mantissa_bits}" if record.decision.mantissa_bits else ""
+            click.echo(
+                f"  {record.op_type} -> {record.new_op_type}{bits}  {record.name}  [{record.location}]"
+            )
+    else:
+        click.echo(f"wrote {report.output_path} ({time.monotonic() - start:.1f} s)")

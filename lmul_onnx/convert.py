@@ -1,0 +1,231 @@
+"""``convert()``: load a model, rewrite its products into L-Mul, save it safely.
+
+The model is read with onnx-ir, which memory-maps external weights, so a conversion
+never holds a large model twice; the output is written to a temporary folder beside its
+destination and moved into place, so a failed run leaves nothing half-written, and the
+input is never modified.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnx_ir as ir
+
+from lmul_onnx.ops import SUPPORTED_OPS
+from lmul_onnx.passes.rewrite import LMulRewritePass, NodeRecord
+from lmul_onnx.passes.selection import Scope, SelectionOptions
+
+ModelInput = str | os.PathLike[str] | onnx.ModelProto | ir.Model
+
+
+class ModelLoadError(ValueError):
+    """The input is not a readable ONNX model."""
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion did: every candidate node and, per op type, the counts."""
+
+    input_path: str | None
+    output_path: str | None
+    dry_run: bool
+    nodes: list[NodeRecord] = field(default_factory=list)
+
+    @property
+    def converted(self) -> list[NodeRecord]:
+        return [n for n in self.nodes if n.decision.convert]
+
+    def per_op(self) -> dict[str, dict[str, Any]]:
+        """``{op: {"found", "converted", "skipped": {reason: count}}}`` for each op type."""
+        table: dict[str, dict[str, Any]] = {}
+        for record in self.nodes:
+            entry = table.setdefault(record.op_type, {"found": 0, "converted": 0, "skipped": Counter()})
+            entry["found"] += 1
+            if record.decision.convert:
+                entry["converted"] += 1
+            else:
+                entry["skipped"][record.decision.reason] += 1
+        return {op: {**e, "skipped": dict(e["skipped"])} for op, e in table.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form (the ``--json`` output of ``lmul-onnx convert``)."""
+        return {
+            "input": self.input_path,
+            "output": self.output_path,
+            "dry_run": self.dry_run,
+            "converted": len(self.converted),
+            "ops": self.per_op(),
+            "nodes": [
+                {
+                    "name": n.name,
+                    "op_type": n.op_type,
+                    "location": n.location,
+                    "converted": n.decision.convert,
+                    "new_op_type": n.new_op_type,
+                    "element_type": n.decision.element_type,
+                    "mantissa_bits": n.decision.mantissa_bits,
+                    "reason": n.decision.reason or None,
+                }
+                for n in self.nodes
+            ],
+        }
+
+    def format_table(self) -> str:
+        """A summary for people: per op type, found / converted / skipped with reasons."""
+        lines = [f"{'op':<12} {'found':>6} {'converted':>10}  skipped"]
+        for op, entry in sorted(self.per_op().items()):
+            skipped = ", ".join(f"{count} {reason}" for reason, count in sorted(entry["skipped"].items()))
+            lines.append(f"{op:<12} {entry['found']:>6} {entry['converted']:>10}  {skipped or '-'}")
+        verb = "would convert" if self.dry_run else "converted"
+        lines.append(f"{verb} {len(self.converted)} of {len(self.nodes)} candidate nodes")
+        return "\n".join(lines)
+
+
+def load_model(model: ModelInput) -> tuple[ir.Model, str | None]:
+    """Load a path, ``ModelProto`` or ``ir.Model`` as an ``ir.Model`` (weights memory-mapped)."""
+    if isinstance(model, ir.Model):
+        return model, None
+    if isinstance(model, onnx.ModelProto):
+        return ir.from_proto(model), None
+    path = Path(os.fspath(model))
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file")
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: not a file")
+    try:
+        return ir.load(path), str(path)
+    except Exception as error:  # protobuf and onnx-ir raise many types for a bad file
+        raise ModelLoadError(f"{path}: not a readable ONNX model ({type(error).__name__}: {error})") from None
+
+
+def _external_files(model: ir.Model, base: Path) -> set[Path]:
+    """The external-data files the model's initializers read from."""
+    files = set()
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if isinstance(tensor, ir.ExternalTensor):
+            files.add((Path(tensor.base_dir or base) / tensor.location).resolve())
+    return files
+
+
+def save_model(model: ir.Model, output: str | os.PathLike[str], *, reads_from: Iterable[Path] = ()) -> None:
+    """Write ``model`` atomically. Weights stored externally in the input get a new
+    external-data file ``<output name>.data``; it must not be one the model reads from."""
+    output = Path(output).resolve()
+    external = set(reads_from)
+    data_name = f"{output.name}.data" if external else None
+    if data_name and (output.parent / data_name).resolve() in external:
+        raise ValueError(
+            f"{output.parent / data_name} is the input's external data; choose another output name"
+        )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        ir.save(model, staging / output.name, external_data=data_name)
+        if data_name:
+            os.replace(staging / data_name, output.parent / data_name)
+        os.replace(staging / output.name, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def default_output_path(input_path: str | os.PathLike[str]) -> Path:
+    """``<dir>/<stem>.lmul.onnx`` beside the input."""
+    path = Path(input_path)
+    return path.with_name(f"{path.stem}.lmul.onnx")
+
+
+def convert_model(
+    model: ir.Model,
+    options: SelectionOptions,
+    *,
+    dry_run: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[NodeRecord]:
+    """Rewrite ``model`` in place (unless ``dry_run``); return the per-node records."""
+    rewrite = LMulRewritePass(options, dry_run=dry_run, progress=progress)
+    rewrite(model)
+    return rewrite.result.records
+
+
+def convert_file(
+    input_path: str | os.PathLike[str],
+    output_path: str | os.PathLike[str] | None,
+    options: SelectionOptions,
+    *,
+    dry_run: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> ConversionReport:
+    """Convert a model file into another file; the function behind ``lmul-onnx convert``."""
+    model, source = load_model(input_path)
+    target = Path(output_path) if output_path is not None else default_output_path(input_path)
+    if target.resolve() == Path(input_path).resolve():
+        raise ValueError(f"refusing to write over the input model {input_path}")
+    records = convert_model(model, options, dry_run=dry_run, progress=progress)
+    report = ConversionReport(source, None if dry_run else str(target), dry_run, records)
+    if not dry_run:
+        save_model(model, target, reads_from=_external_files(model, Path(input_path).parent))
+    return report
+
+
+def convert(
+    model: ModelInput,
+    output_path: str | os.PathLike[str] | None = None,
+    *,
+    op_types_to_quantize: Sequence[str] = SUPPORTED_OPS,
+    scope: str | Scope = Scope.ALL,
+    nodes_to_include: Sequence[str] = (),
+    nodes_to_exclude: Sequence[str] = (),
+    mantissa_bits: int | None = None,
+    mantissa_bits_for: dict[str, int] | None = None,
+) -> onnx.ModelProto:
+    """Rewrite the MatMul / Gemm / Mul nodes of a model into L-Mul ops.
+
+    Args:
+        model: a path, an ``onnx.ModelProto`` or an ``onnx_ir.Model`` (never modified
+            when it is a path or a ``ModelProto``).
+        output_path: where to write the result (atomically); ``None`` writes nothing.
+        op_types_to_quantize: the standard op types to rewrite (named as in
+            ``onnxruntime.quantization.quantize_dynamic``); default all three.
+        scope: ``"all"``, ``"attention"`` (products of two activations) or
+            ``"weights"`` (products with a constant operand).
+        nodes_to_include: regular expressions; when given, only matching node names.
+        nodes_to_exclude: regular expressions of node names to leave alone.
+        mantissa_bits: operand mantissa width for every converted node (``None``: the
+            tensor type's full width).
+        mantissa_bits_for: per-node overrides ``{regex: bits}``; the first match wins.
+
+    Returns:
+        The converted model as an ``onnx.ModelProto``. Models with external data are
+        best converted with ``output_path`` (the result then keeps its weights
+        external).
+
+    Raises:
+        ModelLoadError: the input cannot be read as ONNX.
+        ValueError: an invalid option, or an output path equal to the input.
+    """
+    options = SelectionOptions(
+        ops=tuple(op_types_to_quantize),
+        scope=Scope(scope),
+        include=tuple(nodes_to_include),
+        exclude=tuple(nodes_to_exclude),
+        mantissa_bits=mantissa_bits,
+        mantissa_bits_for=tuple((mantissa_bits_for or {}).items()),
+    )
+    if isinstance(model, (str, os.PathLike)) and output_path is not None:
+        convert_file(model, output_path, options)
+        return onnx.load(os.fspath(output_path), load_external_data=False)
+    ir_model, _ = load_model(model)  # a ModelProto is deserialised, so it stays untouched
+    convert_model(ir_model, options)
+    if output_path is not None:
+        save_model(ir_model, output_path)
+    return ir.to_proto(ir_model)

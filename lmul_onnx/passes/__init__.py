@@ -1,0 +1,8 @@
+"""Rewrite passes, one concern per module (onnx-ir style):
+
+* :mod:`element_types` -- which element type each value has (ONNX type inference,
+  without serialising the weights).
+* :mod:`selection` -- which MatMul/Gemm/Mul nodes to convert, and why the others stay.
+* :mod:`rewrite` -- the in-place pass that swaps selected nodes into the ``lmul`` domain,
+  in the main graph, every subgraph and every model-local function.
+"""

@@ -1,0 +1,152 @@
+"""Which nodes become L-Mul: the selection rules of ``lmul-onnx convert``.
+
+A node is converted when it is a MatMul/Gemm/Mul of the default domain chosen by
+``ops``, works on float32/float16/bfloat16, falls in the ``scope``, and passes the
+``include``/``exclude`` name filters. Every other node gets a reason, so the summary can
+say why it stayed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+
+import onnx
+import onnx_ir as ir
+
+from lmul_onnx.ops import DOMAIN, LMUL_TO_STANDARD, STANDARD_TO_LMUL, SUPPORTED_OPS
+
+FLOAT_TYPES: dict[int, tuple[str, int]] = {
+    onnx.TensorProto.FLOAT: ("float32", 23),
+    onnx.TensorProto.FLOAT16: ("float16", 10),
+    onnx.TensorProto.BFLOAT16: ("bfloat16", 7),
+}
+
+# Ops that move or re-type a tensor without computing on it: a weight seen through them
+# is still a weight.
+PLUMBING_OPS = frozenset(
+    {
+        "Transpose",
+        "Cast",
+        "CastLike",
+        "Reshape",
+        "Flatten",
+        "Squeeze",
+        "Unsqueeze",
+        "Identity",
+        "Expand",
+        "DequantizeLinear",
+        "Tile",
+        "Slice",
+    }
+)
+
+
+class Scope(str, Enum):
+    """Which products to convert, by where their operands come from."""
+
+    ALL = "all"
+    ATTENTION = "attention"  # products of two activations (Q·Kᵀ, probabilities·V)
+    WEIGHTS = "weights"  # products with a constant operand (initializer or Constant)
+
+
+@dataclass(frozen=True)
+class SelectionOptions:
+    """The user's choice of nodes; see ``lmul_onnx.convert`` for each option."""
+
+    ops: tuple[str, ...] = SUPPORTED_OPS
+    scope: Scope = Scope.ALL
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    mantissa_bits: int | None = None
+    mantissa_bits_for: tuple[tuple[str, int], ...] = ()
+    _patterns: dict[str, re.Pattern[str]] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.ops) - set(SUPPORTED_OPS))
+        if unknown:
+            raise ValueError(
+                f"unsupported op type(s) {', '.join(unknown)}; choose from {', '.join(SUPPORTED_OPS)}"
+            )
+        if not self.ops:
+            raise ValueError("no op types selected")
+        object.__setattr__(self, "scope", Scope(self.scope))
+        for pattern in (*self.include, *self.exclude, *(p for p, _ in self.mantissa_bits_for)):
+            try:
+                self._patterns[pattern] = re.compile(pattern)
+            except re.error as error:
+                raise ValueError(f"invalid regular expression {pattern!r}: {error}") from None
+        for bits in (self.mantissa_bits, *(b for _, b in self.mantissa_bits_for)):
+            if bits is not None and not 1 <= bits <= 23:
+                raise ValueError(f"mantissa bits must be in 1..23, got {bits}")
+
+    def matches(self, pattern: str, name: str) -> bool:
+        return self._patterns[pattern].search(name) is not None
+
+    def bits_for(self, name: str) -> int | None:
+        """The mantissa width of a node: the first matching override, else the default."""
+        for pattern, bits in self.mantissa_bits_for:
+            if self.matches(pattern, name):
+                return bits
+        return self.mantissa_bits
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The verdict on one node."""
+
+    convert: bool
+    reason: str = ""
+    element_type: str | None = None
+    mantissa_bits: int | None = None
+
+
+def is_constant(value: ir.Value | None) -> bool:
+    """True for an initializer or a Constant output, also through plumbing ops."""
+    seen = 0
+    while value is not None and seen < 32:
+        if value.const_value is not None or value.is_initializer():
+            return True
+        producer = value.producer()
+        if producer is None:
+            return False
+        if producer.op_type in ("Constant", "ConstantOfShape") and producer.domain in ("", "ai.onnx"):
+            return True
+        if producer.op_type not in PLUMBING_OPS or producer.domain not in ("", "ai.onnx"):
+            return False
+        value = producer.inputs[0] if producer.inputs else None
+        seen += 1
+    return False
+
+
+def decide(node: ir.Node, options: SelectionOptions, element_type: int | None, name: str) -> Decision:
+    """Decide whether ``node`` becomes an ``lmul`` op. ``name`` is its display name."""
+    if node.domain == DOMAIN and node.op_type in LMUL_TO_STANDARD:
+        return Decision(False, "already L-Mul")
+    if node.domain not in ("", "ai.onnx") or node.op_type not in STANDARD_TO_LMUL:
+        return Decision(False, "not a MatMul/Gemm/Mul")
+    if node.op_type not in options.ops:
+        return Decision(False, "op type not selected (--ops)")
+    if element_type is None:
+        return Decision(False, "element type unknown")
+    if element_type not in FLOAT_TYPES:
+        return Decision(
+            False, f"{onnx.TensorProto.DataType.Name(element_type).lower()} tensors are not rewritten"
+        )
+    type_name, type_bits = FLOAT_TYPES[element_type]
+    constant = any(is_constant(v) for v in node.inputs[:2])
+    if options.scope is Scope.ATTENTION and constant:
+        return Decision(False, "has a constant operand (--scope attention)", type_name)
+    if options.scope is Scope.WEIGHTS and not constant:
+        return Decision(False, "no constant operand (--scope weights)", type_name)
+    if options.include and not any(options.matches(p, name) for p in options.include):
+        return Decision(False, "not matched by --include", type_name)
+    if any(options.matches(p, name) for p in options.exclude):
+        return Decision(False, "matched by --exclude", type_name)
+    bits = options.bits_for(name)
+    if bits is not None and bits > type_bits:
+        raise ValueError(
+            f"node {name!r} is {type_name} ({type_bits} mantissa bits): cannot use {bits} mantissa bits"
+        )
+    return Decision(True, "", type_name, bits)

@@ -1,0 +1,68 @@
+"""Evaluate ``lmul`` models without the native library: ``onnx.reference`` plus the numpy
+oracle of :mod:`lmul_onnx.numerics` for the three ``lmul`` ops.
+
+Slow, but independent of the C++ kernels: the tests compare the two, and users can check
+a converted model on a machine without the custom-op library.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx.reference import ReferenceEvaluator
+from onnx.reference.op_run import OpRun
+
+from lmul_onnx import numerics
+from lmul_onnx.ops import DOMAIN
+
+
+class LMul(OpRun):
+    op_domain = DOMAIN
+
+    def _run(self, a: np.ndarray, b: np.ndarray, mantissa_bits: int | None = None) -> tuple[np.ndarray]:
+        return (numerics.lmul(a, b, mantissa_bits=mantissa_bits),)
+
+
+class LMulMatMul(OpRun):
+    op_domain = DOMAIN
+
+    def _run(self, a: np.ndarray, b: np.ndarray, mantissa_bits: int | None = None) -> tuple[np.ndarray]:
+        return (numerics.lmul_matmul(a, b, mantissa_bits=mantissa_bits),)
+
+
+class LMulGemm(OpRun):
+    op_domain = DOMAIN
+
+    def _run(
+        self,
+        a: np.ndarray,
+        b: np.ndarray,
+        c: np.ndarray | None = None,
+        alpha: float = 1.0,
+        beta: float = 1.0,
+        transA: int = 0,
+        transB: int = 0,
+        mantissa_bits: int | None = None,
+    ) -> tuple[np.ndarray]:
+        return (
+            numerics.lmul_gemm(
+                a,
+                b,
+                c,
+                alpha=alpha,
+                beta=beta,
+                trans_a=bool(transA),
+                trans_b=bool(transB),
+                mantissa_bits=mantissa_bits,
+            ),
+        )
+
+
+LMUL_REFERENCE_OPS = [LMul, LMulMatMul, LMulGemm]
+
+
+def reference_evaluator(model: onnx.ModelProto | str, **kwargs: Any) -> ReferenceEvaluator:
+    """An ``onnx.reference.ReferenceEvaluator`` that also evaluates ``lmul`` ops."""
+    return ReferenceEvaluator(model, new_ops=LMUL_REFERENCE_OPS, **kwargs)

@@ -1,0 +1,119 @@
+"""``lmul-onnx convert`` as a user runs it: output, JSON, exit codes, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from lmul_onnx.cli.main import main
+from onnx import TensorProto, helper, numpy_helper
+
+
+@pytest.fixture
+def model_path(tmp_path: Path) -> Path:
+    w = numpy_helper.from_array(np.ones((4, 3), np.float32), "W")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "W"], ["h"], name="mm"),
+            helper.make_node("Mul", ["h", "h"], ["y"], name="sq"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+        [w],
+    )
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), path)
+    return path
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.output
+
+
+def test_default_output_and_summary(model_path: Path) -> None:
+    code, output = invoke("convert", str(model_path), "--quiet")
+    assert code == 0, output
+    assert (model_path.parent / "model.lmul.onnx").is_file()
+    assert "converted 2 of 2 candidate nodes" in output
+    assert "MatMul" in output and "Mul" in output
+
+
+def test_json_report(model_path: Path, tmp_path: Path) -> None:
+    code, output = invoke(
+        "convert",
+        str(model_path),
+        "-o",
+        str(tmp_path / "out.onnx"),
+        "--json",
+        "--scope",
+        "weights",
+        "--mantissa-bits",
+        "4",
+    )
+    assert code == 0, output
+    report = json.loads(output)
+    assert report["converted"] == 1
+    assert report["ops"]["Mul"] == {
+        "found": 1,
+        "converted": 0,
+        "skipped": {"no constant operand (--scope weights)": 1},
+    }
+    assert report["nodes"][0]["mantissa_bits"] == 4 and report["nodes"][0]["new_op_type"] == "LMulMatMul"
+
+
+def test_dry_run_writes_nothing(model_path: Path) -> None:
+    code, output = invoke("convert", str(model_path), "--dry-run", "--mantissa-bits-for", "sq=3", "-q")
+    assert code == 0, output
+    assert "would convert 2 of 2" in output and "m=3" in output
+    assert not (model_path.parent / "model.lmul.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["missing.onnx"], "no such file"),
+        (["{dir}"], "is a directory"),
+        (["{garbage}"], "not a readable ONNX model"),
+        (["{truncated}"], "not a readable ONNX model"),
+        (["{model}", "--ops", "MatMul,Conv"], "unsupported op"),
+        (["{model}", "--include", "("], "invalid regular expression"),
+        (["{model}", "--mantissa-bits-for", "mm"], "expects KEY=VALUE"),
+        (["{model}", "--mantissa-bits-for", "mm=x"], "not a valid int"),
+        (["{model}", "--mantissa-bits", "30"], "30"),
+        (["{model}", "--scope", "everything"], "everything"),
+        (["{model}", "-o", "{model}"], "refusing to write over"),
+    ],
+)
+def test_bad_input_exits_2_without_traceback(
+    model_path: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x00\xffnot a protobuf" * 10)
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(model_path.read_bytes()[:-7])
+    values = {
+        "dir": str(tmp_path),
+        "garbage": str(garbage),
+        "truncated": str(truncated),
+        "model": str(model_path),
+    }
+    before = sorted(p.name for p in tmp_path.iterdir())
+    completed = subprocess.run(
+        [sys.executable, "-m", "lmul_onnx.cli.main", "convert", *[a.format(**values) for a in args], "-q"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert completed.returncode == 2, completed.stderr
+    assert message in completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before, "no output may be written"

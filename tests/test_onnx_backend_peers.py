@@ -1,0 +1,64 @@
+"""Peer suite: ONNX's own backend test models for MatMul / Gemm / Mul.
+
+Each model is converted, run in onnxruntime with the custom-op library, and compared
+with an evaluation of the *converted* graph by ``onnx.reference`` using the numpy oracle
+for the ``lmul`` ops. Integer models must come through unconverted and exact.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from onnx.backend.test.case.node import collect_testcases
+
+import lmul_onnx
+from lmul_onnx.reference import reference_evaluator
+
+
+def _cases() -> dict[str, object]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        np_err = np.seterr(all="ignore")
+        try:
+            cases = collect_testcases("")
+        finally:
+            np.seterr(**np_err)
+    return {
+        c.name: c
+        for c in cases
+        if c.name.startswith(("test_matmul_", "test_gemm_", "test_mul"))
+        and not c.name.startswith("test_matmulinteger")
+    }
+
+
+CASES = _cases()
+
+
+def test_peer_suite_is_not_empty() -> None:
+    assert len([n for n in CASES if n.startswith("test_gemm")]) >= 10
+    assert len([n for n in CASES if n.startswith("test_matmul")]) >= 7
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("mantissa_bits", [None, 3])
+def test_backend_model(name: str, mantissa_bits: int | None) -> None:
+    case = CASES[name]
+    inputs, expected_standard = case.data_sets[0]
+    is_float = inputs[0].dtype == np.float32
+    if mantissa_bits is not None and not is_float:
+        pytest.skip("integer models have no mantissa")
+    converted = lmul_onnx.convert(case.model, mantissa_bits=mantissa_bits)
+    lmul_nodes = [n for n in converted.graph.node if n.domain == "lmul"]
+    assert len(lmul_nodes) == (1 if is_float else 0)
+    feeds = {i.name: x for i, x in zip(case.model.graph.input, inputs, strict=True)}
+    native = lmul_onnx.InferenceSession(converted.SerializeToString()).run(None, feeds)
+    reference = reference_evaluator(converted).run(None, feeds)
+    for got, want, standard in zip(native, reference, expected_standard, strict=True):
+        assert got.shape == standard.shape and got.dtype == standard.dtype
+        if is_float:
+            scale = np.abs(want).max() if want.size else 1.0
+            assert np.allclose(got, want, rtol=1e-5, atol=1e-6 * scale)
+        else:
+            assert np.array_equal(got, standard)
