@@ -14,6 +14,7 @@ from lmul_onnx.numerics import (
 )
 from lmul_onnx.ops import DOMAIN, DOMAIN_VERSION
 from lmul_onnx.runtime import InferenceSession, LibraryNotFoundError, get_library_path, session_options
+from lmul_onnx.validate import ValidationReport, validate
 
 __version__ = "0.1.0"
 
@@ -24,6 +25,7 @@ __all__ = [
     "InferenceSession",
     "LibraryNotFoundError",
     "ModelLoadError",
+    "ValidationReport",
     "convert",
     "convert_file",
     "get_library_path",
@@ -33,4 +35,5 @@ __all__ = [
     "offset_exponent_bits",
     "round_mantissa",
     "session_options",
+    "validate",
 ]

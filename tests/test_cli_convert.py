@@ -107,7 +107,12 @@ def test_bad_input_exits_2_without_traceback(
     }
     before = sorted(p.name for p in tmp_path.iterdir())
     completed = subprocess.run(
-        [sys.executable, "-m", "lmul_onnx.cli.main", "convert", *[a.format(**values) for a in args], "-q"],
+        [
+            str(Path(sys.executable).with_name("lmul-onnx")),
+            "convert",
+            *[a.format(**values) for a in args],
+            "-q",
+        ],
         capture_output=True,
         text=True,
         cwd=tmp_path,

@@ -1,0 +1,70 @@
+"""Baselines to compare L-Mul with: the original model with the operands of the same
+nodes rounded to fp8 (e4m3 or e5m2) or bfloat16, built from standard ONNX ops only
+(``Cast`` to the narrow type and back; saturating for fp8, as ONNX casts default to).
+
+fp8 casts need opset 19; an older model is raised to opset 19 by onnx's version
+converter first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import onnx
+import onnx_ir as ir
+from onnx import TensorProto, helper
+
+from lmul_onnx.passes.element_types import infer_element_types
+
+BASELINES: dict[str, int] = {
+    "fp8-e4m3": TensorProto.FLOAT8E4M3FN,
+    "fp8-e5m2": TensorProto.FLOAT8E5M2,
+    "bf16": TensorProto.BFLOAT16,
+}
+FP8_OPSET = 19
+
+
+class BaselineError(ValueError):
+    """A baseline cannot be built for this model."""
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def operand_rounded_model(model: onnx.ModelProto, node_names: Iterable[str], kind: str) -> onnx.ModelProto:
+    """A copy of ``model`` whose named nodes see their first two inputs rounded to ``kind``."""
+    if kind not in BASELINES:
+        raise BaselineError(f"unknown baseline {kind!r}; choose from {', '.join(BASELINES)}")
+    target = BASELINES[kind]
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    if target != TensorProto.BFLOAT16 and _default_opset(result) < FP8_OPSET:
+        try:
+            result = onnx.version_converter.convert_version(result, FP8_OPSET)
+        except Exception as error:
+            raise BaselineError(
+                f"{kind} needs opset {FP8_OPSET}; converting the model failed: {error}"
+            ) from None
+    types = infer_element_types(ir.from_proto(result))
+    wanted = set(node_names)
+    nodes: list[onnx.NodeProto] = []
+    for node in result.graph.node:
+        if node.name in wanted:
+            for position, name in enumerate(node.input[:2]):
+                if not name:
+                    continue
+                original_type = types.get(name, TensorProto.FLOAT)
+                narrow, back = (
+                    f"{name}__{kind}_{node.name}_{position}",
+                    f"{name}__{kind}_back_{node.name}_{position}",
+                )
+                nodes.append(helper.make_node("Cast", [name], [narrow], name=f"{narrow}/Cast", to=target))
+                nodes.append(
+                    helper.make_node("Cast", [narrow], [back], name=f"{back}/Cast", to=original_type)
+                )
+                node.input[position] = back
+        nodes.append(node)
+    del result.graph.node[:]
+    result.graph.node.extend(nodes)
+    return result
