@@ -70,8 +70,8 @@ class ValidationReport:
         def row(name: str, label: str, m: dict[str, Any]) -> str:
             top1 = f"{m['top1_agreement']:.3f}" if "top1_agreement" in m else "-"
             return (
-                f"{name[:28]:<28} {label:<10} {m['cosine']:>9.6f} {_num(m['snr_db']):>8} {m['max_abs']:>10.3g} "
-                f"{m['mean_abs']:>10.3g} {m['max_rel']:>9.3g} {top1:>6} {m['mismatches']:>8.2%}"
+                f"{name[:28]:<28} {label:<10} {m['cosine']:>9.6f} {_num(m['snr_db']):>8} "
+                f"{m['max_abs']:>10.3g} {m['mean_abs']:>10.3g} {m['max_rel']:>9.3g} {top1:>6} {m['mismatches']:>8.2%}"
             )
 
         for name, metrics in self.outputs.items():
