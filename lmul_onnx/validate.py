@@ -71,7 +71,8 @@ class ValidationReport:
             top1 = f"{m['top1_agreement']:.3f}" if "top1_agreement" in m else "-"
             return (
                 f"{name[:28]:<28} {label:<10} {m['cosine']:>9.6f} {_num(m['snr_db']):>8} "
-                f"{m['max_abs']:>10.3g} {m['mean_abs']:>10.3g} {m['max_rel']:>9.3g} {top1:>6} {m['mismatches']:>8.2%}"
+                f"{m['max_abs']:>10.3g} {m['mean_abs']:>10.3g} {m['max_rel']:>9.3g} {top1:>6} "
+                f"{m['mismatches']:>8.2%}"
             )
 
         for name, metrics in self.outputs.items():

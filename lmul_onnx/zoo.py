@@ -53,7 +53,9 @@ def path(name: str) -> Path:
     try:
         files = metadata.files(model.distribution) or []
     except metadata.PackageNotFoundError:
-        raise ModelNotInstalledError(f"{name}: package {model.distribution} is not installed; {hint}") from None
+        raise ModelNotInstalledError(
+            f"{name}: package {model.distribution} is not installed; {hint}"
+        ) from None
     for file in files:
         if file.name == model.file:
             return Path(file.locate()).resolve()

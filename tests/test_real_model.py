@@ -20,7 +20,7 @@ def minilm(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def test_conversion_covers_every_float_product(minilm: tuple[Path, Path]) -> None:
-    source, converted = minilm
+    _source, converted = minilm
     model = onnx.load(converted)
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("LMulMatMul") == 24 and "MatMul" not in ops
@@ -31,8 +31,17 @@ def test_conversion_covers_every_float_product(minilm: tuple[Path, Path]) -> Non
 def test_embeddings_stay_close(minilm: tuple[Path, Path]) -> None:
     source, converted = minilm
     ranges = {"input_ids": (1000, 3000)}
-    report = lmul_onnx.validate(source, converted, samples=2, seed=3, dims={"sequence_length": 12},
-                                input_ranges=ranges, atol=1.0, rtol=1.0, compare=["fp8-e5m2"])
+    report = lmul_onnx.validate(
+        source,
+        converted,
+        samples=2,
+        seed=3,
+        dims={"sequence_length": 12},
+        input_ranges=ranges,
+        atol=1.0,
+        rtol=1.0,
+        compare=["fp8-e5m2"],
+    )
     # Measured: cosine ~0.995 and SNR ~19 dB for the token embeddings; the bounds below
     # leave room for other onnxruntime versions but catch a broken kernel or graph.
     embeddings = max(report.outputs.values(), key=lambda m: m["max_abs"])
