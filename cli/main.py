@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 import onnxruntime
 from lmul_onnx.cli.convert import convert as convert_command
+from lmul_onnx.cli.energy import energy_command
 from lmul_onnx.cli.models import models
 from lmul_onnx.cli.validate import validate_command
 
@@ -37,6 +38,7 @@ def info() -> None:
 main.add_command(convert_command)
 main.add_command(validate_command, name="validate")
 main.add_command(models)
+main.add_command(energy_command)
 
 if __name__ == "__main__":
     main()

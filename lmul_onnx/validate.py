@@ -84,7 +84,7 @@ class ValidationReport:
             lines.append(f"{'converted node':<40} {'op':<11} {'cosine':>9} {'snr_db':>8} {'max_abs':>10}")
             for node in self.nodes:
                 lines.append(
-                    f"{node['name'][:40]:<40} {node['op_type']:<11} {node['cosine']:>9.6f} "
+                    f"{node['name'][-40:]:<40} {node['op_type']:<11} {node['cosine']:>9.6f} "
                     f"{_num(node['snr_db']):>8} {node['max_abs']:>10.3g}"
                 )
         failing = [n for n, m in self.outputs.items() if not m["passed"]]
