@@ -44,6 +44,8 @@ def test_default_output_and_summary(model_path: Path) -> None:
     assert (model_path.parent / "model.lmul.onnx").is_file()
     assert "converted 2 of 2 candidate nodes" in output
     assert "MatMul" in output and "Mul" in output
+    # 2x4 @ 4x3 (24 products, 18 additions) + 2x3 squares (6 products)
+    assert "less energy than float multiplication (30 products" in output
 
 
 def test_json_report(model_path: Path, tmp_path: Path) -> None:
@@ -67,6 +69,7 @@ def test_json_report(model_path: Path, tmp_path: Path) -> None:
         "skipped": {"no constant operand (--scope weights)": 1},
     }
     assert report["nodes"][0]["mantissa_bits"] == 4 and report["nodes"][0]["new_op_type"] == "LMulMatMul"
+    assert report["energy"]["multiplications"] == 30 and 0 < report["energy"]["saving_percent"] < 100
 
 
 def test_dry_run_writes_nothing(model_path: Path) -> None:
