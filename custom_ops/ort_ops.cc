@@ -11,10 +11,12 @@
 #include <algorithm>
 #include <cstring>
 #include <exception>
+#include <memory>
 #include <new>
 #include <string>
 #include <vector>
 
+#include "kernels/lmul_gemm.h"
 #include "kernels/lmul_kernels.h"
 #include "kernels/shapes.h"
 
@@ -117,6 +119,42 @@ lmul::Shape shape_of(const Ort::ConstValue& value) {
   return value.GetTensorTypeAndShapeInfo().GetShape();
 }
 
+// B of a matrix product, rounded and analysed: built per call, or once when B is a
+// constant initializer (weights), so that calls skip the rounding, scan and packing.
+struct PackedB {
+  lmul::Shape shape;
+  size_t matrices = 0, k = 0, n = 0;
+  lmul::OperandRange range;
+  std::vector<uint32_t> rounded;  // row-major K x N per matrix (empty when panels exist)
+  std::vector<uint32_t> panels;   // lmul_gemm.h panels per matrix (empty without SIMD)
+
+  template <class S>
+  static PackedB from(const typename S::type* data, const lmul::Shape& shape, size_t matrices, size_t k, size_t n,
+                      bool transposed, int mantissa_bits, bool keep_rounded) {
+    PackedB b;
+    b.shape = shape;
+    b.matrices = matrices;
+    b.k = k;
+    b.n = n;
+    b.rounded.resize(matrices * k * n);
+    for (size_t i = 0; i < matrices; ++i) {
+      lmul::pack_rounded<S>(data + i * k * n, k, n, transposed ? 1 : n, transposed ? k : 1, mantissa_bits,
+                            b.rounded.data() + i * k * n);
+    }
+    b.range.scan(b.rounded.data(), b.rounded.size());
+    const size_t nr = lmul::panel_width();
+    if (nr) {
+      const size_t panels = ceil_div(n, nr);
+      b.panels.resize(matrices * panels * k * nr);
+      for (size_t i = 0; i < matrices; ++i) {
+        lmul::pack_b_panels(b.rounded.data() + i * k * n, k, n, nr, b.panels.data() + i * panels * k * nr);
+      }
+      if (!keep_rounded) std::vector<uint32_t>().swap(b.rounded);
+    }
+    return b;
+  }
+};
+
 template <OpKind Kind, class S>
 struct LMulKernel {
   using T = typename S::type;
@@ -125,6 +163,7 @@ struct LMulKernel {
   int mantissa_bits = lmul::type_mantissa_bits(S::kind);
   bool trans_a = false, trans_b = false;
   float alpha = 1.0f, beta = 1.0f;
+  std::unique_ptr<const PackedB> constant_b;  // B prepared at session creation, if constant
 
   LMulKernel(const OrtKernelInfo* info) {
     node_name = Ort::ConstKernelInfo(info).GetNodeName();
@@ -143,6 +182,34 @@ struct LMulKernel {
       read_float(info, "alpha", alpha);
       read_float(info, "beta", beta);
     }
+    if (Kind != OpKind::kMul) PrepareConstantB(info);
+  }
+
+  // Weights are constant: round, scan and pack them once, here.
+  void PrepareConstantB(const OrtKernelInfo* info) {
+    int is_constant = 0;
+    const Ort::ConstValue b = Ort::ConstKernelInfo(info).GetTensorConstantInput(1, &is_constant);
+    if (!is_constant || !b || !b.IsTensor()) return;
+    const Ort::TensorTypeAndShapeInfo type_shape = b.GetTensorTypeAndShapeInfo();
+    if (type_shape.GetElementType() != onnx_type<S>()) return;
+    const lmul::Shape shape = type_shape.GetShape();
+    size_t matrices = 1, k = 0, n = 0;
+    if (Kind == OpKind::kGemm) {
+      if (shape.size() != 2) return;  // Compute reports the error
+      k = static_cast<size_t>(trans_b ? shape[1] : shape[0]);
+      n = static_cast<size_t>(trans_b ? shape[0] : shape[1]);
+    } else if (shape.size() == 1) {
+      k = static_cast<size_t>(shape[0]);
+      n = 1;
+    } else if (shape.size() >= 2) {
+      k = static_cast<size_t>(shape[shape.size() - 2]);
+      n = static_cast<size_t>(shape.back());
+      if (!lmul::element_count(lmul::Shape(shape.begin(), shape.end() - 2), matrices)) return;
+    } else {
+      return;
+    }
+    constant_b = std::make_unique<const PackedB>(PackedB::from<S>(static_cast<const T*>(b.GetTensorRawData()), shape,
+                                                                  matrices, k, n, trans_b, mantissa_bits, false));
   }
 
   OrtStatusPtr ComputeV2(OrtKernelContext* raw_context) noexcept { return guarded(node_name, [&] { Compute(raw_context); }); }
@@ -193,7 +260,11 @@ struct LMulKernel {
       const size_t begin = t * chunk, end = std::min(plan.total, begin + chunk);
       lmul::for_each_run(plan, begin, end,
                          [&](size_t ao, size_t bo, size_t yo, size_t length, size_t as, size_t bs) {
-                           lmul::lmul_run<S>(pa + ao, as, pb + bo, bs, py + yo, length, m);
+                           if constexpr (std::is_same<T, float>::value) {
+                             lmul::lmul_run_float32(pa + ao, as, pb + bo, bs, py + yo, length, m);
+                           } else {
+                             lmul::lmul_run<S>(pa + ao, as, pb + bo, bs, py + yo, length, m);
+                           }
                          });
     };
     parallel_for(context, ceil_div(plan.total, chunk), task);
@@ -230,39 +301,79 @@ struct LMulKernel {
     // Operands rounded to m bits once, not once per product.
     const T* pa = static_cast<const T*>(a.GetTensorRawData());
     const T* pb = static_cast<const T*>(b.GetTensorRawData());
-    std::vector<uint32_t> a_packed(mm.a_matrices * m * k), b_packed(mm.b_matrices * k * n);
+    std::vector<uint32_t> a_packed(mm.a_matrices * m * k);
     const size_t a_row_stride = trans_a ? 1 : k, a_col_stride = trans_a ? m : 1;
-    const size_t b_row_stride = trans_b ? 1 : n, b_col_stride = trans_b ? k : 1;
     for (size_t i = 0; i < mm.a_matrices; ++i) {
       lmul::pack_rounded<S>(pa + i * m * k, m, k, a_row_stride, a_col_stride, mantissa_bits,
                             a_packed.data() + i * m * k);
     }
-    for (size_t i = 0; i < mm.b_matrices; ++i) {
-      lmul::pack_rounded<S>(pb + i * k * n, k, n, b_row_stride, b_col_stride, mantissa_bits,
-                            b_packed.data() + i * k * n);
+    std::unique_ptr<const PackedB> per_call_b;
+    const bool use_constant = constant_b && constant_b->shape == b_shape;
+    if (!use_constant) {
+      per_call_b = std::make_unique<const PackedB>(
+          PackedB::from<S>(pb, b_shape, mm.b_matrices, k, n, trans_b, mantissa_bits, true));
     }
+    const PackedB& packed_b = use_constant ? *constant_b : *per_call_b;
 
     T* py = static_cast<T*>(y.GetTensorMutableRawData());
     const T* pc = c ? static_cast<const T*>(c.GetTensorRawData()) : nullptr;
-    // float32 results are summed in place; other types go through a float32 scratch row block.
-    constexpr bool kInPlace = std::is_same<T, float>::value && Kind == OpKind::kMatMul;
-    const size_t row_ops = std::max<size_t>(1, k * n);
-    const size_t rows_per_task = std::min(m, std::max<size_t>(1, kMinOpsPerTask / row_ops));
-    const size_t blocks = ceil_div(m, rows_per_task);
-    std::vector<float> scratch(kInPlace ? 0 : batches * m * n);
     const uint32_t bias = lmul::lmul_bias(mantissa_bits);
 
+    // Pre-scan: can every product be one integer add (lmul_gemm.h)?
+    lmul::OperandRange a_range;
+    a_range.scan(a_packed.data(), a_packed.size());
+    uint32_t zero_stand_in = 0;
+    const size_t nr = lmul::panel_width();
+    const lmul::GemmVariant variant = packed_b.panels.empty()
+                                          ? lmul::GemmVariant::kGeneral
+                                          : lmul::choose_variant(a_range, packed_b.range, bias, &zero_stand_in);
+    const bool fast = variant != lmul::GemmVariant::kGeneral;
+    const size_t panels = fast ? ceil_div(n, nr) : 1;
+    // The portable loop needs row-major rounded B, which a constant B does not keep.
+    std::vector<uint32_t> b_rounded;
+    if (!fast && packed_b.rounded.empty()) {
+      b_rounded = PackedB::from<S>(pb, b_shape, mm.b_matrices, k, n, trans_b, mantissa_bits, true).rounded;
+    }
+    const uint32_t* b_row_major = packed_b.rounded.empty() ? b_rounded.data() : packed_b.rounded.data();
+    std::vector<float> a_mask(variant == lmul::GemmVariant::kAddMaskedA ? a_packed.size() : 0);
+    if (fast) {
+      lmul::prepare_a(a_packed.data(), a_mask.empty() ? nullptr : a_mask.data(), a_packed.size(), variant, bias,
+                      zero_stand_in);
+    }
+
+    // float32 results are summed in place; other types go through a float32 scratch buffer.
+    constexpr bool kInPlace = std::is_same<T, float>::value && Kind == OpKind::kMatMul;
+    const size_t row_ops = std::max<size_t>(1, k * n);
+    const size_t rows_per_task = std::min(m, std::max<size_t>(fast ? 48 : 1, kMinOpsPerTask / row_ops));
+    const size_t row_blocks = ceil_div(m, rows_per_task);
+    // Few rows (e.g. matrix-vector): split the columns too, so that every thread gets work.
+    const size_t panel_ops = std::max<size_t>(1, rows_per_task * k * (fast ? nr : n));
+    const size_t panels_per_task = fast ? std::max<size_t>(1, (kMinOpsPerTask * 4) / panel_ops) : 1;
+    const size_t panel_blocks = fast ? ceil_div(panels, panels_per_task) : 1;
+    std::vector<float> scratch(kInPlace ? 0 : batches * m * n);
+
     auto task = [&](size_t t) {
-      const size_t batch = t / blocks, r0 = (t % blocks) * rows_per_task, r1 = std::min(m, r0 + rows_per_task);
-      const size_t out_offset = batch * m * n + r0 * n;
-      float* acc = kInPlace ? reinterpret_cast<float*>(py) + out_offset : scratch.data() + out_offset;
-      lmul::lmul_matmul_rows(a_packed.data() + mm.a_matrix[batch] * m * k,
-                             b_packed.data() + mm.b_matrix[batch] * k * n, k, n, r0, r1, bias, acc);
+      const size_t batch = t / (row_blocks * panel_blocks), rest = t % (row_blocks * panel_blocks);
+      const size_t r0 = (rest / panel_blocks) * rows_per_task, r1 = std::min(m, r0 + rows_per_task);
+      float* acc = kInPlace ? reinterpret_cast<float*>(py) + batch * m * n : scratch.data() + batch * m * n;
+      const uint32_t* a_matrix = a_packed.data() + mm.a_matrix[batch] * m * k;
+      size_t j0 = 0, j1 = n;
+      if (fast) {
+        const size_t p0 = (rest % panel_blocks) * panels_per_task, p1 = std::min(panels, p0 + panels_per_task);
+        j0 = p0 * nr;
+        j1 = std::min(n, p1 * nr);
+        lmul::lmul_gemm_fast(variant, a_matrix, a_mask.empty() ? nullptr : a_mask.data() + mm.a_matrix[batch] * m * k,
+                             packed_b.panels.data() + mm.b_matrix[batch] * panels * k * nr, k, n, r0, r1, p0, p1, acc,
+                             n);
+      } else {
+        lmul::lmul_matmul_rows(a_matrix, b_row_major + mm.b_matrix[batch] * k * n, k, n, r0, r1, bias,
+                               acc + r0 * n);
+      }
       if (kInPlace) return;
       for (size_t r = r0; r < r1; ++r) {
-        const float* s = acc + (r - r0) * n;
+        const float* s = acc + r * n;
         T* out = py + batch * m * n + r * n;
-        for (size_t j = 0; j < n; ++j) {
+        for (size_t j = j0; j < j1; ++j) {
           float value = s[j];
           if (Kind == OpKind::kGemm) {
             value = alpha * value;  // ordinary float32 scalings (SPEC 3)
@@ -272,7 +383,7 @@ struct LMulKernel {
         }
       }
     };
-    parallel_for(context, batches * blocks, task);
+    parallel_for(context, batches * row_blocks * panel_blocks, task);
   }
 };
 
@@ -322,6 +433,28 @@ struct Registry {
 };
 
 }  // namespace
+
+// Test hook: the matmul variant the pre-scan picks for float32 operands rounded to m bits
+// (0 general, 1 add, 2 add-masked-a; -1 for a bad m). Lets tests check that data selects
+// the micro-kernel they mean to exercise.
+extern "C" __attribute__((visibility("default"))) int lmul_matmul_variant(const float* a, size_t a_count,
+                                                                          const float* b, size_t b_count,
+                                                                          int mantissa_bits) {
+  if (mantissa_bits < 1 || mantissa_bits > lmul::kFloat32MantissaBits) return -1;
+  lmul::OperandRange ranges[2];
+  const float* operands[2] = {a, b};
+  const size_t counts[2] = {a_count, b_count};
+  for (int o = 0; o < 2; ++o) {
+    std::vector<uint32_t> bits(counts[o]);
+    for (size_t i = 0; i < counts[o]; ++i) {
+      bits[i] = lmul::round_mantissa_bits(lmul::float_bits(operands[o][i]), mantissa_bits);
+    }
+    ranges[o].scan(bits.data(), bits.size());
+  }
+  uint32_t stand_in = 0;
+  if (lmul::panel_width() == 0) return 0;
+  return static_cast<int>(lmul::choose_variant(ranges[0], ranges[1], lmul::lmul_bias(mantissa_bits), &stand_in));
+}
 
 extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
 RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {

@@ -42,16 +42,21 @@ constexpr int offset_exponent_bits(int mantissa_bits) {
 // SPEC 1, step 1: round a float32 bit pattern to `mantissa_bits` mantissa bits,
 // round-to-nearest-even, saturating at the largest finite m-bit value. NaN and infinity
 // pass through. Precondition: 1 <= mantissa_bits <= 23 (checked by the callers).
+// The rounding itself, for 1 <= drop <= 22 low bits dropped; branch-free.
+inline uint32_t round_dropping_bits(uint32_t bits, uint32_t drop) {
+  const uint32_t magnitude = bits & kMagnitudeMask;
+  const uint32_t lsb = (magnitude >> drop) & 1u;
+  // magnitude <= 0x7FFFFFFF and the addend < 2^22: the sum cannot wrap around.
+  uint32_t rounded = ((magnitude + (1u << (drop - 1u)) - 1u + lsb) >> drop) << drop;
+  const uint32_t largest_finite = (0x7F7FFFFFu >> drop) << drop;
+  rounded = rounded > largest_finite ? largest_finite : rounded;
+  rounded = magnitude >= kInfBits ? magnitude : rounded;  // NaN and infinity pass through
+  return rounded | (bits & kSignBit);
+}
+
 inline uint32_t round_mantissa_bits(uint32_t bits, int mantissa_bits) {
   const int drop = kFloat32MantissaBits - mantissa_bits;
-  const uint32_t magnitude = bits & kMagnitudeMask;
-  if (drop == 0 || magnitude >= kInfBits) return bits;
-  const uint32_t lsb = (magnitude >> drop) & 1u;
-  // magnitude < 0x7F800000, so the sum stays below 2^31: no overflow.
-  uint32_t rounded = ((magnitude + (1u << (drop - 1)) - 1u + lsb) >> drop) << drop;
-  const uint32_t largest_finite = (0x7F7FFFFFu >> drop) << drop;
-  if (rounded > largest_finite) rounded = largest_finite;
-  return rounded | (bits & kSignBit);
+  return drop == 0 ? bits : round_dropping_bits(bits, static_cast<uint32_t>(drop));
 }
 
 // The additive constant of SPEC 1, step 3, folded: r = |a| + |b| - bias, with

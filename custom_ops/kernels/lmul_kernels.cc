@@ -28,4 +28,47 @@ void lmul_matmul_rows(const uint32_t* a, const uint32_t* b, size_t k, size_t n, 
   }
 }
 
+namespace {
+
+// One loop per stride pattern, so that each inner loop is a plain vectorisable map.
+// Always inlined: only then is it compiled for each target clone of its caller.
+template <bool kRound>
+__attribute__((always_inline)) inline void lmul_map(const float* __restrict a, size_t a_step, const float* __restrict b, size_t b_step,
+                     float* __restrict out, size_t length, int mantissa_bits) {
+  const uint32_t bias = lmul_bias(mantissa_bits);
+  const uint32_t drop = static_cast<uint32_t>(kFloat32MantissaBits - mantissa_bits);
+  auto product = [bias, drop](float x, float y) {
+    uint32_t xb = float_bits(x), yb = float_bits(y);
+    if (kRound) {
+      xb = round_dropping_bits(xb, drop);
+      yb = round_dropping_bits(yb, drop);
+    }
+    return bits_float(lmul_rounded_bits(xb, yb, bias));
+  };
+  if (a_step == 1 && b_step == 1) {
+    for (size_t i = 0; i < length; ++i) out[i] = product(a[i], b[i]);
+  } else if (a_step == 1) {
+    const float y = b[0];
+    for (size_t i = 0; i < length; ++i) out[i] = product(a[i], y);
+  } else if (b_step == 1) {
+    const float x = a[0];
+    for (size_t i = 0; i < length; ++i) out[i] = product(x, b[i]);
+  } else {
+    const float value = product(a[0], b[0]);
+    for (size_t i = 0; i < length; ++i) out[i] = value;
+  }
+}
+
+}  // namespace
+
+LMUL_TARGET_CLONES
+void lmul_run_float32(const float* a, size_t a_step, const float* b, size_t b_step, float* out, size_t length,
+                      int mantissa_bits) {
+  if (mantissa_bits == kFloat32MantissaBits) {
+    lmul_map<false>(a, a_step, b, b_step, out, length, mantissa_bits);
+  } else {
+    lmul_map<true>(a, a_step, b, b_step, out, length, mantissa_bits);
+  }
+}
+
 }  // namespace lmul

@@ -32,6 +32,11 @@ struct BFloat16Storage {
   static uint16_t store(float x) { return float_to_bfloat16(x); }
 };
 
+// float32 out[i] = LMul(a[i * a_step], b[i * b_step]) for i < length (steps 0 or 1),
+// vectorised; the same bits as lmul_run<Float32Storage>.
+void lmul_run_float32(const float* a, size_t a_step, const float* b, size_t b_step, float* out, size_t length,
+                      int mantissa_bits);
+
 // out[i] = LMul(a[i * a_step], b[i * b_step]) for i < length (steps are 0 or 1).
 template <class S>
 void lmul_run(const typename S::type* a, size_t a_step, const typename S::type* b, size_t b_step,

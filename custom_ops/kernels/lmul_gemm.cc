@@ -1,0 +1,243 @@
+#include "lmul_gemm.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#include "lmul_arith.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define LMUL_HAVE_X86_SIMD 1
+#else
+#define LMUL_HAVE_X86_SIMD 0
+#endif
+
+namespace lmul {
+
+void OperandRange::scan(const uint32_t* bits, size_t count) {
+  uint32_t lo = min_nonzero, hi = max_magnitude;
+  bool zero = has_zero, special = has_special;
+  for (size_t i = 0; i < count; ++i) {
+    const uint32_t m = bits[i] & kMagnitudeMask;
+    if (m < kSmallestNormalBits) {
+      zero = true;
+    } else if (m >= kInfBits) {
+      special = true;
+    } else {
+      lo = m < lo ? m : lo;
+    }
+    hi = (m < kInfBits && m > hi) ? m : hi;
+  }
+  min_nonzero = lo;
+  max_magnitude = hi;
+  has_zero = zero;
+  has_special = special;
+}
+
+void OperandRange::merge(const OperandRange& other) {
+  min_nonzero = std::min(min_nonzero, other.min_nonzero);
+  max_magnitude = std::max(max_magnitude, other.max_magnitude);
+  has_zero = has_zero || other.has_zero;
+  has_special = has_special || other.has_special;
+}
+
+const char* variant_name(GemmVariant variant) {
+  switch (variant) {
+    case GemmVariant::kAdd:
+      return "add";
+    case GemmVariant::kAddMaskedA:
+      return "add-masked-a";
+    default:
+      return "general";
+  }
+}
+
+GemmVariant choose_variant(const OperandRange& a, const OperandRange& b, uint32_t bias, uint32_t* zero_stand_in) {
+  if (a.has_special || b.has_special || b.has_zero) return GemmVariant::kGeneral;
+  // Every product of non-zero operands must land in [2^23, 0x7F800000) before the sign.
+  const uint64_t smallest = uint64_t{a.min_nonzero} + b.min_nonzero;
+  const uint64_t largest = uint64_t{a.max_magnitude} + b.max_magnitude;
+  const bool a_all_zero = a.min_nonzero == 0xFFFFFFFFu;
+  if (!a_all_zero && smallest < uint64_t{bias} + kSmallestNormalBits) return GemmVariant::kGeneral;
+  if (largest >= uint64_t{bias} + kInfBits) return GemmVariant::kGeneral;
+  if (!a.has_zero) return GemmVariant::kAdd;
+  // Zero A entries: choose s with s + |b| in [2^23, 0x7F800000) for every b of B.
+  if (b.max_magnitude - b.min_nonzero >= kInfBits - kSmallestNormalBits) return GemmVariant::kGeneral;
+  *zero_stand_in = kSmallestNormalBits - b.min_nonzero;  // modulo 2^32
+  return GemmVariant::kAddMaskedA;
+}
+
+namespace {
+
+int detect_simd_lanes() {
+#if LMUL_HAVE_X86_SIMD
+  const char* cap = std::getenv("LMUL_SIMD");
+  const bool allow_512 = !cap || (std::strcmp(cap, "avx2") != 0 && std::strcmp(cap, "none") != 0);
+  const bool allow_256 = !cap || std::strcmp(cap, "none") != 0;
+  __builtin_cpu_init();
+  if (allow_512 && __builtin_cpu_supports("avx512f")) return 16;
+  if (allow_256 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 8;
+#endif
+  return 0;
+}
+
+}  // namespace
+
+int simd_lanes() {
+  static const int lanes = detect_simd_lanes();
+  return lanes;
+}
+
+size_t panel_width() {
+  switch (simd_lanes()) {
+    case 16:
+      return 64;
+    case 8:
+      return 24;
+    default:
+      return 0;
+  }
+}
+
+void prepare_a(uint32_t* a, float* mask, size_t count, GemmVariant variant, uint32_t bias, uint32_t zero_stand_in) {
+  for (size_t i = 0; i < count; ++i) {
+    const bool zero = (a[i] & kMagnitudeMask) < kSmallestNormalBits;
+    if (mask) mask[i] = zero ? 0.0f : 1.0f;
+    a[i] = (variant == GemmVariant::kAddMaskedA && zero) ? zero_stand_in : a[i] - bias;
+  }
+}
+
+void pack_b_panels(const uint32_t* b, size_t k, size_t n, size_t nr, uint32_t* panels) {
+  const size_t count = (n + nr - 1) / nr;
+  for (size_t panel = 0; panel < count; ++panel) {
+    const size_t j0 = panel * nr, width = std::min(nr, n - j0);
+    uint32_t* out = panels + panel * k * nr;
+    for (size_t p = 0; p < k; ++p) {
+      std::memcpy(out + p * nr, b + p * n + j0, width * sizeof(uint32_t));
+      std::fill(out + p * nr + width, out + (p + 1) * nr, 0u);
+    }
+  }
+}
+
+#if LMUL_HAVE_X86_SIMD
+
+// MR x 64 tile: 4 zmm of B per k, one broadcast of A' per row, MR x 4 accumulators.
+template <int MR, bool kMasked>
+__attribute__((target("avx512f"))) void tile_avx512(const uint32_t* a, const float* mask, size_t lda,
+                                                    const uint32_t* panel, size_t k, float* tile) {
+  __m512 acc[MR][4];
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < 4; ++v) acc[i][v] = _mm512_setzero_ps();
+  for (size_t p = 0; p < k; ++p) {
+    const uint32_t* bp = panel + p * 64;
+    const __m512i b0 = _mm512_loadu_si512(bp), b1 = _mm512_loadu_si512(bp + 16);
+    const __m512i b2 = _mm512_loadu_si512(bp + 32), b3 = _mm512_loadu_si512(bp + 48);
+    for (int i = 0; i < MR; ++i) {
+      const __m512i av = _mm512_set1_epi32(static_cast<int>(a[i * lda + p]));
+      const __m512 x0 = _mm512_castsi512_ps(_mm512_add_epi32(av, b0));
+      const __m512 x1 = _mm512_castsi512_ps(_mm512_add_epi32(av, b1));
+      const __m512 x2 = _mm512_castsi512_ps(_mm512_add_epi32(av, b2));
+      const __m512 x3 = _mm512_castsi512_ps(_mm512_add_epi32(av, b3));
+      if (kMasked) {
+        const __m512 m = _mm512_set1_ps(mask[i * lda + p]);
+        acc[i][0] = _mm512_fmadd_ps(x0, m, acc[i][0]);
+        acc[i][1] = _mm512_fmadd_ps(x1, m, acc[i][1]);
+        acc[i][2] = _mm512_fmadd_ps(x2, m, acc[i][2]);
+        acc[i][3] = _mm512_fmadd_ps(x3, m, acc[i][3]);
+      } else {
+        acc[i][0] = _mm512_add_ps(acc[i][0], x0);
+        acc[i][1] = _mm512_add_ps(acc[i][1], x1);
+        acc[i][2] = _mm512_add_ps(acc[i][2], x2);
+        acc[i][3] = _mm512_add_ps(acc[i][3], x3);
+      }
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < 4; ++v) _mm512_storeu_ps(tile + i * 64 + v * 16, acc[i][v]);
+}
+
+// MR x 24 tile with AVX2: 3 ymm of B per k, MR x 3 accumulators.
+template <int MR, bool kMasked>
+__attribute__((target("avx2,fma"))) void tile_avx2(const uint32_t* a, const float* mask, size_t lda,
+                                                  const uint32_t* panel, size_t k, float* tile) {
+  __m256 acc[MR][3];
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < 3; ++v) acc[i][v] = _mm256_setzero_ps();
+  for (size_t p = 0; p < k; ++p) {
+    const uint32_t* bp = panel + p * 24;
+    const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp));
+    const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + 8));
+    const __m256i b2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + 16));
+    for (int i = 0; i < MR; ++i) {
+      const __m256i av = _mm256_set1_epi32(static_cast<int>(a[i * lda + p]));
+      const __m256 x0 = _mm256_castsi256_ps(_mm256_add_epi32(av, b0));
+      const __m256 x1 = _mm256_castsi256_ps(_mm256_add_epi32(av, b1));
+      const __m256 x2 = _mm256_castsi256_ps(_mm256_add_epi32(av, b2));
+      if (kMasked) {
+        const __m256 m = _mm256_set1_ps(mask[i * lda + p]);
+        acc[i][0] = _mm256_fmadd_ps(x0, m, acc[i][0]);
+        acc[i][1] = _mm256_fmadd_ps(x1, m, acc[i][1]);
+        acc[i][2] = _mm256_fmadd_ps(x2, m, acc[i][2]);
+      } else {
+        acc[i][0] = _mm256_add_ps(acc[i][0], x0);
+        acc[i][1] = _mm256_add_ps(acc[i][1], x1);
+        acc[i][2] = _mm256_add_ps(acc[i][2], x2);
+      }
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < 3; ++v) _mm256_storeu_ps(tile + i * 24 + v * 8, acc[i][v]);
+}
+
+using TileFn = void (*)(const uint32_t*, const float*, size_t, const uint32_t*, size_t, float*);
+
+template <bool kMasked>
+TileFn avx512_tile(size_t rows) {
+  switch (rows) {
+    case 1: return tile_avx512<1, kMasked>;
+    case 2: return tile_avx512<2, kMasked>;
+    case 3: return tile_avx512<3, kMasked>;
+    case 4: return tile_avx512<4, kMasked>;
+    case 5: return tile_avx512<5, kMasked>;
+    default: return tile_avx512<6, kMasked>;
+  }
+}
+
+template <bool kMasked>
+TileFn avx2_tile(size_t rows) {
+  switch (rows) {
+    case 1: return tile_avx2<1, kMasked>;
+    case 2: return tile_avx2<2, kMasked>;
+    case 3: return tile_avx2<3, kMasked>;
+    default: return tile_avx2<4, kMasked>;
+  }
+}
+
+#endif  // LMUL_HAVE_X86_SIMD
+
+void lmul_gemm_fast(GemmVariant variant, const uint32_t* a, const float* mask, const uint32_t* panels, size_t k,
+                    size_t n, size_t row_begin, size_t row_end, size_t panel_begin, size_t panel_end, float* c,
+                    size_t ldc) {
+#if LMUL_HAVE_X86_SIMD
+  const bool masked = variant == GemmVariant::kAddMaskedA;
+  const size_t nr = panel_width();
+  const size_t mr = simd_lanes() == 16 ? 6 : 4;
+  alignas(64) float tile[6 * 64];
+  for (size_t r = row_begin; r < row_end; r += mr) {
+    const size_t rows = std::min(mr, row_end - r);
+    TileFn fn = simd_lanes() == 16 ? (masked ? avx512_tile<true>(rows) : avx512_tile<false>(rows))
+                                   : (masked ? avx2_tile<true>(rows) : avx2_tile<false>(rows));
+    for (size_t panel = panel_begin; panel < panel_end; ++panel) {
+      fn(a + r * k, mask ? mask + r * k : nullptr, k, panels + panel * k * nr, k, tile);
+      const size_t j0 = panel * nr, width = std::min(nr, n - j0);
+      for (size_t i = 0; i < rows; ++i) std::memcpy(c + (r + i) * ldc + j0, tile + i * nr, width * sizeof(float));
+    }
+  }
+#else
+  (void)variant, (void)a, (void)mask, (void)panels, (void)k, (void)n, (void)row_begin, (void)row_end;
+  (void)panel_begin, (void)panel_end, (void)c, (void)ldc;
+#endif
+}
+
+}  // namespace lmul

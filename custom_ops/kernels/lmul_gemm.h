@@ -1,0 +1,69 @@
+// Fast L-Mul matrix products for operands whose products cannot hit a special case.
+//
+// SPEC 1, step 3 computes |a| + |b| - bias and reattaches the sign. When no operand is
+// zero, subnormal, infinite or NaN, and no product can underflow or overflow, the sum
+// stays inside [2^23, 0x7F800000), so the plain 32-bit sum of the signed bit patterns
+//     (a - bias) + b   (mod 2^32)
+// already carries the right sign (the sign bits add without a carry out of bit 30) and
+// *is* the SPEC product, bit for bit. A pre-scan of both operands (smallest and largest
+// magnitude, any zero or special value) decides when that holds; then an inner loop is
+// one integer add and one float add per product, register-blocked like an sgemm.
+//
+// Zeros in A alone (ReLU-like activations) are handled by a 0/1 multiplier per A
+// element (a float multiply used as a select, not to compute a product): the products of
+// a zero become +-0, as SPEC says, and add nothing.
+//
+// Every variant sums each output element over k = 0..K-1 in order, in float32, exactly
+// like the portable loop in lmul_kernels.cc, so all variants give identical bits.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace lmul {
+
+// Magnitude statistics of a packed, rounded operand.
+struct OperandRange {
+  uint32_t min_nonzero = 0xFFFFFFFFu;  // smallest magnitude among normal values
+  uint32_t max_magnitude = 0;          // largest magnitude among finite values
+  bool has_zero = false;               // zero or subnormal (SPEC: treated as zero)
+  bool has_special = false;            // infinity or NaN
+
+  void scan(const uint32_t* bits, size_t count);
+  void merge(const OperandRange& other);
+};
+
+enum class GemmVariant {
+  kGeneral,     // the portable loop with every special case (lmul_matmul_rows)
+  kAdd,         // no special case can occur: product = (a - bias) + b
+  kAddMaskedA,  // as kAdd, but A has zeros: their products are masked to +-0
+};
+
+const char* variant_name(GemmVariant variant);
+
+// The fastest variant that is exact for these operands. For kAddMaskedA, *zero_stand_in
+// is the value that replaces (a - bias) for zero A entries: it keeps every such sum a
+// finite float, so that multiplying it by 0 gives +-0.
+GemmVariant choose_variant(const OperandRange& a, const OperandRange& b, uint32_t bias, uint32_t* zero_stand_in);
+
+// SIMD width the fast kernels use on this CPU: 16 (AVX-512F), 8 (AVX2) or 0 (none).
+// LMUL_SIMD=avx2|none in the environment caps it (tests use it to force each path).
+int simd_lanes();
+
+// Column-panel width of packed B for the current SIMD width (0 when there is none).
+size_t panel_width();
+
+// Rewrites packed rounded A in place for `variant`: a -> a - bias, and for zero entries
+// the stand-in; mask (one float per entry, may be null for kAdd) gets 1 or 0.
+void prepare_a(uint32_t* a, float* mask, size_t count, GemmVariant variant, uint32_t bias, uint32_t zero_stand_in);
+
+// Packs row-major rounded B (K x N) into ceil(N / nr) panels of K x nr, zero-padded.
+void pack_b_panels(const uint32_t* b, size_t k, size_t n, size_t nr, uint32_t* panels);
+
+// Rows [row_begin, row_end) x panels [panel_begin, panel_end) of C (row stride ldc, N
+// columns) = A' (+) B for a fast variant; A' is prepared A (row stride k).
+void lmul_gemm_fast(GemmVariant variant, const uint32_t* a, const float* mask, const uint32_t* panels, size_t k,
+                    size_t n, size_t row_begin, size_t row_end, size_t panel_begin, size_t panel_end, float* c,
+                    size_t ldc);
+
+}  // namespace lmul
