@@ -36,16 +36,25 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def model(op: str, domain: str, shapes: list[tuple[int, ...]], constant_b: np.ndarray | None = None,
-          **attrs: object) -> bytes:
+def model(
+    op: str, domain: str, shapes: list[tuple[int, ...]], constant_b: np.ndarray | None = None, **attrs: object
+) -> bytes:
     names = ["A", "B", "C"][: len(shapes)]
-    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(s)) for n, s in zip(names, shapes, strict=True)]
+    inputs = [
+        helper.make_tensor_value_info(n, TensorProto.FLOAT, list(s))
+        for n, s in zip(names, shapes, strict=True)
+    ]
     initializers = []
     if constant_b is not None:
         inputs = [i for i in inputs if i.name != "B"]
         initializers = [numpy_helper.from_array(constant_b, "B")]
-    graph = helper.make_graph([helper.make_node(op, names, ["Y"], domain=domain, **attrs)], "bench", inputs,
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], initializers)
+    graph = helper.make_graph(
+        [helper.make_node(op, names, ["Y"], domain=domain, **attrs)],
+        "bench",
+        inputs,
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        initializers,
+    )
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid("lmul", 1)]
     return helper.make_model(graph, opset_imports=opsets, ir_version=9).SerializeToString()
 
@@ -82,12 +91,18 @@ def matmul_case(a: np.ndarray, b: np.ndarray, threads: int, repeat: int, constan
     shapes = [a.shape, b.shape]
     feeds = {"A": a} if constant else {"A": a, "B": b}
     const = b if constant else None
-    return ratio(session(model("MatMul", "", shapes, const), threads),
-                 session(model("LMulMatMul", "lmul", shapes, const), threads), feeds, repeat)
+    return ratio(
+        session(model("MatMul", "", shapes, const), threads),
+        session(model("LMulMatMul", "lmul", shapes, const), threads),
+        feeds,
+        repeat,
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="smaller shapes, for a smoke run")
@@ -100,8 +115,11 @@ def main() -> None:
 
     def report(name: str, threads: int, result: dict) -> None:
         results.append({"case": name, "threads": threads, **result})
-        print(f"{name:<46} {threads:>2}  {result['native_ms']:>9.3f} ms  {result['lmul_ms']:>9.3f} ms  "
-              f"ratio {result['ratio']:.2f}", flush=True)
+        print(
+            f"{name:<46} {threads:>2}  {result['native_ms']:>9.3f} ms  {result['lmul_ms']:>9.3f} ms  "
+            f"ratio {result['ratio']:.2f}",
+            flush=True,
+        )
 
     print(f"CPU: {cpu_name()}; onnxruntime {ort.__version__}; lmul-onnx {lmul_onnx.__version__}")
     print(f"{'case':<46} {'th':>2}  {'native':>12}  {'L-Mul':>12}  native/L-Mul")
@@ -111,29 +129,59 @@ def main() -> None:
         report(f"MatMul {size}^3 N(0,1), B input", threads, matmul_case(a, b, threads, args.repeat, False))
         report(f"MatMul {size}^3 N(0,1), B weights", threads, matmul_case(a, b, threads, args.repeat, True))
         a2, b2 = normal(size, 768 * size // 1024), normal(768 * size // 1024, 768 * size // 1024)
-        report(f"MatMul {a2.shape[0]}x{a2.shape[1]}x{b2.shape[1]} N(0,1), B weights", threads,
-               matmul_case(a2, b2, threads, args.repeat, True))
+        report(
+            f"MatMul {a2.shape[0]}x{a2.shape[1]}x{b2.shape[1]} N(0,1), B weights",
+            threads,
+            matmul_case(a2, b2, threads, args.repeat, True),
+        )
         relu = np.maximum(a, 0)
-        report(f"MatMul {size}^3 half of A zero, B weights", threads,
-               matmul_case(relu, b, threads, args.repeat, True))
-        wide = (np.exp(rng.uniform(-80, 80, (size, size))) * rng.choice([-1, 1], (size, size))).astype(np.float32)
-        report(f"MatMul {size}^3 whole exponent range", threads, matmul_case(wide, wide.T.copy(), threads,
-                                                                             args.repeat, False))
+        report(
+            f"MatMul {size}^3 half of A zero, B weights",
+            threads,
+            matmul_case(relu, b, threads, args.repeat, True),
+        )
+        wide = (np.exp(rng.uniform(-80, 80, (size, size))) * rng.choice([-1, 1], (size, size))).astype(
+            np.float32
+        )
+        report(
+            f"MatMul {size}^3 whole exponent range",
+            threads,
+            matmul_case(wide, wide.T.copy(), threads, args.repeat, False),
+        )
         q, k = normal(12, 128, 64), normal(12, 64, 128)
-        report("MatMul attention 12x(128x64 @ 64x128)", threads, matmul_case(q, k, threads, args.repeat, False))
+        report(
+            "MatMul attention 12x(128x64 @ 64x128)", threads, matmul_case(q, k, threads, args.repeat, False)
+        )
         vec, w = normal(1, 4 * size), normal(4 * size, 4 * size)
-        report(f"MatMul 1x{4 * size}x{4 * size} (decoding), B weights", threads,
-               matmul_case(vec, w, threads, args.repeat, True))
+        report(
+            f"MatMul 1x{4 * size}x{4 * size} (decoding), B weights",
+            threads,
+            matmul_case(vec, w, threads, args.repeat, True),
+        )
         gemm_b = normal(size, size)
         feeds = {"A": a}
         shapes = [a.shape, gemm_b.shape]
-        report(f"Gemm {size}^3 transB, B weights", threads,
-               ratio(session(model("Gemm", "", shapes, gemm_b, transB=1), threads),
-                     session(model("LMulGemm", "lmul", shapes, gemm_b, transB=1), threads), feeds, args.repeat))
+        report(
+            f"Gemm {size}^3 transB, B weights",
+            threads,
+            ratio(
+                session(model("Gemm", "", shapes, gemm_b, transB=1), threads),
+                session(model("LMulGemm", "lmul", shapes, gemm_b, transB=1), threads),
+                feeds,
+                args.repeat,
+            ),
+        )
         x, y = normal(4 * size * size), normal(4 * size * size)
-        report(f"Mul {x.size // (1 << 20)}M elements", threads,
-               ratio(session(model("Mul", "", [x.shape, y.shape]), threads),
-                     session(model("LMul", "lmul", [x.shape, y.shape]), threads), {"A": x, "B": y}, args.repeat))
+        report(
+            f"Mul {x.size // (1 << 20)}M elements",
+            threads,
+            ratio(
+                session(model("Mul", "", [x.shape, y.shape]), threads),
+                session(model("LMul", "lmul", [x.shape, y.shape]), threads),
+                {"A": x, "B": y},
+                args.repeat,
+            ),
+        )
         if args.model:
             converted = lmul_onnx.convert(str(args.model))
             original = onnx.load(args.model)
@@ -141,15 +189,22 @@ def main() -> None:
             feeds = {}
             for arg in reference_session.get_inputs():
                 shape = [d if isinstance(d, int) else (1 if "batch" in str(d) else 128) for d in arg.shape]
-                feeds[arg.name] = (rng.integers(1000, 3000, shape).astype(np.int64) if "int" in arg.type
-                                   else rng.standard_normal(shape).astype(np.float32))
+                feeds[arg.name] = (
+                    rng.integers(1000, 3000, shape).astype(np.int64)
+                    if "int" in arg.type
+                    else rng.standard_normal(shape).astype(np.float32)
+                )
                 if "mask" in arg.name:
                     feeds[arg.name] = np.ones(shape, np.int64)
-            report(f"model {args.model.name} (seq 128)", threads,
-                   ratio(reference_session, session(converted.SerializeToString(), threads), feeds, args.repeat))
+            report(
+                f"model {args.model.name} (seq 128)",
+                threads,
+                ratio(reference_session, session(converted.SerializeToString(), threads), feeds, args.repeat),
+            )
     if args.json:
-        args.json.write_text(json.dumps({"cpu": cpu_name(), "onnxruntime": ort.__version__, "results": results},
-                                        indent=2))
+        args.json.write_text(
+            json.dumps({"cpu": cpu_name(), "onnxruntime": ort.__version__, "results": results}, indent=2)
+        )
 
 
 if __name__ == "__main__":

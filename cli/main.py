@@ -7,6 +7,7 @@ import onnxruntime
 from lmul_onnx.cli.convert import convert as convert_command
 from lmul_onnx.cli.energy import energy_command
 from lmul_onnx.cli.models import models
+from lmul_onnx.cli.precision import precision_command
 from lmul_onnx.cli.validate import validate_command
 
 import lmul_onnx
@@ -39,6 +40,7 @@ main.add_command(convert_command)
 main.add_command(validate_command, name="validate")
 main.add_command(models)
 main.add_command(energy_command)
+main.add_command(precision_command)
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,130 @@
+"""The matmul micro-kernel variants (custom_ops/kernels/lmul_gemm.h).
+
+The pre-scan must pick the one-add kernels only on data where they are exact, and
+every variant and SIMD width must give the same bits as the portable loop (they sum
+each output in the same order).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import lmul_onnx
+
+GENERAL, ADD, ADD_MASKED_A = 0, 1, 2
+
+
+@pytest.fixture(scope="module")
+def choose() -> ctypes._CFuncPtr:
+    library = ctypes.CDLL(lmul_onnx.get_library_path())
+    function = library.lmul_matmul_variant
+    function.restype = ctypes.c_int
+    function.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return function
+
+
+def variant(choose: ctypes._CFuncPtr, a: np.ndarray, b: np.ndarray, m: int = 23) -> int:
+    a, b = np.ascontiguousarray(a, np.float32), np.ascontiguousarray(b, np.float32)
+    return choose(a.ctypes.data, a.size, b.ctypes.data, b.size, m)
+
+
+def has_simd(choose: ctypes._CFuncPtr) -> bool:
+    one = np.ones(4, np.float32)
+    return variant(choose, one, one) != GENERAL
+
+
+def test_variant_selection(choose: ctypes._CFuncPtr, rng: np.random.Generator) -> None:
+    if not has_simd(choose):
+        pytest.skip("no AVX2/AVX-512 on this CPU: only the portable loop exists")
+    a = rng.standard_normal((64, 32)).astype(np.float32)
+    b = rng.standard_normal((32, 16)).astype(np.float32)
+    assert variant(choose, a, b) == ADD
+    assert variant(choose, a, b, m=3) == ADD
+    assert variant(choose, np.maximum(a, 0), b) == ADD_MASKED_A
+    assert variant(choose, np.zeros_like(a), b) == ADD_MASKED_A
+    subnormal = a.copy()
+    subnormal[0, 0] = 1e-40
+    assert variant(choose, subnormal, b) == ADD_MASKED_A  # subnormals are zeros (SPEC 1)
+    # data that must not take a fast kernel
+    assert variant(choose, a, np.maximum(b, 0)) == GENERAL  # zeros in B
+    for special in (np.inf, -np.inf, np.nan):
+        bad = a.copy()
+        bad[3, 3] = special
+        assert variant(choose, bad, b) == GENERAL
+        assert variant(choose, b, bad) == GENERAL
+    assert variant(choose, a * 1e20, b * 1e20) == GENERAL  # products may overflow
+    assert variant(choose, a * 1e-20, b * 1e-20) == GENERAL  # products may underflow
+    assert variant(choose, a, b, m=0) == -1
+
+
+RUNNER = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    import lmul_onnx
+
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((37, 70)).astype(np.float32)
+    b = rng.standard_normal((70, 133)).astype(np.float32)
+    cases = {
+        "normal": (a, b), "relu": (np.maximum(a, 0), b), "small_m": (a[:3], b),
+        "batched": (rng.standard_normal((3, 9, 70)).astype(np.float32), b),
+        "wide": (a * np.float32(1e18), b * np.float32(1e19)),
+    }
+    results = {}
+    for name, (x, y) in cases.items():
+        for constant in (False, True):
+            inputs = [helper.make_tensor_value_info("A", TensorProto.FLOAT, list(x.shape))]
+            inits = [numpy_helper.from_array(y, "B")] if constant else []
+            if not constant:
+                inputs.append(helper.make_tensor_value_info("B", TensorProto.FLOAT, list(y.shape)))
+            for op, attrs in (("LMulMatMul", {}), ("LMulMatMul", {"mantissa_bits": 4})):
+                node = helper.make_node(op, ["A", "B"], ["Y"], domain="lmul", **attrs)
+                graph = helper.make_graph([node], "g", inputs, [helper.make_tensor_value_info("Y", 1, None)], inits)
+                model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                          helper.make_opsetid("lmul", 1)], ir_version=9)
+                feeds = {"A": x} if constant else {"A": x, "B": y}
+                session = lmul_onnx.InferenceSession(model.SerializeToString())
+                results[f"{name}_{constant}_{attrs}"] = session.run(None, feeds)[0]
+    gemm_b = rng.standard_normal((133, 70)).astype(np.float32)
+    node = helper.make_node("LMulGemm", ["A", "B", "C"], ["Y"], domain="lmul", transB=1, alpha=0.5)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("A", 1, [37, 70])],
+                              [helper.make_tensor_value_info("Y", 1, None)],
+                              [numpy_helper.from_array(gemm_b, "B"), numpy_helper.from_array(b[0], "C")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("lmul", 1)],
+                              ir_version=9)
+    results["gemm"] = lmul_onnx.InferenceSession(model.SerializeToString()).run(None, {"A": a})[0]
+    np.savez(sys.argv[1], **results)
+    """
+)
+
+
+def run_with_simd(setting: str | None, out: Path) -> dict[str, np.ndarray]:
+    env = dict(os.environ)
+    env.pop("LMUL_SIMD", None)
+    if setting:
+        env["LMUL_SIMD"] = setting
+    subprocess.run(
+        [sys.executable, "-c", RUNNER, str(out)], env=env, check=True, capture_output=True, text=True
+    )
+    with np.load(out) as archive:
+        return {k: archive[k] for k in archive.files}
+
+
+def test_every_simd_path_gives_the_portable_bits(tmp_path: Path) -> None:
+    portable = run_with_simd("none", tmp_path / "none.npz")
+    for setting in ("avx2", None):
+        fast = run_with_simd(setting, tmp_path / f"{setting}.npz")
+        assert fast.keys() == portable.keys()
+        for key, expected in portable.items():
+            assert np.array_equal(fast[key].view(np.uint32), expected.view(np.uint32)), (setting, key)
