@@ -90,7 +90,8 @@ RUNNER = textwrap.dedent(
                 inputs.append(helper.make_tensor_value_info("B", TensorProto.FLOAT, list(y.shape)))
             for op, attrs in (("LMulMatMul", {}), ("LMulMatMul", {"mantissa_bits": 4})):
                 node = helper.make_node(op, ["A", "B"], ["Y"], domain="lmul", **attrs)
-                graph = helper.make_graph([node], "g", inputs, [helper.make_tensor_value_info("Y", 1, None)], inits)
+                out = helper.make_tensor_value_info("Y", 1, None)
+                graph = helper.make_graph([node], "g", inputs, [out], inits)
                 model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
                                           helper.make_opsetid("lmul", 1)], ir_version=9)
                 feeds = {"A": x} if constant else {"A": x, "B": y}
@@ -101,8 +102,8 @@ RUNNER = textwrap.dedent(
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("A", 1, [37, 70])],
                               [helper.make_tensor_value_info("Y", 1, None)],
                               [numpy_helper.from_array(gemm_b, "B"), numpy_helper.from_array(b[0], "C")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("lmul", 1)],
-                              ir_version=9)
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("lmul", 1)]
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=9)
     results["gemm"] = lmul_onnx.InferenceSession(model.SerializeToString()).run(None, {"A": a})[0]
     np.savez(sys.argv[1], **results)
     """
