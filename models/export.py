@@ -44,8 +44,16 @@ def export_mnist(out: Path) -> Path:
     images, labels = mnist_data()
     x = ((images.reshape(-1, 1, 28, 28) / 255.0 - stats["mean"][0]) / stats["std"][0]).astype(np.float32)
     np.savez_compressed(out / "mnist-digits.npz", input=x, label=labels.astype(np.int64))
-    torch.onnx.export(net, (torch.from_numpy(x[:1]),), str(target), input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False)
+    torch.onnx.export(
+        net,
+        (torch.from_numpy(x[:1]),),
+        str(target),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
     return target
 
 
@@ -73,8 +81,14 @@ def export_smollm2(out: Path) -> Path:
 
     example = torch.tensor([tokenizer.encode("The GNU General Public License is a free license.")])
     batch, sequence = torch.export.Dim("batch", max=64), torch.export.Dim("sequence", min=2, max=2048)
-    program = torch.onnx.export(Logits(model), (example,), dynamo=True, input_names=["input_ids"],
-                                output_names=["logits"], dynamic_shapes={"input_ids": {0: batch, 1: sequence}})
+    program = torch.onnx.export(
+        Logits(model),
+        (example,),
+        dynamo=True,
+        input_names=["input_ids"],
+        output_names=["logits"],
+        dynamic_shapes={"input_ids": {0: batch, 1: sequence}},
+    )
     program.save(str(target), external_data=True)
     return target
 
@@ -93,7 +107,9 @@ RECIPES = {"mnist": export_mnist, "smollm2": export_smollm2, "minilm-l3": export
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("names", nargs="+", choices=[*RECIPES, "all"])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--force", action="store_true")

@@ -19,7 +19,7 @@ import pytest
 
 import lmul_onnx
 
-GENERAL, ADD, ADD_MASKED_A = 0, 1, 2
+GENERAL, ADD, ADD_MASKED_A, ADD_MASKED_B, ADD_MASKED_AB = 0, 1, 2, 3, 4
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +53,10 @@ def test_variant_selection(choose: ctypes._CFuncPtr, rng: np.random.Generator) -
     subnormal = a.copy()
     subnormal[0, 0] = 1e-40
     assert variant(choose, subnormal, b) == ADD_MASKED_A  # subnormals are zeros (SPEC 1)
+    assert variant(choose, a, np.maximum(b, 0)) == ADD_MASKED_B
+    assert variant(choose, np.maximum(a, 0), np.maximum(b, 0)) == ADD_MASKED_AB
     # data that must not take a fast kernel
-    assert variant(choose, a, np.maximum(b, 0)) == GENERAL  # zeros in B
+    assert variant(choose, a, np.zeros_like(b)) == GENERAL  # no B range to derive stand-ins from
     for special in (np.inf, -np.inf, np.nan):
         bad = a.copy()
         bad[3, 3] = special
@@ -78,6 +80,9 @@ RUNNER = textwrap.dedent(
     b = rng.standard_normal((70, 133)).astype(np.float32)
     cases = {
         "normal": (a, b), "relu": (np.maximum(a, 0), b), "small_m": (a[:3], b),
+        "zeros_b": (a, np.where(np.abs(b) < 0.3, 0, b).astype(np.float32)),
+        "zeros_ab": (np.maximum(a, 0), np.where(np.abs(b) < 0.3, np.float32(1e-41), b).astype(np.float32)),
+        "spread": (a * np.float32(1e-12), (b * np.exp(rng.uniform(-20, 20, b.shape))).astype(np.float32)),
         "batched": (rng.standard_normal((3, 9, 70)).astype(np.float32), b),
         "wide": (a * np.float32(1e18), b * np.float32(1e19)),
     }

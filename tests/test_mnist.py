@@ -29,8 +29,9 @@ def test_fp32_baseline(digits: tuple[np.ndarray, np.ndarray]) -> None:
 
 
 @pytest.mark.parametrize("mantissa_bits", [None, 4, 3, 2])
-def test_lmul_keeps_the_accuracy(tmp_path: Path, digits: tuple[np.ndarray, np.ndarray],
-                                 mantissa_bits: int | None) -> None:
+def test_lmul_keeps_the_accuracy(
+    tmp_path: Path, digits: tuple[np.ndarray, np.ndarray], mantissa_bits: int | None
+) -> None:
     converted = tmp_path / "mnist.lmul.onnx"
     model = lmul_onnx.convert(MNIST / "mnist.onnx", converted, mantissa_bits=mantissa_bits)
     assert [n.op_type for n in model.graph.node if n.domain == "lmul"] == ["LMulGemm", "LMulGemm"]

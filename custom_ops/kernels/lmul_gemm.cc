@@ -48,24 +48,36 @@ const char* variant_name(GemmVariant variant) {
       return "add";
     case GemmVariant::kAddMaskedA:
       return "add-masked-a";
+    case GemmVariant::kAddMaskedB:
+      return "add-masked-b";
+    case GemmVariant::kAddMaskedAB:
+      return "add-masked-ab";
     default:
       return "general";
   }
 }
 
-GemmVariant choose_variant(const OperandRange& a, const OperandRange& b, uint32_t bias, uint32_t* zero_stand_in) {
-  if (a.has_special || b.has_special || b.has_zero) return GemmVariant::kGeneral;
+// Magnitudes add modulo 2^31 (the sign bits add on their own): with these stand-ins,
+//   a zero A entry meets b:        (2^23 - min|b|) + |b|           in [2^23, 2^23 + spread(B)]
+//   a zero B entry meets a:        |a| - bias + (min|b| - 2^23)     in [0, max|a| + max|b| - bias - 2^23]
+//   two zeros meet:                (2^23 - min|b|) + (min|b| - 2^23) = 0
+// all finite when B's spread is below 0x7F000000 and the non-zero products are safe.
+uint32_t zero_stand_in_a(const OperandRange& b) { return kSmallestNormalBits - b.min_nonzero; }
+uint32_t zero_stand_in_b(const OperandRange& b) { return b.min_nonzero - kSmallestNormalBits; }
+
+GemmVariant choose_variant(const OperandRange& a, const OperandRange& b, uint32_t bias) {
+  if (a.has_special || b.has_special) return GemmVariant::kGeneral;
+  const bool a_all_zero = a.min_nonzero == 0xFFFFFFFFu, b_all_zero = b.min_nonzero == 0xFFFFFFFFu;
+  if (b_all_zero) return GemmVariant::kGeneral;  // no B range to derive stand-ins from
   // Every product of non-zero operands must land in [2^23, 0x7F800000) before the sign.
   const uint64_t smallest = uint64_t{a.min_nonzero} + b.min_nonzero;
   const uint64_t largest = uint64_t{a.max_magnitude} + b.max_magnitude;
-  const bool a_all_zero = a.min_nonzero == 0xFFFFFFFFu;
   if (!a_all_zero && smallest < uint64_t{bias} + kSmallestNormalBits) return GemmVariant::kGeneral;
   if (largest >= uint64_t{bias} + kInfBits) return GemmVariant::kGeneral;
-  if (!a.has_zero) return GemmVariant::kAdd;
-  // Zero A entries: choose s with s + |b| in [2^23, 0x7F800000) for every b of B.
+  if (!a.has_zero && !b.has_zero) return GemmVariant::kAdd;
   if (b.max_magnitude - b.min_nonzero >= kInfBits - kSmallestNormalBits) return GemmVariant::kGeneral;
-  *zero_stand_in = kSmallestNormalBits - b.min_nonzero;  // modulo 2^32
-  return GemmVariant::kAddMaskedA;
+  if (a.has_zero && b.has_zero) return GemmVariant::kAddMaskedAB;
+  return a.has_zero ? GemmVariant::kAddMaskedA : GemmVariant::kAddMaskedB;
 }
 
 namespace {
@@ -101,21 +113,28 @@ size_t panel_width() {
 }
 
 void prepare_a(uint32_t* a, float* mask, size_t count, GemmVariant variant, uint32_t bias, uint32_t zero_stand_in) {
+  const bool masked = masks_a(variant);
   for (size_t i = 0; i < count; ++i) {
     const bool zero = (a[i] & kMagnitudeMask) < kSmallestNormalBits;
     if (mask) mask[i] = zero ? 0.0f : 1.0f;
-    a[i] = (variant == GemmVariant::kAddMaskedA && zero) ? zero_stand_in : a[i] - bias;
+    a[i] = (masked && zero) ? zero_stand_in : a[i] - bias;
   }
 }
 
-void pack_b_panels(const uint32_t* b, size_t k, size_t n, size_t nr, uint32_t* panels) {
+void pack_b_panels(const uint32_t* b, size_t k, size_t n, size_t nr, uint32_t zero_stand_in, uint32_t* panels,
+                   float* masks) {
   const size_t count = (n + nr - 1) / nr;
   for (size_t panel = 0; panel < count; ++panel) {
     const size_t j0 = panel * nr, width = std::min(nr, n - j0);
     uint32_t* out = panels + panel * k * nr;
+    float* out_mask = masks ? masks + panel * k * nr : nullptr;
     for (size_t p = 0; p < k; ++p) {
-      std::memcpy(out + p * nr, b + p * n + j0, width * sizeof(uint32_t));
-      std::fill(out + p * nr + width, out + (p + 1) * nr, 0u);
+      for (size_t j = 0; j < nr; ++j) {
+        const uint32_t value = j < width ? b[p * n + j0 + j] : 0u;
+        const bool zero = j >= width || (value & kMagnitudeMask) < kSmallestNormalBits;
+        out[p * nr + j] = (zero && j < width) ? zero_stand_in : value;
+        if (out_mask) out_mask[p * nr + j] = zero ? 0.0f : 1.0f;
+      }
     }
   }
 }
@@ -123,9 +142,11 @@ void pack_b_panels(const uint32_t* b, size_t k, size_t n, size_t nr, uint32_t* p
 #if LMUL_HAVE_X86_SIMD
 
 // MR x 64 tile: 4 zmm of B per k, one broadcast of A' per row, MR x 4 accumulators.
-template <int MR, bool kMasked>
-__attribute__((target("avx512f"))) void tile_avx512(const uint32_t* a, const float* mask, size_t lda,
-                                                    const uint32_t* panel, size_t k, float* tile) {
+// Masked variants multiply each integer-sum product by its 0/1 select before adding.
+template <int MR, bool kMaskA, bool kMaskB>
+__attribute__((target("avx512f"))) void tile_avx512(const uint32_t* a, const float* a_mask, size_t lda,
+                                                    const uint32_t* panel, const float* b_mask, size_t k,
+                                                    float* tile) {
   __m512 acc[MR][4];
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < 4; ++v) acc[i][v] = _mm512_setzero_ps();
@@ -133,14 +154,33 @@ __attribute__((target("avx512f"))) void tile_avx512(const uint32_t* a, const flo
     const uint32_t* bp = panel + p * 64;
     const __m512i b0 = _mm512_loadu_si512(bp), b1 = _mm512_loadu_si512(bp + 16);
     const __m512i b2 = _mm512_loadu_si512(bp + 32), b3 = _mm512_loadu_si512(bp + 48);
+    __m512 mb0 = _mm512_setzero_ps(), mb1 = mb0, mb2 = mb0, mb3 = mb0;
+    if (kMaskB) {
+      const float* mp = b_mask + p * 64;
+      mb0 = _mm512_loadu_ps(mp);
+      mb1 = _mm512_loadu_ps(mp + 16);
+      mb2 = _mm512_loadu_ps(mp + 32);
+      mb3 = _mm512_loadu_ps(mp + 48);
+    }
     for (int i = 0; i < MR; ++i) {
       const __m512i av = _mm512_set1_epi32(static_cast<int>(a[i * lda + p]));
       const __m512 x0 = _mm512_castsi512_ps(_mm512_add_epi32(av, b0));
       const __m512 x1 = _mm512_castsi512_ps(_mm512_add_epi32(av, b1));
       const __m512 x2 = _mm512_castsi512_ps(_mm512_add_epi32(av, b2));
       const __m512 x3 = _mm512_castsi512_ps(_mm512_add_epi32(av, b3));
-      if (kMasked) {
-        const __m512 m = _mm512_set1_ps(mask[i * lda + p]);
+      if (kMaskA && kMaskB) {
+        const __m512 ma = _mm512_set1_ps(a_mask[i * lda + p]);
+        acc[i][0] = _mm512_fmadd_ps(x0, _mm512_mul_ps(mb0, ma), acc[i][0]);
+        acc[i][1] = _mm512_fmadd_ps(x1, _mm512_mul_ps(mb1, ma), acc[i][1]);
+        acc[i][2] = _mm512_fmadd_ps(x2, _mm512_mul_ps(mb2, ma), acc[i][2]);
+        acc[i][3] = _mm512_fmadd_ps(x3, _mm512_mul_ps(mb3, ma), acc[i][3]);
+      } else if (kMaskB) {
+        acc[i][0] = _mm512_fmadd_ps(x0, mb0, acc[i][0]);
+        acc[i][1] = _mm512_fmadd_ps(x1, mb1, acc[i][1]);
+        acc[i][2] = _mm512_fmadd_ps(x2, mb2, acc[i][2]);
+        acc[i][3] = _mm512_fmadd_ps(x3, mb3, acc[i][3]);
+      } else if (kMaskA) {
+        const __m512 m = _mm512_set1_ps(a_mask[i * lda + p]);
         acc[i][0] = _mm512_fmadd_ps(x0, m, acc[i][0]);
         acc[i][1] = _mm512_fmadd_ps(x1, m, acc[i][1]);
         acc[i][2] = _mm512_fmadd_ps(x2, m, acc[i][2]);
@@ -158,9 +198,10 @@ __attribute__((target("avx512f"))) void tile_avx512(const uint32_t* a, const flo
 }
 
 // MR x 24 tile with AVX2: 3 ymm of B per k, MR x 3 accumulators.
-template <int MR, bool kMasked>
-__attribute__((target("avx2,fma"))) void tile_avx2(const uint32_t* a, const float* mask, size_t lda,
-                                                  const uint32_t* panel, size_t k, float* tile) {
+template <int MR, bool kMaskA, bool kMaskB>
+__attribute__((target("avx2,fma"))) void tile_avx2(const uint32_t* a, const float* a_mask, size_t lda,
+                                                  const uint32_t* panel, const float* b_mask, size_t k,
+                                                  float* tile) {
   __m256 acc[MR][3];
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < 3; ++v) acc[i][v] = _mm256_setzero_ps();
@@ -169,13 +210,28 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const uint32_t* a, const floa
     const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp));
     const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + 8));
     const __m256i b2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + 16));
+    __m256 mb0 = _mm256_setzero_ps(), mb1 = mb0, mb2 = mb0;
+    if (kMaskB) {
+      mb0 = _mm256_loadu_ps(b_mask + p * 24);
+      mb1 = _mm256_loadu_ps(b_mask + p * 24 + 8);
+      mb2 = _mm256_loadu_ps(b_mask + p * 24 + 16);
+    }
     for (int i = 0; i < MR; ++i) {
       const __m256i av = _mm256_set1_epi32(static_cast<int>(a[i * lda + p]));
       const __m256 x0 = _mm256_castsi256_ps(_mm256_add_epi32(av, b0));
       const __m256 x1 = _mm256_castsi256_ps(_mm256_add_epi32(av, b1));
       const __m256 x2 = _mm256_castsi256_ps(_mm256_add_epi32(av, b2));
-      if (kMasked) {
-        const __m256 m = _mm256_set1_ps(mask[i * lda + p]);
+      if (kMaskA && kMaskB) {
+        const __m256 ma = _mm256_set1_ps(a_mask[i * lda + p]);
+        acc[i][0] = _mm256_fmadd_ps(x0, _mm256_mul_ps(mb0, ma), acc[i][0]);
+        acc[i][1] = _mm256_fmadd_ps(x1, _mm256_mul_ps(mb1, ma), acc[i][1]);
+        acc[i][2] = _mm256_fmadd_ps(x2, _mm256_mul_ps(mb2, ma), acc[i][2]);
+      } else if (kMaskB) {
+        acc[i][0] = _mm256_fmadd_ps(x0, mb0, acc[i][0]);
+        acc[i][1] = _mm256_fmadd_ps(x1, mb1, acc[i][1]);
+        acc[i][2] = _mm256_fmadd_ps(x2, mb2, acc[i][2]);
+      } else if (kMaskA) {
+        const __m256 m = _mm256_set1_ps(a_mask[i * lda + p]);
         acc[i][0] = _mm256_fmadd_ps(x0, m, acc[i][0]);
         acc[i][1] = _mm256_fmadd_ps(x1, m, acc[i][1]);
         acc[i][2] = _mm256_fmadd_ps(x2, m, acc[i][2]);
@@ -190,52 +246,65 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const uint32_t* a, const floa
     for (int v = 0; v < 3; ++v) _mm256_storeu_ps(tile + i * 24 + v * 8, acc[i][v]);
 }
 
-using TileFn = void (*)(const uint32_t*, const float*, size_t, const uint32_t*, size_t, float*);
+using TileFn = void (*)(const uint32_t*, const float*, size_t, const uint32_t*, const float*, size_t, float*);
 
-template <bool kMasked>
+template <bool kMaskA, bool kMaskB>
 TileFn avx512_tile(size_t rows) {
   switch (rows) {
-    case 1: return tile_avx512<1, kMasked>;
-    case 2: return tile_avx512<2, kMasked>;
-    case 3: return tile_avx512<3, kMasked>;
-    case 4: return tile_avx512<4, kMasked>;
-    case 5: return tile_avx512<5, kMasked>;
-    default: return tile_avx512<6, kMasked>;
+    case 1: return tile_avx512<1, kMaskA, kMaskB>;
+    case 2: return tile_avx512<2, kMaskA, kMaskB>;
+    case 3: return tile_avx512<3, kMaskA, kMaskB>;
+    case 4: return tile_avx512<4, kMaskA, kMaskB>;
+    case 5: return tile_avx512<5, kMaskA, kMaskB>;
+    default: return tile_avx512<6, kMaskA, kMaskB>;
   }
 }
 
-template <bool kMasked>
+template <bool kMaskA, bool kMaskB>
 TileFn avx2_tile(size_t rows) {
   switch (rows) {
-    case 1: return tile_avx2<1, kMasked>;
-    case 2: return tile_avx2<2, kMasked>;
-    case 3: return tile_avx2<3, kMasked>;
-    default: return tile_avx2<4, kMasked>;
+    case 1: return tile_avx2<1, kMaskA, kMaskB>;
+    case 2: return tile_avx2<2, kMaskA, kMaskB>;
+    case 3: return tile_avx2<3, kMaskA, kMaskB>;
+    default: return tile_avx2<4, kMaskA, kMaskB>;
+  }
+}
+
+template <bool kMaskA, bool kMaskB>
+TileFn tile_for(size_t rows) {
+  return simd_lanes() == 16 ? avx512_tile<kMaskA, kMaskB>(rows) : avx2_tile<kMaskA, kMaskB>(rows);
+}
+
+TileFn select_tile(GemmVariant variant, size_t rows) {
+  switch (variant) {
+    case GemmVariant::kAddMaskedA: return tile_for<true, false>(rows);
+    case GemmVariant::kAddMaskedB: return tile_for<false, true>(rows);
+    case GemmVariant::kAddMaskedAB: return tile_for<true, true>(rows);
+    default: return tile_for<false, false>(rows);
   }
 }
 
 #endif  // LMUL_HAVE_X86_SIMD
 
-void lmul_gemm_fast(GemmVariant variant, const uint32_t* a, const float* mask, const uint32_t* panels, size_t k,
-                    size_t n, size_t row_begin, size_t row_end, size_t panel_begin, size_t panel_end, float* c,
-                    size_t ldc) {
+void lmul_gemm_fast(GemmVariant variant, const uint32_t* a, const float* a_mask, const uint32_t* panels,
+                    const float* b_masks, size_t k, size_t n, size_t row_begin, size_t row_end, size_t panel_begin,
+                    size_t panel_end, float* c, size_t ldc) {
 #if LMUL_HAVE_X86_SIMD
-  const bool masked = variant == GemmVariant::kAddMaskedA;
   const size_t nr = panel_width();
   const size_t mr = simd_lanes() == 16 ? 6 : 4;
   alignas(64) float tile[6 * 64];
   for (size_t r = row_begin; r < row_end; r += mr) {
     const size_t rows = std::min(mr, row_end - r);
-    TileFn fn = simd_lanes() == 16 ? (masked ? avx512_tile<true>(rows) : avx512_tile<false>(rows))
-                                   : (masked ? avx2_tile<true>(rows) : avx2_tile<false>(rows));
+    const TileFn fn = select_tile(variant, rows);
     for (size_t panel = panel_begin; panel < panel_end; ++panel) {
-      fn(a + r * k, mask ? mask + r * k : nullptr, k, panels + panel * k * nr, k, tile);
+      fn(a + r * k, a_mask ? a_mask + r * k : nullptr, k, panels + panel * k * nr,
+         b_masks ? b_masks + panel * k * nr : nullptr, k, tile);
       const size_t j0 = panel * nr, width = std::min(nr, n - j0);
       for (size_t i = 0; i < rows; ++i) std::memcpy(c + (r + i) * ldc + j0, tile + i * nr, width * sizeof(float));
     }
   }
 #else
-  (void)variant, (void)a, (void)mask, (void)panels, (void)k, (void)n, (void)row_begin, (void)row_end;
+  (void)variant, (void)a, (void)a_mask, (void)panels, (void)b_masks, (void)k, (void)n, (void)row_begin, (void)row_end;
   (void)panel_begin, (void)panel_end, (void)c, (void)ldc;
 #endif
 }

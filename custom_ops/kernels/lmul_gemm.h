@@ -9,9 +9,12 @@
 // magnitude, any zero or special value) decides when that holds; then an inner loop is
 // one integer add and one float add per product, register-blocked like an sgemm.
 //
-// Zeros in A alone (ReLU-like activations) are handled by a 0/1 multiplier per A
-// element (a float multiply used as a select, not to compute a product): the products of
-// a zero become +-0, as SPEC says, and add nothing.
+// Zeros (and subnormals) in A, in B or in both are handled by 0/1 multipliers (a float
+// multiply used as a select, not to compute a product): the products of a zero become
+// +-0, as SPEC says, and add nothing. A zero entry is replaced by a stand-in chosen so
+// that its integer sum with any operand it meets is a finite float, never Inf or NaN:
+// for A, 2^23 - min|b|; for B, min|b| - 2^23 (both depend on B only, so constant weights
+// are prepared once).
 //
 // Every variant sums each output element over k = 0..K-1 in order, in float32, exactly
 // like the portable loop in lmul_kernels.cc, so all variants give identical bits.
@@ -34,17 +37,24 @@ struct OperandRange {
 };
 
 enum class GemmVariant {
-  kGeneral,     // the portable loop with every special case (lmul_matmul_rows)
-  kAdd,         // no special case can occur: product = (a - bias) + b
-  kAddMaskedA,  // as kAdd, but A has zeros: their products are masked to +-0
+  kGeneral,      // the portable loop with every special case (lmul_matmul_rows)
+  kAdd,          // no special case can occur: product = (a - bias) + b
+  kAddMaskedA,   // as kAdd, but A has zeros: their products are masked to +-0
+  kAddMaskedB,   // B has zeros
+  kAddMaskedAB,  // both have zeros
 };
+
+constexpr bool masks_a(GemmVariant v) { return v == GemmVariant::kAddMaskedA || v == GemmVariant::kAddMaskedAB; }
+constexpr bool masks_b(GemmVariant v) { return v == GemmVariant::kAddMaskedB || v == GemmVariant::kAddMaskedAB; }
+
+// The stand-ins of zero entries (see above), from B's range.
+uint32_t zero_stand_in_a(const OperandRange& b);
+uint32_t zero_stand_in_b(const OperandRange& b);
 
 const char* variant_name(GemmVariant variant);
 
-// The fastest variant that is exact for these operands. For kAddMaskedA, *zero_stand_in
-// is the value that replaces (a - bias) for zero A entries: it keeps every such sum a
-// finite float, so that multiplying it by 0 gives +-0.
-GemmVariant choose_variant(const OperandRange& a, const OperandRange& b, uint32_t bias, uint32_t* zero_stand_in);
+// The fastest variant that is exact for these operands.
+GemmVariant choose_variant(const OperandRange& a, const OperandRange& b, uint32_t bias);
 
 // SIMD width the fast kernels use on this CPU: 16 (AVX-512F), 8 (AVX2) or 0 (none).
 // LMUL_SIMD=avx2|none in the environment caps it (tests use it to force each path).
@@ -54,16 +64,19 @@ int simd_lanes();
 size_t panel_width();
 
 // Rewrites packed rounded A in place for `variant`: a -> a - bias, and for zero entries
-// the stand-in; mask (one float per entry, may be null for kAdd) gets 1 or 0.
+// the stand-in; mask (one float per entry, null unless masks_a) gets 1 or 0.
 void prepare_a(uint32_t* a, float* mask, size_t count, GemmVariant variant, uint32_t bias, uint32_t zero_stand_in);
 
-// Packs row-major rounded B (K x N) into ceil(N / nr) panels of K x nr, zero-padded.
-void pack_b_panels(const uint32_t* b, size_t k, size_t n, size_t nr, uint32_t* panels);
+// Packs row-major rounded B (K x N) into ceil(N / nr) panels of K x nr. Zero entries
+// become `zero_stand_in`; `masks` (same layout, may be null) gets 1 or 0 per entry.
+// Padding columns hold 0 with mask 0.
+void pack_b_panels(const uint32_t* b, size_t k, size_t n, size_t nr, uint32_t zero_stand_in, uint32_t* panels,
+                   float* masks);
 
 // Rows [row_begin, row_end) x panels [panel_begin, panel_end) of C (row stride ldc, N
 // columns) = A' (+) B for a fast variant; A' is prepared A (row stride k).
-void lmul_gemm_fast(GemmVariant variant, const uint32_t* a, const float* mask, const uint32_t* panels, size_t k,
-                    size_t n, size_t row_begin, size_t row_end, size_t panel_begin, size_t panel_end, float* c,
-                    size_t ldc);
+void lmul_gemm_fast(GemmVariant variant, const uint32_t* a, const float* a_mask, const uint32_t* panels,
+                    const float* b_masks, size_t k, size_t n, size_t row_begin, size_t row_end, size_t panel_begin,
+                    size_t panel_end, float* c, size_t ldc);
 
 }  // namespace lmul
