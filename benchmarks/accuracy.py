@@ -133,7 +133,9 @@ def study_minilm(run: Callable[[str], ort.InferenceSession], configs: list[str])
     def embed(sess: ort.InferenceSession) -> np.ndarray:
         outputs = {
             o.name: v
-            for o, v in zip(sess.get_outputs(), sess.run(None, {"input_ids": ids, "attention_mask": mask}))
+            for o, v in zip(
+                sess.get_outputs(), sess.run(None, {"input_ids": ids, "attention_mask": mask}), strict=True
+            )
         }
         tokens = next(v for v in outputs.values() if v.ndim == 3)
         pooled = (tokens * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
