@@ -241,8 +241,12 @@ def plot(rows: list[dict], path: Path) -> None:
         ]
         ax.barh(names, values, color=colours)
         low, high = min(values), max(values)
-        margin = (high - low) * 0.3 or abs(high) * 0.01 or 0.01
-        ax.set_xlim(low - margin, high + margin)
+        if metric == "perplexity":  # spans orders of magnitude
+            ax.set_xscale("log")
+            ax.set_xlim(low / 1.5, high * 2)
+        else:
+            margin = (high - low) * 0.3 or abs(high) * 0.01 or 0.01
+            ax.set_xlim(low - margin, high + margin)
         ax.invert_yaxis()
         ax.set_title(title)
         for i, v in enumerate(values):
@@ -259,7 +263,11 @@ def main() -> None:
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--tokens", type=int, default=4096, help="SmolLM2 text length in tokens")
     parser.add_argument("--work", type=Path, default=BUILD / "study")
+    parser.add_argument("--plot-only", action="store_true", help="redraw docs/accuracy.png from docs/accuracy.json")
     args = parser.parse_args()
+    if args.plot_only:
+        plot(json.loads((DOCS / "accuracy.json").read_text()), DOCS / "accuracy.png")
+        return
     args.work.mkdir(parents=True, exist_ok=True)
     configs = args.configs.split(",")
     rows: list[dict] = []

@@ -119,42 +119,72 @@ lmul::Shape shape_of(const Ort::ConstValue& value) {
   return value.GetTensorTypeAndShapeInfo().GetShape();
 }
 
-// B of a matrix product, rounded and analysed: built per call, or once when B is a
-// constant initializer (weights), so that calls skip the rounding, scan and packing.
+// Runs fn(i) for i < tasks, serially (used at session creation, without a thread pool).
+struct SerialRunner {
+  template <class Fn>
+  void operator()(size_t tasks, Fn&& fn) const {
+    for (size_t i = 0; i < tasks; ++i) fn(i);
+  }
+};
+
+// Runs fn(i) for i < tasks on onnxruntime's intra-op thread pool.
+struct PoolRunner {
+  const Ort::KernelContext& context;
+  template <class Fn>
+  void operator()(size_t tasks, Fn&& fn) const {
+    parallel_for(context, tasks, fn);
+  }
+};
+
+// B of a matrix product, rounded, analysed and packed into the fast kernels' panels:
+// per call, or once when B is a constant initializer (weights). Without SIMD, it keeps
+// row-major rounded B for the portable loop instead.
 struct PackedB {
   lmul::Shape shape;
   size_t matrices = 0, k = 0, n = 0;
   lmul::OperandRange range;
-  std::vector<uint32_t> rounded;  // row-major K x N per matrix (empty when panels exist)
-  std::vector<uint32_t> panels;   // lmul_gemm.h panels per matrix (empty without SIMD)
-  std::vector<float> masks;       // 0/1 per panel entry, when B has zeros
+  std::vector<uint32_t> rounded;  // row-major K x N per matrix, only without SIMD
+  std::unique_ptr<uint32_t[]> panels;
+  std::unique_ptr<float[]> masks;  // 0/1 per panel entry, when B has zeros
+  size_t panels_per_matrix = 0;
 
-  template <class S>
-  static PackedB from(const typename S::type* data, const lmul::Shape& shape, size_t matrices, size_t k, size_t n,
-                      bool transposed, int mantissa_bits, bool keep_rounded) {
-    PackedB b;
-    b.shape = shape;
-    b.matrices = matrices;
-    b.k = k;
-    b.n = n;
-    b.rounded.resize(matrices * k * n);
-    for (size_t i = 0; i < matrices; ++i) {
-      lmul::pack_rounded<S>(data + i * k * n, k, n, transposed ? 1 : n, transposed ? k : 1, mantissa_bits,
-                            b.rounded.data() + i * k * n);
-    }
-    b.range.scan(b.rounded.data(), b.rounded.size());
+  template <class S, class Run>
+  static std::unique_ptr<const PackedB> from(const typename S::type* data, const lmul::Shape& shape, size_t matrices,
+                                             size_t k, size_t n, bool transposed, int mantissa_bits, Run&& run) {
+    auto b = std::make_unique<PackedB>();
+    b->shape = shape;
+    b->matrices = matrices;
+    b->k = k;
+    b->n = n;
+    const size_t row_stride = transposed ? 1 : n, col_stride = transposed ? k : 1;
+    // Scan in chunks of rows, in parallel, then merge.
+    constexpr size_t kRowsPerChunk = 64;
+    const size_t chunks = ceil_div(std::max<size_t>(k, 1), kRowsPerChunk);
+    std::vector<lmul::OperandRange> ranges(matrices * chunks);
+    run(matrices * chunks, [&](size_t t) {
+      const size_t i = t / chunks, r0 = (t % chunks) * kRowsPerChunk, r1 = std::min(k, r0 + kRowsPerChunk);
+      lmul::scan_rounded<S>(data + i * k * n, r0, r1, n, row_stride, col_stride, mantissa_bits, ranges[t]);
+    });
+    for (const lmul::OperandRange& part : ranges) b->range.merge(part);
     const size_t nr = lmul::panel_width();
-    if (nr) {
-      const size_t panels = ceil_div(n, nr);
-      b.panels.resize(matrices * panels * k * nr);
-      if (b.range.has_zero) b.masks.resize(b.panels.size());
-      const uint32_t stand_in = lmul::zero_stand_in_b(b.range);
-      for (size_t i = 0; i < matrices; ++i) {
-        lmul::pack_b_panels(b.rounded.data() + i * k * n, k, n, nr, stand_in, b.panels.data() + i * panels * k * nr,
-                            b.masks.empty() ? nullptr : b.masks.data() + i * panels * k * nr);
-      }
-      if (!keep_rounded) std::vector<uint32_t>().swap(b.rounded);
+    if (nr == 0) {
+      b->rounded.resize(matrices * k * n);
+      run(matrices, [&](size_t i) {
+        lmul::pack_rounded<S>(data + i * k * n, k, n, row_stride, col_stride, mantissa_bits, b->rounded.data() + i * k * n);
+      });
+      return b;
     }
+    b->panels_per_matrix = ceil_div(n, nr);
+    const size_t per_matrix = b->panels_per_matrix * k * nr;
+    b->panels.reset(new uint32_t[matrices * per_matrix]);
+    if (b->range.has_zero) b->masks.reset(new float[matrices * per_matrix]);
+    const uint32_t stand_in = lmul::zero_stand_in_b(b->range);
+    run(matrices * b->panels_per_matrix, [&](size_t t) {
+      const size_t i = t / b->panels_per_matrix, panel = t % b->panels_per_matrix;
+      lmul::pack_panels_rounded<S>(data + i * k * n, k, n, row_stride, col_stride, mantissa_bits, nr, stand_in, panel,
+                                   panel + 1, b->panels.get() + i * per_matrix,
+                                   b->masks ? b->masks.get() + i * per_matrix : nullptr);
+    });
     return b;
   }
 };
@@ -212,8 +242,8 @@ struct LMulKernel {
     } else {
       return;
     }
-    constant_b = std::make_unique<const PackedB>(PackedB::from<S>(static_cast<const T*>(b.GetTensorRawData()), shape,
-                                                                  matrices, k, n, trans_b, mantissa_bits, false));
+    constant_b = PackedB::from<S>(static_cast<const T*>(b.GetTensorRawData()), shape, matrices, k, n, trans_b,
+                                  mantissa_bits, SerialRunner{});
   }
 
   OrtStatusPtr ComputeV2(OrtKernelContext* raw_context) noexcept { return guarded(node_name, [&] { Compute(raw_context); }); }
@@ -305,44 +335,59 @@ struct LMulKernel {
     // Operands rounded to m bits once, not once per product.
     const T* pa = static_cast<const T*>(a.GetTensorRawData());
     const T* pb = static_cast<const T*>(b.GetTensorRawData());
-    std::vector<uint32_t> a_packed(mm.a_matrices * m * k);
+    const PoolRunner pool{context};
+    // A rounded once (not once per product) and scanned, in parallel row chunks.
+    constexpr size_t kRowsPerChunk = 64;
+    const size_t a_chunks = ceil_div(m, kRowsPerChunk);
+    std::unique_ptr<uint32_t[]> a_packed(new uint32_t[std::max<size_t>(1, mm.a_matrices * m * k)]);
+    std::vector<lmul::OperandRange> a_ranges(mm.a_matrices * a_chunks);
     const size_t a_row_stride = trans_a ? 1 : k, a_col_stride = trans_a ? m : 1;
-    for (size_t i = 0; i < mm.a_matrices; ++i) {
-      lmul::pack_rounded<S>(pa + i * m * k, m, k, a_row_stride, a_col_stride, mantissa_bits,
-                            a_packed.data() + i * m * k);
-    }
+    pool(mm.a_matrices * a_chunks, [&](size_t t) {
+      const size_t i = t / a_chunks, r0 = (t % a_chunks) * kRowsPerChunk, r1 = std::min(m, r0 + kRowsPerChunk);
+      uint32_t* rows = a_packed.get() + i * m * k + r0 * k;
+      lmul::pack_rounded<S>(pa + i * m * k + r0 * a_row_stride, r1 - r0, k, a_row_stride, a_col_stride, mantissa_bits,
+                            rows);
+      a_ranges[t].scan(rows, (r1 - r0) * k);
+    });
+    lmul::OperandRange a_range;
+    for (const lmul::OperandRange& part : a_ranges) a_range.merge(part);
+
     std::unique_ptr<const PackedB> per_call_b;
-    const bool use_constant = constant_b && constant_b->shape == b_shape;
-    if (!use_constant) {
-      per_call_b = std::make_unique<const PackedB>(
-          PackedB::from<S>(pb, b_shape, mm.b_matrices, k, n, trans_b, mantissa_bits, true));
+    if (!(constant_b && constant_b->shape == b_shape)) {
+      per_call_b = PackedB::from<S>(pb, b_shape, mm.b_matrices, k, n, trans_b, mantissa_bits, pool);
     }
-    const PackedB& packed_b = use_constant ? *constant_b : *per_call_b;
+    const PackedB& packed_b = per_call_b ? *per_call_b : *constant_b;
 
     T* py = static_cast<T*>(y.GetTensorMutableRawData());
     const T* pc = c ? static_cast<const T*>(c.GetTensorRawData()) : nullptr;
     const uint32_t bias = lmul::lmul_bias(mantissa_bits);
 
-    // Pre-scan: can every product be one integer add (lmul_gemm.h)?
-    lmul::OperandRange a_range;
-    a_range.scan(a_packed.data(), a_packed.size());
+    // Can every product be one integer add (lmul_gemm.h)?
     const size_t nr = lmul::panel_width();
-    const lmul::GemmVariant variant = packed_b.panels.empty()
-                                          ? lmul::GemmVariant::kGeneral
-                                          : lmul::choose_variant(a_range, packed_b.range, bias);
+    const lmul::GemmVariant variant =
+        packed_b.panels ? lmul::choose_variant(a_range, packed_b.range, bias) : lmul::GemmVariant::kGeneral;
     const bool fast = variant != lmul::GemmVariant::kGeneral;
-    const size_t panels = fast ? ceil_div(n, nr) : 1;
-    // The portable loop needs row-major rounded B, which a constant B does not keep.
+    const size_t panels = fast ? packed_b.panels_per_matrix : 1;
+    // The portable loop needs row-major rounded B, which packed panels do not keep.
     std::vector<uint32_t> b_rounded;
     if (!fast && packed_b.rounded.empty()) {
-      b_rounded = PackedB::from<S>(pb, b_shape, mm.b_matrices, k, n, trans_b, mantissa_bits, true).rounded;
+      b_rounded.resize(mm.b_matrices * k * n);
+      pool(mm.b_matrices, [&](size_t i) {
+        lmul::pack_rounded<S>(pb + i * k * n, k, n, trans_b ? 1 : n, trans_b ? k : 1, mantissa_bits,
+                              b_rounded.data() + i * k * n);
+      });
     }
     const uint32_t* b_row_major = packed_b.rounded.empty() ? b_rounded.data() : packed_b.rounded.data();
-    std::vector<float> a_mask(lmul::masks_a(variant) ? a_packed.size() : 0);
-    const float* b_masks = lmul::masks_b(variant) ? packed_b.masks.data() : nullptr;
+    std::unique_ptr<float[]> a_mask(lmul::masks_a(variant) ? new float[mm.a_matrices * m * k] : nullptr);
+    const float* b_masks = lmul::masks_b(variant) ? packed_b.masks.get() : nullptr;
     if (fast) {
-      lmul::prepare_a(a_packed.data(), a_mask.empty() ? nullptr : a_mask.data(), a_packed.size(), variant, bias,
-                      lmul::zero_stand_in_a(packed_b.range));
+      const uint32_t stand_in = lmul::zero_stand_in_a(packed_b.range);
+      pool(mm.a_matrices * a_chunks, [&](size_t t) {
+        const size_t i = t / a_chunks, r0 = (t % a_chunks) * kRowsPerChunk, r1 = std::min(m, r0 + kRowsPerChunk);
+        const size_t offset = i * m * k + r0 * k;
+        lmul::prepare_a(a_packed.get() + offset, a_mask ? a_mask.get() + offset : nullptr, (r1 - r0) * k, variant,
+                        bias, stand_in);
+      });
     }
 
     // float32 results are summed in place; other types go through a float32 scratch buffer.
@@ -354,21 +399,21 @@ struct LMulKernel {
     const size_t panel_ops = std::max<size_t>(1, rows_per_task * k * (fast ? nr : n));
     const size_t panels_per_task = fast ? std::max<size_t>(1, (kMinOpsPerTask * 4) / panel_ops) : 1;
     const size_t panel_blocks = fast ? ceil_div(panels, panels_per_task) : 1;
-    std::vector<float> scratch(kInPlace ? 0 : batches * m * n);
+    std::unique_ptr<float[]> scratch(kInPlace ? nullptr : new float[batches * m * n]);
 
     auto task = [&](size_t t) {
       const size_t batch = t / (row_blocks * panel_blocks), rest = t % (row_blocks * panel_blocks);
       const size_t r0 = (rest / panel_blocks) * rows_per_task, r1 = std::min(m, r0 + rows_per_task);
-      float* acc = kInPlace ? reinterpret_cast<float*>(py) + batch * m * n : scratch.data() + batch * m * n;
-      const uint32_t* a_matrix = a_packed.data() + mm.a_matrix[batch] * m * k;
+      float* acc = kInPlace ? reinterpret_cast<float*>(py) + batch * m * n : scratch.get() + batch * m * n;
+      const uint32_t* a_matrix = a_packed.get() + mm.a_matrix[batch] * m * k;
       size_t j0 = 0, j1 = n;
       if (fast) {
         const size_t p0 = (rest % panel_blocks) * panels_per_task, p1 = std::min(panels, p0 + panels_per_task);
         j0 = p0 * nr;
         j1 = std::min(n, p1 * nr);
         const size_t b_offset = mm.b_matrix[batch] * panels * k * nr;
-        lmul::lmul_gemm_fast(variant, a_matrix, a_mask.empty() ? nullptr : a_mask.data() + mm.a_matrix[batch] * m * k,
-                             packed_b.panels.data() + b_offset, b_masks ? b_masks + b_offset : nullptr, k, n, r0, r1,
+        lmul::lmul_gemm_fast(variant, a_matrix, a_mask ? a_mask.get() + mm.a_matrix[batch] * m * k : nullptr,
+                             packed_b.panels.get() + b_offset, b_masks ? b_masks + b_offset : nullptr, k, n, r0, r1,
                              p0, p1, acc, n);
       } else {
         lmul::lmul_matmul_rows(a_matrix, b_row_major + mm.b_matrix[batch] * k * n, k, n, r0, r1, bias,

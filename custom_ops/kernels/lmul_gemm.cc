@@ -15,24 +15,25 @@
 
 namespace lmul {
 
+LMUL_TARGET_CLONES
 void OperandRange::scan(const uint32_t* bits, size_t count) {
-  uint32_t lo = min_nonzero, hi = max_magnitude;
-  bool zero = has_zero, special = has_special;
+  // Plain min/max reductions over masked values (GCC does not vectorise select
+  // reductions): zeros show as a smallest magnitude below 2^23, specials as a largest
+  // one at or above infinity; shifts of the sign make the masks without compares.
+  uint32_t smallest = 0xFFFFFFFFu, largest = 0, lo = 0xFFFFFFFFu, hi = 0;
   for (size_t i = 0; i < count; ++i) {
     const uint32_t m = bits[i] & kMagnitudeMask;
-    if (m < kSmallestNormalBits) {
-      zero = true;
-    } else if (m >= kInfBits) {
-      special = true;
-    } else {
-      lo = m < lo ? m : lo;
-    }
-    hi = (m < kInfBits && m > hi) ? m : hi;
+    smallest = std::min(smallest, m);
+    largest = std::max(largest, m);
+    const uint32_t below_normal = static_cast<uint32_t>(static_cast<int32_t>(m - kSmallestNormalBits) >> 31);
+    const uint32_t not_finite = static_cast<uint32_t>(static_cast<int32_t>(kInfBits - 1u - m) >> 31);
+    lo = std::min(lo, m | below_normal);  // zeros excluded; specials only matter with has_special
+    hi = std::max(hi, m & ~not_finite);
   }
-  min_nonzero = lo;
-  max_magnitude = hi;
-  has_zero = zero;
-  has_special = special;
+  min_nonzero = std::min(min_nonzero, lo);
+  max_magnitude = std::max(max_magnitude, hi);
+  has_zero = has_zero || smallest < kSmallestNormalBits;
+  has_special = has_special || largest >= kInfBits;
 }
 
 void OperandRange::merge(const OperandRange& other) {
@@ -112,6 +113,7 @@ size_t panel_width() {
   }
 }
 
+LMUL_TARGET_CLONES
 void prepare_a(uint32_t* a, float* mask, size_t count, GemmVariant variant, uint32_t bias, uint32_t zero_stand_in) {
   const bool masked = masks_a(variant);
   for (size_t i = 0; i < count; ++i) {
@@ -146,7 +148,7 @@ void pack_b_panels(const uint32_t* b, size_t k, size_t n, size_t nr, uint32_t ze
 template <int MR, bool kMaskA, bool kMaskB>
 __attribute__((target("avx512f"))) void tile_avx512(const uint32_t* a, const float* a_mask, size_t lda,
                                                     const uint32_t* panel, const float* b_mask, size_t k,
-                                                    float* tile) {
+                                                    float* out, size_t ldo) {
   __m512 acc[MR][4];
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < 4; ++v) acc[i][v] = _mm512_setzero_ps();
@@ -194,14 +196,14 @@ __attribute__((target("avx512f"))) void tile_avx512(const uint32_t* a, const flo
     }
   }
   for (int i = 0; i < MR; ++i)
-    for (int v = 0; v < 4; ++v) _mm512_storeu_ps(tile + i * 64 + v * 16, acc[i][v]);
+    for (int v = 0; v < 4; ++v) _mm512_storeu_ps(out + i * ldo + v * 16, acc[i][v]);
 }
 
 // MR x 24 tile with AVX2: 3 ymm of B per k, MR x 3 accumulators.
 template <int MR, bool kMaskA, bool kMaskB>
 __attribute__((target("avx2,fma"))) void tile_avx2(const uint32_t* a, const float* a_mask, size_t lda,
                                                   const uint32_t* panel, const float* b_mask, size_t k,
-                                                  float* tile) {
+                                                  float* out, size_t ldo) {
   __m256 acc[MR][3];
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < 3; ++v) acc[i][v] = _mm256_setzero_ps();
@@ -243,10 +245,11 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const uint32_t* a, const floa
     }
   }
   for (int i = 0; i < MR; ++i)
-    for (int v = 0; v < 3; ++v) _mm256_storeu_ps(tile + i * 24 + v * 8, acc[i][v]);
+    for (int v = 0; v < 3; ++v) _mm256_storeu_ps(out + i * ldo + v * 8, acc[i][v]);
 }
 
-using TileFn = void (*)(const uint32_t*, const float*, size_t, const uint32_t*, const float*, size_t, float*);
+// Computes a rows x nr tile and stores it at out (row stride ldo).
+using TileFn = void (*)(const uint32_t*, const float*, size_t, const uint32_t*, const float*, size_t, float*, size_t);
 
 template <bool kMaskA, bool kMaskB>
 TileFn avx512_tile(size_t rows) {
@@ -297,10 +300,14 @@ void lmul_gemm_fast(GemmVariant variant, const uint32_t* a, const float* a_mask,
     const size_t rows = std::min(mr, row_end - r);
     const TileFn fn = select_tile(variant, rows);
     for (size_t panel = panel_begin; panel < panel_end; ++panel) {
-      fn(a + r * k, a_mask ? a_mask + r * k : nullptr, k, panels + panel * k * nr,
-         b_masks ? b_masks + panel * k * nr : nullptr, k, tile);
       const size_t j0 = panel * nr, width = std::min(nr, n - j0);
-      for (size_t i = 0; i < rows; ++i) std::memcpy(c + (r + i) * ldc + j0, tile + i * nr, width * sizeof(float));
+      // Full panels go straight to C; the last, narrower one through a tile buffer.
+      float* out = width == nr ? c + r * ldc + j0 : tile;
+      fn(a + r * k, a_mask ? a_mask + r * k : nullptr, k, panels + panel * k * nr,
+         b_masks ? b_masks + panel * k * nr : nullptr, k, out, width == nr ? ldc : nr);
+      if (width != nr) {
+        for (size_t i = 0; i < rows; ++i) std::memcpy(c + (r + i) * ldc + j0, tile + i * nr, width * sizeof(float));
+      }
     }
   }
 #else

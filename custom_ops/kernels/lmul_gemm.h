@@ -23,6 +23,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "lmul_kernels.h"
+
 namespace lmul {
 
 // Magnitude statistics of a packed, rounded operand.
@@ -78,5 +80,55 @@ void pack_b_panels(const uint32_t* b, size_t k, size_t n, size_t nr, uint32_t ze
 void lmul_gemm_fast(GemmVariant variant, const uint32_t* a, const float* a_mask, const uint32_t* panels,
                     const float* b_masks, size_t k, size_t n, size_t row_begin, size_t row_end, size_t panel_begin,
                     size_t panel_end, float* c, size_t ldc);
+
+}  // namespace lmul
+
+// ---- Packing straight from the input tensor (any storage type, any strides) ----
+
+namespace lmul {
+
+// Range of the rounded values of rows [row_begin, row_end) of a strided rows x cols matrix.
+template <class S>
+void scan_rounded(const typename S::type* src, size_t row_begin, size_t row_end, size_t cols, size_t row_stride,
+                  size_t col_stride, int mantissa_bits, OperandRange& range) {
+  uint32_t row[256];
+  for (size_t r = row_begin; r < row_end; ++r) {
+    for (size_t c0 = 0; c0 < cols; c0 += 256) {
+      const size_t width = cols - c0 < 256 ? cols - c0 : 256;
+      for (size_t c = 0; c < width; ++c) {
+        row[c] = round_mantissa_bits(float_bits(S::load(src[r * row_stride + (c0 + c) * col_stride])), mantissa_bits);
+      }
+      range.scan(row, width);
+    }
+  }
+}
+
+// Panels [panel_begin, panel_end) of a strided K x N matrix, rounded, in the layout of
+// pack_b_panels (zero entries -> zero_stand_in, masks may be null when B has no zeros).
+template <class S>
+void pack_panels_rounded(const typename S::type* src, size_t k, size_t n, size_t row_stride, size_t col_stride,
+                         int mantissa_bits, size_t nr, uint32_t zero_stand_in, size_t panel_begin, size_t panel_end,
+                         uint32_t* panels, float* masks) {
+  for (size_t panel = panel_begin; panel < panel_end; ++panel) {
+    const size_t j0 = panel * nr, width = n - j0 < nr ? n - j0 : nr;
+    uint32_t* out = panels + panel * k * nr;
+    float* out_mask = masks ? masks + panel * k * nr : nullptr;
+    for (size_t p = 0; p < k; ++p) {
+      uint32_t* row = out + p * nr;
+      for (size_t j = 0; j < width; ++j) {
+        row[j] = round_mantissa_bits(float_bits(S::load(src[p * row_stride + (j0 + j) * col_stride])), mantissa_bits);
+      }
+      for (size_t j = width; j < nr; ++j) row[j] = 0u;
+      if (out_mask) {
+        float* mask_row = out_mask + p * nr;
+        for (size_t j = 0; j < nr; ++j) {
+          const bool zero = j >= width || (row[j] & kMagnitudeMask) < kSmallestNormalBits;
+          mask_row[j] = zero ? 0.0f : 1.0f;
+          row[j] = (zero && j < width) ? zero_stand_in : row[j];
+        }
+      }
+    }
+  }
+}
 
 }  // namespace lmul

@@ -2,14 +2,6 @@
 
 #include <algorithm>
 
-// Builds the hot loop for AVX-512, AVX2 and baseline x86-64, chosen at load time from
-// CPUID. Every clone computes the same sums in the same order: the results do not
-// depend on which one runs.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(LMUL_NO_CLONES)
-#define LMUL_TARGET_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define LMUL_TARGET_CLONES
-#endif
 
 namespace lmul {
 

@@ -10,6 +10,15 @@
 
 #include "lmul_arith.h"
 
+// Builds a bulk loop for AVX-512, AVX2 and baseline x86-64, chosen at load time from
+// CPUID. Every clone computes the same values in the same order: results do not depend
+// on which one runs. Functions it calls must be inlined to benefit (always_inline).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(LMUL_NO_CLONES)
+#define LMUL_TARGET_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define LMUL_TARGET_CLONES
+#endif
+
 namespace lmul {
 
 // Storage traits: how an element type is kept in memory and widened/narrowed.
