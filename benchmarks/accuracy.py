@@ -263,7 +263,7 @@ def main() -> None:
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--tokens", type=int, default=4096, help="SmolLM2 text length in tokens")
     parser.add_argument("--work", type=Path, default=BUILD / "study")
-    parser.add_argument("--plot-only", action="store_true", help="redraw docs/accuracy.png from accuracy.json")
+    parser.add_argument("--plot-only", action="store_true", help="redraw the plot from accuracy.json")
     args = parser.parse_args()
     if args.plot_only:
         plot(json.loads((DOCS / "accuracy.json").read_text()), DOCS / "accuracy.png")
