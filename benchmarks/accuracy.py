@@ -253,7 +253,9 @@ def plot(rows: list[dict], path: Path) -> None:
 
     panels = [
         ("mnist-cnn", "top1_accuracy", "MNIST top-1 accuracy"),
+        ("efficientnet-lite0", "top5_overlap", "EfficientNet-Lite0 top-5 overlap with fp32 (9 photos)"),
         ("paraphrase-minilm-l3", "embedding_cosine", "MiniLM-L3 embedding cosine to fp32"),
+        ("all-minilm-l6", "embedding_cosine", "all-MiniLM-L6 embedding cosine to fp32"),
         ("smollm2-135m", "perplexity", "SmolLM2-135M perplexity (GPL-3 text, lower is better)"),
     ]
     panels = [p for p in panels if any(r["model"] == p[0] and r["metric"] == p[1] for r in rows)]
