@@ -61,35 +61,34 @@ struct NodeError : std::exception {
 // Attribute readers that tell "absent" from "present with the wrong type".
 enum class AttributeState { kAbsent, kPresent };
 
-void release(OrtStatus* status) {
-  if (status) Ort::GetApi().ReleaseStatus(status);
+// True when a C API call succeeded: here, the attribute exists with that type.
+bool succeeded(OrtStatus* status) {
+  if (!status) return true;
+  Ort::GetApi().ReleaseStatus(status);
+  return false;
 }
 
 AttributeState read_int(const OrtKernelInfo* info, const char* name, int64_t& value) {
   const OrtApi& api = Ort::GetApi();
-  OrtStatus* status = api.KernelInfoGetAttribute_int64(info, name, &value);
-  if (!status) return AttributeState::kPresent;
-  release(status);
+  if (succeeded(api.KernelInfoGetAttribute_int64(info, name, &value))) return AttributeState::kPresent;
   float as_float = 0.0f;
-  status = api.KernelInfoGetAttribute_float(info, name, &as_float);
-  if (!status) throw NodeError(std::string("attribute '") + name + "' must be an int, got a float");
-  release(status);
+  if (succeeded(api.KernelInfoGetAttribute_float(info, name, &as_float))) {
+    throw NodeError(std::string("attribute '") + name + "' must be an int, got a float");
+  }
   size_t length = 0;
-  status = api.KernelInfoGetAttribute_string(info, name, nullptr, &length);
-  if (!status) throw NodeError(std::string("attribute '") + name + "' must be an int, got a string");
-  release(status);
+  if (succeeded(api.KernelInfoGetAttribute_string(info, name, nullptr, &length))) {
+    throw NodeError(std::string("attribute '") + name + "' must be an int, got a string");
+  }
   return AttributeState::kAbsent;
 }
 
 AttributeState read_float(const OrtKernelInfo* info, const char* name, float& value) {
   const OrtApi& api = Ort::GetApi();
-  OrtStatus* status = api.KernelInfoGetAttribute_float(info, name, &value);
-  if (!status) return AttributeState::kPresent;
-  release(status);
+  if (succeeded(api.KernelInfoGetAttribute_float(info, name, &value))) return AttributeState::kPresent;
   int64_t as_int = 0;
-  status = api.KernelInfoGetAttribute_int64(info, name, &as_int);
-  if (!status) throw NodeError(std::string("attribute '") + name + "' must be a float, got an int");
-  release(status);
+  if (succeeded(api.KernelInfoGetAttribute_int64(info, name, &as_int))) {
+    throw NodeError(std::string("attribute '") + name + "' must be a float, got an int");
+  }
   return AttributeState::kAbsent;
 }
 

