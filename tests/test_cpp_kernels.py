@@ -20,9 +20,24 @@ def test_cpp_kernel_tests(tmp_path_factory: pytest.TempPathFactory, simd: str | 
     binary = tmp_path_factory.getbasetemp() / "kernel_tests"
     if not binary.exists():
         sources = [ROOT / "custom_ops" / "tests" / "kernel_tests.cc", *sorted(KERNELS.glob("*.cc"))]
-        subprocess.run([str(COMPILER), "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-ffp-contract=off",
-                        f"-I{KERNELS}", *map(str, sources), "-o", str(binary)], check=True, capture_output=True,
-                       text=True)
+        subprocess.run(
+            [
+                str(COMPILER),
+                "-std=c++17",
+                "-O2",
+                "-Wall",
+                "-Wextra",
+                "-Werror",
+                "-ffp-contract=off",
+                f"-I{KERNELS}",
+                *map(str, sources),
+                "-o",
+                str(binary),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
     env = {k: v for k, v in os.environ.items() if k != "LMUL_SIMD"}
     if simd:
         env["LMUL_SIMD"] = simd
