@@ -363,9 +363,8 @@ struct LMulKernel {
 
     // Can every product be one integer add (lmul_gemm.h)?
     const size_t nr = lmul::panel_width();
-    const lmul::GemmVariant variant =
-        packed_b.panels ? lmul::choose_variant(a_range, packed_b.range, bias) : lmul::GemmVariant::kGeneral;
-    const bool fast = variant != lmul::GemmVariant::kGeneral;
+    const lmul::GemmVariant variant = lmul::choose_variant(a_range, packed_b.range, bias, packed_b.panels != nullptr);
+    const bool fast = lmul::is_one_add(variant);
     const size_t panels = fast ? packed_b.panels_per_matrix : 1;
     // The portable loop needs row-major rounded B, which packed panels do not keep.
     std::vector<uint32_t> b_rounded;
@@ -415,8 +414,8 @@ struct LMulKernel {
                              packed_b.panels.get() + b_offset, b_masks ? b_masks + b_offset : nullptr, k, n, r0, r1,
                              p0, p1, acc, n);
       } else {
-        lmul::lmul_matmul_rows(a_matrix, b_row_major + mm.b_matrix[batch] * k * n, k, n, r0, r1, bias,
-                               acc + r0 * n);
+        const auto rows = variant == lmul::GemmVariant::kNormal ? lmul::lmul_matmul_rows_normal : lmul::lmul_matmul_rows;
+        rows(a_matrix, b_row_major + mm.b_matrix[batch] * k * n, k, n, r0, r1, bias, acc + r0 * n);
       }
       if (kInPlace) return;
       for (size_t r = r0; r < r1; ++r) {
@@ -484,7 +483,8 @@ struct Registry {
 }  // namespace
 
 // Test hook: the matmul variant the pre-scan picks for float32 operands rounded to m bits
-// (0 general, 1 add, 2 add-masked-a, 3 add-masked-b, 4 add-masked-ab; -1 for a bad m). Lets tests check that data selects
+// (0 general, 1 add, 2 add-masked-a, 3 add-masked-b, 4 add-masked-ab, 5 normal; -1 for a
+// bad m). Lets tests check that data selects
 // the micro-kernel they mean to exercise.
 extern "C" __attribute__((visibility("default"))) int lmul_matmul_variant(const float* a, size_t a_count,
                                                                           const float* b, size_t b_count,
@@ -500,8 +500,8 @@ extern "C" __attribute__((visibility("default"))) int lmul_matmul_variant(const 
     }
     ranges[o].scan(bits.data(), bits.size());
   }
-  if (lmul::panel_width() == 0) return 0;
-  return static_cast<int>(lmul::choose_variant(ranges[0], ranges[1], lmul::lmul_bias(mantissa_bits)));
+  return static_cast<int>(
+      lmul::choose_variant(ranges[0], ranges[1], lmul::lmul_bias(mantissa_bits), lmul::panel_width() > 0));
 }
 
 extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL

@@ -85,6 +85,17 @@ inline uint32_t lmul_rounded_bits(uint32_t a, uint32_t b, uint32_t bias) {
   return any_nan ? kQuietNanBits : result;
 }
 
+// SPEC 1, steps 2 and 3, for operands known to be normal numbers (no zero, subnormal,
+// infinity or NaN): only underflow and overflow remain to check. Same bits as
+// lmul_rounded_bits on such operands, in fewer operations.
+inline uint32_t lmul_normal_bits(uint32_t a, uint32_t b, uint32_t bias) {
+  const uint32_t sum = (a & kMagnitudeMask) + (b & kMagnitudeMask);
+  uint32_t result = sum - bias;
+  result = sum < bias + kSmallestNormalBits ? 0u : result;
+  result = sum >= bias + kInfBits ? kInfBits : result;
+  return result | ((a ^ b) & kSignBit);
+}
+
 // SPEC 1 in full: L-Mul of two float32 values at mantissa width m.
 inline float lmul_float(float a, float b, int mantissa_bits) {
   const uint32_t ra = round_mantissa_bits(float_bits(a), mantissa_bits);

@@ -53,6 +53,8 @@ const char* variant_name(GemmVariant variant) {
       return "add-masked-b";
     case GemmVariant::kAddMaskedAB:
       return "add-masked-ab";
+    case GemmVariant::kNormal:
+      return "normal";
     default:
       return "general";
   }
@@ -66,16 +68,19 @@ const char* variant_name(GemmVariant variant) {
 uint32_t zero_stand_in_a(const OperandRange& b) { return kSmallestNormalBits - b.min_nonzero; }
 uint32_t zero_stand_in_b(const OperandRange& b) { return b.min_nonzero - kSmallestNormalBits; }
 
-GemmVariant choose_variant(const OperandRange& a, const OperandRange& b, uint32_t bias) {
+GemmVariant choose_variant(const OperandRange& a, const OperandRange& b, uint32_t bias, bool simd) {
   if (a.has_special || b.has_special) return GemmVariant::kGeneral;
+  const bool normal_only = !a.has_zero && !b.has_zero;
+  const GemmVariant fallback = normal_only ? GemmVariant::kNormal : GemmVariant::kGeneral;
+  if (!simd) return fallback;
   const bool a_all_zero = a.min_nonzero == 0xFFFFFFFFu, b_all_zero = b.min_nonzero == 0xFFFFFFFFu;
-  if (b_all_zero) return GemmVariant::kGeneral;  // no B range to derive stand-ins from
+  if (b_all_zero) return fallback;  // no B range to derive stand-ins from
   // Every product of non-zero operands must land in [2^23, 0x7F800000) before the sign.
   const uint64_t smallest = uint64_t{a.min_nonzero} + b.min_nonzero;
   const uint64_t largest = uint64_t{a.max_magnitude} + b.max_magnitude;
-  if (!a_all_zero && smallest < uint64_t{bias} + kSmallestNormalBits) return GemmVariant::kGeneral;
-  if (largest >= uint64_t{bias} + kInfBits) return GemmVariant::kGeneral;
-  if (!a.has_zero && !b.has_zero) return GemmVariant::kAdd;
+  if (!a_all_zero && smallest < uint64_t{bias} + kSmallestNormalBits) return fallback;
+  if (largest >= uint64_t{bias} + kInfBits) return fallback;
+  if (normal_only) return GemmVariant::kAdd;
   if (b.max_magnitude - b.min_nonzero >= kInfBits - kSmallestNormalBits) return GemmVariant::kGeneral;
   if (a.has_zero && b.has_zero) return GemmVariant::kAddMaskedAB;
   return a.has_zero ? GemmVariant::kAddMaskedA : GemmVariant::kAddMaskedB;

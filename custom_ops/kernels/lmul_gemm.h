@@ -44,8 +44,12 @@ enum class GemmVariant {
   kAddMaskedA,   // as kAdd, but A has zeros: their products are masked to +-0
   kAddMaskedB,   // B has zeros
   kAddMaskedAB,  // both have zeros
+  kNormal,       // all operands are normal numbers, but products may under/overflow:
+                 // the portable loop with only those checks (lmul_matmul_rows_normal)
 };
 
+// The variants of the register-blocked one-add kernels (lmul_gemm_fast).
+constexpr bool is_one_add(GemmVariant v) { return v != GemmVariant::kGeneral && v != GemmVariant::kNormal; }
 constexpr bool masks_a(GemmVariant v) { return v == GemmVariant::kAddMaskedA || v == GemmVariant::kAddMaskedAB; }
 constexpr bool masks_b(GemmVariant v) { return v == GemmVariant::kAddMaskedB || v == GemmVariant::kAddMaskedAB; }
 
@@ -55,8 +59,9 @@ uint32_t zero_stand_in_b(const OperandRange& b);
 
 const char* variant_name(GemmVariant variant);
 
-// The fastest variant that is exact for these operands.
-GemmVariant choose_variant(const OperandRange& a, const OperandRange& b, uint32_t bias);
+// The fastest variant that is exact for these operands. `simd` says whether the one-add
+// kernels exist (panel_width() > 0).
+GemmVariant choose_variant(const OperandRange& a, const OperandRange& b, uint32_t bias, bool simd = true);
 
 // SIMD width the fast kernels use on this CPU: 16 (AVX-512F), 8 (AVX2) or 0 (none).
 // LMUL_SIMD=avx2|none in the environment caps it (tests use it to force each path).

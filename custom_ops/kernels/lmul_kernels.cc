@@ -5,9 +5,14 @@
 
 namespace lmul {
 
-LMUL_TARGET_CLONES
-void lmul_matmul_rows(const uint32_t* a, const uint32_t* b, size_t k, size_t n, size_t row_begin,
-                      size_t row_end, uint32_t bias, float* acc) {
+namespace {
+
+// Row by row, k by k: each output element is summed over k in order (the order every
+// matmul variant keeps). Always inlined, so each target clone gets its own copy.
+template <class Product>
+__attribute__((always_inline)) inline void matmul_rows(const uint32_t* a, const uint32_t* b, size_t k, size_t n,
+                                                       size_t row_begin, size_t row_end, float* acc,
+                                                       Product product) {
   for (size_t r = row_begin; r < row_end; ++r) {
     float* __restrict c = acc + (r - row_begin) * n;
     std::fill(c, c + n, 0.0f);
@@ -15,9 +20,25 @@ void lmul_matmul_rows(const uint32_t* a, const uint32_t* b, size_t k, size_t n, 
     for (size_t p = 0; p < k; ++p) {
       const uint32_t a_value = a_row[p];
       const uint32_t* __restrict b_row = b + p * n;
-      for (size_t j = 0; j < n; ++j) c[j] += bits_float(lmul_rounded_bits(a_value, b_row[j], bias));
+      for (size_t j = 0; j < n; ++j) c[j] += bits_float(product(a_value, b_row[j]));
     }
   }
+}
+
+}  // namespace
+
+LMUL_TARGET_CLONES
+void lmul_matmul_rows(const uint32_t* a, const uint32_t* b, size_t k, size_t n, size_t row_begin,
+                      size_t row_end, uint32_t bias, float* acc) {
+  matmul_rows(a, b, k, n, row_begin, row_end, acc,
+              [bias](uint32_t x, uint32_t y) { return lmul_rounded_bits(x, y, bias); });
+}
+
+LMUL_TARGET_CLONES
+void lmul_matmul_rows_normal(const uint32_t* a, const uint32_t* b, size_t k, size_t n, size_t row_begin,
+                             size_t row_end, uint32_t bias, float* acc) {
+  matmul_rows(a, b, k, n, row_begin, row_end, acc,
+              [bias](uint32_t x, uint32_t y) { return lmul_normal_bits(x, y, bias); });
 }
 
 namespace {

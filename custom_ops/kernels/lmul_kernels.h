@@ -74,4 +74,9 @@ void pack_rounded(const typename S::type* src, size_t rows, size_t cols, size_t 
 void lmul_matmul_rows(const uint32_t* a, const uint32_t* b, size_t k, size_t n, size_t row_begin,
                       size_t row_end, uint32_t bias, float* acc);
 
+// The same for operands that are all normal numbers (lmul_normal_bits): products may
+// still underflow or overflow. Same sums, same order, same bits.
+void lmul_matmul_rows_normal(const uint32_t* a, const uint32_t* b, size_t k, size_t n, size_t row_begin,
+                             size_t row_end, uint32_t bias, float* acc);
+
 }  // namespace lmul

@@ -99,14 +99,32 @@ void matmul_variants() {
       check(differ == 0, lmul::variant_name(variant), differ);
     }
   }
-  // Data that must not take a fast kernel.
-  lmul::OperandRange normal_range, with_inf, huge;
-  const uint32_t one = 0x3F800000u, inf = 0x7F800000u, big = 0x7E000000u;
+  // Data that must not take a one-add kernel.
+  lmul::OperandRange normal_range, with_inf, huge, with_zero;
+  const uint32_t one = 0x3F800000u, inf = 0x7F800000u, big = 0x7E000000u, zero_and_big[] = {0u, big};
   normal_range.scan(&one, 1);
   with_inf.scan(&inf, 1);
   huge.scan(&big, 1);
-  check(lmul::choose_variant(with_inf, normal_range, lmul::lmul_bias(23)) == lmul::GemmVariant::kGeneral, "inf");
-  check(lmul::choose_variant(huge, huge, lmul::lmul_bias(23)) == lmul::GemmVariant::kGeneral, "overflow");
+  with_zero.scan(zero_and_big, 2);
+  const uint32_t bias = lmul::lmul_bias(23);
+  check(lmul::choose_variant(with_inf, normal_range, bias) == lmul::GemmVariant::kGeneral, "inf");
+  check(lmul::choose_variant(huge, huge, bias) == lmul::GemmVariant::kNormal, "overflow, normal operands");
+  check(lmul::choose_variant(with_zero, huge, bias) == lmul::GemmVariant::kGeneral, "overflow and zeros");
+
+  // The normal-operand loop equals the general one on normal operands that under/overflow.
+  std::uniform_int_distribution<uint32_t> normal_bits(0x00800000u, 0x7F7FFFFFu);
+  std::vector<uint32_t> a(9 * 40), b(40 * 33);
+  for (auto& x : a) x = normal_bits(rng) | (rng() & 0x80000000u);
+  for (auto& x : b) x = normal_bits(rng) | (rng() & 0x80000000u);
+  std::vector<float> general(9 * 33), normal_only(9 * 33);
+  lmul::lmul_matmul_rows(a.data(), b.data(), 40, 33, 0, 9, bias, general.data());
+  lmul::lmul_matmul_rows_normal(a.data(), b.data(), 40, 33, 0, 9, bias, normal_only.data());
+  size_t differ = 0;
+  for (size_t i = 0; i < general.size(); ++i) {
+    const bool both_nan = std::isnan(general[i]) && std::isnan(normal_only[i]);
+    differ += !both_nan && lmul::float_bits(general[i]) != lmul::float_bits(normal_only[i]);
+  }
+  check(differ == 0, "normal-operand loop", differ);
 }
 
 }  // namespace
