@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 import click
 import onnxruntime
 from lmul_onnx.cli.convert import convert as convert_command
@@ -13,7 +16,30 @@ from lmul_onnx.cli.validate import validate_command
 import lmul_onnx
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class OneLineErrors(click.Group):
+    """A group whose usage errors print as one line (with where to get help), exit 2."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except click.UsageError as error:
+            where = error.ctx.command_path if error.ctx else "lmul-onnx"
+            click.echo(f"Error: {error.format_message()} (see '{where} --help')", err=True)
+            sys.exit(error.exit_code)
+        except click.ClickException as error:
+            error.show()
+            sys.exit(error.exit_code)
+        except click.exceptions.Exit as done:
+            sys.exit(done.exit_code)
+        except click.exceptions.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+
+
+@click.group(
+    cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
 @click.version_option(lmul_onnx.__version__, prog_name="lmul-onnx")
 def main() -> None:
     """Rewrite ONNX models to L-Mul, run them in onnxruntime, measure the drift.

@@ -124,4 +124,5 @@ def test_bad_input_exits_2_without_traceback(
     assert completed.returncode == 2, completed.stderr
     assert message in completed.stderr
     assert "Traceback" not in completed.stderr
+    assert len(completed.stderr.strip().splitlines()) == 1, completed.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before, "no output may be written"

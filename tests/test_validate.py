@@ -145,3 +145,4 @@ def test_cli_bad_input_exits_2(branches: Path, tmp_path: Path, args: list[str], 
     completed = run_cli(*[a.format(m=branches, garbage=garbage) for a in args])
     assert completed.returncode == 2, completed.stderr
     assert message in completed.stderr and "Traceback" not in completed.stderr
+    assert len(completed.stderr.strip().splitlines()) == 1, completed.stderr
