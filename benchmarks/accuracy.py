@@ -4,6 +4,8 @@ Each real model (exported by ``models/export.py``) is run in these configuration
 
 * ``original`` -- the exported float32 model;
 * ``lmul-all-m23``, ``lmul-all-m4``, ``lmul-all-m3`` -- every MatMul/Gemm/Mul as L-Mul;
+* ``lmul-matmul-m23``, ``lmul-matmul-m4`` -- every MatMul/Gemm, but no Mul (normalisation
+  scales, rotary embeddings and gates stay exact);
 * ``lmul-attention-m23``, ``lmul-attention-m3`` -- only the MatMuls of two activations
   (Q·Kᵀ and probabilities·V), the paper's main LLM experiment;
 * ``fp8-e4m3-all``, ``fp8-e5m2-all`` -- the original model with the operands of the same
@@ -46,6 +48,8 @@ CONFIGS: dict[str, dict] = {
     "lmul-all-m23": {"mantissa_bits": None},
     "lmul-all-m4": {"mantissa_bits": 4},
     "lmul-all-m3": {"mantissa_bits": 3},
+    "lmul-matmul-m23": {"mantissa_bits": None, "op_types_to_quantize": ["MatMul", "Gemm"]},
+    "lmul-matmul-m4": {"mantissa_bits": 4, "op_types_to_quantize": ["MatMul", "Gemm"]},
     "lmul-attention-m23": {"mantissa_bits": None, "scope": "attention", "op_types_to_quantize": ["MatMul"]},
     "lmul-attention-m3": {"mantissa_bits": 3, "scope": "attention", "op_types_to_quantize": ["MatMul"]},
     "fp8-e4m3-all": {"baseline": "fp8-e4m3"},

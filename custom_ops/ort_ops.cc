@@ -303,7 +303,8 @@ struct LMulKernel {
     parallel_for(context, ceil_div(plan.total, chunk), task);
   }
 
-  // LMulMatMul and LMulGemm: pack rounded operands once, then independent row blocks.
+  // LMulMatMul and LMulGemm: round and scan the operands once, pick the fastest exact
+  // variant (lmul_gemm.h), then compute independent (batch, row block, panel) tasks.
   void ComputeMatrixProduct(Ort::KernelContext& context) const {
     const Ort::ConstValue a = context.GetInput(0), b = context.GetInput(1);
     const lmul::Shape a_shape = shape_of(a), b_shape = shape_of(b);
@@ -331,7 +332,6 @@ struct LMulKernel {
     const size_t m = mm.m, k = mm.k, n = mm.n, batches = mm.a_matrix.size();
     if (m == 0 || n == 0 || batches == 0) return;
 
-    // Operands rounded to m bits once, not once per product.
     const T* pa = static_cast<const T*>(a.GetTensorRawData());
     const T* pb = static_cast<const T*>(b.GetTensorRawData());
     const PoolRunner pool{context};
