@@ -2,8 +2,8 @@
 nodes rounded to fp8 (e4m3 or e5m2) or bfloat16, built from standard ONNX ops only
 (``Cast`` to the narrow type and back; saturating for fp8, as ONNX casts default to).
 
-fp8 casts need opset 19; an older model is raised to opset 19 by onnx's version
-converter first.
+fp8 casts need opset 19; an older model is raised to opset 19 first by onnxscript's
+version converter (which works on onnx-ir and falls back to onnx's own).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 import onnx
 import onnx_ir as ir
+import onnxscript.version_converter
 from onnx import TensorProto, helper
 
 from lmul_onnx.passes.element_types import infer_element_types
