@@ -12,7 +12,6 @@ from collections.abc import Iterable
 
 import onnx
 import onnx_ir as ir
-import onnxscript.version_converter
 from onnx import TensorProto, helper
 
 from lmul_onnx.passes.element_types import infer_element_types
