@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 import onnx
 import onnx_ir as ir
+import onnxscript.version_converter
 from onnx import TensorProto, helper
 
 from lmul_onnx.passes.element_types import infer_element_types
@@ -41,11 +42,15 @@ def operand_rounded_model(model: onnx.ModelProto, node_names: Iterable[str], kin
     result.CopyFrom(model)
     if target != TensorProto.BFLOAT16 and _default_opset(result) < FP8_OPSET:
         try:
-            result = onnx.version_converter.convert_version(result, FP8_OPSET)
+            upgraded = ir.from_proto(result)
+            onnxscript.version_converter.convert_version(upgraded, FP8_OPSET, fallback=True)
+            result = ir.to_proto(upgraded)
         except Exception as error:
             raise BaselineError(
                 f"{kind} needs opset {FP8_OPSET}; converting the model failed: {error}"
             ) from None
+        if _default_opset(result) < FP8_OPSET:
+            raise BaselineError(f"{kind} needs opset {FP8_OPSET}; the model could not be raised to it")
     types = infer_element_types(ir.from_proto(result))
     wanted = set(node_names)
     nodes: list[onnx.NodeProto] = []
