@@ -41,14 +41,19 @@ def test_peer_suite_is_not_empty() -> None:
     assert len([n for n in CASES if n.startswith("test_matmul")]) >= 7
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-@pytest.mark.parametrize("mantissa_bits", [None, 3])
+def _is_float(name: str) -> bool:
+    return CASES[name].data_sets[0][0][0].dtype == np.float32
+
+
+# Float models at full width and at 3 mantissa bits; integer models once (no mantissa).
+PARAMS = [(name, bits) for name in sorted(CASES) for bits in ((None, 3) if _is_float(name) else (None,))]
+
+
+@pytest.mark.parametrize(("name", "mantissa_bits"), PARAMS)
 def test_backend_model(name: str, mantissa_bits: int | None) -> None:
     case = CASES[name]
     inputs, expected_standard = case.data_sets[0]
-    is_float = inputs[0].dtype == np.float32
-    if mantissa_bits is not None and not is_float:
-        pytest.skip("integer models have no mantissa")
+    is_float = _is_float(name)
     converted = lmul_onnx.convert(case.model, mantissa_bits=mantissa_bits)
     lmul_nodes = [n for n in converted.graph.node if n.domain == "lmul"]
     assert len(lmul_nodes) == (1 if is_float else 0)
