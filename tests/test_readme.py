@@ -39,3 +39,18 @@ def test_ruff_clean() -> None:
     ruff = str(RUFF)
     completed = subprocess.run([ruff, "check", str(ROOT)], capture_output=True, text=True, check=False)
     assert completed.returncode == 0, completed.stdout + completed.stderr
+
+
+def test_readme_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's Python example, run as written on a real model."""
+    from lmul_onnx import zoo
+
+    text = (ROOT / "README.md").read_text()
+    example = re.search(r"^```python\n(.+?)\n```", text, flags=re.MULTILINE | re.DOTALL)
+    assert example is not None
+    shutil.copyfile(zoo.path("paraphrase-minilm-l3"), tmp_path / "model.onnx")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(example.group(1), "README.md", "exec"), namespace)
+    assert (tmp_path / "model.lmul.onnx").is_file()
+    assert namespace["report"].outputs and namespace["so"] is not None
