@@ -140,21 +140,29 @@ struct PoolRunner {
 // row-major rounded B for the portable loop instead.
 struct PackedB {
   lmul::Shape shape;
-  size_t matrices = 0, k = 0, n = 0;
   lmul::OperandRange range;
   std::vector<uint32_t> rounded;  // row-major K x N per matrix, only without SIMD
   std::unique_ptr<uint32_t[]> panels;
   std::unique_ptr<float[]> masks;  // 0/1 per panel entry, when B has zeros
   size_t panels_per_matrix = 0;
 
+  // Each K x N matrix of B rounded into row-major order (what the portable loops read).
+  template <class S, class Run>
+  static std::vector<uint32_t> round_row_major(const typename S::type* data, size_t matrices, size_t k, size_t n,
+                                               bool transposed, int mantissa_bits, Run&& run) {
+    std::vector<uint32_t> rounded(matrices * k * n);
+    run(matrices, [&](size_t i) {
+      lmul::pack_rounded<S>(data + i * k * n, k, n, transposed ? 1 : n, transposed ? k : 1, mantissa_bits,
+                            rounded.data() + i * k * n);
+    });
+    return rounded;
+  }
+
   template <class S, class Run>
   static std::unique_ptr<const PackedB> from(const typename S::type* data, const lmul::Shape& shape, size_t matrices,
                                              size_t k, size_t n, bool transposed, int mantissa_bits, Run&& run) {
     auto b = std::make_unique<PackedB>();
     b->shape = shape;
-    b->matrices = matrices;
-    b->k = k;
-    b->n = n;
     const size_t row_stride = transposed ? 1 : n, col_stride = transposed ? k : 1;
     // Scan in chunks of rows, in parallel, then merge.
     constexpr size_t kRowsPerChunk = 64;
@@ -167,10 +175,7 @@ struct PackedB {
     for (const lmul::OperandRange& part : ranges) b->range.merge(part);
     const size_t nr = lmul::panel_width();
     if (nr == 0) {
-      b->rounded.resize(matrices * k * n);
-      run(matrices, [&](size_t i) {
-        lmul::pack_rounded<S>(data + i * k * n, k, n, row_stride, col_stride, mantissa_bits, b->rounded.data() + i * k * n);
-      });
+      b->rounded = round_row_major<S>(data, matrices, k, n, transposed, mantissa_bits, run);
       return b;
     }
     b->panels_per_matrix = ceil_div(n, nr);
@@ -369,11 +374,7 @@ struct LMulKernel {
     // The portable loop needs row-major rounded B, which packed panels do not keep.
     std::vector<uint32_t> b_rounded;
     if (!fast && packed_b.rounded.empty()) {
-      b_rounded.resize(mm.b_matrices * k * n);
-      pool(mm.b_matrices, [&](size_t i) {
-        lmul::pack_rounded<S>(pb + i * k * n, k, n, trans_b ? 1 : n, trans_b ? k : 1, mantissa_bits,
-                              b_rounded.data() + i * k * n);
-      });
+      b_rounded = PackedB::round_row_major<S>(pb, mm.b_matrices, k, n, trans_b, mantissa_bits, pool);
     }
     const uint32_t* b_row_major = packed_b.rounded.empty() ? b_rounded.data() : packed_b.rounded.data();
     std::unique_ptr<float[]> a_mask(lmul::masks_a(variant) ? new float[mm.a_matrices * m * k] : nullptr);

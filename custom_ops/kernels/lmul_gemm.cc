@@ -128,24 +128,6 @@ void prepare_a(uint32_t* a, float* mask, size_t count, GemmVariant variant, uint
   }
 }
 
-void pack_b_panels(const uint32_t* b, size_t k, size_t n, size_t nr, uint32_t zero_stand_in, uint32_t* panels,
-                   float* masks) {
-  const size_t count = (n + nr - 1) / nr;
-  for (size_t panel = 0; panel < count; ++panel) {
-    const size_t j0 = panel * nr, width = std::min(nr, n - j0);
-    uint32_t* out = panels + panel * k * nr;
-    float* out_mask = masks ? masks + panel * k * nr : nullptr;
-    for (size_t p = 0; p < k; ++p) {
-      for (size_t j = 0; j < nr; ++j) {
-        const uint32_t value = j < width ? b[p * n + j0 + j] : 0u;
-        const bool zero = j >= width || (value & kMagnitudeMask) < kSmallestNormalBits;
-        out[p * nr + j] = (zero && j < width) ? zero_stand_in : value;
-        if (out_mask) out_mask[p * nr + j] = zero ? 0.0f : 1.0f;
-      }
-    }
-  }
-}
-
 #if LMUL_HAVE_X86_SIMD
 
 // MR x 64 tile: 4 zmm of B per k, one broadcast of A' per row, MR x 4 accumulators.

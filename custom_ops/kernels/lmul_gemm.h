@@ -74,12 +74,6 @@ size_t panel_width();
 // the stand-in; mask (one float per entry, null unless masks_a) gets 1 or 0.
 void prepare_a(uint32_t* a, float* mask, size_t count, GemmVariant variant, uint32_t bias, uint32_t zero_stand_in);
 
-// Packs row-major rounded B (K x N) into ceil(N / nr) panels of K x nr. Zero entries
-// become `zero_stand_in`; `masks` (same layout, may be null) gets 1 or 0 per entry.
-// Padding columns hold 0 with mask 0.
-void pack_b_panels(const uint32_t* b, size_t k, size_t n, size_t nr, uint32_t zero_stand_in, uint32_t* panels,
-                   float* masks);
-
 // Rows [row_begin, row_end) x panels [panel_begin, panel_end) of C (row stride ldc, N
 // columns) = A' (+) B for a fast variant; A' is prepared A (row stride k).
 void lmul_gemm_fast(GemmVariant variant, const uint32_t* a, const float* a_mask, const uint32_t* panels,
@@ -108,8 +102,10 @@ void scan_rounded(const typename S::type* src, size_t row_begin, size_t row_end,
   }
 }
 
-// Panels [panel_begin, panel_end) of a strided K x N matrix, rounded, in the layout of
-// pack_b_panels (zero entries -> zero_stand_in, masks may be null when B has no zeros).
+// Panels [panel_begin, panel_end) of a strided K x N matrix, rounded: panel q holds
+// columns [q*nr, q*nr + nr) as K rows of nr entries. Zero entries become `zero_stand_in`;
+// `masks` (same layout, may be null when B has no zeros) gets 1 or 0 per entry. Padding
+// columns hold 0 with mask 0.
 template <class S>
 void pack_panels_rounded(const typename S::type* src, size_t k, size_t n, size_t row_stride, size_t col_stride,
                          int mantissa_bits, size_t nr, uint32_t zero_stand_in, size_t panel_begin, size_t panel_end,

@@ -90,7 +90,11 @@ void matmul_variants() {
       const size_t panels = (n + nr - 1) / nr;
       std::vector<uint32_t> packed(panels * k * nr);
       std::vector<float> masks(packed.size()), a_mask(a.size());
-      lmul::pack_b_panels(b.data(), k, n, nr, lmul::zero_stand_in_b(br), packed.data(), masks.data());
+      // b holds rounded bit patterns: as float32 storage, rounding at 23 bits keeps them.
+      std::vector<float> b_values(b.size());
+      for (size_t i = 0; i < b.size(); ++i) b_values[i] = lmul::bits_float(b[i]);
+      lmul::pack_panels_rounded<lmul::Float32Storage>(b_values.data(), k, n, n, 1, 23, nr, lmul::zero_stand_in_b(br),
+                                                      0, panels, packed.data(), masks.data());
       lmul::prepare_a(a.data(), a_mask.data(), a.size(), variant, bias, lmul::zero_stand_in_a(br));
       lmul::lmul_gemm_fast(variant, a.data(), a_mask.data(), packed.data(), masks.data(), k, n, 0, m, 0, panels,
                            got.data(), n);
