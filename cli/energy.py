@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 from lmul_onnx.cli.common import InputError, echo_json, parse_key_value
 
+from lmul_onnx.convert import ModelLoadError
 from lmul_onnx.energy import EnergyError, energy, load_table
 
 
@@ -36,7 +37,7 @@ def energy_command(
     dims = dict(parse_key_value("--dim", item, int) for item in dim)
     try:
         report = energy(model, dims=dims, table=load_table(table_path))
-    except EnergyError as error:
+    except (EnergyError, ModelLoadError) as error:
         raise InputError(str(error)) from None
     if as_json:
         echo_json(report)

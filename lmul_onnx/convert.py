@@ -90,21 +90,34 @@ class ConversionReport:
         return "\n".join(lines)
 
 
+def _read(path_like: str | os.PathLike[str], reader: Callable[[Path], Any]) -> Any:
+    """``reader(path)`` for an existing file, every failure as one ``ModelLoadError``."""
+    path = Path(os.fspath(path_like))
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file")
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: not a file")
+    try:
+        return reader(path)
+    except Exception as error:  # protobuf and onnx-ir raise many types for a bad file
+        raise ModelLoadError(f"{path}: not a readable ONNX model ({type(error).__name__}: {error})") from None
+
+
 def load_model(model: ModelInput) -> tuple[ir.Model, str | None]:
     """Load a path, ``ModelProto`` or ``ir.Model`` as an ``ir.Model`` (weights memory-mapped)."""
     if isinstance(model, ir.Model):
         return model, None
     if isinstance(model, onnx.ModelProto):
         return ir.from_proto(model), None
-    path = Path(os.fspath(model))
-    if not path.exists():
-        raise ModelLoadError(f"{path}: no such file")
-    if not path.is_file():
-        raise ModelLoadError(f"{path}: not a file")
-    try:
-        return ir.load(path), str(path)
-    except Exception as error:  # protobuf and onnx-ir raise many types for a bad file
-        raise ModelLoadError(f"{path}: not a readable ONNX model ({type(error).__name__}: {error})") from None
+    return _read(model, ir.load), os.fspath(model)
+
+
+def load_graph(model: str | os.PathLike[str] | onnx.ModelProto) -> tuple[onnx.ModelProto, Path | None]:
+    """A ``ModelProto`` (returned as is) or the graph of a model file, without loading its
+    external weights (they stay on disk); with the file's path, if any."""
+    if isinstance(model, onnx.ModelProto):
+        return model, None
+    return _read(model, lambda path: onnx.load(path, load_external_data=False)), Path(os.fspath(model))
 
 
 def _external_files(model: ir.Model, base: Path) -> set[Path]:

@@ -30,6 +30,7 @@ from typing import Any
 import onnx
 from onnx import TensorProto
 
+from lmul_onnx.convert import load_graph
 from lmul_onnx.ops import DOMAIN, LMUL_TO_STANDARD, STANDARD_TO_LMUL
 
 DEFAULT_TABLE_PJ: dict[str, float] = {
@@ -51,7 +52,7 @@ _TYPE_KEYS = {
 
 
 class EnergyError(ValueError):
-    """Unreadable model or table."""
+    """An energy table that cannot be used."""
 
 
 @dataclass
@@ -192,13 +193,7 @@ def energy(
     are listed with ``null`` counts and left out of the totals, never guessed.
     """
     prices = dict(table or DEFAULT_TABLE_PJ)
-    if isinstance(model, onnx.ModelProto):
-        proto = model
-    else:
-        try:
-            proto = onnx.load(os.fspath(model), load_external_data=False)
-        except Exception as error:
-            raise EnergyError(f"{model}: not a readable ONNX model ({type(error).__name__})") from None
+    proto, _ = load_graph(model)
     shapes = _shape_map(proto, dims or {})
     nodes: list[NodeCount] = []
 

@@ -19,6 +19,7 @@ import onnxruntime as ort
 
 from lmul_onnx import inputs as model_inputs
 from lmul_onnx.baselines import operand_rounded_model
+from lmul_onnx.convert import load_graph
 from lmul_onnx.metrics import DriftAccumulator, looks_like_logits
 from lmul_onnx.ops import DOMAIN
 from lmul_onnx.runtime import session_options
@@ -97,19 +98,6 @@ def _num(value: float) -> str:
     if math.isnan(value):
         return "nan"
     return f"{value:.2f}" if math.isfinite(value) else ("inf" if value > 0 else "-inf")
-
-
-def _load(model: ModelSource) -> tuple[onnx.ModelProto, Path | None]:
-    """The graph of a model, without loading external weights (they stay on disk)."""
-    if isinstance(model, onnx.ModelProto):
-        return model, None
-    path = Path(os.fspath(model))
-    if not path.is_file():
-        raise model_inputs.InputError(f"{path}: no such file")
-    try:
-        return onnx.load(path, load_external_data=False), path
-    except Exception as error:
-        raise model_inputs.InputError(f"{path}: not a readable ONNX model ({type(error).__name__})") from None
 
 
 def _session(
@@ -195,12 +183,13 @@ def validate(
         threads: intra-op threads of both sessions (default: onnxruntime's).
 
     Raises:
-        lmul_onnx.inputs.InputError: unreadable models, inputs that do not fit, unknown
+        lmul_onnx.ModelLoadError: a model file is missing or unreadable.
+        lmul_onnx.inputs.InputError: inputs that do not fit, unknown
             output names in the tolerances.
     """
     say = progress or (lambda message: None)
-    original_model, original_path = _load(original)
-    converted_model, converted_path = _load(converted)
+    original_model, original_path = load_graph(original)
+    converted_model, converted_path = load_graph(converted)
     lmul_nodes = [(n.name, n.op_type, n.output[0]) for n in converted_model.graph.node if n.domain == DOMAIN]
     node_outputs = [output for _, _, output in lmul_nodes] if per_node else []
 

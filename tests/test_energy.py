@@ -102,3 +102,14 @@ def test_converted_model_as_is_and_cli(tmp_path: Path) -> None:
     )
     report = json.loads(completed.stdout)
     assert report["table_pj"]["int32_add"] == 0.0 and report["total"]["energy_pj"]["as_is"] > 0
+
+
+def test_cli_unreadable_model_exits_2(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x01\x02 definitely not onnx")
+    cli = Path(sys.executable).with_name("lmul-onnx")
+    completed = subprocess.run(
+        [str(cli), "energy", str(garbage)], capture_output=True, text=True, check=False
+    )
+    assert completed.returncode == 2
+    assert "not a readable ONNX model" in completed.stderr and "Traceback" not in completed.stderr
