@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 
 import click
-from lmul_onnx.cli.common import InputError, echo_json, is_tty, parse_key_value, status
 
+from lmul_onnx.cli.common import InputError, echo_json, is_tty, parse_key_value, status
 from lmul_onnx.convert import ModelLoadError, convert_file
 from lmul_onnx.energy import energy
 from lmul_onnx.ops import SUPPORTED_OPS

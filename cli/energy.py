@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from lmul_onnx.cli.common import InputError, echo_json, parse_key_value
 
+from lmul_onnx.cli.common import InputError, echo_json, parse_key_value
 from lmul_onnx.convert import ModelLoadError
 from lmul_onnx.energy import EnergyError, energy, load_table
 

@@ -7,13 +7,13 @@ from typing import Any
 
 import click
 import onnxruntime
+
+import lmul_onnx
 from lmul_onnx.cli.convert import convert as convert_command
 from lmul_onnx.cli.energy import energy_command
 from lmul_onnx.cli.models import models
 from lmul_onnx.cli.precision import precision_command
 from lmul_onnx.cli.validate import validate_command
-
-import lmul_onnx
 
 
 class OneLineErrors(click.Group):

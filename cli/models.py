@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import click
-from lmul_onnx.cli.common import InputError
 
 from lmul_onnx import zoo
+from lmul_onnx.cli.common import InputError
 
 
 @click.group()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import click
-from lmul_onnx.cli.common import echo_json
 
+from lmul_onnx.cli.common import echo_json
 from lmul_onnx.precision import precision_table
 
 

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import click
-from lmul_onnx.cli.common import InputError, parse_key_value, status
 
 from lmul_onnx.baselines import BASELINES, BaselineError
+from lmul_onnx.cli.common import InputError, parse_key_value, status
 from lmul_onnx.convert import ModelLoadError
 from lmul_onnx.inputs import InputError as ModelInputError
 from lmul_onnx.validate import DEFAULT_ATOL, DEFAULT_RTOL, validate

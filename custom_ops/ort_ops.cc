@@ -1,4 +1,4 @@
-// The onnxruntime binding of the `lmul` op domain (shared/SPEC.md section 3).
+// The onnxruntime binding of the `lmul` op domain (docs/SPEC.md section 3).
 //
 // This file knows onnxruntime and nothing about the arithmetic: it reads attributes,
 // validates shapes, allocates outputs, splits the work over onnxruntime's intra-op
@@ -27,6 +27,11 @@ using lmul::Float16Storage;
 using lmul::Float32Storage;
 
 constexpr const char* kDomain = "lmul";
+// The C API version this library asks for: onnxruntime 1.21's, whatever headers it is built
+// against, so that a build against newer headers still runs on every onnxruntime >= 1.21
+// (pyproject's floor). Only functions of API <= 21 may be used.
+constexpr uint32_t kOrtApiVersion = 21;
+static_assert(ORT_API_VERSION >= kOrtApiVersion, "onnxruntime headers older than API 21");
 constexpr const char* kMantissaBitsAttribute = "mantissa_bits";
 // Work below this many scalar operations is not worth handing to another thread.
 constexpr size_t kMinOpsPerTask = size_t{1} << 16;
@@ -507,12 +512,12 @@ extern "C" __attribute__((visibility("default"))) int lmul_matmul_variant(const 
 
 extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
 RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
-  const OrtApi* api = api_base->GetApi(ORT_API_VERSION);
+  const OrtApi* api = api_base->GetApi(kOrtApiVersion);
   if (api == nullptr) {
     // An onnxruntime older than the headers: report it with the oldest API there is.
     const std::string message = std::string("lmul-onnx custom ops need onnxruntime API version ") +
-                                std::to_string(ORT_API_VERSION) + " (onnxruntime >= 1." +
-                                std::to_string(ORT_API_VERSION) + "), but this onnxruntime is " +
+                                std::to_string(kOrtApiVersion) + " (onnxruntime >= 1." +
+                                std::to_string(kOrtApiVersion) + "), but this onnxruntime is " +
                                 api_base->GetVersionString();
     return api_base->GetApi(1)->CreateStatus(ORT_FAIL, message.c_str());
   }

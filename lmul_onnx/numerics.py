@@ -1,4 +1,4 @@
-"""The L-Mul arithmetic in numpy: the executable form of ``shared/SPEC.md``.
+"""The L-Mul arithmetic in numpy: the executable form of ``docs/SPEC.md``.
 
 This module is the oracle every other implementation is checked against (the C++
 kernels, the portable ONNX reference). It is vectorised but written for clarity:

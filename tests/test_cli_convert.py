@@ -11,8 +11,9 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from lmul_onnx.cli.main import main
 from onnx import TensorProto, helper, numpy_helper
+
+from lmul_onnx.cli.main import main
 
 
 @pytest.fixture

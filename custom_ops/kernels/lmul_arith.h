@@ -1,4 +1,4 @@
-// The L-Mul arithmetic of shared/SPEC.md, element by element, in plain C++17.
+// The L-Mul arithmetic of docs/SPEC.md, element by element, in plain C++17.
 //
 // No onnxruntime types: this header is the single C++ home of the numbers, used by the
 // bulk kernels (lmul_kernels.cc) and testable on its own. Every function mirrors a step
