@@ -43,6 +43,13 @@ _MAX_CALL_DEPTH = 16
 _STANDARD_DOMAINS = ("", "ai.onnx")
 
 
+# Where an inlined node came from (written by lmul_onnx.passes.inline): the stable key and
+# name of the function body node, and the name of the call site.
+ORIGIN_KEY = "lmul_onnx.origin"
+ORIGIN_NAME = "lmul_onnx.origin_name"
+CALL_NAME = "lmul_onnx.call"
+
+
 class ModelLoadError(ValueError):
     """The input is not a readable, valid ONNX model."""
 
@@ -158,11 +165,14 @@ def _shapeless(infos: Iterable[onnx.ValueInfoProto]) -> list[onnx.ValueInfoProto
 def _checkable(proto: onnx.ModelProto) -> onnx.ModelProto | None:
     """``proto`` as ``onnx.checker`` can judge it, or None. The checker demands a shape on
     every graph input and output, which onnxruntime does not: shape-less outputs get their
-    inferred shape; when a shape is still missing the checker cannot be used."""
-    if not _shapeless(proto.graph.input) and not _shapeless(proto.graph.output):
+    inferred shape; when a shape is still missing the checker cannot be used. ``lmul``
+    nodes are judged as the standard ops they replace."""
+    has_lmul = any(node.domain == DOMAIN for node in _proto_nodes(proto))
+    if not has_lmul and not _shapeless(proto.graph.input) and not _shapeless(proto.graph.output):
         return proto
     copy = onnx.ModelProto()
     copy.CopyFrom(proto)
+    _standard_view(copy)  # the kernels check lmul attributes themselves
     try:
         inferred = onnx.shape_inference.infer_shapes(copy, strict_mode=False).graph.output
     except Exception:
@@ -253,10 +263,13 @@ class NodeEntry:
     function: ir.Function | None = None  # the local function whose body holds it, if any
     parents: tuple[ir.Node, ...] = ()  # enclosing If/Loop/Scan nodes (and call sites), outermost first
     calls: tuple[ir.Node, ...] = ()  # call-site nodes of the expanded function bodies, outermost first
+    origin: str = ""  # the key of the node this one was made from (itself, unless inlined)
 
     @property
     def location(self) -> str:
         """``graph``, ``graph/<If>/<attribute>`` or ``function:<domain.name>``."""
+        if self.origin != self.key:
+            return "graph (inlined)"
         parts = self.name.split("/")[:-1]
         if self.function is not None and not self.calls:
             return f"function:{'/'.join(parts)}"
@@ -287,9 +300,11 @@ def _walk_graph(
 ) -> Iterator[NodeEntry]:
     for index, node in enumerate(graph):
         node_key = f"{key}/{index}" if key else str(index)
-        own = node.name or f"{node.op_type}#{index}"
+        own = node.name or f"{standard_op(node) or node.op_type}#{index}"
         node_name = f"{name}/{own}" if name else own
-        yield NodeEntry(node, node_key, node_name, function, parents, calls)
+        meta = node.metadata_props
+        shown = f"{meta.get(CALL_NAME, '?')}/{meta[ORIGIN_NAME]}" if ORIGIN_NAME in meta else node_name
+        yield NodeEntry(node, node_key, shown, function, parents, calls, meta.get(ORIGIN_KEY, node_key))
         for attribute in node.attributes.values():
             if isinstance(attribute, ir.Attr) and attribute.type == ir.AttributeType.GRAPH:
                 subgraphs = [(attribute.name, attribute.value)]
@@ -343,6 +358,7 @@ def walk(model: ir.Model, *, expand_calls: bool = False) -> Iterator[NodeEntry]:
 
 def find(model: ir.Model, keys: set[str]) -> dict[str, NodeEntry]:
     """The entries (static walk) whose keys are in ``keys``."""
+    keys = set(keys)
     return {entry.key: entry for entry in walk(model) if entry.key in keys}
 
 
@@ -479,29 +495,46 @@ def _as_standard(node: onnx.NodeProto, opset: int) -> None:
         node.attribute.extend(kept)
 
 
+def _proto_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """``graph`` and its subgraphs at any depth."""
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield from _proto_graphs(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _proto_graphs(subgraph)
+
+
+def _proto_nodes(proto: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
+    """Every node of a ModelProto: graphs, subgraphs, function bodies (and theirs)."""
+    for graph in _proto_graphs(proto.graph):
+        yield from graph.node
+    for function in proto.functions:
+        for node in function.node:
+            yield node
+            for attribute in node.attribute:
+                subgraphs = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs
+                for subgraph in subgraphs:
+                    for inner in _proto_graphs(subgraph):
+                        yield from inner.node
+
+
+def _standard_view(proto: onnx.ModelProto) -> None:
+    """In place: every ``lmul`` node as the standard op it replaces."""
+    opset = next((o.version for o in proto.opset_import if o.domain in _STANDARD_DOMAINS), 1)
+    for node in _proto_nodes(proto):
+        _as_standard(node, opset)
+
+
 def _prepare(proto: onnx.ModelProto, dims: Mapping[str, int]) -> None:
     """In place: lmul ops as standard ops, declared intermediate shapes dropped (exporters
     often write placeholder symbols), symbolic input dims bound."""
-    opset = next((o.version for o in proto.opset_import if o.domain in _STANDARD_DOMAINS), 1)
-
-    def graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-        yield graph
-        for node in graph.node:
-            for attribute in node.attribute:
-                if attribute.type == onnx.AttributeProto.GRAPH:
-                    yield from graphs(attribute.g)
-                for subgraph in attribute.graphs:
-                    yield from graphs(subgraph)
-
-    for graph in graphs(proto.graph):
+    _standard_view(proto)
+    for graph in _proto_graphs(proto.graph):
         del graph.value_info[:]
-        for node in graph.node:
-            _as_standard(node, opset)
     for output in proto.graph.output:
         output.type.tensor_type.ClearField("shape")
-    for function in proto.functions:
-        for node in function.node:
-            _as_standard(node, opset)
     for value in proto.graph.input:
         for dim in value.type.tensor_type.shape.dim:
             if dim.HasField("dim_param") and dim.dim_param in dims:

@@ -4,7 +4,9 @@ A 1:1 swap: the node keeps its name, inputs, outputs and attributes; only its do
 and op type change (plus ``mantissa_bits`` when one is asked for). Every node that
 :func:`lmul_onnx.graph.walk` yields is examined: the main graph, every subgraph
 (If/Loop/Scan bodies) and every model-local function, whose body is typed from its call
-sites (:func:`lmul_onnx.graph.infer`).
+sites (:func:`lmul_onnx.graph.infer`). A function whose body gets converted must be
+inlined afterwards (:mod:`lmul_onnx.passes.inline`); nodes of a function that cannot be
+are skipped with the reason.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import onnx_ir as ir
 
 from lmul_onnx import graph
 from lmul_onnx.ops import DOMAIN, DOMAIN_VERSION, MANTISSA_BITS, STANDARD_TO_LMUL
+from lmul_onnx.passes.inline import inline_blocker
 from lmul_onnx.passes.selection import Decision, SelectionOptions, decide
 
 
@@ -83,7 +86,14 @@ class LMulRewritePass(ir.passes.InPlacePass):
             node = entry.node
             if node.op_type not in STANDARD_TO_LMUL and node.domain != DOMAIN:
                 continue
-            decision = decide(node, self.options, element_types(entry, types), entry.name)
+            blocker = inline_blocker(model, entry.function) if entry.function is not None else None
+            if blocker is not None and node.domain != DOMAIN:
+                reason = (
+                    f"in function {graph.function_id(entry.function)}, which cannot be inlined ({blocker})"
+                )
+                decision = Decision(False, reason)
+            else:
+                decision = decide(node, self.options, element_types(entry, types), entry.name)
             new_op = STANDARD_TO_LMUL.get(node.op_type) if decision.convert else None
             self.result.records.append(
                 NodeRecord(entry.name, node.op_type, entry.location, decision, new_op, entry.key)
