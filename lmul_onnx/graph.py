@@ -99,14 +99,16 @@ def _read_path(path: Path) -> ir.Model:
     if path.stat().st_size == 0:
         raise ModelLoadError(f"{path}: empty file, not an ONNX model")
     try:
-        return ir.load(path)
+        with _quiet("onnx_ir.serde"):  # its warnings about invalid graphs: check() says it in one line
+            return ir.load(path)
     except Exception as error:  # protobuf and onnx-ir raise many types for a bad file
         raise ModelLoadError(f"{path}: not a readable ONNX model ({type(error).__name__}: {error})") from None
 
 
-def _first_line(text: str) -> str:
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    return lines[0] if lines else str(text)
+def _one_line(text: str, limit: int = 300) -> str:
+    """A multi-line message (onnx.checker's) as one line of at most ``limit`` characters."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _check_dims(graph: ir.Graph | ir.Function, where: str) -> None:
@@ -165,7 +167,8 @@ def _shapeless(infos: Iterable[onnx.ValueInfoProto]) -> list[onnx.ValueInfoProto
 def _checkable(proto: onnx.ModelProto) -> onnx.ModelProto | None:
     """``proto`` as ``onnx.checker`` can judge it, or None. The checker demands a shape on
     every graph input and output, which onnxruntime does not: shape-less outputs get their
-    inferred shape; when a shape is still missing the checker cannot be used. ``lmul``
+    inferred shape, else are left out of the copy; when an input has no shape the checker
+    cannot be used. ``lmul``
     nodes are judged as the standard ops they replace."""
     has_lmul = any(node.domain == DOMAIN for node in _proto_nodes(proto))
     if not has_lmul and not _shapeless(proto.graph.input) and not _shapeless(proto.graph.output):
@@ -191,7 +194,9 @@ def _checkable(proto: onnx.ModelProto) -> onnx.ModelProto | None:
             copy.graph.input.append(
                 onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims)
             )
-    return None if _shapeless(copy.graph.input) or _shapeless(copy.graph.output) else copy
+    for info in _shapeless(copy.graph.output):  # no shape to give: judge the graph without it
+        copy.graph.output.remove(info)
+    return None if _shapeless(copy.graph.input) else copy
 
 
 def check(model: ir.Model, path: Path | None = None, proto: onnx.ModelProto | None = None) -> None:
@@ -215,7 +220,7 @@ def check(model: ir.Model, path: Path | None = None, proto: onnx.ModelProto | No
         elif checkable is not None:
             onnx.checker.check_model(checkable, full_check=True)
     except Exception as error:  # ValidationError, InferenceError, protobuf errors
-        raise ModelLoadError(f"{where}: invalid model: {_first_line(str(error))}") from None
+        raise ModelLoadError(f"{where}: invalid model: {_one_line(str(error))}") from None
     for graph in (model.graph, *model.functions.values()):
         _check_dims(graph, where)
     for graph in model.graphs():
@@ -237,7 +242,8 @@ def load(model: ModelInput, *, validate: bool = True) -> tuple[ir.Model, Path | 
     elif isinstance(model, onnx.ModelProto):
         proto = model
         try:
-            loaded, path = ir.from_proto(model), None
+            with _quiet("onnx_ir.serde"):
+                loaded, path = ir.from_proto(model), None
         except Exception as error:
             raise ModelLoadError(
                 f"model: not a readable ONNX model ({type(error).__name__}: {error})"
