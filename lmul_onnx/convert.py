@@ -23,7 +23,6 @@ import onnx_ir as ir
 from lmul_onnx import energy, graph
 from lmul_onnx.graph import ModelInput, ModelLoadError
 from lmul_onnx.ops import SUPPORTED_OPS
-from lmul_onnx.passes.inline import InlineConvertedFunctionsPass
 from lmul_onnx.passes.rewrite import LMulRewritePass, NodeRecord
 from lmul_onnx.passes.selection import Scope, SelectionOptions
 
@@ -135,20 +134,11 @@ def convert_model(
     dry_run: bool = False,
     progress: Callable[[int, int], None] | None = None,
     types: graph.Types | None = None,
-    on_rewritten: Callable[[ir.Model], None] | None = None,
 ) -> list[NodeRecord]:
     """Rewrite ``model`` in place (unless ``dry_run``); return the per-node records.
-
-    ``types``: the model's :func:`lmul_onnx.graph.infer` result (inferred when not given).
-    Functions whose bodies were converted are then inlined (onnxruntime cannot type
-    custom ops inside functions); ``on_rewritten`` sees the model just before that.
-    """
+    ``types``: the model's :func:`lmul_onnx.graph.infer` result (inferred when not given)."""
     rewrite = LMulRewritePass(options, dry_run=dry_run, progress=progress, types=types)
     rewrite(model)
-    if on_rewritten is not None:
-        on_rewritten(model)
-    if not dry_run:
-        InlineConvertedFunctionsPass()(model)
     return rewrite.result.records
 
 
@@ -173,22 +163,10 @@ def convert_file(
     if target.resolve() == Path(input_path).resolve():
         raise ValueError(f"refusing to write over the input model {input_path}")
     types = graph.infer(model, dims or {})
-    counted: dict[str, Any] = {}
-
-    def count(rewritten: ir.Model) -> None:  # before inlining: the types are those values'
-        counted.update(energy.count(rewritten, types))
-
-    records = convert_model(
-        model,
-        options,
-        dry_run=dry_run,
-        progress=progress,
-        types=types,
-        on_rewritten=None if dry_run else count,
-    )
+    records = convert_model(model, options, dry_run=dry_run, progress=progress, types=types)
     report = ConversionReport(source, None if dry_run else str(target), dry_run, records)
     if not dry_run:
-        report.energy = counted
+        report.energy = energy.count(model, types)
         save_model(model, target, reads_from=_external_files(model, Path(input_path).parent))
     return report
 

@@ -43,13 +43,6 @@ _MAX_CALL_DEPTH = 16
 _STANDARD_DOMAINS = ("", "ai.onnx")
 
 
-# Where an inlined node came from (written by lmul_onnx.passes.inline): the stable key and
-# name of the function body node, and the name of the call site.
-ORIGIN_KEY = "lmul_onnx.origin"
-ORIGIN_NAME = "lmul_onnx.origin_name"
-CALL_NAME = "lmul_onnx.call"
-
-
 class ModelLoadError(ValueError):
     """The input is not a readable, valid ONNX model."""
 
@@ -269,13 +262,10 @@ class NodeEntry:
     function: ir.Function | None = None  # the local function whose body holds it, if any
     parents: tuple[ir.Node, ...] = ()  # enclosing If/Loop/Scan nodes (and call sites), outermost first
     calls: tuple[ir.Node, ...] = ()  # call-site nodes of the expanded function bodies, outermost first
-    origin: str = ""  # the key of the node this one was made from (itself, unless inlined)
 
     @property
     def location(self) -> str:
         """``graph``, ``graph/<If>/<attribute>`` or ``function:<domain.name>``."""
-        if self.origin != self.key:
-            return "graph (inlined)"
         parts = self.name.split("/")[:-1]
         if self.function is not None and not self.calls:
             return f"function:{'/'.join(parts)}"
@@ -308,9 +298,7 @@ def _walk_graph(
         node_key = f"{key}/{index}" if key else str(index)
         own = node.name or f"{standard_op(node) or node.op_type}#{index}"
         node_name = f"{name}/{own}" if name else own
-        meta = node.metadata_props
-        shown = f"{meta.get(CALL_NAME, '?')}/{meta[ORIGIN_NAME]}" if ORIGIN_NAME in meta else node_name
-        yield NodeEntry(node, node_key, shown, function, parents, calls, meta.get(ORIGIN_KEY, node_key))
+        yield NodeEntry(node, node_key, node_name, function, parents, calls)
         for attribute in node.attributes.values():
             if isinstance(attribute, ir.Attr) and attribute.type == ir.AttributeType.GRAPH:
                 subgraphs = [(attribute.name, attribute.value)]

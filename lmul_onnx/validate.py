@@ -23,7 +23,6 @@ from lmul_onnx import inputs as model_inputs
 from lmul_onnx.baselines import operand_rounded_model
 from lmul_onnx.metrics import DriftAccumulator, looks_like_logits
 from lmul_onnx.ops import DOMAIN, LMUL_TO_STANDARD
-from lmul_onnx.passes.inline import InlineConvertedFunctionsPass
 from lmul_onnx.runtime import session_options
 
 ModelSource = str | os.PathLike[str] | onnx.ModelProto
@@ -144,12 +143,11 @@ def _session(
 
 def converted_nodes(original: ir.Model, converted: ir.Model) -> list[graph.NodeEntry]:
     """The ``lmul`` nodes of ``converted`` (wherever they sit), each checked against the
-    node at the same place in ``original`` (for an inlined function body node, the body
-    node it came from): the standard op it replaces."""
+    node at the same place in ``original``: the standard op it replaces."""
     entries = [e for e in graph.walk(converted) if e.node.domain == DOMAIN]
-    originals = graph.find(original, {e.origin for e in entries})
+    originals = graph.find(original, {e.key for e in entries})
     for entry in entries:
-        source = originals.get(entry.origin)
+        source = originals.get(entry.key)
         expected = LMUL_TO_STANDARD.get(entry.node.op_type)
         if source is None or graph.standard_op(source.node) != expected or source.node.domain == DOMAIN:
             raise model_inputs.InputError(
@@ -157,28 +155,6 @@ def converted_nodes(original: ir.Model, converted: ir.Model) -> list[graph.NodeE
                 f"({entry.node.op_type}) has no {expected} at the same place in the original"
             )
     return entries
-
-
-def _per_node_reference(original: ir.Model, nodes: list[graph.NodeEntry]) -> tuple[ir.Model, dict[str, str]]:
-    """The original model as the per-node drift reads it, and for each converted node of
-    the main graph: its output name -> the output name of the same node in that model.
-    Function bodies that the conversion inlined are inlined in a copy of the original
-    the same way, so that their values can be fetched on both sides."""
-    reference = original
-    inlined = [n for n in nodes if n.origin != n.key]
-    if inlined:
-        reference = ir.from_proto(ir.to_proto(original))
-        sources = graph.find(reference, {n.origin for n in inlined}).values()
-        InlineConvertedFunctionsPass({e.function.identifier() for e in sources if e.function is not None})(
-            reference
-        )
-    same = {(e.origin, e.name): e for e in graph.walk(reference) if e.in_main_graph}
-    pairs = {}
-    for entry in nodes:
-        twin = same.get((entry.origin, entry.name))
-        if entry.in_main_graph and twin is not None and entry.node.outputs and twin.node.outputs:
-            pairs[entry.node.outputs[0].name] = twin.node.outputs[0].name
-    return reference, pairs
 
 
 def _node_row(entry: graph.NodeEntry, accumulators: Mapping[str, DriftAccumulator]) -> dict[str, Any]:
@@ -248,11 +224,10 @@ def validate(
     original_ir, original_path = graph.load(original)
     converted_ir, converted_path = graph.load(converted)
     lmul_nodes = converted_nodes(original_ir, converted_ir)
-    reference_ir, node_pairs = _per_node_reference(original_ir, lmul_nodes) if per_node else (original_ir, {})
-    node_outputs = list(node_pairs)
+    node_outputs = [n.node.outputs[0].name for n in lmul_nodes if n.in_main_graph] if per_node else []
 
     say("creating sessions")
-    reference = _session(reference_ir, original_path, list(node_pairs.values()), threads)
+    reference = _session(original_ir, original_path, node_outputs, threads)
     candidate = _session(converted_ir, converted_path, node_outputs, threads)
     output_names = [o.name for o in original_ir.graph.outputs]
     if output_names != [o.name for o in converted_ir.graph.outputs]:
@@ -273,7 +248,7 @@ def validate(
     baseline_sessions = {
         # Unoptimised: onnxruntime would fuse the Cast pair away as if it were lossless.
         kind: _session(
-            operand_rounded_model(original_ir, {n.origin for n in lmul_nodes}, kind),
+            operand_rounded_model(original_ir, [n.key for n in lmul_nodes], kind),
             original_path,
             (),
             threads,
@@ -287,11 +262,10 @@ def validate(
         for kind in compare
     }
     fetch = output_names + [o for o in node_outputs if o not in output_names]
-    fetch_reference = output_names + [node_pairs[o] for o in node_outputs if o not in output_names]
     for index, feeds in enumerate(feeds_list):
         say(f"sample {index + 1}/{len(feeds_list)}")
         try:
-            want = dict(zip(fetch, reference.run(fetch_reference, feeds), strict=True))
+            want = dict(zip(fetch, reference.run(fetch, feeds), strict=True))
             got = dict(zip(fetch, candidate.run(fetch, feeds), strict=True))
         except (ort.capi.onnxruntime_pybind11_state.InvalidArgument, ValueError) as error:
             raise model_inputs.InputError(f"the inputs do not fit the model: {error}") from None

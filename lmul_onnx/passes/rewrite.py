@@ -4,9 +4,9 @@ A 1:1 swap: the node keeps its name, inputs, outputs and attributes; only its do
 and op type change (plus ``mantissa_bits`` when one is asked for). Every node that
 :func:`lmul_onnx.graph.walk` yields is examined: the main graph, every subgraph
 (If/Loop/Scan bodies) and every model-local function, whose body is typed from its call
-sites (:func:`lmul_onnx.graph.infer`). A function whose body gets converted must be
-inlined afterwards (:mod:`lmul_onnx.passes.inline`); nodes of a function that cannot be
-are skipped with the reason.
+sites (:func:`lmul_onnx.graph.infer`). onnxruntime cannot type the outputs of a call to
+a function whose body holds custom-domain ops, so the pass declares those outputs' types
+(value_info) at every call site.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import onnx_ir as ir
 
 from lmul_onnx import graph
 from lmul_onnx.ops import DOMAIN, DOMAIN_VERSION, MANTISSA_BITS, STANDARD_TO_LMUL
-from lmul_onnx.passes.inline import inline_blocker
 from lmul_onnx.passes.selection import Decision, SelectionOptions, decide
 
 
@@ -86,14 +85,7 @@ class LMulRewritePass(ir.passes.InPlacePass):
             node = entry.node
             if node.op_type not in STANDARD_TO_LMUL and node.domain != DOMAIN:
                 continue
-            blocker = inline_blocker(model, entry.function) if entry.function is not None else None
-            if blocker is not None and node.domain != DOMAIN:
-                reason = (
-                    f"in function {graph.function_id(entry.function)}, which cannot be inlined ({blocker})"
-                )
-                decision = Decision(False, reason)
-            else:
-                decision = decide(node, self.options, element_types(entry, types), entry.name)
+            decision = decide(node, self.options, element_types(entry, types), entry.name)
             new_op = STANDARD_TO_LMUL.get(node.op_type) if decision.convert else None
             self.result.records.append(
                 NodeRecord(entry.name, node.op_type, entry.location, decision, new_op, entry.key)
@@ -106,7 +98,24 @@ class LMulRewritePass(ir.passes.InPlacePass):
         modified = bool(self.result.converted) and not self.dry_run
         if modified:
             model.opset_imports[DOMAIN] = DOMAIN_VERSION
+            converted = set()
             for function in model.functions.values():
                 if any(n.domain == DOMAIN for n in ir.traversal.RecursiveGraphIterator(function)):
                     function.opset_imports[DOMAIN] = DOMAIN_VERSION
+                    converted.add(function.identifier())
+            _declare_call_outputs(model, converted, types)
         return ir.passes.PassResult(model, modified)
+
+
+def _declare_call_outputs(model: ir.Model, functions: set[ir.OperatorIdentifier], types: graph.Types) -> None:
+    """Give the outputs of every call to ``functions`` their inferred type and shape."""
+    for entry in graph.walk(model):
+        node = entry.node
+        if (node.domain, node.op_type, node.overload) not in functions or entry.function is not None:
+            continue
+        for value in node.outputs:
+            inferred = types.of(value)
+            if value.dtype is None and inferred.dtype is not None:
+                value.dtype = inferred.dtype
+            if value.shape is None and inferred.shape is not None:
+                value.shape = ir.Shape(list(inferred.shape))
