@@ -49,24 +49,28 @@ def _raise_opset(model: ir.Model, kind: str) -> None:
             )
 
 
-def operand_rounded_model(model: graph.ModelInput, node_keys: Iterable[str], kind: str) -> ir.Model:
+def operand_rounded_model(
+    model: graph.ModelInput, node_keys: Iterable[str], kind: str, types: graph.Types | None = None
+) -> ir.Model:
     """A copy of ``model`` whose nodes with the given keys see their first two inputs
-    rounded to ``kind`` (``fp8-e4m3``, ``fp8-e5m2``, ``bf16``) and cast back."""
+    rounded to ``kind`` (``fp8-e4m3``, ``fp8-e5m2``, ``bf16``) and cast back.
+    ``types``: ``graph.infer(model)`` when ``model`` is an ``ir.Model`` already inferred."""
     if kind not in BASELINES:
         raise BaselineError(f"unknown baseline {kind!r}; choose from {', '.join(BASELINES)}")
     target = BASELINES[kind]
     loaded, _ = graph.load(model, validate=False)
-    result = ir.from_proto(ir.to_proto(loaded)) if loaded is model else loaded
     wanted = set(node_keys)
-    entries = graph.find(result, wanted)
+    entries = graph.find(loaded, wanted)
     missing = sorted(wanted - set(entries))
     if missing:
         raise BaselineError(f"the model has no node at {missing[0]}")
-    types = graph.infer(result)
+    types = types if types is not None else graph.infer(loaded)
     operand_types = {
         key: [types.dtypes(v, entry.function) for v in entry.node.inputs[:2]]
         for key, entry in entries.items()
     }
+    result = ir.from_proto(ir.to_proto(loaded)) if loaded is model else loaded  # never change the caller's
+    entries = graph.find(result, wanted)
     op_types = {key: (entry.node.domain, entry.node.op_type) for key, entry in entries.items()}
     if target != ir.DataType.BFLOAT16 and _default_opset(result) < FP8_OPSET:
         _raise_opset(result, kind)  # may rebuild the graph: find the nodes again

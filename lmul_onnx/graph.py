@@ -576,6 +576,9 @@ class Types:
 
     values: dict[ir.Value, TensorType] = field(default_factory=dict)
     bodies: dict[tuple[ir.Node, ...], dict[ir.Value, TensorType]] = field(default_factory=dict)
+    _contexts: dict[ir.OperatorIdentifier, list[tuple[ir.Node, ...]]] = field(
+        default_factory=dict, repr=False
+    )
 
     def of(self, value: ir.Value | None, calls: tuple[ir.Node, ...] = ()) -> TensorType:
         """The type of ``value`` in the context of the call-site chain ``calls``."""
@@ -602,7 +605,11 @@ class Types:
         per call signature for a value of a function body."""
         if function is None:
             return {self.of(value).dtype}
-        contexts = [calls for calls in self.bodies if _local_of(calls[-1], function)]
+        if not self._contexts and self.bodies:
+            for calls in self.bodies:
+                key = (calls[-1].domain, calls[-1].op_type, calls[-1].overload)
+                self._contexts.setdefault(key, []).append(calls)
+        contexts = self._contexts.get(function.identifier(), [])
         if not contexts:
             return {self.of(value).dtype}
         return {self.of(value, calls).dtype for calls in contexts}

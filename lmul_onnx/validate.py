@@ -245,10 +245,11 @@ def validate(
     rtols = _tolerance(rtol, rtol_per_output or {}, output_names)
     accumulators = {n: DriftAccumulator(atols[n], rtols[n], min_cosine=min_cosine) for n in output_names}
     node_accumulators = {output: DriftAccumulator(0.0, 0.0) for output in node_outputs}
+    original_types = graph.infer(original_ir) if compare else None
     baseline_sessions = {
         # Unoptimised: onnxruntime would fuse the Cast pair away as if it were lossless.
         kind: _session(
-            operand_rounded_model(original_ir, [n.key for n in lmul_nodes], kind),
+            operand_rounded_model(original_ir, [n.key for n in lmul_nodes], kind, original_types),
             original_path,
             (),
             threads,
