@@ -442,3 +442,47 @@ def test_energy_of_converted_model_separates_the_two_savings(tmp_path: Path) -> 
     assert total["saving_percent"] == pytest.approx(100 * everything)
     assert total["saving_percent"] < total["converted_saving_percent"]
     assert energy(tmp_path / "m.lmul.onnx")["total"] == total
+
+
+def test_energy_counts_a_scan_body_per_scanned_element() -> None:
+    body = helper.make_graph(
+        [helper.make_node("Mul", ["s_in", "x_t"], ["s_out"], name="step")],
+        "body",
+        [helper.make_tensor_value_info("s_in", F, [4]), helper.make_tensor_value_info("x_t", F, [4])],
+        [helper.make_tensor_value_info("s_out", F, [4])],
+    )
+    g = helper.make_graph(
+        [helper.make_node("Scan", ["s0", "xs"], ["s"], name="Scan_0", body=body, num_scan_inputs=1)],
+        "scan",
+        [helper.make_tensor_value_info("s0", F, [4]), helper.make_tensor_value_info("xs", F, ["T", 4])],
+        [helper.make_tensor_value_info("s", F, [4])],
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    bound = energy(model, dims={"T": 5})
+    assert [(n["name"], n["multiplications"], n["executions"]) for n in bound["nodes"]] == [
+        ("Scan_0/body/step", 20, 5)
+    ]
+    unbound = energy(model)["total"]
+    assert (unbound["multiplications"], unbound["per_iteration_nodes"]) == (4, 1)
+
+
+def test_cli_lists_subgraph_nodes_and_two_savings(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from lmul_onnx.cli.main import main
+
+    source = _save(if_model()[0], tmp_path / "vad.onnx")
+    converted = tmp_path / "vad.lmul.onnx"
+    result = CliRunner().invoke(main, ["convert", str(source), "-o", str(converted), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "the 140 converted products use" in result.output and "all 140 of the model's" in result.output
+    result = CliRunner().invoke(
+        main,
+        ["validate", str(source), str(converted), "--per-node", "--compare", "fp8-e4m3", "--atol", "100"],
+    )
+    assert result.exit_code == 0, result.output
+    assert (
+        "If_0/then_branch/Gemm_1" in result.output and "not measured: inside the body of If" in result.output
+    )
+    fp8 = next(line for line in result.output.splitlines() if line.startswith("y ") and "fp8-e4m3" in line)
+    assert "inf" not in fp8.split()  # the baseline rounded: a finite SNR
