@@ -157,14 +157,16 @@ def _shapeless(infos: Iterable[onnx.ValueInfoProto]) -> list[onnx.ValueInfoProto
     return [i for i in infos if i.type.HasField("tensor_type") and not i.type.tensor_type.HasField("shape")]
 
 
-def _checkable(proto: onnx.ModelProto) -> onnx.ModelProto | None:
+def _checkable(proto: onnx.ModelProto, has_path: bool) -> onnx.ModelProto | None:
     """``proto`` as ``onnx.checker`` can judge it, or None. The checker demands a shape on
     every graph input and output, which onnxruntime does not: shape-less outputs get their
     inferred shape, else are left out of the copy; when an input has no shape the checker
-    cannot be used. ``lmul``
-    nodes are judged as the standard ops they replace."""
+    cannot be used. ``lmul`` nodes are judged as the standard ops they replace. Without
+    the model's path, external data cannot be found: such weights become typed inputs."""
     has_lmul = any(node.domain == DOMAIN for node in _proto_nodes(proto))
-    if not has_lmul and not _shapeless(proto.graph.input) and not _shapeless(proto.graph.output):
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+    shapeless = _shapeless(proto.graph.input) or _shapeless(proto.graph.output)
+    if not has_lmul and not shapeless and (has_path or not external):
         return proto
     copy = onnx.ModelProto()
     copy.CopyFrom(proto)
@@ -206,7 +208,7 @@ def check(model: ir.Model, path: Path | None = None, proto: onnx.ModelProto | No
         )
     if proto is None:
         proto = onnx.load(path, load_external_data=False) if path is not None else ir.to_proto(model)
-    checkable = _checkable(proto)
+    checkable = _checkable(proto, path is not None)
     try:
         if checkable is proto and path is not None:
             onnx.checker.check_model(str(path), full_check=True)
