@@ -98,11 +98,9 @@ class LMulRewritePass(ir.passes.InPlacePass):
         modified = bool(self.result.converted) and not self.dry_run
         if modified:
             model.opset_imports[DOMAIN] = DOMAIN_VERSION
-            converted = set()
-            for function in model.functions.values():
-                if any(n.domain == DOMAIN for n in ir.traversal.RecursiveGraphIterator(function)):
-                    function.opset_imports[DOMAIN] = DOMAIN_VERSION
-                    converted.add(function.identifier())
+            converted = {e.function.identifier() for e in entries if e.function and e.node.domain == DOMAIN}
+            for identifier in converted:
+                model.functions[identifier].opset_imports[DOMAIN] = DOMAIN_VERSION
             _declare_call_outputs(model, converted, types)
         return ir.passes.PassResult(model, modified)
 
