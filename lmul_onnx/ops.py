@@ -1,16 +1,30 @@
 """The ``lmul`` op domain: names, version and attributes, in one table.
 
 Everything that writes or reads ``lmul`` nodes (the rewrite passes, the energy counter,
-the portable reference, the tests) takes these names from here.
+the portable reference, the tests) takes these names from here, and
+:func:`check_model` holds a model to the domain's attribute rules (SPEC section 3, last
+paragraph) where the native kernels cannot: onnxruntime's C API (version <= 21) reads a
+node's attributes only by name, so the kernels refuse wrongly typed attributes
+themselves but cannot see an attribute the op does not define.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import onnx
 
 DOMAIN = "lmul"
 DOMAIN_VERSION = 1
 MANTISSA_BITS = "mantissa_bits"
+OFFSET = "offset"  # SPEC section 4
+
+_INT = onnx.AttributeProto.INT
+_FLOAT = onnx.AttributeProto.FLOAT
+
+# Attributes every lmul op takes (SPEC sections 3 and 4), with their types.
+COMMON_ATTRIBUTES: Mapping[str, int] = {MANTISSA_BITS: _INT, OFFSET: _INT}
 
 
 @dataclass(frozen=True)
@@ -20,14 +34,90 @@ class OpMapping:
     standard: str
     lmul: str
     description: str
+    attributes: Mapping[str, int] = field(default_factory=dict)  # the op's own, beside COMMON_ATTRIBUTES
 
 
 OP_MAPPINGS: tuple[OpMapping, ...] = (
     OpMapping("MatMul", "LMulMatMul", "numpy matmul, every product an L-Mul"),
-    OpMapping("Gemm", "LMulGemm", "alpha * (A' (*) B') + beta * C, products by L-Mul"),
+    OpMapping(
+        "Gemm",
+        "LMulGemm",
+        "alpha * (A' (*) B') + beta * C, products by L-Mul",
+        {"alpha": _FLOAT, "beta": _FLOAT, "transA": _INT, "transB": _INT},
+    ),
     OpMapping("Mul", "LMul", "element-wise L-Mul with numpy broadcasting"),
 )
 
 STANDARD_TO_LMUL: dict[str, str] = {m.standard: m.lmul for m in OP_MAPPINGS}
 LMUL_TO_STANDARD: dict[str, str] = {m.lmul: m.standard for m in OP_MAPPINGS}
 SUPPORTED_OPS: tuple[str, ...] = tuple(m.standard for m in OP_MAPPINGS)
+# Every attribute each lmul op defines, with its ONNX attribute type.
+ATTRIBUTES: dict[str, dict[str, int]] = {m.lmul: {**COMMON_ATTRIBUTES, **m.attributes} for m in OP_MAPPINGS}
+
+
+class DomainError(ValueError):
+    """A model breaks the rules of the ``lmul`` domain (SPEC section 3)."""
+
+
+def _type_name(attribute_type: int) -> str:
+    return onnx.AttributeProto.AttributeType.Name(attribute_type).lower()
+
+
+def _nodes(
+    graph: onnx.GraphProto | onnx.FunctionProto, location: str
+) -> Iterator[tuple[onnx.NodeProto, str]]:
+    for node in graph.node:
+        yield node, location
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield from _nodes(attribute.g, f"{location}/{node.name}/{attribute.name}")
+            for i, subgraph in enumerate(attribute.graphs):
+                yield from _nodes(subgraph, f"{location}/{node.name}/{attribute.name}[{i}]")
+
+
+def domain_problems(model: onnx.ModelProto) -> list[str]:
+    """Every breach of the domain's rules in ``model``, one line each (empty: none).
+
+    Checked: the ``lmul`` import version (model and model-local functions) is
+    :data:`DOMAIN_VERSION`; every node of a known ``lmul`` op has only the attributes
+    :data:`ATTRIBUTES` lists, each of its type. Value ranges (``mantissa_bits``,
+    ``offset``, ...) are the kernels' to check.
+    """
+    problems = []
+    imports = [(opset, "the model") for opset in model.opset_import]
+    imports += [(opset, f"function {f.name!r}") for f in model.functions for opset in f.opset_import]
+    for opset, owner in imports:
+        if opset.domain == DOMAIN and opset.version != DOMAIN_VERSION:
+            problems.append(
+                f"{owner} imports the {DOMAIN!r} domain at version {opset.version}; "
+                f"only version {DOMAIN_VERSION} exists"
+            )
+    places = [_nodes(model.graph, "graph"), *(_nodes(f, f"function:{f.name}") for f in model.functions)]
+    for nodes in places:
+        for node, location in nodes:
+            defined = ATTRIBUTES.get(node.op_type) if node.domain == DOMAIN else None
+            if defined is None:
+                continue
+            where = f"{DOMAIN}.{node.op_type} node {node.name!r} ({location})"
+            for attribute in node.attribute:
+                wanted = defined.get(attribute.name)
+                if wanted is None:
+                    problems.append(
+                        f"{where}: unknown attribute {attribute.name!r} "
+                        f"(defined: {', '.join(sorted(defined))})"
+                    )
+                elif not attribute.ref_attr_name and attribute.type != wanted:
+                    problems.append(
+                        f"{where}: attribute {attribute.name!r} must be {_type_name(wanted)}, "
+                        f"got {_type_name(attribute.type)}"
+                    )
+    return problems
+
+
+def check_model(model: onnx.ModelProto) -> None:
+    """Raise :class:`DomainError` (the first problem, and how many there are) when
+    :func:`domain_problems` finds any."""
+    problems = domain_problems(model)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise DomainError(problems[0] + more)

@@ -69,11 +69,13 @@ class LMulRewritePass(ir.passes.InPlacePass):
         *,
         dry_run: bool = False,
         progress: Callable[[int, int], None] | None = None,
+        on_convert: Callable[[ir.Node, NodeRecord], None] | None = None,
     ) -> None:
         super().__init__()
         self.options = options
         self.dry_run = dry_run
         self.progress = progress
+        self.on_convert = on_convert  # called with each converted node (e.g. passes.offsets)
         self.result = RewriteResult()
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
@@ -94,7 +96,10 @@ class LMulRewritePass(ir.passes.InPlacePass):
                 )
             decision = decide(node, self.options, element_type, name)
             new_op = STANDARD_TO_LMUL.get(node.op_type) if decision.convert else None
-            self.result.records.append(NodeRecord(name, node.op_type, location, decision, new_op))
+            record = NodeRecord(name, node.op_type, location, decision, new_op)
+            self.result.records.append(record)
+            if decision.convert and self.on_convert is not None:
+                self.on_convert(node, record)
             if decision.convert and not self.dry_run:
                 node.domain = DOMAIN
                 node.op_type = STANDARD_TO_LMUL[node.op_type]
