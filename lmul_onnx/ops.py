@@ -59,8 +59,20 @@ class DomainError(ValueError):
     """A model breaks the rules of the ``lmul`` domain (SPEC section 3)."""
 
 
+_TYPE_NAMES = {
+    onnx.AttributeProto.INT: "an int",
+    onnx.AttributeProto.FLOAT: "a float",
+    onnx.AttributeProto.STRING: "a string",
+    onnx.AttributeProto.INTS: "a list of ints",
+    onnx.AttributeProto.FLOATS: "a list of floats",
+    onnx.AttributeProto.TENSOR: "a tensor",
+}
+
+
 def _type_name(attribute_type: int) -> str:
-    return onnx.AttributeProto.AttributeType.Name(attribute_type).lower()
+    """``"an int"``, ``"a list of ints"``, ... (the kernels' wording)."""
+    name = _TYPE_NAMES.get(attribute_type)
+    return name or f"a {onnx.AttributeProto.AttributeType.Name(attribute_type).lower()}"
 
 
 def _nodes(

@@ -27,13 +27,20 @@ def choose() -> ctypes._CFuncPtr:
     library = ctypes.CDLL(lmul_onnx.get_library_path())
     function = library.lmul_matmul_variant
     function.restype = ctypes.c_int
-    function.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    function.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int64,  # offset (SPEC 4); -1 = the paper's
+    ]
     return function
 
 
-def variant(choose: ctypes._CFuncPtr, a: np.ndarray, b: np.ndarray, m: int = 23) -> int:
+def variant(choose: ctypes._CFuncPtr, a: np.ndarray, b: np.ndarray, m: int = 23, offset: int = -1) -> int:
     a, b = np.ascontiguousarray(a, np.float32), np.ascontiguousarray(b, np.float32)
-    return choose(a.ctypes.data, a.size, b.ctypes.data, b.size, m)
+    return choose(a.ctypes.data, a.size, b.ctypes.data, b.size, m, offset)
 
 
 def has_simd(choose: ctypes._CFuncPtr) -> bool:
@@ -98,7 +105,10 @@ RUNNER = textwrap.dedent(
             inits = [numpy_helper.from_array(y, "B")] if constant else []
             if not constant:
                 inputs.append(helper.make_tensor_value_info("B", TensorProto.FLOAT, list(y.shape)))
-            for op, attrs in (("LMulMatMul", {}), ("LMulMatMul", {"mantissa_bits": 4})):
+            for op, attrs in (("LMulMatMul", {}), ("LMulMatMul", {"mantissa_bits": 4}),
+                              ("LMulMatMul", {"mantissa_bits": 3, "offset": 0}),
+                              ("LMulMatMul", {"offset": 8388607}),
+                              ("LMulMatMul", {"mantissa_bits": 4, "offset": 471942})):
                 node = helper.make_node(op, ["A", "B"], ["Y"], domain="lmul", **attrs)
                 out = helper.make_tensor_value_info("Y", 1, None)
                 graph = helper.make_graph([node], "g", inputs, [out], inits)
