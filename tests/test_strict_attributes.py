@@ -85,7 +85,7 @@ def test_python_check_refuses_wrongly_typed_attributes(name: str) -> None:
 
 def test_unknown_attribute_is_refused() -> None:
     model = model_of("LMulMatMul", {"mantisa_bits": 3})
-    with pytest.raises(DomainError, match="'bad_node'.*unknown attribute 'mantisa_bits'"):
+    with pytest.raises(DomainError, match=r"'bad_node'.*unknown attribute 'mantisa_bits'"):
         lmul_onnx.InferenceSession(model.SerializeToString())
 
 
