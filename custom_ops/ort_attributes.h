@@ -7,8 +7,11 @@
 // _string / _tensor, KernelInfoGetAttributeArray_int64 / _float); there is no call that
 // lists them. So a reader probes every readable type to tell "absent" from "present with
 // another type", and an attribute the op does not define, or one of a type no call reads
-// (a list of strings, a graph, a sparse tensor), cannot be seen here: lmul_onnx checks
-// those in Python (lmul_onnx.ops.check_model) before it creates a session.
+// (a list of strings, a graph, a sparse tensor), cannot be seen here; nor can the version
+// of the domain the model imports (onnxruntime accepts any version of a custom domain and
+// matches kernels against the op schema's version, 1, whatever GetStartVersion/
+// GetEndVersion say). lmul_onnx checks those in Python (lmul_onnx.ops.check_model) before
+// it creates a session.
 #pragma once
 
 #define ORT_API_MANUAL_INIT
@@ -122,34 +125,31 @@ inline bool read_string(const OrtKernelInfo* info, const char* name, std::string
   return absent_or_throw(info, name, AttributeKind::kString);
 }
 
-inline bool read_ints(const OrtKernelInfo* info, const char* name, std::vector<int64_t>& values) {
-  const OrtApi& api = Ort::GetApi();
+// The list readers: KernelInfoGetAttributeArray_int64 / _float as `getter`.
+template <class T, class Getter>
+bool read_list(const OrtKernelInfo* info, const char* name, std::vector<T>& values, Getter getter,
+               AttributeKind kind) {
   size_t size = 0;
-  if (succeeded(api.KernelInfoGetAttributeArray_int64(info, name, nullptr, &size)) &&
+  // onnxruntime answers an empty list for an attribute of another type: only a non-empty
+  // list, or one attribute_kind cannot place otherwise, is read as this list type.
+  if (succeeded(getter(info, name, nullptr, &size)) &&
       (size > 0 || attribute_kind(info, name) == AttributeKind::kOther)) {
-    std::vector<int64_t> read(size);
-    if (size > 0 && !succeeded(api.KernelInfoGetAttributeArray_int64(info, name, read.data(), &size))) {
+    std::vector<T> read(size);
+    if (size > 0 && !succeeded(getter(info, name, read.data(), &size))) {
       throw NodeError(std::string("attribute '") + name + "' could not be read");
     }
     values = std::move(read);
     return true;
   }
-  return absent_or_throw(info, name, AttributeKind::kInts);
+  return absent_or_throw(info, name, kind);
+}
+
+inline bool read_ints(const OrtKernelInfo* info, const char* name, std::vector<int64_t>& values) {
+  return read_list(info, name, values, Ort::GetApi().KernelInfoGetAttributeArray_int64, AttributeKind::kInts);
 }
 
 inline bool read_floats(const OrtKernelInfo* info, const char* name, std::vector<float>& values) {
-  const OrtApi& api = Ort::GetApi();
-  size_t size = 0;
-  if (succeeded(api.KernelInfoGetAttributeArray_float(info, name, nullptr, &size)) &&
-      (size > 0 || attribute_kind(info, name) == AttributeKind::kOther)) {
-    std::vector<float> read(size);
-    if (size > 0 && !succeeded(api.KernelInfoGetAttributeArray_float(info, name, read.data(), &size))) {
-      throw NodeError(std::string("attribute '") + name + "' could not be read");
-    }
-    values = std::move(read);
-    return true;
-  }
-  return absent_or_throw(info, name, AttributeKind::kFloats);
+  return read_list(info, name, values, Ort::GetApi().KernelInfoGetAttributeArray_float, AttributeKind::kFloats);
 }
 
 // An optional 0/1 int attribute (Gemm's transA/transB); absent = 0.

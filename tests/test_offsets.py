@@ -4,7 +4,6 @@ calibration function, and the values the kernels refuse."""
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Callable
 
 import ml_dtypes
@@ -16,7 +15,7 @@ from onnx import helper
 import lmul_onnx
 from lmul_onnx import numerics, offsets
 from lmul_onnx.reference import reference_evaluator
-from lmul_onnx.testing import single_op_model
+from lmul_onnx.testing import MATMUL_VARIANTS, matmul_variant, single_op_model
 from tests.test_kernel_lmul import assert_same_bits, random_bits
 
 # SPEC section 4's worked values: (a, b, m, offset, expected bits).
@@ -127,22 +126,7 @@ def test_kernel_products_random_offsets(
 
 @pytest.fixture(scope="module")
 def choose() -> Callable[..., int]:
-    function = ctypes.CDLL(lmul_onnx.get_library_path()).lmul_matmul_variant
-    function.restype = ctypes.c_int
-    function.argtypes = [
-        ctypes.c_void_p,
-        ctypes.c_size_t,
-        ctypes.c_void_p,
-        ctypes.c_size_t,
-        ctypes.c_int,
-        ctypes.c_int64,
-    ]
-
-    def variant(a: np.ndarray, b: np.ndarray, m: int, offset: int) -> int:
-        a, b = np.ascontiguousarray(a, np.float32), np.ascontiguousarray(b, np.float32)
-        return function(a.ctypes.data, a.size, b.ctypes.data, b.size, m, offset)
-
-    return variant
+    return matmul_variant
 
 
 def variant_cases(rng: np.random.Generator) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -174,10 +158,9 @@ def test_every_matmul_variant_with_offsets(
     all variants are bit-identical, see test_kernel_variants) and the reference within
     the summation tolerance; the variant picked is the one the data is meant to select."""
     a, b = variant_cases(rng)[case]
-    names = {0: "general", 1: "add", 2: "add-masked-a", 3: "add-masked-b", 4: "add-masked-ab", 5: "normal"}
     for offset in (0, (1 << 23) - 1, int(rng.integers(0, 1 << 23))):
         for m in (4, 23):
-            picked = names[choose(a, b, m, offset)]
+            picked = MATMUL_VARIANTS[choose(a, b, m, offset)]
             if choose(np.ones(4, np.float32), np.ones(4, np.float32), 23, -1) == 1:  # SIMD present
                 assert picked == case, (picked, m, offset)
             model = single_op_model("LMulMatMul", [np.float32, np.float32], mantissa_bits=m, offset=offset)
