@@ -6,15 +6,18 @@ onnxruntime sees the model (lmul_onnx.ops.check_model)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from click.testing import CliRunner
 from onnx import helper
 
 import lmul_onnx
+from lmul_onnx.cli.main import main
 from lmul_onnx.ops import DomainError, check_model, domain_problems
 from lmul_onnx.reference import reference_evaluator
 from lmul_onnx.testing import single_op_model
@@ -130,3 +133,19 @@ def test_valid_models_pass() -> None:
     session = lmul_onnx.InferenceSession(model.SerializeToString())
     a = np.ones((3, 2), np.float32)
     assert session.run(None, {"in0": a, "in1": np.ones((3, 4), np.float32)})[0].shape == (2, 4)
+
+
+def test_validate_refuses_a_model_breaking_the_domain_with_exit_2(tmp_path: Path) -> None:
+    original = single_op_model("MatMul", [np.float32, np.float32], domain="", node_name="bad_node")
+    converted = model_of("LMulMatMul", {"mantisa_bits": 3})
+    for model in (original, converted):
+        for value in model.graph.input:
+            value.type.tensor_type.shape.dim.add().dim_value = 2
+            value.type.tensor_type.shape.dim.add().dim_value = 2
+        onnx.save(model, tmp_path / f"{'converted' if model is converted else 'original'}.onnx")
+    result = CliRunner().invoke(
+        main, ["validate", str(tmp_path / "original.onnx"), str(tmp_path / "converted.onnx"), "-q"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "unknown attribute 'mantisa_bits'" in result.output
+    assert "Traceback" not in result.output
