@@ -27,6 +27,7 @@ from lmul_onnx.passes.offsets import (
     OffsetOptions,
     describe_offset,
     effective_mantissa_bits,
+    offset_in_effect,
 )
 from lmul_onnx.passes.rewrite import LMulRewritePass, NodeRecord
 from lmul_onnx.passes.selection import Scope, SelectionOptions
@@ -95,12 +96,12 @@ class ConversionReport:
         counts = Counter((effective_mantissa_bits(n), n.decision.offset) for n in self.converted)
         entries = []
         for (bits, offset), count in sorted(counts.items(), key=lambda item: (item[0][0], item[0][1] or -1)):
-            choice, value, _ = describe_offset(offset, bits).split(" ", 2)
+            choice, value = offset_in_effect(offset, bits)
             entries.append(
                 {
                     "mantissa_bits": bits,
                     "offset": offset,
-                    "value": int(value, 16),
+                    "value": value,
                     "choice": choice,
                     "nodes": count,
                 }

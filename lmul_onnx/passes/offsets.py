@@ -75,11 +75,18 @@ def parse_offset(value: str | float) -> Choice:
     return int(number)
 
 
+def offset_in_effect(offset: int | None, mantissa_bits: int) -> tuple[str, int]:
+    """``(choice, value)`` of a node's ``offset`` attribute (None: absent) at width ``m``:
+    ``("paper", 1 << (23 - l(m)))``, ``("unbiased", UNBIASED_OFFSETS[m])`` or ``("value", offset)``."""
+    if offset is None:
+        return PAPER, numerics.paper_offset(mantissa_bits)
+    return (UNBIASED if offset == UNBIASED_OFFSETS[mantissa_bits] else "value"), offset
+
+
 def describe_offset(offset: int | None, mantissa_bits: int) -> str:
-    """``"paper 0x100000 (0.12500)"`` / ``"unbiased 0x073386 (0.05626)"`` / ``"0x080000 (0.06250)"``."""
-    value = numerics.paper_offset(mantissa_bits) if offset is None else offset
-    label = PAPER if offset is None else UNBIASED if offset == UNBIASED_OFFSETS[mantissa_bits] else "value"
-    return f"{label} {value:#08x} ({value / numerics.OFFSET_LIMIT:.5f})"
+    """``"paper 0x100000 (0.12500)"`` / ``"unbiased 0x073386 (0.05626)"`` / ``"value 0x080000 (0.06250)"``."""
+    choice, value = offset_in_effect(offset, mantissa_bits)
+    return f"{choice} {value:#08x} ({value / numerics.OFFSET_LIMIT:.5f})"
 
 
 @dataclass(frozen=True)
