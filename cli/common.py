@@ -36,5 +36,16 @@ def parse_key_value(option: str, text: str, convert: type = str) -> tuple[str, A
         raise InputError(f"{option} {text!r}: {value!r} is not a valid {convert.__name__}") from None
 
 
+def parse_range(text: str) -> tuple[float, float]:
+    """``LO:HI`` as two floats (the ``--input-range`` values)."""
+    low, sep, high = text.partition(":")
+    if not sep:
+        raise ValueError(text)
+    return float(low), float(high)
+
+
+parse_range.__name__ = "range LO:HI"  # parse_key_value's message names the expected form
+
+
 def is_tty() -> bool:
     return sys.stderr.isatty()

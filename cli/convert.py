@@ -7,9 +7,10 @@ from pathlib import Path
 
 import click
 
-from lmul_onnx.cli.common import InputError, echo_json, is_tty, parse_key_value, status
+from lmul_onnx.calibration import CalibrationOptions
+from lmul_onnx.cli.common import InputError, echo_json, is_tty, parse_key_value, parse_range, status
 from lmul_onnx.convert import ModelLoadError, convert_file
-from lmul_onnx.ops import SUPPORTED_OPS
+from lmul_onnx.ops import SUPPORTED_OPS, DomainError
 from lmul_onnx.passes.offsets import OffsetOptions
 from lmul_onnx.passes.selection import Scope, SelectionOptions
 
@@ -59,22 +60,46 @@ def _split_ops(text: str) -> tuple[str, ...]:
     "--offset",
     default="paper",
     show_default=True,
-    metavar="paper|unbiased|VALUE",
+    metavar="paper|unbiased|auto|VALUE",
     help="SPEC §4 offset of every converted node: paper (no attribute, the paper's 2^-l(m)); "
     "unbiased (a constant per m that zeroes the mean product error of N(0,1)-like operands); "
+    "auto (per node, zeroing the mean error of its own products on calibration data); "
     "an integer 0..8388607 (the attribute) or a fraction in [0, 1) such as 0.0625.",
 )
 @click.option(
     "--offset-for",
     multiple=True,
     metavar="REGEX=CHOICE",
-    help="Per-node offset (paper|unbiased|VALUE); the first matching REGEX wins (repeatable).",
+    help="Per-node offset (paper|unbiased|auto|VALUE); the first matching REGEX wins (repeatable).",
+)
+@click.option(
+    "--calibration",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Inputs for --offset auto: an .npz keyed by input name (or I/NAME for several samples) "
+    "[default: generated as validate generates them].",
+)
+@click.option(
+    "--samples",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Generated calibration samples for --offset auto (ignored with --calibration).",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of the generated calibration inputs."
+)
+@click.option(
+    "--input-range",
+    multiple=True,
+    metavar="NAME=LO:HI",
+    help="Value range of a generated calibration input (repeatable).",
 )
 @click.option(
     "--dim",
     multiple=True,
     metavar="NAME=N",
-    help="Bind a symbolic input dimension for the energy estimate (repeatable).",
+    help="Bind a symbolic input dimension, for the energy estimate and generated calibration "
+    "inputs (repeatable).",
 )
 @click.option("--dry-run", is_flag=True, help="List what would change; write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
@@ -90,6 +115,10 @@ def convert(
     mantissa_bits_for: tuple[str, ...],
     offset: str,
     offset_for: tuple[str, ...],
+    calibration: Path | None,
+    samples: int,
+    seed: int,
+    input_range: tuple[str, ...],
     dim: tuple[str, ...],
     dry_run: bool,
     as_json: bool,
@@ -105,6 +134,10 @@ def convert(
     overrides = tuple(parse_key_value("--mantissa-bits-for", item, int) for item in mantissa_bits_for)
     offset_overrides = tuple(parse_key_value("--offset-for", item) for item in offset_for)
     dims = dict(parse_key_value("--dim", item, int) for item in dim)
+    ranges = dict(parse_key_value("--input-range", item, parse_range) for item in input_range)
+    calibration_options = CalibrationOptions(
+        inputs=calibration, samples=samples, seed=seed, dims=dims, ranges=ranges
+    )
     try:
         options = SelectionOptions(
             ops=_split_ops(ops),
@@ -131,9 +164,16 @@ def convert(
     start = time.monotonic()
     try:
         report = convert_file(
-            input_model, output, options, dry_run=dry_run, progress=progress, dims=dims, offsets=offsets
+            input_model,
+            output,
+            options,
+            dry_run=dry_run,
+            progress=progress,
+            dims=dims,
+            offsets=offsets,
+            calibration=calibration_options,
         )
-    except (ModelLoadError, ValueError) as error:
+    except (ModelLoadError, DomainError, ValueError) as error:
         raise InputError(str(error)) from None
     estimate = report.energy
     if as_json:

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from lmul_onnx.baselines import BASELINES, BaselineError
-from lmul_onnx.cli.common import InputError, parse_key_value, status
+from lmul_onnx.cli.common import InputError, parse_key_value, parse_range, status
 from lmul_onnx.convert import ModelLoadError
 from lmul_onnx.inputs import InputError as ModelInputError
 from lmul_onnx.ops import DomainError
@@ -30,13 +30,6 @@ def _tolerances(option: str, values: tuple[str, ...], default: float) -> tuple[f
         else:
             default = parsed
     return default, per_output
-
-
-def _range(text: str) -> tuple[float, float]:
-    low, sep, high = text.partition(":")
-    if not sep:
-        raise ValueError(text)
-    return float(low), float(high)
 
 
 @click.command()
@@ -136,7 +129,7 @@ def validate_command(
     atol_default, atol_per_output = _tolerances("--atol", atol, DEFAULT_ATOL)
     rtol_default, rtol_per_output = _tolerances("--rtol", rtol, DEFAULT_RTOL)
     dims = dict(parse_key_value("--dim", item, int) for item in dim)
-    ranges = dict(parse_key_value("--input-range", item, _range) for item in input_range)
+    ranges = dict(parse_key_value("--input-range", item, parse_range) for item in input_range)
     kinds = [k.strip() for k in compare.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in BASELINES]
     if unknown:

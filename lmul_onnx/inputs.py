@@ -92,6 +92,21 @@ def generate(specs: list[InputSignature], options: InputOptions, sample: int = 0
     return feeds
 
 
+def samples(
+    specs: list[InputSignature],
+    *,
+    inputs: str | Path | None = None,
+    count: int = 1,
+    options: InputOptions | None = None,
+) -> list[dict[str, np.ndarray]]:
+    """The input samples of a run: those of the ``.npz`` ``inputs`` when given, else
+    ``count`` generated ones (:func:`generate`, sample ``i`` seeded ``seed + i``)."""
+    if inputs is not None:
+        return load_npz(inputs, specs)
+    options = options or InputOptions()
+    return [generate(specs, options, i) for i in range(count)]
+
+
 def load_npz(path: str | Path, specs: list[InputSignature]) -> list[dict[str, np.ndarray]]:
     """Samples from an ``.npz``: keys ``NAME`` (one sample) or ``I/NAME`` (sample I)."""
     try:
