@@ -17,31 +17,12 @@ from lmul_onnx import inputs as model_inputs
 from lmul_onnx.calibration import CalibrationError, CalibrationOptions
 from lmul_onnx.cli.main import main
 from lmul_onnx.offsets import UNBIASED_OFFSETS, zero_bias_offset
+from lmul_onnx.testing import node_offsets, square_of_product_model
 
 
 @pytest.fixture
 def model(rng: np.random.Generator) -> onnx.ModelProto:
-    """x @ W, then the square of that (both operands activations)."""
-    w = numpy_helper.from_array(rng.standard_normal((8, 6)).astype(np.float32), "W")
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["x", "W"], ["h"], name="proj/MatMul"),
-            helper.make_node("Mul", ["h", "h"], ["y"], name="square/Mul"),
-        ],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 6])],
-        [w],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
-
-
-def offsets_of(model: onnx.ModelProto) -> dict[str, int | None]:
-    return {
-        n.name: next((a.i for a in n.attribute if a.name == "offset"), None)
-        for n in model.graph.node
-        if n.domain == "lmul"
-    }
+    return square_of_product_model(rng.standard_normal((8, 6)), batch="batch")
 
 
 def test_auto_is_zero_bias_offset_of_the_nodes_own_samples(model: onnx.ModelProto) -> None:
@@ -55,7 +36,7 @@ def test_auto_is_zero_bias_offset_of_the_nodes_own_samples(model: onnx.ModelProt
     h = np.concatenate([(x[:5] @ w), (x[5:] @ w)]).astype(np.float32)
     # a matrix product's float32 rounding may differ from numpy's in the last bit: the
     # mean error function is smooth, so the offset moves by a few units at most
-    got = offsets_of(converted)
+    got = node_offsets(converted)
     assert got["proj/MatMul"] == zero_bias_offset(x, np.concatenate([w, w]), 4)  # W seen once per sample
     assert abs(got["square/Mul"] - zero_bias_offset(h, h, 4)) <= 8
     # and they are not the data-free constant
@@ -66,9 +47,9 @@ def test_calibration_is_deterministic(model: onnx.ModelProto) -> None:
     options = CalibrationOptions(samples=3, seed=1)
     first = lmul_onnx.convert(model, mantissa_bits=3, offset="auto", calibration=options)
     second = lmul_onnx.convert(model, mantissa_bits=3, offset="auto", calibration=options)
-    assert offsets_of(first) == offsets_of(second)
+    assert node_offsets(first) == node_offsets(second)
     other = lmul_onnx.convert(model, mantissa_bits=3, offset="auto", calibration=CalibrationOptions(seed=2))
-    assert offsets_of(other) != offsets_of(first)
+    assert node_offsets(other) != node_offsets(first)
 
 
 @pytest.mark.parametrize("criterion", ["product", "output"])
@@ -86,7 +67,7 @@ def test_both_criteria_find_the_exact_offset(tmp_path: Path, criterion: str) -> 
     np.savez(calibration, a=values, b=values[::-1].copy())
     options = CalibrationOptions(inputs=calibration, criterion=criterion)
     converted = lmul_onnx.convert(model, mantissa_bits=4, offset="auto", calibration=options)
-    assert offsets_of(converted) == {"mul": 1 << 20}
+    assert node_offsets(converted) == {"mul": 1 << 20}
 
 
 def test_auto_per_node_and_subgraph_fallback(rng: np.random.Generator) -> None:
@@ -122,7 +103,7 @@ def test_auto_per_node_and_subgraph_fallback(rng: np.random.Generator) -> None:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
     converted = lmul_onnx.convert(model, mantissa_bits=4, offset="paper", offset_for={"outer|inner": "auto"})
-    main_nodes = offsets_of(converted)
+    main_nodes = node_offsets(converted)
     assert main_nodes["square"] is None  # paper: no attribute
     assert main_nodes["outer"] not in (None, UNBIASED_OFFSETS[4])
     then_branch = next(a.g for a in converted.graph.node[2].attribute if a.name == "then_branch")
