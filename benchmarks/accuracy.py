@@ -371,6 +371,36 @@ def merge_rows(rows: list[dict]) -> list[dict]:
     return list(merged.values())
 
 
+TABLE = [  # (model, metric, heading, format)
+    ("smollm2-135m", "perplexity", "SmolLM2 ppl ↓", "{:.4g}"),
+    ("smollm2-135m", "next_token_top1_agreement", "SmolLM2 top-1 agree", "{:.3f}"),
+    ("paraphrase-minilm-l3", "embedding_cosine", "MiniLM-L3 cos", "{:.5f}"),
+    ("paraphrase-minilm-l3", "pair_rank_spearman", "MiniLM-L3 \u03c1", "{:.3f}"),
+    ("all-minilm-l6", "embedding_cosine", "MiniLM-L6 cos", "{:.5f}"),
+    ("all-minilm-l6", "pair_rank_spearman", "MiniLM-L6 \u03c1", "{:.3f}"),
+    ("efficientnet-lite0", "top1_agreement", "EffNet top-1 agree", "{:.3f}"),
+    ("efficientnet-lite0", "top5_overlap", "EffNet top-5 overlap", "{:.3f}"),
+    ("mnist-cnn", "top1_accuracy", "MNIST top-1", "{:.4f}"),
+]
+
+
+def markdown(rows: list[dict]) -> str:
+    """The rows as one Markdown table: a line per configuration, a column per metric."""
+    values = {(r["model"], r["config"], r["metric"]): r["value"] for r in rows}
+    configs = sorted({key[1] for key in values}, key=plot_order)
+    lines = [
+        "| configuration | " + " | ".join(t[2] for t in TABLE) + " |",
+        "|---" * (len(TABLE) + 1) + "|",
+    ]
+    for config in configs:
+        cells = [
+            form.format(values[(model, config, metric)]) if (model, config, metric) in values else "-"
+            for model, metric, _, form in TABLE
+        ]
+        lines.append(f"| `{config}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot_order(config: str) -> tuple:
     """original; attention, MatMul/Gemm, all products; m = 23, 4, 3; paper, unbiased, auto;
     fp8 last in the group of the nodes it rounds."""
@@ -456,10 +486,16 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=4096, help="SmolLM2 text length in tokens")
     parser.add_argument("--work", type=Path, default=BUILD / "study")
     parser.add_argument("--plot-only", action="store_true", help="redraw the plot from accuracy.json")
+    parser.add_argument(
+        "--markdown", action="store_true", help="print accuracy.json as docs/accuracy.md's table"
+    )
     args = parser.parse_args()
     results = DOCS / "accuracy.json"
     if args.plot_only:
         plot(json.loads(results.read_text()), DOCS / "accuracy.png")
+        return
+    if args.markdown:
+        print(markdown(json.loads(results.read_text())))
         return
     args.work.mkdir(parents=True, exist_ok=True)
     configs = args.configs.split(",")
