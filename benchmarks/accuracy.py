@@ -44,14 +44,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnx_ir as ir
 import onnxruntime as ort
 
 import lmul_onnx
 from lmul_onnx import graph
 from lmul_onnx.baselines import operand_rounded_model
 from lmul_onnx.calibration import CalibrationOptions
+from lmul_onnx.validate import _session as validate_session
 from lmul_onnx.validate import converted_nodes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,15 +111,8 @@ SENTENCES = [
 ]
 
 
-def session(model: onnx.ModelProto | Path, path: Path | None = None) -> ort.InferenceSession:
-    """A session of a converted model (a path) or an fp8 baseline (a proto; ``path``:
-    where it was saved, when its weights are external)."""
-    options = ort.SessionOptions()
-    if isinstance(model, onnx.ModelProto):
-        # fp8 baselines: unoptimised, or onnxruntime would fuse the lossy Cast pairs away
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        return lmul_onnx.InferenceSession(str(path) if path else model.SerializeToString(), options)
-    return lmul_onnx.InferenceSession(str(model), options)
+def session(model: Path) -> ort.InferenceSession:
+    return lmul_onnx.InferenceSession(str(model))
 
 
 def tokenize(texts: list[str]) -> dict[str, np.ndarray]:
@@ -183,11 +175,9 @@ def variant(source: Path, model: str, name: str, work: Path) -> ort.InferenceSes
         original, _ = graph.load(source)
         keys = [e.key for e in converted_nodes(original, graph.load(converted)[0])]
         rounded = operand_rounded_model(original, keys, config["baseline"])
-        if source.with_name(f"{source.name}.data").exists():  # weights stay external
-            path = work / f"{source.stem}.{name}.onnx"
-            ir.save(rounded, path, external_data=f"{path.name}.data")
-            return session(onnx.load(path, load_external_data=False), path)
-        return session(ir.to_proto(rounded))
+        # validate's session of a changed model (its external weights found beside source);
+        # unoptimised, or onnxruntime would fuse the lossy Cast pairs away
+        return validate_session(rounded, source, optimize=False, modified=True)
     path = work / f"{source.stem}.{name}.onnx"
     if not path.exists():
         if config.get("offset") == "auto":
