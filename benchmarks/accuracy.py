@@ -362,7 +362,7 @@ def merge_rows(rows: list[dict]) -> list[dict]:
 
 
 TABLE = [  # (model, metric, heading, format)
-    ("smollm2-135m", "perplexity", "SmolLM2 ppl ↓", "{:.4g}"),
+    ("smollm2-135m", "perplexity", "SmolLM2 ppl ↓", "{:.2f}"),
     ("smollm2-135m", "next_token_top1_agreement", "SmolLM2 top-1 agree", "{:.3f}"),
     ("paraphrase-minilm-l3", "embedding_cosine", "MiniLM-L3 cos", "{:.5f}"),
     ("paraphrase-minilm-l3", "pair_rank_spearman", "MiniLM-L3 \u03c1", "{:.3f}"),
