@@ -431,7 +431,11 @@ def plot(rows: list[dict], path: Path) -> None:
             if value is None:
                 continue
             ax.plot([value], [y], "o", color=colour(config), markersize=5)
-            label = f"{value:.4g}" if metric == "perplexity" else f"{value:.4f}"
+            label = (
+                (f"{value:.2f}" if value < 100 else f"{value:.0f}")
+                if metric == "perplexity"
+                else f"{value:.4f}"
+            )
             ax.annotate(
                 label, (value, y), xytext=(4, 0), textcoords="offset points", va="center", fontsize=6.5
             )

@@ -39,6 +39,8 @@ from lmul_onnx import graph, numerics
 from lmul_onnx import inputs as model_inputs
 from lmul_onnx.offsets import UNBIASED_OFFSETS, zero_bias_offset
 from lmul_onnx.ops import DOMAIN, DOMAIN_VERSION, MANTISSA_BITS, OFFSET, STANDARD_TO_LMUL
+from lmul_onnx.runtime import InferenceSession, run
+from lmul_onnx.validate import _session as model_session  # validate's: custom ops, extra outputs
 
 __all__ = [
     "CRITERIA",
@@ -172,8 +174,6 @@ def _rows(node: ir.Node, operands: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def _accumulate_gain(node: ir.Node, operands: list[np.ndarray], mantissa_bits: int, into: _Operands) -> None:
-    from lmul_onnx.runtime import InferenceSession, run
-
     operands = _rows(node, [np.ascontiguousarray(v) for v in operands])
     model = _output_gain_model(node, operands, mantissa_bits)
     session = InferenceSession(model.SerializeToString())
@@ -237,8 +237,6 @@ def calibrate(
     Raises:
         CalibrationError: the calibration inputs cannot be read or do not fit the model.
     """
-    from lmul_onnx.validate import _session  # validate's session: custom ops, extra outputs
-
     entries = graph.find(model, set(nodes))
     result: dict[str, NodeCalibration] = {}
     main = {}
@@ -266,13 +264,15 @@ def calibrate(
             if value is not None and value.const_value is None and value.name not in constant_or_input
         }
     )
-    session = _session(model, path, exposed)
+    try:
+        session = model_session(model, path, exposed)
+    except Exception as error:  # onnxruntime's own errors for a model it cannot run
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CalibrationError(f"calibration: onnxruntime cannot run the model: {message}") from None
     feeds_list = calibration_feeds(session, options)
     rng = np.random.default_rng(_SUBSAMPLE_SEED)
     collected = {key: _Operands() for key in main}
     for feeds in feeds_list:
-        from lmul_onnx.runtime import run
-
         try:
             fetched = dict(zip(exposed, run(session, feeds, exposed), strict=True)) if exposed else {}
         except Exception as error:  # onnxruntime's errors for inputs that do not fit
