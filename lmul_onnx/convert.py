@@ -23,6 +23,7 @@ import onnx_ir as ir
 from lmul_onnx.ops import SUPPORTED_OPS
 from lmul_onnx.passes.rewrite import LMulRewritePass, NodeRecord
 from lmul_onnx.passes.selection import Scope, SelectionOptions
+from lmul_onnx.plan import Plan, load_plan
 
 ModelInput = str | os.PathLike[str] | onnx.ModelProto | ir.Model
 
@@ -200,6 +201,8 @@ def convert(
     nodes_to_exclude: Sequence[str] = (),
     mantissa_bits: int | None = None,
     mantissa_bits_for: dict[str, int] | None = None,
+    every_product: bool = False,
+    plan: str | os.PathLike[str] | Plan | None = None,
 ) -> onnx.ModelProto:
     """Rewrite the MatMul / Gemm / Mul nodes of a model into L-Mul ops.
 
@@ -216,6 +219,10 @@ def convert(
         mantissa_bits: operand mantissa width for every converted node (``None``: the
             tensor type's full width).
         mantissa_bits_for: per-node overrides ``{regex: bits}``; the first match wins.
+        every_product: also convert products whose constant operand is exactly 0, ±2^k or
+            a 0/1 mask (left exact by default: L-Mul would only add error to them).
+        plan: a plan from :func:`lmul_onnx.tune` (a path or a ``Plan``): convert exactly
+            the nodes it converts, at its widths; the selection options are then ignored.
 
     Returns:
         The converted model as an ``onnx.ModelProto``. Models with external data are
@@ -225,15 +232,20 @@ def convert(
     Raises:
         ModelLoadError: the input cannot be read as ONNX.
         ValueError: an invalid option, or an output path equal to the input.
+        lmul_onnx.plan.PlanError: an unreadable plan.
     """
-    options = SelectionOptions(
-        ops=tuple(op_types_to_quantize),
-        scope=Scope(scope),
-        include=tuple(nodes_to_include),
-        exclude=tuple(nodes_to_exclude),
-        mantissa_bits=mantissa_bits,
-        mantissa_bits_for=tuple((mantissa_bits_for or {}).items()),
-    )
+    if plan is not None:
+        options = (plan if isinstance(plan, Plan) else load_plan(plan)).selection_options()
+    else:
+        options = SelectionOptions(
+            ops=tuple(op_types_to_quantize),
+            scope=Scope(scope),
+            include=tuple(nodes_to_include),
+            exclude=tuple(nodes_to_exclude),
+            mantissa_bits=mantissa_bits,
+            mantissa_bits_for=tuple((mantissa_bits_for or {}).items()),
+            every_product=every_product,
+        )
     if isinstance(model, (str, os.PathLike)) and output_path is not None:
         convert_file(model, output_path, options)
         return onnx.load(os.fspath(output_path), load_external_data=False)

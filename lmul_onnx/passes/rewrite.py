@@ -27,6 +27,17 @@ class NodeRecord:
     decision: Decision
     new_op_type: str | None = None
 
+    @property
+    def key(self) -> str:
+        """The node's identity in a plan: :func:`node_key`."""
+        return node_key(self.name, self.location)
+
+
+def node_key(name: str, location: str) -> str:
+    """A node's identity in a plan: its name in the main graph, ``<location>/<name>`` in a
+    subgraph or function (names need only be unique within one graph)."""
+    return name if location == "graph" else f"{location}/{name}"
+
 
 @dataclass
 class RewriteResult:
@@ -92,7 +103,7 @@ class LMulRewritePass(ir.passes.InPlacePass):
                 element_type = (
                     element_type if element_type is not None else element_type_of(value, types, scope)
                 )
-            decision = decide(node, self.options, element_type, name)
+            decision = decide(node, self.options, element_type, name, node_key(name, location))
             new_op = STANDARD_TO_LMUL.get(node.op_type) if decision.convert else None
             self.result.records.append(NodeRecord(name, node.op_type, location, decision, new_op))
             if decision.convert and not self.dry_run:
@@ -100,6 +111,12 @@ class LMulRewritePass(ir.passes.InPlacePass):
                 node.op_type = STANDARD_TO_LMUL[node.op_type]
                 if decision.mantissa_bits is not None:
                     node.attributes[MANTISSA_BITS] = ir.AttrInt64(MANTISSA_BITS, decision.mantissa_bits)
+        if self.options.plan is not None:
+            unknown = sorted(set(self.options.planned_bits()) - {r.key for r in self.result.records})
+            if unknown:
+                raise ValueError(
+                    f"the plan converts {len(unknown)} node(s) this model does not have, e.g. {unknown[0]!r}"
+                )
         modified = bool(self.result.converted) and not self.dry_run
         if modified:
             model.opset_imports[DOMAIN] = DOMAIN_VERSION

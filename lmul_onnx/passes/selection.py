@@ -2,8 +2,10 @@
 
 A node is converted when it is a MatMul/Gemm/Mul of the default domain chosen by
 ``ops``, works on float32/float16/bfloat16, falls in the ``scope``, and passes the
-``include``/``exclude`` name filters. Every other node gets a reason, so the summary can
-say why it stayed.
+``include``/``exclude`` name filters, and has no constant operand of exact powers of two
+(:mod:`exact_products`; ``every_product`` converts those too). A ``plan`` (from ``lmul-onnx
+tune``) replaces these choices: exactly the nodes it names are converted, at its widths.
+Every other node gets a reason, so the summary can say why it stayed.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import onnx
 import onnx_ir as ir
 
 from lmul_onnx.ops import DOMAIN, LMUL_TO_STANDARD, STANDARD_TO_LMUL, SUPPORTED_OPS
+from lmul_onnx.passes.exact_products import VALUE_PRESERVING_OPS, exact_product_reason
 
 FLOAT_TYPES: dict[int, tuple[str, int]] = {
     onnx.TensorProto.FLOAT: ("float32", 23),
@@ -25,22 +28,8 @@ FLOAT_TYPES: dict[int, tuple[str, int]] = {
 
 # Ops that move or re-type a tensor without computing on it: a weight seen through them
 # is still a weight.
-PLUMBING_OPS = frozenset(
-    {
-        "Transpose",
-        "Cast",
-        "CastLike",
-        "Reshape",
-        "Flatten",
-        "Squeeze",
-        "Unsqueeze",
-        "Identity",
-        "Expand",
-        "DequantizeLinear",
-        "Tile",
-        "Slice",
-    }
-)
+PLUMBING_OPS = VALUE_PRESERVING_OPS | {"DequantizeLinear"}
+LEFT_BY_PLAN = "left exact by the plan"
 
 
 class Scope(str, Enum):
@@ -61,6 +50,8 @@ class SelectionOptions:
     exclude: tuple[str, ...] = ()
     mantissa_bits: int | None = None
     mantissa_bits_for: tuple[tuple[str, int], ...] = ()
+    every_product: bool = False  # also convert products by exact powers of two / 0-1 masks
+    plan: tuple[tuple[str, int | None], ...] | None = None  # (node key, mantissa bits) to convert
     _patterns: dict[str, re.Pattern[str]] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -77,9 +68,14 @@ class SelectionOptions:
                 self._patterns[pattern] = re.compile(pattern)
             except re.error as error:
                 raise ValueError(f"invalid regular expression {pattern!r}: {error}") from None
-        for bits in (self.mantissa_bits, *(b for _, b in self.mantissa_bits_for)):
+        planned = tuple(b for _, b in self.plan or ())
+        for bits in (self.mantissa_bits, *(b for _, b in self.mantissa_bits_for), *planned):
             if bits is not None and not 1 <= bits <= 23:
                 raise ValueError(f"mantissa bits must be in 1..23, got {bits}")
+
+    def planned_bits(self) -> dict[str, int | None]:
+        """``{node key: mantissa bits}`` of the plan's converted nodes (empty without a plan)."""
+        return dict(self.plan or ())
 
     def matches(self, pattern: str, name: str) -> bool:
         return self._patterns[pattern].search(name) is not None
@@ -120,8 +116,11 @@ def is_constant(value: ir.Value | None) -> bool:
     return False
 
 
-def decide(node: ir.Node, options: SelectionOptions, element_type: int | None, name: str) -> Decision:
-    """Decide whether ``node`` becomes an ``lmul`` op. ``name`` is its display name."""
+def decide(
+    node: ir.Node, options: SelectionOptions, element_type: int | None, name: str, key: str | None = None
+) -> Decision:
+    """Decide whether ``node`` becomes an ``lmul`` op. ``name`` is its display name, ``key``
+    its identity in a plan (default: the name)."""
     if node.domain == DOMAIN and node.op_type in LMUL_TO_STANDARD:
         return Decision(False, "already L-Mul")
     if node.domain not in ("", "ai.onnx") or node.op_type not in STANDARD_TO_LMUL:
@@ -135,6 +134,11 @@ def decide(node: ir.Node, options: SelectionOptions, element_type: int | None, n
             False, f"{onnx.TensorProto.DataType.Name(element_type).lower()} tensors are not rewritten"
         )
     type_name, type_bits = FLOAT_TYPES[element_type]
+    if options.plan is not None:
+        planned = options.planned_bits()
+        if (key or name) not in planned:
+            return Decision(False, LEFT_BY_PLAN, type_name)
+        return _checked(Decision(True, "", type_name, planned[key or name]), name, type_bits)
     constant = any(is_constant(v) for v in node.inputs[:2])
     if options.scope is Scope.ATTENTION and constant:
         return Decision(False, "has a constant operand (--scope attention)", type_name)
@@ -144,9 +148,19 @@ def decide(node: ir.Node, options: SelectionOptions, element_type: int | None, n
         return Decision(False, "not matched by --include", type_name)
     if any(options.matches(p, name) for p in options.exclude):
         return Decision(False, "matched by --exclude", type_name)
-    bits = options.bits_for(name)
+    if not options.every_product:
+        exact = exact_product_reason(node)
+        if exact is not None:
+            return Decision(False, exact, type_name)
+    return _checked(Decision(True, "", type_name, options.bits_for(name)), name, type_bits)
+
+
+def _checked(decision: Decision, name: str, type_bits: int) -> Decision:
+    """``decision``, unless its mantissa width exceeds the node's type."""
+    bits = decision.mantissa_bits
     if bits is not None and bits > type_bits:
         raise ValueError(
-            f"node {name!r} is {type_name} ({type_bits} mantissa bits): cannot use {bits} mantissa bits"
+            f"node {name!r} is {decision.element_type} ({type_bits} mantissa bits): "
+            f"cannot use {bits} mantissa bits"
         )
-    return Decision(True, "", type_name, bits)
+    return decision
