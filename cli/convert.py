@@ -14,8 +14,15 @@ from lmul_onnx.ops import SUPPORTED_OPS
 from lmul_onnx.passes.selection import Scope, SelectionOptions
 from lmul_onnx.plan import PlanError, load_plan
 
-
-_SELECTION_OPTIONS = ("ops", "scope", "include", "exclude", "mantissa_bits", "mantissa_bits_for", "every_product")
+_SELECTION_OPTIONS = (
+    "ops",
+    "scope",
+    "include",
+    "exclude",
+    "mantissa_bits",
+    "mantissa_bits_for",
+    "every_product",
+)
 
 
 def _split_ops(text: str) -> tuple[str, ...]:

@@ -85,7 +85,7 @@ def _check_entry(index: int, entry: Any) -> dict[str, Any]:
 def plan_from_dict(data: Any, source: str = "plan") -> Plan:
     """Check a plan's structure and return it; :class:`PlanError` names the first problem."""
     if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
-        raise PlanError(f"{source}: not an lmul-onnx plan (no \"format\": \"{PLAN_FORMAT}\")")
+        raise PlanError(f'{source}: not an lmul-onnx plan (no "format": "{PLAN_FORMAT}")')
     if data.get("version") != PLAN_VERSION:
         raise PlanError(f"{source}: plan version {data.get('version')!r} is not supported (only 1)")
     if not isinstance(data.get("nodes"), list):
