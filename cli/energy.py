@@ -57,6 +57,7 @@ def energy_command(
             mults = "unknown" if node["multiplications"] is None else f"{node['multiplications']:,}"
             click.echo(
                 f"  {node['op_type']:<7} {'lmul ' if node['is_lmul'] else '     '}{mults:>16}  {node['name']}"
+                + (f"  ({node['exact']})" if node["exact"] else "")
             )
     total = report["total"]
     click.echo(
@@ -64,6 +65,13 @@ def energy_command(
         f"L-Mul everywhere saves {total['lmul_saving_percent']:.1f} % of their energy, "
         f"the model as it is saves {total['saving_percent']:.1f} %"
     )
+    exact = total["exact_products"]
+    if exact["nodes"]:
+        click.echo(
+            f"{exact['nodes']} of them ({exact['multiplications']:,} multiplications) multiply by exact "
+            "powers of two or 0/1 masks: they need no multiplier and stay exact unless converted "
+            "with --every-product"
+        )
     if total["unknown_nodes"]:
         click.echo(
             f"{total['unknown_nodes']} node(s) with unknown shapes left out: bind dimensions with --dim"

@@ -15,6 +15,11 @@ as one integer addition as wide as the operands: int32 for float32. Assumptions 
 that source, labelled as such in every report): bfloat16 costs what float16 costs, and a
 16-bit integer add costs 0.05 pJ (half of int32, between the source's 8- and 32-bit
 adds). Summation stays in floating point in both cases, as in the paper's analysis.
+
+Products whose constant operand is exactly 0, ±2^k or a 0/1 mask
+(:mod:`lmul_onnx.passes.exact_products`) need no multiplier at all; they are marked
+(``exact``: the reason) and totalled separately under ``exact_products``, priced like
+the others so that the totals stay comparable.
 """
 
 from __future__ import annotations
@@ -28,10 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+import onnx_ir as ir
 from onnx import TensorProto
 
-from lmul_onnx.convert import load_graph
+from lmul_onnx.convert import load_graph, load_model
 from lmul_onnx.ops import DOMAIN, LMUL_TO_STANDARD, STANDARD_TO_LMUL
+from lmul_onnx.passes.exact_products import exact_product_reason
 
 DEFAULT_TABLE_PJ: dict[str, float] = {
     "fp32_mul": 3.7,
@@ -64,6 +71,20 @@ class NodeCount:
     multiplications: int | None
     additions: int | None
     energy_pj: dict[str, float | None]
+    exact: str | None = None  # why the product needs no multiplier, if it does not
+
+
+def _exact_products(model: str | os.PathLike[str] | onnx.ModelProto) -> dict[str, str]:
+    """``{node name: reason}`` of the products by exact powers of two or 0/1 masks."""
+    ir_model, _ = load_model(model)
+    reasons = {}
+    for node in ir.traversal.RecursiveGraphIterator(ir_model.graph):
+        is_product = node.op_type in STANDARD_TO_LMUL and node.domain in ("", "ai.onnx")
+        if (is_product or (node.domain == DOMAIN and node.op_type in LMUL_TO_STANDARD)) and node.name:
+            reason = exact_product_reason(node)
+            if reason is not None:
+                reasons[node.name] = reason
+    return reasons
 
 
 def load_table(path: str | os.PathLike[str] | None) -> dict[str, float]:
@@ -195,6 +216,7 @@ def energy(
     prices = dict(table or DEFAULT_TABLE_PJ)
     proto, _ = load_graph(model)
     shapes = _shape_map(proto, dims or {})
+    exact = _exact_products(model)
     nodes: list[NodeCount] = []
 
     def visit(graph: onnx.GraphProto) -> None:
@@ -215,6 +237,7 @@ def energy(
                             mults,
                             adds,
                             _price(mults, adds, elem, is_lmul, prices),
+                            exact.get(node.name),
                         )
                     )
             for attribute in node.attribute:
@@ -227,6 +250,7 @@ def energy(
     known = [n for n in nodes if n.multiplications is not None]
     totals = {key: sum(n.energy_pj[key] for n in known) for key in ("original", "lmul", "as_is")}
     saving = 100 * (1 - totals["as_is"] / totals["original"]) if totals["original"] else 0.0
+    exact_known = [n for n in known if n.exact]
     return {
         "total": {
             "multiplications": sum(n.multiplications for n in known),
@@ -237,6 +261,13 @@ def energy(
             if totals["original"]
             else 0.0,
             "unknown_nodes": len(nodes) - len(known),
+            "exact_products": {
+                "nodes": len(exact_known),
+                "multiplications": sum(n.multiplications for n in exact_known),
+                "energy_pj": {
+                    key: sum(n.energy_pj[key] for n in exact_known) for key in ("original", "lmul", "as_is")
+                },
+            },
         },
         "per_op": {
             op: {
