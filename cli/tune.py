@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from lmul_onnx.cli.common import InputError, echo_json, is_tty, parse_key_value, status
+from lmul_onnx.cli.common import InputError, echo_json, is_tty, parse_key_value
 from lmul_onnx.cli.convert import _split_ops
 from lmul_onnx.cli.validate import _range, _tolerances
 from lmul_onnx.convert import ModelLoadError, default_output_path
@@ -226,7 +226,6 @@ def tune_command(
             metric=metric,
             max_loss=max_loss,
         )
-        status(f"tuning {model}", quiet or as_json)
         result = tune(
             model,
             target,

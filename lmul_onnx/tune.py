@@ -581,6 +581,8 @@ def tune(
     say = progress or (lambda phase, done, total: None)
     if jobs < 1:
         raise TuneError(f"--jobs must be at least 1, got {jobs}")
+    if budget.metric is not None:
+        load_metric(budget.metric)  # a bad metric is reported before any work
     for bits in mantissa_bits:
         if bits is not None and not 1 <= bits <= 23:
             raise TuneError(f"mantissa bits must be in 1..23, got {bits}")
