@@ -6,7 +6,7 @@ for task-metric budgets, the metric recomputed from fresh onnxruntime sessions o
 original and the written model.
 
     python models/export.py mnist efficientnet minilm-l6 smollm2   # -> models/build/
-    python benchmarks/tune.py [--models minilm-l3,mnist] [--build DIR] [--jobs N]
+    python benchmarks/tune.py [--models 'minilm-l3;minilm-l6@m3,4'] [--build DIR] [--jobs N]
 
 Writes docs/tune.json (one record per model) and prints a Markdown table; docs/tune.md
 discusses the result. Models whose files are missing are skipped with a note.
@@ -185,7 +185,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--models", default="minilm-l3,mnist,minilm-l6,efficientnet-lite0,smollm2-135m")
+    parser.add_argument(
+        "--models",
+        default="minilm-l3;minilm-l3@m3,4;mnist;mnist@m3,4;minilm-l6;minilm-l6@m3,4;efficientnet-lite0;"
+        "efficientnet-lite0@m3,4;smollm2-135m",
+        help="';'-separated; NAME@mW1,W2 also passes --mantissa-bits W1,W2",
+    )
     parser.add_argument("--build", type=Path, default=ROOT / "models" / "build")
     parser.add_argument("--jobs", type=int, default=None, help="tune --jobs (default: tune's own)")
     parser.add_argument("--tokens", type=int, default=128, help="SmolLM2: tokens of the GPL-3 text")
@@ -196,8 +201,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         table = cases(args.build, work, args.tokens)
-        for name in args.models.split(","):
-            case = table[name]
+        for name in args.models.split(";"):
+            base, _, widths = name.partition("@m")
+            case = dict(table[base])
+            if widths:
+                case["budget"] = [*case["budget"], "--mantissa-bits", widths]
             if not Path(case["model"]).is_file():
                 print(f"skipping {name}: {case['model']} not found (python models/export.py)", flush=True)
                 continue

@@ -191,6 +191,28 @@ def convert_file(
     return report
 
 
+def selection_options(
+    *,
+    op_types_to_quantize: Sequence[str] = SUPPORTED_OPS,
+    scope: str | Scope = Scope.ALL,
+    nodes_to_include: Sequence[str] = (),
+    nodes_to_exclude: Sequence[str] = (),
+    mantissa_bits: int | None = None,
+    mantissa_bits_for: dict[str, int] | None = None,
+    every_product: bool = False,
+) -> SelectionOptions:
+    """The :class:`SelectionOptions` of :func:`convert`'s keyword arguments (same meanings)."""
+    return SelectionOptions(
+        ops=tuple(op_types_to_quantize),
+        scope=Scope(scope),
+        include=tuple(nodes_to_include),
+        exclude=tuple(nodes_to_exclude),
+        mantissa_bits=mantissa_bits,
+        mantissa_bits_for=tuple((mantissa_bits_for or {}).items()),
+        every_product=every_product,
+    )
+
+
 def convert(
     model: ModelInput,
     output_path: str | os.PathLike[str] | None = None,
@@ -237,13 +259,13 @@ def convert(
     if plan is not None:
         options = (plan if isinstance(plan, Plan) else load_plan(plan)).selection_options()
     else:
-        options = SelectionOptions(
-            ops=tuple(op_types_to_quantize),
-            scope=Scope(scope),
-            include=tuple(nodes_to_include),
-            exclude=tuple(nodes_to_exclude),
+        options = selection_options(
+            op_types_to_quantize=op_types_to_quantize,
+            scope=scope,
+            nodes_to_include=nodes_to_include,
+            nodes_to_exclude=nodes_to_exclude,
             mantissa_bits=mantissa_bits,
-            mantissa_bits_for=tuple((mantissa_bits_for or {}).items()),
+            mantissa_bits_for=mantissa_bits_for,
             every_product=every_product,
         )
     if isinstance(model, (str, os.PathLike)) and output_path is not None:

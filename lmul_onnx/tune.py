@@ -10,10 +10,10 @@ Three steps, every decision with a stated reason (see docs/tune.md):
    (the noise-to-signal ratio of the outputs, and whether the budget still holds) and,
    from :func:`lmul_onnx.energy.energy`, its energy gain. A node that breaks the budget
    on its own stays exact; the others keep their most accurate width.
-3. **Selection.** Nodes are ranked by gain per unit of drift; the longest prefix of the
-   ranking that keeps the budget is found by bisection (each step verified on the whole
-   model), then the nodes after it are tried one by one, each kept if the model still
-   holds its budget.
+3. **Selection.** Nodes are ranked by gain per unit of drift and taken in blocks along
+   the ranking, each block verified on the whole model: a block that breaks the budget
+   is halved (bisection) until the node that breaks it is found and left exact, and the
+   walk goes on after it (:meth:`_Search.select`).
 
 Every evaluation runs in memory: the model's large weights are lifted into session
 inputs once, so an evaluation only rewrites and serialises the weight-free graph (through
@@ -44,7 +44,14 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from lmul_onnx import inputs as model_inputs
-from lmul_onnx.convert import ModelInput, convert_file, convert_model, load_model, save_model
+from lmul_onnx.convert import (
+    ModelInput,
+    convert_file,
+    convert_model,
+    load_model,
+    save_model,
+    selection_options,
+)
 from lmul_onnx.energy import energy
 from lmul_onnx.metrics import DriftAccumulator, looks_like_logits
 from lmul_onnx.ops import SUPPORTED_OPS
@@ -486,42 +493,30 @@ class _Search:
     def select(
         self, ranked: list[Candidate], model_energy: float, baseline: Measurement
     ) -> tuple[list[Candidate], Measurement]:
-        """Bisection over the ranking for the longest passing prefix, then a greedy fill."""
-        n = len(ranked)
-        steps = max(1, math.ceil(math.log2(n + 1))) + 1 if n else 0
-        self.progress("selection", 0, steps + n)
-        if not n:
-            return [], baseline
-        full = self.verify(ranked, "all", model_energy)
-        if full.passed:
-            self.progress("selection", steps + n, steps + n)
-            return list(ranked), full
-        low, high, best = 0, n, baseline  # prefix `low` passes (empty: the baseline), `high` fails
-        done = 1
-        while high - low > 1:
-            middle = (low + high) // 2
-            measurement = self.verify(ranked[:middle], f"prefix {middle}", model_energy)
+        """Walk the ranking in blocks, each verified on the whole model with the nodes taken
+        so far: a block that keeps the budget is taken whole and the next block is twice
+        as long; one that breaks it is halved (bisection) until the single node that breaks
+        it is found, which stays exact. The first block is the whole ranking, so a model
+        that keeps its budget fully converted costs one run, and one breaking node about
+        2 log2(n)."""
+        chosen: list[Candidate] = []
+        best, position, size, done = baseline, 0, len(ranked), 0
+        while position < len(ranked):
+            block = ranked[position : position + size]
+            label = f"add {len(block)} (ranks {position + 1}-{position + len(block)})"
+            measurement = self.verify([*chosen, *block], label, model_energy)
             done += 1
-            self.progress("selection", done, steps + n)
             if measurement.passed:
-                low, best = middle, measurement
+                chosen += block
+                best, position, size = measurement, position + len(block), 2 * len(block)
+            elif len(block) == 1:
+                block[0].reason = "the model breaks the budget with it added (" + _describe(measurement) + ")"
+                position, size = position + 1, 1
             else:
-                high = middle
-        chosen = list(ranked[:low])
-        ranked[high - 1].reason = "the model breaks the budget with it (bisection)"
-        rest = [c for c in ranked[low:] if c is not ranked[high - 1]]
-        total = done + len(rest)
-        for index, candidate in enumerate(rest, 1):
-            measurement = self.verify([*chosen, candidate], f"add {candidate.record.key}", model_energy)
-            self.progress("selection", done + index, total)
-            if measurement.passed:
-                chosen.append(candidate)
-                best = measurement
-            else:
-                candidate.reason = (
-                    "the model breaks the budget with it added (" + _describe(measurement) + ")"
-                )
-        self.progress("selection", total, total)
+                size = len(block) // 2
+            remaining = len(ranked) - position
+            self.progress("selection", done, done + (math.ceil(math.log2(remaining + 1)) if remaining else 0))
+        self.progress("selection", done, done)
         return chosen, best
 
 
@@ -587,11 +582,11 @@ def tune(
         if bits is not None and not 1 <= bits <= 23:
             raise TuneError(f"mantissa bits must be in 1..23, got {bits}")
     try:
-        options = SelectionOptions(
-            ops=tuple(op_types),
-            scope=Scope(scope),
-            include=tuple(nodes_to_include),
-            exclude=tuple(nodes_to_exclude),
+        options = selection_options(
+            op_types_to_quantize=op_types,
+            scope=scope,
+            nodes_to_include=nodes_to_include,
+            nodes_to_exclude=nodes_to_exclude,
             every_product=every_product,
         )
     except ValueError as error:

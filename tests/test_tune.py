@@ -261,3 +261,19 @@ def test_unreachable_budget_exits_2(fragile_path: Path, tmp_path: Path) -> None:
         "-o", str(tmp_path / "o.onnx"),
     )  # fmt: skip
     assert code == 2 and "fails even with no node converted" in output, output
+
+
+def test_plot(fragile_path: Path, tmp_path: Path) -> None:
+    """--plot draws the search with matplotlib, or says in one line that it is missing."""
+    import importlib.util
+
+    picture = tmp_path / "tune.png"
+    code, output = invoke(
+        "tune", str(fragile_path), "--min-cosine", "0.99", "--dim", "batch=4", "--jobs", "1",
+        "-o", str(tmp_path / "o.onnx"), "--plot", str(picture),
+    )  # fmt: skip
+    if importlib.util.find_spec("matplotlib") is None:
+        assert code == 2 and "--plot needs matplotlib" in output and len(output.strip().splitlines()) == 1
+    else:
+        assert code == 0, output
+        assert picture.read_bytes().startswith(b"\x89PNG")
