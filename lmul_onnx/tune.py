@@ -54,7 +54,7 @@ from lmul_onnx.convert import (
 )
 from lmul_onnx.energy import energy
 from lmul_onnx.metrics import DriftAccumulator, looks_like_logits
-from lmul_onnx.ops import SUPPORTED_OPS
+from lmul_onnx.ops import DOMAIN, STANDARD_TO_LMUL, SUPPORTED_OPS
 from lmul_onnx.passes.rewrite import NodeRecord
 from lmul_onnx.passes.selection import FLOAT_TYPES, Scope, SelectionOptions
 from lmul_onnx.plan import Plan
@@ -247,12 +247,31 @@ class Evaluator:
         self.metric = load_metric(workload.budget.metric) if workload.budget.metric else None
         self.tolerances = workload.budget.tolerances(workload.output_names)
         self.count = 0
+        # One weight-free model, rewritten in place for each variant and restored after.
+        self.model = ir.from_proto(onnx.ModelProto.FromString(workload.skeleton))
+        self._products = [
+            node
+            for graph in (self.model.graph, *self.model.functions.values())
+            for node in ir.traversal.RecursiveGraphIterator(graph)
+            if node.op_type in STANDARD_TO_LMUL or node.domain == DOMAIN
+        ]
 
     def model_bytes(self, assignment: Mapping[str, int | None]) -> bytes:
-        """The weight-free graph with exactly these nodes converted (``convert``'s pass)."""
-        model = ir.from_proto(onnx.ModelProto.FromString(self.workload.skeleton))
-        convert_model(model, SelectionOptions(plan=tuple(sorted(assignment.items()))))
-        return ir.to_proto(model).SerializeToString()
+        """The weight-free graph with exactly these nodes converted, by ``convert``'s own
+        pass with the assignment as its plan; the model is restored afterwards."""
+        nodes = [(node, node.domain, node.op_type, dict(node.attributes)) for node in self._products]
+        imports = [(f, dict(f.opset_imports)) for f in (self.model, *self.model.functions.values())]
+        try:
+            convert_model(self.model, SelectionOptions(plan=tuple(sorted(assignment.items()))))
+            return ir.to_proto(self.model).SerializeToString()
+        finally:
+            for node, domain, op_type, attributes in nodes:
+                node.domain, node.op_type = domain, op_type
+                node.attributes.clear()
+                node.attributes.update(attributes)
+            for owner, saved in imports:
+                owner.opset_imports.clear()
+                owner.opset_imports.update(saved)
 
     def measure(self, assignment: Mapping[str, int | None]) -> Measurement:
         """Run the variant on every input; its drift and whether the budget holds."""
