@@ -539,6 +539,13 @@ class _Search:
         return chosen, best
 
 
+def _rank_key(candidate: Candidate) -> tuple[float, float, float, str]:
+    """Most energy per unit of drift first; then more energy, then less drift (nodes of
+    unknown energy come last, the most accurate first)."""
+    nsr = candidate.best.nsr if candidate.best is not None else math.inf
+    return (-(candidate.gain_pj / max(nsr, _TINY)), -candidate.gain_pj, nsr, candidate.record.key)
+
+
 def _describe(measurement: Measurement) -> str:
     if measurement.error:
         return f"does not run: {measurement.error[:80]}"
@@ -666,10 +673,7 @@ def tune(
     search = _Search(evaluator, min(jobs, max(1, len(candidates))), workload, say)
     search.sensitivity(candidates, mantissa_bits)
     viable = [c for c in candidates if not c.reason]
-    ranked = sorted(
-        viable,
-        key=lambda c: (-(c.gain_pj / max(c.best.nsr, _TINY)), -c.gain_pj, c.record.key),  # type: ignore[union-attr]
-    )
+    ranked = sorted(viable, key=_rank_key)
     chosen, final = search.select(ranked, model_energy, baseline)
     chosen_keys = {c.record.key for c in chosen}
     for rank, candidate in enumerate(ranked, 1):
