@@ -277,3 +277,37 @@ def test_plot(fragile_path: Path, tmp_path: Path) -> None:
     else:
         assert code == 0, output
         assert picture.read_bytes().startswith(b"\x89PNG")
+
+
+def test_node_that_turns_the_output_nan_stays_exact(tmp_path: Path) -> None:
+    """sqrt(3x - (x + x + x)) is sqrt(0) exactly; with L-Mul on 3x it is the square root
+    of a negative number for many x: the fully converted model outputs NaN."""
+    rng = np.random.default_rng(3)
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["y"], name="mm"),
+        helper.make_node("Mul", ["y", "three"], ["t"], name="nan_maker"),
+        helper.make_node("Add", ["y", "y"], ["u"]),
+        helper.make_node("Add", ["u", "y"], ["v"]),
+        helper.make_node("Sub", ["t", "v"], ["d"]),
+        helper.make_node("Sqrt", ["d"], ["r"]),
+        helper.make_node("Add", ["y", "r"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "nan",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [4, 8])],
+        [
+            numpy_helper.from_array(np.abs(rng.standard_normal((16, 8))).astype(np.float32), "W"),
+            numpy_helper.from_array(np.float32([3.0]), "three"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    full = lmul_onnx.validate(model, lmul_onnx.convert(model), input_ranges={"x": (0.0, 1.0)})
+    assert full.outputs["out"]["nan_mismatches"] > 0
+    result = tune(
+        model, tmp_path / "out.onnx", budget=Budget(min_cosine=0.99), input_ranges={"x": (0.0, 1.0)}
+    )
+    assert decisions(result.plan)["nan_maker"][0] is False and decisions(result.plan)["mm"][0] is True
+    report = lmul_onnx.validate(model, onnx.load(tmp_path / "out.onnx"), input_ranges={"x": (0.0, 1.0)})
+    assert report.outputs["out"]["nan_mismatches"] == 0 and report.outputs["out"]["cosine"] >= 0.99
