@@ -13,7 +13,8 @@ Three steps, every decision with a stated reason (see docs/tune.md):
 3. **Selection.** Nodes are ranked by gain per unit of drift and taken in blocks along
    the ranking, each block verified on the whole model: a block that breaks the budget
    is halved (bisection) until the node that breaks it is found and left exact, and the
-   walk goes on after it (:meth:`_Search.select`).
+   walk goes on after it (:meth:`_Search.select`). The choice is finally confirmed on
+   the model as it will be written (:meth:`_Search.confirm`).
 
 Every evaluation runs in memory: the model's large weights are lifted into session
 inputs once, so an evaluation only rewrites and serialises the weight-free graph (through
@@ -24,6 +25,7 @@ and the original model's outputs are computed once. The result is a :class:`Plan
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import math
@@ -538,6 +540,34 @@ class _Search:
         self.progress("selection", done, done)
         return chosen, best
 
+    def confirm(
+        self, written: Evaluator, chosen: list[Candidate], measured: Measurement
+    ) -> tuple[list[Candidate], Measurement]:
+        """Check the choice on the model as it will be written (weights inside, so
+        onnxruntime folds and fuses the exact parts as it will for the user). Tiny upstream
+        differences can flip a coarse operand rounding downstream, so a choice that only
+        just held may not hold there: the longest passing prefix of ``chosen`` (in the
+        order taken) is then found by bisection on the written form."""
+        self.progress("confirmation", 0, 1)
+        final = written.measure({c.record.key: c.bits for c in chosen})
+        if final.passed or not chosen:
+            self.progress("confirmation", 1, 1)
+            return chosen, final if final.passed else measured
+        low, high, best = 0, len(chosen), None
+        while high - low > 1:
+            middle = (low + high) // 2
+            measurement = written.measure({c.record.key: c.bits for c in chosen[:middle]})
+            if measurement.passed:
+                low, best = middle, measurement
+            else:
+                high = middle
+        for candidate in chosen[low:]:
+            candidate.reason = "the written model breaks the budget with it (final check)"
+        if best is None:
+            best = written.measure({})
+        self.progress("confirmation", 1, 1)
+        return chosen[:low], best
+
 
 def _rank_key(candidate: Candidate) -> tuple[float, float, float, str]:
     """Most energy per unit of drift first; then more energy, then less drift (nodes of
@@ -588,7 +618,9 @@ def tune(
         mantissa_bits: the widths to try per node (``None``: the type's own width).
         op_types, scope, nodes_to_include, nodes_to_exclude, every_product: restrict
             the search space exactly as the same options of ``convert`` do.
-        jobs: worker processes for the sensitivity runs (1: in this process).
+        jobs: worker processes for the sensitivity runs (1: in this process). They are
+            started with ``spawn``: a script that asks for more than one calls ``tune``
+            under ``if __name__ == "__main__":``.
         threads: intra-op threads per session (default: onnxruntime's; with jobs > 1,
             the cores shared among the workers).
         progress: called as ``progress(phase, done, total)``.
@@ -675,6 +707,9 @@ def tune(
     viable = [c for c in candidates if not c.reason]
     ranked = sorted(viable, key=_rank_key)
     chosen, final = search.select(ranked, model_energy, baseline)
+    written = Evaluator(dataclasses.replace(workload, skeleton=proto.SerializeToString(), weights={}))
+    chosen, final = search.confirm(written, chosen, final)
+    evaluator.count += written.count
     chosen_keys = {c.record.key for c in chosen}
     for rank, candidate in enumerate(ranked, 1):
         if candidate.record.key in chosen_keys:
