@@ -55,6 +55,7 @@ def energy_command(
     if show_nodes:
         for node in report["nodes"]:
             mults = "unknown" if node["multiplications"] is None else f"{node['multiplications']:,}"
+            mults += " per iteration" if node["per_iteration"] else ""
             click.echo(
                 f"  {node['op_type']:<7} {'lmul ' if node['is_lmul'] else '     '}{mults:>16}  {node['name']}"
                 + (f"  ({node['exact']})" if node["exact"] else "")
@@ -65,12 +66,21 @@ def energy_command(
         f"L-Mul everywhere saves {total['lmul_saving_percent']:.1f} % of their energy, "
         f"the model as it is saves {total['saving_percent']:.1f} %"
     )
+    if total["converted_multiplications"]:
+        click.echo(
+            f"converted: {total['converted_multiplications']:,} products, "
+            f"{total['converted_saving_percent']:.1f} % less energy than float multiplication"
+        )
     exact = total["exact_products"]
     if exact["nodes"]:
         click.echo(
             f"{exact['nodes']} of them ({exact['multiplications']:,} multiplications) multiply by exact "
             "powers of two or 0/1 masks: they need no multiplier and stay exact unless converted "
             "with --every-product"
+        )
+    if total["per_iteration_nodes"]:
+        click.echo(
+            f"{total['per_iteration_nodes']} node(s) in loops of unknown trip count: counted per iteration"
         )
     if total["unknown_nodes"]:
         click.echo(

@@ -141,6 +141,12 @@ def _plot(result: TuneResult, path: Path) -> None:
     show_default=True,
     help="Widths m to try per node, e.g. 3,4,7,23 ('full': the type's own width).",
 )
+@click.option(
+    "--offsets",
+    default="paper",
+    show_default=True,
+    help="Offsets to try per node, e.g. paper,unbiased (as convert --offset takes them).",
+)
 @click.option("--ops", default=",".join(SUPPORTED_OPS), show_default=True, help="Op types to consider.")
 @click.option(
     "--scope",
@@ -182,6 +188,7 @@ def tune_command(
     dim: tuple[str, ...],
     input_range: tuple[str, ...],
     mantissa_bits: str,
+    offsets: str,
     ops: str,
     scope: str,
     include: tuple[str, ...],
@@ -237,6 +244,7 @@ def tune_command(
             dims=dims,
             input_ranges=ranges,
             mantissa_bits=widths,
+            offsets=[o.strip() for o in offsets.split(",") if o.strip()],
             op_types=_split_ops(ops),
             scope=scope,
             nodes_to_include=include,

@@ -5,13 +5,16 @@ gives the same bytes as the model ``tune`` wrote. The file is JSON::
 
     {"format": "lmul-onnx-plan", "version": 1, "model": "...", "budget": {...},
      "summary": {...},
-     "nodes": [{"node": KEY, "op_type": "MatMul", "convert": true, "mantissa_bits": 4,
-                "offset": null, "reason": "...", "drift": {...}, "energy_pj": {...}}, ...]}
+     "nodes": [{"key": "12", "node": "/encoder/layer.0/query/MatMul", "op_type": "MatMul",
+                "convert": true, "mantissa_bits": 4, "offset": "unbiased", "reason": "...",
+                "drift": {...}, "energy_pj": {...}}, ...]}
 
-``node`` is the node's identity (:func:`lmul_onnx.passes.rewrite.node_key`); ``convert``
-and ``mantissa_bits`` (``null``: the type's own width) are what ``convert`` applies;
-everything else is the record of how the choice was made. Nodes the plan does not convert
-stay exact.
+``key`` is the node's identity (:attr:`lmul_onnx.graph.NodeEntry.key`, its position) and
+``node`` its qualified name, which must match (a plan is refused for another model);
+``convert``, ``mantissa_bits`` (``null``: the type's own width) and ``offset`` (``null`` or
+``"paper"``: the paper's; ``"unbiased"`` or an integer, as ``convert --offset`` takes them)
+are what ``convert`` applies; everything else is the record of how the choice was made.
+Nodes the plan does not convert stay exact.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lmul_onnx.passes.offsets import OffsetOptions, parse_offset
 from lmul_onnx.passes.selection import SelectionOptions
 
 PLAN_FORMAT = "lmul-onnx-plan"
@@ -42,13 +46,21 @@ class Plan:
     summary: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def converted(self) -> dict[str, int | None]:
-        """``{node key: mantissa bits}`` of the nodes to convert."""
-        return {n["node"]: n.get("mantissa_bits") for n in self.nodes if n["convert"]}
+    def converted(self) -> list[dict[str, Any]]:
+        """The entries of the nodes to convert."""
+        return [n for n in self.nodes if n["convert"]]
 
     def selection_options(self) -> SelectionOptions:
         """The selection that ``convert`` applies for this plan."""
-        return SelectionOptions(plan=tuple(self.converted.items()))
+        return SelectionOptions(
+            plan=tuple((n["key"], n["node"], n.get("mantissa_bits")) for n in self.converted)
+        )
+
+    def offset_options(self) -> OffsetOptions:
+        """The offsets that ``convert`` applies for this plan (the paper's where none)."""
+        return OffsetOptions(
+            by_key=tuple((n["key"], n["offset"]) for n in self.converted if n.get("offset") is not None)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -72,6 +84,8 @@ def _check_entry(index: int, entry: Any) -> dict[str, Any]:
     where = f"nodes[{index}]"
     if not isinstance(entry, dict):
         raise PlanError(f"{where} is not an object")
+    if not isinstance(entry.get("key"), str) or not entry["key"]:
+        raise PlanError(f"{where} has no node key ('key')")
     if not isinstance(entry.get("node"), str) or not entry["node"]:
         raise PlanError(f"{where} has no node name ('node')")
     if not isinstance(entry.get("convert"), bool):
@@ -79,6 +93,12 @@ def _check_entry(index: int, entry: Any) -> dict[str, Any]:
     bits = entry.get("mantissa_bits")
     if bits is not None and (isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 23):
         raise PlanError(f"{where} ({entry['node']}): 'mantissa_bits' must be null or an integer in 1..23")
+    offset = entry.get("offset")
+    if offset is not None:
+        try:
+            parse_offset(offset)
+        except ValueError as error:
+            raise PlanError(f"{where} ({entry['node']}): {error}") from None
     return entry
 
 
@@ -96,9 +116,9 @@ def plan_from_dict(data: Any, source: str = "plan") -> Plan:
         raise PlanError(f"{source}: {error}") from None
     seen: set[str] = set()
     for entry in nodes:
-        if entry["node"] in seen:
-            raise PlanError(f"{source}: node {entry['node']!r} is listed twice")
-        seen.add(entry["node"])
+        if entry["key"] in seen:
+            raise PlanError(f"{source}: node {entry['key']!r} ({entry['node']}) is listed twice")
+        seen.add(entry["key"])
     return Plan(nodes, data.get("model"), data.get("budget") or {}, data.get("summary") or {})
 
 

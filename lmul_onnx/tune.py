@@ -45,20 +45,21 @@ import onnx_ir as ir
 import onnxruntime as ort
 from onnx import numpy_helper
 
+from lmul_onnx import graph
 from lmul_onnx import inputs as model_inputs
 from lmul_onnx.convert import (
     ModelInput,
     convert_file,
     convert_model,
-    load_model,
     save_model,
     selection_options,
 )
 from lmul_onnx.energy import energy
 from lmul_onnx.metrics import DriftAccumulator, looks_like_logits
 from lmul_onnx.ops import DOMAIN, STANDARD_TO_LMUL, SUPPORTED_OPS
+from lmul_onnx.passes.offsets import PAPER, TYPE_BITS, Choice, OffsetOptions, parse_offset
 from lmul_onnx.passes.rewrite import NodeRecord
-from lmul_onnx.passes.selection import FLOAT_TYPES, Scope, SelectionOptions
+from lmul_onnx.passes.selection import Scope, SelectionOptions
 from lmul_onnx.plan import Plan
 from lmul_onnx.runtime import run, session_options
 
@@ -214,6 +215,7 @@ class Workload:
     output_names: list[str]
     budget: Budget
     threads: int | None = None
+    names: dict[str, str] = field(default_factory=dict)  # node key -> qualified name
 
 
 def lift_weights(model: onnx.ModelProto) -> tuple[bytes, dict[str, np.ndarray]]:
@@ -241,8 +243,12 @@ def lift_weights(model: onnx.ModelProto) -> tuple[bytes, dict[str, np.ndarray]]:
     return copy.SerializeToString(), weights
 
 
+Variant = tuple[int | None, Choice]  # (mantissa bits, offset choice) of one converted node
+Assignment = Mapping[str, Variant]  # node key -> its variant; other nodes stay exact
+
+
 class Evaluator:
-    """Measures variants of one model (``{node key: mantissa bits}`` to convert)."""
+    """Measures variants of one model (:data:`Assignment`: the nodes to convert)."""
 
     def __init__(self, workload: Workload) -> None:
         self.workload = workload
@@ -251,6 +257,7 @@ class Evaluator:
         self.count = 0
         # One weight-free model, rewritten in place for each variant and restored after.
         self.model = ir.from_proto(onnx.ModelProto.FromString(workload.skeleton))
+        self.types = graph.infer(self.model)
         self._products = [
             node
             for graph in (self.model.graph, *self.model.functions.values())
@@ -258,13 +265,18 @@ class Evaluator:
             if node.op_type in STANDARD_TO_LMUL or node.domain == DOMAIN
         ]
 
-    def model_bytes(self, assignment: Mapping[str, int | None]) -> bytes:
+    def model_bytes(self, assignment: Assignment) -> bytes:
         """The weight-free graph with exactly these nodes converted, by ``convert``'s own
         pass with the assignment as its plan; the model is restored afterwards."""
         nodes = [(node, node.domain, node.op_type, dict(node.attributes)) for node in self._products]
         imports = [(f, dict(f.opset_imports)) for f in (self.model, *self.model.functions.values())]
         try:
-            convert_model(self.model, SelectionOptions(plan=tuple(sorted(assignment.items()))))
+            names = self.workload.names
+            selection = SelectionOptions(
+                plan=tuple((k, names[k], v[0]) for k, v in sorted(assignment.items()))
+            )
+            offsets = OffsetOptions(by_key=tuple((k, v[1]) for k, v in sorted(assignment.items())))
+            convert_model(self.model, selection, offsets=offsets, types=self.types)
             return ir.to_proto(self.model).SerializeToString()
         finally:
             for node, domain, op_type, attributes in nodes:
@@ -275,7 +287,7 @@ class Evaluator:
                 owner.opset_imports.clear()
                 owner.opset_imports.update(saved)
 
-    def measure(self, assignment: Mapping[str, int | None]) -> Measurement:
+    def measure(self, assignment: Assignment) -> Measurement:
         """Run the variant on every input; its drift and whether the budget holds."""
         self.count += 1
         work = self.workload
@@ -346,7 +358,7 @@ def _start_worker(workload: Workload) -> None:
     _WORKER = Evaluator(workload)
 
 
-def _measure_in_worker(assignment: dict[str, int | None]) -> Measurement:
+def _measure_in_worker(assignment: dict[str, Variant]) -> Measurement:
     assert _WORKER is not None
     return _WORKER.measure(assignment)
 
@@ -357,8 +369,8 @@ class Candidate:
 
     record: NodeRecord
     energy_pj: dict[str, float | None] | None
-    singles: dict[int | None, Measurement] = field(default_factory=dict)
-    bits: int | None = None  # the chosen width (the most accurate passing one)
+    singles: dict[Variant, Measurement] = field(default_factory=dict)
+    variant: Variant = (None, PAPER)  # the chosen (width, offset): the most accurate passing one
     convert: bool = False
     reason: str = ""
 
@@ -370,7 +382,7 @@ class Candidate:
 
     @property
     def best(self) -> Measurement | None:
-        return self.singles.get(self.bits) if self.singles else None
+        return self.singles.get(self.variant) if self.singles else None
 
 
 @dataclass
@@ -408,17 +420,21 @@ class TuneResult:
 
     def format_table(self) -> str:
         """The per-node table and the summary, for people."""
-        lines = [f"{'node':<48} {'op':<7} {'m':>3} {'drift (nsr)':>11} {'gain pJ':>10}  decision"]
+        lines = [
+            f"{'node':<48} {'op':<7} {'m':>3} {'offset':>8} {'drift (nsr)':>11} {'gain pJ':>10}  decision"
+        ]
         for node in self.plan.nodes:
             drift = node.get("drift") or {}
             nsr = f"{drift['nsr']:.2e}" if isinstance(drift.get("nsr"), float) else "-"
             gain = node.get("energy_pj") or {}
             gain_text = f"{gain['original'] - gain['lmul']:.3g}" if gain.get("original") is not None else "-"
             bits = node.get("mantissa_bits")
+            offset = node.get("offset")
+            offset_text = (offset or "paper") if node["convert"] else "-"
             decision = "L-Mul" if node["convert"] else f"exact: {node['reason']}"
             lines.append(
-                f"{node['node'][-48:]:<48} {node['op_type']:<7} {bits if bits else '-':>3} {nsr:>11} "
-                f"{gain_text:>10}  {decision}"
+                f"{node['node'][-48:]:<48} {node['op_type']:<7} {bits if bits else '-':>3} "
+                f"{offset_text!s:>8} {nsr:>11} {gain_text:>10}  {decision}"
             )
         e = self.energy
         drift = self.measurement.summary()
@@ -439,11 +455,19 @@ class TuneResult:
 ProgressCallback = Callable[[str, int, int], None]
 
 
-def _bits_for(record: NodeRecord, widths: Sequence[int | None]) -> list[int | None]:
-    """The widths of the search space that fit the node's type (``None``: its own width)."""
-    type_bits = next((b for n, b in FLOAT_TYPES.values() if n == record.decision.element_type), 23)
+def _variants_for(
+    record: NodeRecord, widths: Sequence[int | None], offsets: Sequence[Choice]
+) -> list[Variant]:
+    """The (width, offset) pairs of the search space that fit the node's type (width
+    ``None``: the type's own)."""
+    type_bits = TYPE_BITS.get(record.decision.element_type or "float32", 23)
     fitting = sorted({w for w in widths if w is None or w <= type_bits}, key=lambda w: w or type_bits)
-    return fitting or [None]
+    return [(bits, offset) for bits in fitting or [None] for offset in offsets]
+
+
+def _preference(variant: Variant, offsets: Sequence[Choice]) -> tuple[int, int]:
+    """Among equally accurate variants: the narrower width, then the earlier offset."""
+    return (variant[0] or 99, list(offsets).index(variant[1]))
 
 
 def _bound_dims(specs: list[model_inputs.InputSignature], feeds: dict[str, np.ndarray]) -> dict[str, int]:
@@ -468,10 +492,12 @@ class _Search:
         self.progress = progress
         self.trace: list[dict[str, Any]] = []
 
-    def sensitivity(self, candidates: list[Candidate], widths: Sequence[int | None]) -> None:
-        tasks = [(c, bits) for c in candidates for bits in _bits_for(c.record, widths)]
+    def sensitivity(
+        self, candidates: list[Candidate], widths: Sequence[int | None], offsets: Sequence[Choice]
+    ) -> None:
+        tasks = [(c, v) for c in candidates for v in _variants_for(c.record, widths, offsets)]
         self.progress("sensitivity", 0, len(tasks))
-        assignments = [{c.record.key: bits} for c, bits in tasks]
+        assignments = [{c.record.key: variant} for c, variant in tasks]
         if self.jobs > 1 and len(tasks) > 1:
             context = get_context("spawn")
             with ProcessPoolExecutor(
@@ -487,19 +513,17 @@ class _Search:
             for done, assignment in enumerate(assignments, 1):
                 results.append(self.evaluator.measure(assignment))
                 self.progress("sensitivity", done, len(tasks))
-        for (candidate, bits), measurement in zip(tasks, results, strict=True):
-            candidate.singles[bits] = measurement
+        for (candidate, variant), measurement in zip(tasks, results, strict=True):
+            candidate.singles[variant] = measurement
         for candidate in candidates:
-            passing = [(m.nsr, bits or 99, bits) for bits, m in candidate.singles.items() if m.passed]
-            if passing:
-                candidate.bits = min(passing)[2]
-            else:
-                candidate.bits = min(candidate.singles, key=lambda b: (candidate.singles[b].nsr, b or 99))
-                worst = candidate.singles[candidate.bits]
-                candidate.reason = "breaks the budget alone (" + _describe(worst) + ")"
+            singles = candidate.singles
+            passing = [v for v, m in singles.items() if m.passed] or list(singles)
+            candidate.variant = min(passing, key=lambda v: (singles[v].nsr, _preference(v, offsets)))
+            if not singles[candidate.variant].passed:
+                candidate.reason = "breaks the budget alone (" + _describe(singles[candidate.variant]) + ")"
 
     def verify(self, chosen: list[Candidate], label: str, model_energy: float) -> Measurement:
-        measurement = self.evaluator.measure({c.record.key: c.bits for c in chosen})
+        measurement = self.evaluator.measure({c.record.key: c.variant for c in chosen})
         saved = sum(c.gain_pj for c in chosen)
         self.trace.append(
             {
@@ -549,14 +573,14 @@ class _Search:
         just held may not hold there: the longest passing prefix of ``chosen`` (in the
         order taken) is then found by bisection on the written form."""
         self.progress("confirmation", 0, 1)
-        final = written.measure({c.record.key: c.bits for c in chosen})
+        final = written.measure({c.record.key: c.variant for c in chosen})
         if final.passed or not chosen:
             self.progress("confirmation", 1, 1)
             return chosen, final if final.passed else measured
         low, high, best = 0, len(chosen), None
         while high - low > 1:
             middle = (low + high) // 2
-            measurement = written.measure({c.record.key: c.bits for c in chosen[:middle]})
+            measurement = written.measure({c.record.key: c.variant for c in chosen[:middle]})
             if measurement.passed:
                 low, best = middle, measurement
             else:
@@ -598,6 +622,7 @@ def tune(
     dims: Mapping[str, int] | None = None,
     input_ranges: Mapping[str, tuple[float, float]] | None = None,
     mantissa_bits: Sequence[int | None] = (None,),
+    offsets: Sequence[str | int] = (PAPER,),
     op_types: Sequence[str] = SUPPORTED_OPS,
     scope: str | Scope = Scope.ALL,
     nodes_to_include: Sequence[str] = (),
@@ -616,6 +641,8 @@ def tune(
         plan_path: where to write the plan (JSON, see :mod:`lmul_onnx.plan`).
         inputs, samples, seed, dims, input_ranges: the data, as in ``validate``.
         mantissa_bits: the widths to try per node (``None``: the type's own width).
+        offsets: the offsets to try per node, as ``convert --offset`` takes them
+            (``"paper"``, ``"unbiased"``, an integer or a fraction in [0, 1)).
         op_types, scope, nodes_to_include, nodes_to_exclude, every_product: restrict
             the search space exactly as the same options of ``convert`` do.
         jobs: worker processes for the sensitivity runs (1: in this process). They are
@@ -640,6 +667,12 @@ def tune(
         if bits is not None and not 1 <= bits <= 23:
             raise TuneError(f"mantissa bits must be in 1..23, got {bits}")
     try:
+        offset_choices = list(dict.fromkeys(parse_offset(o) for o in offsets))
+    except ValueError as error:
+        raise TuneError(f"--offsets: {error}") from None
+    if not offset_choices or not mantissa_bits:
+        raise TuneError("nothing to search: give at least one mantissa width and one offset")
+    try:
         options = selection_options(
             op_types_to_quantize=op_types,
             scope=scope,
@@ -651,11 +684,14 @@ def tune(
         raise TuneError(str(error)) from None
 
     say("loading", 0, 1)
-    ir_model, source = load_model(model)
+    ir_model, path = graph.load(model)
+    source = os.fspath(path) if path is not None else None
     records = convert_model(ir_model, options, dry_run=True)
+    if source is not None:
+        proto = onnx.load(source)
+    else:
+        proto = model if isinstance(model, onnx.ModelProto) else ir.to_proto(ir_model)
     del ir_model
-    proto = onnx.load(source) if source is not None else model
-    assert isinstance(proto, onnx.ModelProto)
     session_opts = session_options()
     if threads:
         session_opts.intra_op_num_threads = threads
@@ -677,13 +713,9 @@ def tune(
     del original
 
     counts = energy(proto, dims={**_bound_dims(specs, feeds[0]), **dict(dims or {})})
-    per_node = {n["name"]: n["energy_pj"] for n in counts["nodes"]}
+    per_key = {n["key"]: n["energy_pj"] for n in counts["nodes"]}  # function bodies: per call site
     model_energy = float(counts["total"]["energy_pj"]["original"])
-    candidates = [
-        Candidate(r, per_node.get(r.name) if r.location == "graph" else None)
-        for r in records
-        if r.decision.convert
-    ]
+    candidates = [Candidate(r, per_key.get(r.key)) for r in records if r.decision.convert]
 
     skeleton, weights = lift_weights(proto)
     cores = os.cpu_count() or 1
@@ -695,6 +727,7 @@ def tune(
         output_names,
         budget,
         threads or (max(1, cores // jobs) if jobs > 1 else None),
+        {r.key: r.name for r in records},
     )
     evaluator = Evaluator(workload)
     baseline = evaluator.measure({})
@@ -703,13 +736,13 @@ def tune(
             "the budget fails even with no node converted (" + _describe(baseline) + "): loosen it"
         )
     search = _Search(evaluator, min(jobs, max(1, len(candidates))), workload, say)
-    search.sensitivity(candidates, mantissa_bits)
+    search.sensitivity(candidates, mantissa_bits, offset_choices)
     viable = [c for c in candidates if not c.reason]
     ranked = sorted(viable, key=_rank_key)
     chosen, final = search.select(ranked, model_energy, baseline)
-    written = Evaluator(dataclasses.replace(workload, skeleton=proto.SerializeToString(), weights={}))
-    chosen, final = search.confirm(written, chosen, final)
-    evaluator.count += written.count
+    as_written = Evaluator(dataclasses.replace(workload, skeleton=proto.SerializeToString(), weights={}))
+    chosen, final = search.confirm(as_written, chosen, final)
+    evaluator.count += as_written.count
     chosen_keys = {c.record.key for c in chosen}
     for rank, candidate in enumerate(ranked, 1):
         if candidate.record.key in chosen_keys:
@@ -720,21 +753,18 @@ def tune(
     nodes = []
     for record in records:
         candidate = by_key.get(record.key)
+        converted = bool(candidate and candidate.convert)
+        bits, offset = candidate.variant if candidate and converted else (None, PAPER)
         entry: dict[str, Any] = {
-            "node": record.key,
+            "key": record.key,
+            "node": record.name,
             "op_type": record.op_type,
-            "convert": bool(candidate and candidate.convert),
-            "mantissa_bits": candidate.bits if candidate and candidate.convert else None,
-            "offset": None,
+            "convert": converted,
+            "mantissa_bits": bits,
+            "offset": None if offset == PAPER else offset,
             "reason": candidate.reason if candidate else record.decision.reason,
             "drift": candidate.best.summary() if candidate and candidate.best else None,
-            "energy_pj": (
-                candidate.energy_pj
-                if candidate
-                else per_node.get(record.name)
-                if record.location == "graph"
-                else None
-            ),
+            "energy_pj": candidate.energy_pj if candidate else per_key.get(record.key),
         }
         if entry["energy_pj"] is not None:
             entry["energy_pj"] = {k: entry["energy_pj"][k] for k in ("original", "lmul")}
@@ -760,7 +790,8 @@ def tune(
         summary={
             "energy": energy_summary,
             "drift": final.summary(),
-            "mantissa_bits": [b for b in mantissa_bits],
+            "mantissa_bits": list(mantissa_bits),
+            "offsets": offset_choices,
             "samples": len(feeds),
             "seed": seed,
             "inputs": os.fspath(inputs) if inputs is not None else None,
@@ -769,11 +800,11 @@ def tune(
     written = None
     if output_path is not None:
         if source is not None:
-            convert_file(source, output_path, plan.selection_options())
+            convert_file(source, output_path, plan.selection_options(), offsets=plan.offset_options())
         else:
-            converted = ir.from_proto(proto)
-            convert_model(converted, plan.selection_options())
-            save_model(converted, output_path)
+            result_model = ir.from_proto(proto)
+            convert_model(result_model, plan.selection_options(), offsets=plan.offset_options())
+            save_model(result_model, output_path)
         written = os.fspath(output_path)
     if plan_path is not None:
         plan.save(plan_path)

@@ -60,6 +60,10 @@ def fragile_path(tmp_path: Path) -> Path:
     return path
 
 
+PLAN = '{"format": "lmul-onnx-plan", "version": 1, "nodes": [%s]}'
+MM1 = '"key": "0", "node": "mm1", "convert": true'
+
+
 def invoke(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(main, list(args))
     return result.exit_code, result.output
@@ -130,6 +134,7 @@ def test_plan_round_trip_gives_the_same_bytes(fragile_path: Path, tmp_path: Path
     code, output = invoke(
         "tune", str(fragile_path), "-o", str(tuned), "--plan-out", str(plan), "--min-cosine", "0.99",
         "--dim", "batch=4", "--samples", "2", "--jobs", "2",
+        "--mantissa-bits", "3,4", "--offsets", "paper,unbiased",
     )  # fmt: skip
     assert code == 0, output
     assert "PASSED" in output and "exact: breaks the budget alone" in output
@@ -145,6 +150,12 @@ def test_plan_round_trip_gives_the_same_bytes(fragile_path: Path, tmp_path: Path
     saved = json.loads(plan.read_text())
     assert saved["budget"] == {"min_cosine": 0.99}
     assert decisions(saved)["mm1"][0] and saved["summary"]["energy"]["converted_nodes"] == 2
+    written = {n.name: {a.name: a.i for a in n.attribute} for n in onnx.load(tuned).graph.node}
+    for entry in saved["nodes"]:
+        if entry["convert"]:
+            assert entry["mantissa_bits"] in (3, 4) and entry["offset"] in (None, "unbiased")
+            assert written[entry["node"]]["mantissa_bits"] == entry["mantissa_bits"]
+            assert ("offset" in written[entry["node"]]) == (entry["offset"] == "unbiased")
 
 
 def test_json_report(fragile_path: Path, tmp_path: Path) -> None:
@@ -208,19 +219,24 @@ def test_missing_model_exits_2(tmp_path: Path) -> None:
         ("{not json", "not a readable JSON plan"),
         ('{"format": "other"}', "not an lmul-onnx plan"),
         ('{"format": "lmul-onnx-plan", "version": 9, "nodes": []}', "version 9 is not supported"),
-        ('{"format": "lmul-onnx-plan", "version": 1, "nodes": [{"node": "mm1"}]}', "'convert' must be"),
         (
-            '{"format": "lmul-onnx-plan", "version": 1, "nodes": [{"node": "mm1", "convert": true, '
-            '"mantissa_bits": 99}]}',
-            "'mantissa_bits' must be null or an integer in 1..23",
+            '{"format": "lmul-onnx-plan", "version": 1, "nodes": [{"node": "mm1", "convert": true}]}',
+            "no node key",
+        ),
+        (PLAN % '{"key": "0", "node": "mm1"}', "'convert' must be"),
+        (
+            PLAN % '{"key": "0", "node": "mm1", "convert": true, "mantissa_bits": 99}',
+            "must be null or an integer",
         ),
         (
-            '{"format": "lmul-onnx-plan", "version": 1, "nodes": [{"node": "nope", "convert": true}]}',
-            "does not have, e.g. 'nope'",
+            PLAN % '{"key": "0", "node": "mm1", "convert": true, "offset": "huge"}',
+            "offset 'huge': choose paper",
         ),
+        (PLAN % '{"key": "99", "node": "nope", "convert": true}', "does not have, e.g. '99'"),
+        (PLAN % '{"key": "0", "node": "other", "convert": true}', "a plan for another model?"),
         (
-            '{"format": "lmul-onnx-plan", "version": 1, "nodes": [{"node": "mm1", "convert": true}, '
-            '{"node": "mm1", "convert": false}]}',
+            PLAN
+            % '{"key": "0", "node": "mm1", "convert": true}, {"key": "0", "node": "mm1", "convert": false}',
             "listed twice",
         ),
     ],

@@ -14,17 +14,14 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum
 
-import onnx
 import onnx_ir as ir
 
+from lmul_onnx.graph import dtype_name, mantissa_bits
 from lmul_onnx.ops import DOMAIN, LMUL_TO_STANDARD, STANDARD_TO_LMUL, SUPPORTED_OPS
 from lmul_onnx.passes.exact_products import VALUE_PRESERVING_OPS, exact_product_reason
 
-FLOAT_TYPES: dict[int, tuple[str, int]] = {
-    onnx.TensorProto.FLOAT: ("float32", 23),
-    onnx.TensorProto.FLOAT16: ("float16", 10),
-    onnx.TensorProto.BFLOAT16: ("bfloat16", 7),
-}
+# The element types the kernels compute on.
+CONVERTIBLE_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16})
 
 # Ops that move or re-type a tensor without computing on it: a weight seen through them
 # is still a weight.
@@ -51,7 +48,7 @@ class SelectionOptions:
     mantissa_bits: int | None = None
     mantissa_bits_for: tuple[tuple[str, int], ...] = ()
     every_product: bool = False  # also convert products by exact powers of two / 0-1 masks
-    plan: tuple[tuple[str, int | None], ...] | None = None  # (node key, mantissa bits) to convert
+    plan: tuple[tuple[str, str, int | None], ...] | None = None  # (key, name, bits) to convert
     _patterns: dict[str, re.Pattern[str]] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -68,14 +65,15 @@ class SelectionOptions:
                 self._patterns[pattern] = re.compile(pattern)
             except re.error as error:
                 raise ValueError(f"invalid regular expression {pattern!r}: {error}") from None
-        planned = tuple(b for _, b in self.plan or ())
+        planned = tuple(b for _, _, b in self.plan or ())
         for bits in (self.mantissa_bits, *(b for _, b in self.mantissa_bits_for), *planned):
             if bits is not None and not 1 <= bits <= 23:
                 raise ValueError(f"mantissa bits must be in 1..23, got {bits}")
 
-    def planned_bits(self) -> dict[str, int | None]:
-        """``{node key: mantissa bits}`` of the plan's converted nodes (empty without a plan)."""
-        return dict(self.plan or ())
+    def planned(self) -> dict[str, tuple[str, int | None]]:
+        """``{node key: (name, mantissa bits)}`` of the plan's converted nodes (empty without
+        a plan)."""
+        return {key: (name, bits) for key, name, bits in self.plan or ()}
 
     def matches(self, pattern: str, name: str) -> bool:
         return self._patterns[pattern].search(name) is not None
@@ -96,6 +94,7 @@ class Decision:
     reason: str = ""
     element_type: str | None = None
     mantissa_bits: int | None = None
+    offset: int | None = None  # SPEC 4 attribute set by passes.offsets (None: the paper's)
 
 
 def is_constant(value: ir.Value | None) -> bool:
@@ -117,28 +116,41 @@ def is_constant(value: ir.Value | None) -> bool:
 
 
 def decide(
-    node: ir.Node, options: SelectionOptions, element_type: int | None, name: str, key: str | None = None
+    node: ir.Node,
+    options: SelectionOptions,
+    element_types: set[ir.DataType | None],
+    name: str,
+    key: str | None = None,
 ) -> Decision:
-    """Decide whether ``node`` becomes an ``lmul`` op. ``name`` is its display name, ``key``
-    its identity in a plan (default: the name)."""
+    """Decide whether ``node`` becomes an ``lmul`` op. ``name`` is its qualified display
+    name; ``element_types`` its element type in every context (one per call signature for a
+    node of a function body); ``key`` its identity in a plan (:attr:`graph.NodeEntry.key`)."""
     if node.domain == DOMAIN and node.op_type in LMUL_TO_STANDARD:
         return Decision(False, "already L-Mul")
     if node.domain not in ("", "ai.onnx") or node.op_type not in STANDARD_TO_LMUL:
         return Decision(False, "not a MatMul/Gemm/Mul")
     if node.op_type not in options.ops:
         return Decision(False, "op type not selected (--ops)")
-    if element_type is None:
+    known = {t for t in element_types if t is not None}
+    if len(known) > 1:
+        names = ", ".join(sorted(dtype_name(t) for t in known))
+        return Decision(False, f"function called with different element types ({names}): not specialised")
+    if not known or None in element_types:
         return Decision(False, "element type unknown")
-    if element_type not in FLOAT_TYPES:
-        return Decision(
-            False, f"{onnx.TensorProto.DataType.Name(element_type).lower()} tensors are not rewritten"
-        )
-    type_name, type_bits = FLOAT_TYPES[element_type]
+    (element_type,) = known
+    if element_type not in CONVERTIBLE_TYPES:
+        return Decision(False, f"{dtype_name(element_type)} tensors are not rewritten")
+    type_name, type_bits = dtype_name(element_type), mantissa_bits(element_type) or 0
     if options.plan is not None:
-        planned = options.planned_bits()
-        if (key or name) not in planned:
+        planned = options.planned().get(key or name)
+        if planned is None:
             return Decision(False, LEFT_BY_PLAN, type_name)
-        return _checked(Decision(True, "", type_name, planned[key or name]), name, type_bits)
+        if planned[0] != name:
+            raise ValueError(
+                f"the plan's node {key!r} is {planned[0]!r}, this model's is {name!r}: "
+                "a plan for another model?"
+            )
+        return _checked(Decision(True, "", type_name, planned[1]), name, type_bits)
     constant = any(is_constant(v) for v in node.inputs[:2])
     if options.scope is Scope.ATTENTION and constant:
         return Decision(False, "has a constant operand (--scope attention)", type_name)
