@@ -294,6 +294,8 @@ class Evaluator:
         options = session_options()
         if work.threads:
             options.intra_op_num_threads = work.threads
+        if work.weights:  # lifted weights: the fusions that need constant weights cannot apply
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         try:
             session = ort.InferenceSession(
                 self.model_bytes(assignment), options, providers=["CPUExecutionProvider"]
