@@ -195,7 +195,7 @@ def main() -> None:
     )
     parser.add_argument("--build", type=Path, default=ROOT / "models" / "build")
     parser.add_argument("--jobs", type=int, default=None, help="tune --jobs (default: tune's own)")
-    parser.add_argument("--tokens", type=int, default=128, help="SmolLM2: tokens of the GPL-3 text")
+    parser.add_argument("--tokens", type=int, default=64, help="SmolLM2: tokens of the GPL-3 text")
     parser.add_argument("--extra", default="", help="more tune options for every model")
     parser.add_argument("--out", type=Path, default=DOCS / "tune.json")
     args = parser.parse_args()
