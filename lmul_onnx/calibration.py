@@ -110,11 +110,11 @@ def calibration_feeds(session: object, options: CalibrationOptions) -> list[dict
     """The calibration inputs of a session of the original model."""
     specs = model_inputs.signature(session)
     try:
-        return model_inputs.samples(
+        return model_inputs.samples_for(
             specs,
-            inputs=options.inputs,
-            count=options.samples,
-            options=model_inputs.InputOptions(
+            options.inputs,
+            options.samples,
+            model_inputs.InputOptions(
                 dims=dict(options.dims), ranges=dict(options.ranges), seed=options.seed
             ),
         )

@@ -92,19 +92,14 @@ def generate(specs: list[InputSignature], options: InputOptions, sample: int = 0
     return feeds
 
 
-def samples(
-    specs: list[InputSignature],
-    *,
-    inputs: str | Path | None = None,
-    count: int = 1,
-    options: InputOptions | None = None,
+def samples_for(
+    specs: list[InputSignature], inputs: str | Path | None, samples: int, options: InputOptions
 ) -> list[dict[str, np.ndarray]]:
-    """The input samples of a run: those of the ``.npz`` ``inputs`` when given, else
-    ``count`` generated ones (:func:`generate`, sample ``i`` seeded ``seed + i``)."""
+    """The inputs of a run: the samples of an ``.npz`` when given, else ``samples``
+    generated ones (what ``validate`` and ``tune`` both use)."""
     if inputs is not None:
         return load_npz(inputs, specs)
-    options = options or InputOptions()
-    return [generate(specs, options, i) for i in range(count)]
+    return [generate(specs, options, i) for i in range(samples)]
 
 
 def load_npz(path: str | Path, specs: list[InputSignature]) -> list[dict[str, np.ndarray]]:

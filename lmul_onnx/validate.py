@@ -236,7 +236,7 @@ def validate(
         raise model_inputs.InputError("the two models have different graph outputs")
     specs = model_inputs.signature(reference)
     options = model_inputs.InputOptions(dims=dict(dims or {}), ranges=dict(input_ranges or {}), seed=seed)
-    feeds_list = model_inputs.samples(specs, inputs=inputs, count=samples, options=options)
+    feeds_list = model_inputs.samples_for(specs, inputs, samples, options)
     if save_inputs is not None:
         model_inputs.save_npz(save_inputs, feeds_list)
 

@@ -95,10 +95,12 @@ def describe_offset(offset: int | None, mantissa_bits: int) -> str:
 
 @dataclass(frozen=True)
 class OffsetOptions:
-    """The default choice and per-node overrides ``((regex, choice), ...)``; first match wins."""
+    """The default choice and per-node overrides ``((regex, choice), ...)``; first match wins.
+    ``by_key`` (a plan's per-node offsets, by node key) comes before both."""
 
     default: Choice = PAPER
     per_node: tuple[tuple[str, Choice], ...] = ()
+    by_key: tuple[tuple[str, Choice], ...] = ()
     _patterns: dict[str, re.Pattern[str]] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -111,8 +113,12 @@ class OffsetOptions:
                 raise ValueError(f"invalid regular expression {pattern!r}: {error}") from None
             parsed.append((pattern, parse_offset(choice)))
         object.__setattr__(self, "per_node", tuple(parsed))
+        object.__setattr__(self, "by_key", tuple((key, parse_offset(c)) for key, c in self.by_key))
 
-    def choice_for(self, name: str) -> Choice:
+    def choice_for(self, name: str, key: str | None = None) -> Choice:
+        for node_key, choice in self.by_key:
+            if node_key == key:
+                return choice
         for pattern, choice in self.per_node:
             if self._patterns[pattern].search(name):
                 return choice
@@ -121,16 +127,19 @@ class OffsetOptions:
     @property
     def uses_auto(self) -> bool:
         """True when some node may need a calibrated offset."""
-        return self.default == AUTO or any(choice == AUTO for _, choice in self.per_node)
+        choices = [self.default, *(c for _, c in self.per_node), *(c for _, c in self.by_key)]
+        return AUTO in choices
 
-    def offset_for(self, name: str, mantissa_bits: int, calibrated: int | None = None) -> int | None:
-        """The ``offset`` attribute of node ``name`` at width ``m`` (None: none, the paper's);
-        ``calibrated``: the node's ``auto`` offset.
+    def offset_for(
+        self, name: str, mantissa_bits: int, key: str | None = None, calibrated: int | None = None
+    ) -> int | None:
+        """The ``offset`` attribute of node ``name`` (identity ``key``) at width ``m`` (None:
+        none, the paper's); ``calibrated``: the node's ``auto`` offset.
 
         Raises:
             ValueError: the node's choice is ``auto`` and no calibrated offset is given.
         """
-        choice = self.choice_for(name)
+        choice = self.choice_for(name, key)
         if choice == PAPER:
             return None
         if choice == UNBIASED:
@@ -176,9 +185,10 @@ class LMulOffsetPass(ir.passes.InPlacePass):
         modified = False
         for node, record in self.converted:
             calibrated, note = self.calibrated.get(record.key, (None, ""))
-            offset = self.options.offset_for(record.name, effective_mantissa_bits(record), calibrated)
+            bits = effective_mantissa_bits(record)
+            offset = self.options.offset_for(record.name, bits, record.key, calibrated)
             self.offsets[id(record)] = offset
-            if note and self.options.choice_for(record.name) == AUTO:
+            if note and self.options.choice_for(record.name, record.key) == AUTO:
                 self.notes[id(record)] = note
             if offset is not None and not self.dry_run:
                 node.attributes[OFFSET] = ir.AttrInt64(OFFSET, offset)
