@@ -9,9 +9,9 @@ from pathlib import Path
 
 import click
 
-from lmul_onnx.cli.common import InputError, echo_json, is_tty, parse_key_value
+from lmul_onnx.cli.common import InputError, echo_json, is_tty, parse_key_value, parse_range
 from lmul_onnx.cli.convert import _split_ops
-from lmul_onnx.cli.validate import _range, _tolerances
+from lmul_onnx.cli.validate import _tolerances
 from lmul_onnx.convert import ModelLoadError, default_output_path
 from lmul_onnx.energy import EnergyError
 from lmul_onnx.inputs import InputError as ModelInputError
@@ -211,7 +211,7 @@ def tune_command(
     atol_default, atol_per_output = _tolerances("--atol", atol, None)  # type: ignore[arg-type]
     rtol_default, rtol_per_output = _tolerances("--rtol", rtol, None)  # type: ignore[arg-type]
     dims = dict(parse_key_value("--dim", item, int) for item in dim)
-    ranges = dict(parse_key_value("--input-range", item, _range) for item in input_range)
+    ranges = dict(parse_key_value("--input-range", item, parse_range) for item in input_range)
     widths = _widths(mantissa_bits)
     if plot is not None:
         try:
