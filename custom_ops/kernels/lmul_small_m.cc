@@ -61,6 +61,10 @@ bool one_add_exact(const OperandRange& a, uint32_t b_min, uint32_t b_max, uint32
 
 #if LMUL_HAVE_X86_SIMD
 
+// How a one-add pass went: exact; not exact because B has zeros (a pass with masks will
+// be); or not exact because some product is not one add (the portable loop must do it).
+enum class Pass { kExact, kHasZeros, kNotOneAdd };
+
 // Rounded magnitudes of 16 float32 values to the kept bits (SPEC 1, step 1) without the
 // saturation and the pass-through of specials: a value that would saturate, infinity and
 // NaN all come out >= 0x7F800000, which sends the block to the portable loop.
@@ -73,137 +77,238 @@ __attribute__((target("avx512f"), always_inline)) inline __m512i round_avx512(__
   return _mm512_and_si512(_mm512_add_epi32(_mm512_add_epi32(magnitude, half_minus_one), lsb), kept);
 }
 
-// Columns [j0, j1) (a multiple of 16 wide) of R rows; KU rows of B per pass over the
-// columns, so that the accumulators go through memory once per KU products.
-template <int R, bool kRound>
-__attribute__((target("avx512f"))) bool fast_block_avx512(const uint32_t* a, size_t k, const OperandRange& a_range,
-                                                          const float* b, size_t ldb, size_t j0, size_t j1,
-                                                          int mantissa_bits, float* c, size_t ldc) {
-  constexpr size_t KU = 4;
-  const uint32_t bias = lmul_bias(mantissa_bits);
-  const uint32_t drop = static_cast<uint32_t>(kFloat32MantissaBits - mantissa_bits);
-  const __m128i drop_count = _mm_cvtsi32_si128(static_cast<int>(drop));
-  const __m512i half_minus_one = _mm512_set1_epi32(kRound ? static_cast<int>((1u << (drop - 1u)) - 1u) : 0);
-  const __m512i kept = _mm512_set1_epi32(static_cast<int>(~((1u << drop) - 1u)));
-  const __m512i magnitude_mask = _mm512_set1_epi32(static_cast<int>(kMagnitudeMask));
-  const __m512i sign_mask = _mm512_set1_epi32(static_cast<int>(kSignBit));
-  const __m512i smallest_normal = _mm512_set1_epi32(static_cast<int>(kSmallestNormalBits));
-  __m512i b_min = _mm512_set1_epi32(-1), b_max = _mm512_setzero_si512();
-  for (size_t p0 = 0; p0 < k; p0 += KU) {
-    const size_t steps = std::min(KU, k - p0);
-    // A' = a - bias per row and k, and a lane mask that skips the products of a zero.
-    int a_prepared[KU][R];
-    __mmask16 a_lanes[KU][R];
-    for (size_t s = 0; s < KU; ++s) {
+// Rows of B per pass over the columns: the sums go through memory once per pass. Many
+// when B's rows are short (B is then read nearly in order anyway), few when they are
+// long, so that each pass reads few, long, sequential streams (what prefetchers follow).
+constexpr size_t kMaxRowsPerPass = 64;
+inline size_t rows_per_pass(size_t ldb) { return ldb <= 256 ? kMaxRowsPerPass : 8; }
+
+// Accumulator vectors per row: enough independent sums to hide the add latency.
+constexpr int vectors_per_chunk(int rows) { return rows == 1 ? 4 : rows == 2 ? 2 : 1; }
+
+// Per row and k of one pass: A' = a - bias and a lane mask that skips the products of a zero.
+template <int R, class Mask>
+void prepare_pass(const uint32_t* a, size_t k, size_t p0, size_t steps, uint32_t bias, Mask all,
+                  int (*a_prepared)[R], Mask (*a_lanes)[R]) {
+  for (size_t s = 0; s < steps; ++s) {
+    for (int r = 0; r < R; ++r) {
+      const uint32_t x = a[r * k + p0 + s];
+      a_prepared[s][r] = static_cast<int>(x - bias);
+      a_lanes[s][r] = (x & kMagnitudeMask) >= kSmallestNormalBits ? all : Mask{0};
+    }
+  }
+}
+
+struct Avx512Constants {
+  __m128i drop;
+  __m512i half_minus_one, kept, magnitude, sign, smallest_normal;
+};
+
+// V vectors of columns from j, R rows, `steps` rows of B from b (already at the pass's
+// first row); the sums start at zero on the first pass, else from C.
+template <int R, int V, bool kRound, bool kMaskA, bool kMaskB>
+__attribute__((target("avx512f"), always_inline)) inline void chunk_avx512(
+    const Avx512Constants& k_, const int (*a_prepared)[R], const __mmask16 (*a_lanes)[R], const float* b, size_t ldb,
+    size_t steps, bool first, float* c, size_t ldc, size_t j, __m512i& b_min, __m512i& b_max) {
+  __m512 acc[R][V];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v) acc[r][v] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(c + r * ldc + j + 16 * v);
+  for (size_t s = 0; s < steps; ++s) {
+    for (int v = 0; v < V; ++v) {
+      __m512i y = _mm512_loadu_si512(b + s * ldb + j + 16 * v);
+      __m512i magnitude = _mm512_and_si512(y, k_.magnitude);
+      if (kRound) {
+        magnitude = round_avx512(magnitude, k_.drop, k_.half_minus_one, k_.kept);
+        y = _mm512_or_si512(magnitude, _mm512_and_si512(y, k_.sign));
+      }
+      // Without kMaskB, B is taken to have no zeros; b_min (over every value) tells.
+      __mmask16 lanes = 0xFFFF;
+      if (kMaskB) {
+        lanes = _mm512_cmpge_epu32_mask(magnitude, k_.smallest_normal);
+        b_min = _mm512_mask_min_epu32(b_min, lanes, b_min, magnitude);
+      } else {
+        b_min = _mm512_mask_min_epu32(b_min, 0xFFFF, b_min, magnitude);  // unmasked forms warn in GCC 12
+      }
+      b_max = _mm512_mask_max_epu32(b_max, 0xFFFF, b_max, magnitude);
       for (int r = 0; r < R; ++r) {
-        const uint32_t x = s < steps ? a[r * k + p0 + s] : 0u;
-        a_prepared[s][r] = static_cast<int>(x - bias);
-        a_lanes[s][r] = (x & kMagnitudeMask) >= kSmallestNormalBits ? 0xFFFF : 0;
+        const __m512 product = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_set1_epi32(a_prepared[s][r]), y));
+        if (kMaskA || kMaskB) {
+          const __mmask16 active = kMaskA ? static_cast<__mmask16>(lanes & a_lanes[s][r]) : lanes;
+          acc[r][v] = _mm512_mask_add_ps(acc[r][v], active, acc[r][v], product);
+        } else {
+          acc[r][v] = _mm512_add_ps(acc[r][v], product);
+        }
       }
     }
-    for (size_t j = j0; j < j1; j += 16) {
-      __m512 acc[R];
-      for (int r = 0; r < R; ++r) acc[r] = p0 == 0 ? _mm512_setzero_ps() : _mm512_loadu_ps(c + r * ldc + j);
-      for (size_t s = 0; s < steps; ++s) {
-        __m512i y = _mm512_loadu_si512(b + (p0 + s) * ldb + j);
-        __m512i magnitude = _mm512_and_si512(y, magnitude_mask);
-        if (kRound) {
-          magnitude = round_avx512(magnitude, drop_count, half_minus_one, kept);
-          y = _mm512_or_si512(magnitude, _mm512_and_si512(y, sign_mask));
-        }
-        const __mmask16 nonzero = _mm512_cmpge_epu32_mask(magnitude, smallest_normal);
-        b_min = _mm512_mask_min_epu32(b_min, nonzero, b_min, magnitude);
-        b_max = _mm512_mask_max_epu32(b_max, 0xFFFF, b_max, magnitude);  // the unmasked form warns in GCC 12
-        for (int r = 0; r < R; ++r) {
-          const __m512 product = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_set1_epi32(a_prepared[s][r]), y));
-          acc[r] = _mm512_mask_add_ps(acc[r], static_cast<__mmask16>(nonzero & a_lanes[s][r]), acc[r], product);
-        }
-      }
-      for (int r = 0; r < R; ++r) _mm512_storeu_ps(c + r * ldc + j, acc[r]);
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v) _mm512_storeu_ps(c + r * ldc + j + 16 * v, acc[r][v]);
+}
+
+// Columns [j0, j1) (a multiple of 16 wide) of R rows.
+template <int R, bool kRound, bool kMaskA, bool kMaskB>
+__attribute__((target("avx512f"))) Pass fast_block_avx512(const uint32_t* a, size_t k, const OperandRange& a_range,
+                                                          const float* b, size_t ldb, size_t j0, size_t j1,
+                                                          int mantissa_bits, float* c, size_t ldc) {
+  constexpr int V = vectors_per_chunk(R);
+  const uint32_t bias = lmul_bias(mantissa_bits);
+  const uint32_t drop = static_cast<uint32_t>(kFloat32MantissaBits - mantissa_bits);
+  Avx512Constants k_;
+  k_.drop = _mm_cvtsi32_si128(static_cast<int>(drop));
+  k_.half_minus_one = _mm512_set1_epi32(kRound ? static_cast<int>((1u << (drop - 1u)) - 1u) : 0);
+  k_.kept = _mm512_set1_epi32(static_cast<int>(~((1u << drop) - 1u)));
+  k_.magnitude = _mm512_set1_epi32(static_cast<int>(kMagnitudeMask));
+  k_.sign = _mm512_set1_epi32(static_cast<int>(kSignBit));
+  k_.smallest_normal = _mm512_set1_epi32(static_cast<int>(kSmallestNormalBits));
+  __m512i b_min = _mm512_set1_epi32(-1), b_max = _mm512_setzero_si512();
+  const size_t per_pass = rows_per_pass(ldb);
+  int a_prepared[kMaxRowsPerPass][R];
+  __mmask16 a_lanes[kMaxRowsPerPass][R];
+  for (size_t p0 = 0; p0 < k; p0 += per_pass) {
+    const size_t steps = std::min(per_pass, k - p0);
+    prepare_pass<R, __mmask16>(a, k, p0, steps, bias, 0xFFFF, a_prepared, a_lanes);
+    const float* rows = b + p0 * ldb;
+    size_t j = j0;
+    for (; j + 16 * V <= j1; j += 16 * V) {
+      chunk_avx512<R, V, kRound, kMaskA, kMaskB>(k_, a_prepared, a_lanes, rows, ldb, steps, p0 == 0, c, ldc, j,
+                                                 b_min, b_max);
+    }
+    for (; j < j1; j += 16) {
+      chunk_avx512<R, 1, kRound, kMaskA, kMaskB>(k_, a_prepared, a_lanes, rows, ldb, steps, p0 == 0, c, ldc, j,
+                                                 b_min, b_max);
     }
   }
   alignas(64) uint32_t lo[16], hi[16];
   _mm512_store_si512(lo, b_min);
   _mm512_store_si512(hi, b_max);
-  return one_add_exact(a_range, *std::min_element(lo, lo + 16), *std::max_element(hi, hi + 16), bias);
+  const uint32_t smallest = *std::min_element(lo, lo + 16);
+  if (!kMaskB && smallest < kSmallestNormalBits) return Pass::kHasZeros;
+  return one_add_exact(a_range, smallest, *std::max_element(hi, hi + 16), bias) ? Pass::kExact : Pass::kNotOneAdd;
 }
+
+struct Avx2Constants {
+  __m128i drop;
+  __m256i half_minus_one, kept, magnitude, sign, below_normal, ones, lsb;
+};
 
 // The same with AVX2: 8 columns per vector; a skipped product adds +0, which leaves every
 // sum as it was (a sum that starts at +0 never becomes -0).
-template <int R, bool kRound>
-__attribute__((target("avx2"))) bool fast_block_avx2(const uint32_t* a, size_t k, const OperandRange& a_range,
-                                                     const float* b, size_t ldb, size_t j0, size_t j1,
-                                                     int mantissa_bits, float* c, size_t ldc) {
-  constexpr size_t KU = 4;
-  const uint32_t bias = lmul_bias(mantissa_bits);
-  const uint32_t drop = static_cast<uint32_t>(kFloat32MantissaBits - mantissa_bits);
-  const __m128i drop_count = _mm_cvtsi32_si128(static_cast<int>(drop));
-  const __m256i half_minus_one = _mm256_set1_epi32(kRound ? static_cast<int>((1u << (drop - 1u)) - 1u) : 0);
-  const __m256i kept = _mm256_set1_epi32(static_cast<int>(~((1u << drop) - 1u)));
-  const __m256i magnitude_mask = _mm256_set1_epi32(static_cast<int>(kMagnitudeMask));
-  const __m256i below_normal = _mm256_set1_epi32(static_cast<int>(kSmallestNormalBits - 1u));
-  const __m256i ones = _mm256_set1_epi32(-1), lsb_bit = _mm256_set1_epi32(1);
-  __m256i b_min = ones, b_max = _mm256_setzero_si256();
-  for (size_t p0 = 0; p0 < k; p0 += KU) {
-    const size_t steps = std::min(KU, k - p0);
-    int a_prepared[KU][R], a_lanes[KU][R];
-    for (size_t s = 0; s < KU; ++s) {
+template <int R, int V, bool kRound, bool kMaskA, bool kMaskB>
+__attribute__((target("avx2"), always_inline)) inline void chunk_avx2(const Avx2Constants& k_,
+                                                                     const int (*a_prepared)[R],
+                                                                     const int (*a_lanes)[R], const float* b,
+                                                                     size_t ldb, size_t steps, bool first, float* c,
+                                                                     size_t ldc, size_t j, __m256i& b_min,
+                                                                     __m256i& b_max) {
+  __m256 acc[R][V];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v) acc[r][v] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(c + r * ldc + j + 8 * v);
+  for (size_t s = 0; s < steps; ++s) {
+    for (int v = 0; v < V; ++v) {
+      __m256i y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + s * ldb + j + 8 * v));
+      __m256i magnitude = _mm256_and_si256(y, k_.magnitude);
+      if (kRound) {
+        const __m256i lsb = _mm256_and_si256(_mm256_srl_epi32(magnitude, k_.drop), k_.lsb);
+        magnitude = _mm256_and_si256(_mm256_add_epi32(_mm256_add_epi32(magnitude, k_.half_minus_one), lsb), k_.kept);
+        y = _mm256_or_si256(magnitude, _mm256_and_si256(y, k_.sign));
+      }
+      // Signed compare: a magnitude >= 2^31 (rounded NaN) counts as zero here, but
+      // b_max (unsigned) still sees it.
+      __m256i lanes = k_.ones;  // B's non-zero lanes
+      if (kMaskB) {
+        lanes = _mm256_cmpgt_epi32(magnitude, k_.below_normal);
+        b_min = _mm256_min_epu32(b_min, _mm256_blendv_epi8(k_.ones, magnitude, lanes));
+      } else {
+        b_min = _mm256_min_epu32(b_min, magnitude);
+      }
+      b_max = _mm256_max_epu32(b_max, magnitude);
       for (int r = 0; r < R; ++r) {
-        const uint32_t x = s < steps ? a[r * k + p0 + s] : 0u;
-        a_prepared[s][r] = static_cast<int>(x - bias);
-        a_lanes[s][r] = (x & kMagnitudeMask) >= kSmallestNormalBits ? -1 : 0;
+        __m256i product = _mm256_add_epi32(_mm256_set1_epi32(a_prepared[s][r]), y);
+        if (kMaskA) product = _mm256_and_si256(product, _mm256_set1_epi32(a_lanes[s][r]));
+        if (kMaskB) product = _mm256_and_si256(product, lanes);
+        acc[r][v] = _mm256_add_ps(acc[r][v], _mm256_castsi256_ps(product));
       }
     }
-    for (size_t j = j0; j < j1; j += 8) {
-      __m256 acc[R];
-      for (int r = 0; r < R; ++r) acc[r] = p0 == 0 ? _mm256_setzero_ps() : _mm256_loadu_ps(c + r * ldc + j);
-      for (size_t s = 0; s < steps; ++s) {
-        __m256i y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + (p0 + s) * ldb + j));
-        __m256i magnitude = _mm256_and_si256(y, magnitude_mask);
-        if (kRound) {
-          const __m256i lsb = _mm256_and_si256(_mm256_srl_epi32(magnitude, drop_count), lsb_bit);
-          magnitude = _mm256_and_si256(_mm256_add_epi32(_mm256_add_epi32(magnitude, half_minus_one), lsb), kept);
-          y = _mm256_or_si256(magnitude, _mm256_andnot_si256(magnitude_mask, y));
-        }
-        // Signed compare: a magnitude >= 2^31 (rounded NaN) counts as zero here, but
-        // b_max (unsigned) still sees it.
-        const __m256i nonzero = _mm256_cmpgt_epi32(magnitude, below_normal);
-        b_min = _mm256_min_epu32(b_min, _mm256_blendv_epi8(ones, magnitude, nonzero));
-        b_max = _mm256_max_epu32(b_max, magnitude);
-        for (int r = 0; r < R; ++r) {
-          const __m256i product = _mm256_add_epi32(_mm256_set1_epi32(a_prepared[s][r]), y);
-          const __m256i kept_product = _mm256_and_si256(product, _mm256_and_si256(nonzero, _mm256_set1_epi32(a_lanes[s][r])));
-          acc[r] = _mm256_add_ps(acc[r], _mm256_castsi256_ps(kept_product));
-        }
-      }
-      for (int r = 0; r < R; ++r) _mm256_storeu_ps(c + r * ldc + j, acc[r]);
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v) _mm256_storeu_ps(c + r * ldc + j + 8 * v, acc[r][v]);
+}
+
+template <int R, bool kRound, bool kMaskA, bool kMaskB>
+__attribute__((target("avx2"))) Pass fast_block_avx2(const uint32_t* a, size_t k, const OperandRange& a_range,
+                                                     const float* b, size_t ldb, size_t j0, size_t j1,
+                                                     int mantissa_bits, float* c, size_t ldc) {
+  constexpr int V = vectors_per_chunk(R);
+  const uint32_t bias = lmul_bias(mantissa_bits);
+  const uint32_t drop = static_cast<uint32_t>(kFloat32MantissaBits - mantissa_bits);
+  Avx2Constants k_;
+  k_.drop = _mm_cvtsi32_si128(static_cast<int>(drop));
+  k_.half_minus_one = _mm256_set1_epi32(kRound ? static_cast<int>((1u << (drop - 1u)) - 1u) : 0);
+  k_.kept = _mm256_set1_epi32(static_cast<int>(~((1u << drop) - 1u)));
+  k_.magnitude = _mm256_set1_epi32(static_cast<int>(kMagnitudeMask));
+  k_.sign = _mm256_set1_epi32(static_cast<int>(kSignBit));
+  k_.below_normal = _mm256_set1_epi32(static_cast<int>(kSmallestNormalBits - 1u));
+  k_.ones = _mm256_set1_epi32(-1);
+  k_.lsb = _mm256_set1_epi32(1);
+  __m256i b_min = k_.ones, b_max = _mm256_setzero_si256();
+  const size_t per_pass = rows_per_pass(ldb);
+  int a_prepared[kMaxRowsPerPass][R], a_lanes[kMaxRowsPerPass][R];
+  for (size_t p0 = 0; p0 < k; p0 += per_pass) {
+    const size_t steps = std::min(per_pass, k - p0);
+    prepare_pass<R, int>(a, k, p0, steps, bias, -1, a_prepared, a_lanes);
+    const float* rows = b + p0 * ldb;
+    size_t j = j0;
+    for (; j + 8 * V <= j1; j += 8 * V) {
+      chunk_avx2<R, V, kRound, kMaskA, kMaskB>(k_, a_prepared, a_lanes, rows, ldb, steps, p0 == 0, c, ldc, j, b_min,
+                                               b_max);
+    }
+    for (; j < j1; j += 8) {
+      chunk_avx2<R, 1, kRound, kMaskA, kMaskB>(k_, a_prepared, a_lanes, rows, ldb, steps, p0 == 0, c, ldc, j, b_min,
+                                               b_max);
     }
   }
   alignas(32) uint32_t lo[8], hi[8];
   _mm256_store_si256(reinterpret_cast<__m256i*>(lo), b_min);
   _mm256_store_si256(reinterpret_cast<__m256i*>(hi), b_max);
-  return one_add_exact(a_range, *std::min_element(lo, lo + 8), *std::max_element(hi, hi + 8), bias);
+  const uint32_t smallest = *std::min_element(lo, lo + 8);
+  if (!kMaskB && smallest < kSmallestNormalBits) return Pass::kHasZeros;
+  return one_add_exact(a_range, smallest, *std::max_element(hi, hi + 8), bias) ? Pass::kExact : Pass::kNotOneAdd;
 }
 
-using FastBlock = bool (*)(const uint32_t*, size_t, const OperandRange&, const float*, size_t, size_t, size_t, int,
+using FastBlock = Pass (*)(const uint32_t*, size_t, const OperandRange&, const float*, size_t, size_t, size_t, int,
                            float*, size_t);
 
-template <int R>
-FastBlock fast_block_for(bool avx512, bool round) {
-  if (avx512) return round ? fast_block_avx512<R, true> : fast_block_avx512<R, false>;
-  return round ? fast_block_avx2<R, true> : fast_block_avx2<R, false>;
+template <int R, bool kRound, bool kMaskA, bool kMaskB>
+FastBlock fast_block_for(bool avx512) {
+  return avx512 ? fast_block_avx512<R, kRound, kMaskA, kMaskB> : fast_block_avx2<R, kRound, kMaskA, kMaskB>;
 }
 
-FastBlock select_fast_block(size_t rows, bool avx512, bool round) {
+template <int R>
+FastBlock fast_block_for(bool avx512, bool round, bool mask_a, bool mask_b) {
+  const int index = (round ? 4 : 0) + (mask_a ? 2 : 0) + (mask_b ? 1 : 0);
+  static constexpr FastBlock kAvx512[] = {
+      fast_block_avx512<R, false, false, false>, fast_block_avx512<R, false, false, true>,
+      fast_block_avx512<R, false, true, false>,  fast_block_avx512<R, false, true, true>,
+      fast_block_avx512<R, true, false, false>,  fast_block_avx512<R, true, false, true>,
+      fast_block_avx512<R, true, true, false>,   fast_block_avx512<R, true, true, true>};
+  static constexpr FastBlock kAvx2[] = {
+      fast_block_avx2<R, false, false, false>, fast_block_avx2<R, false, false, true>,
+      fast_block_avx2<R, false, true, false>,  fast_block_avx2<R, false, true, true>,
+      fast_block_avx2<R, true, false, false>,  fast_block_avx2<R, true, false, true>,
+      fast_block_avx2<R, true, true, false>,   fast_block_avx2<R, true, true, true>};
+  return avx512 ? kAvx512[index] : kAvx2[index];
+}
+
+FastBlock select_fast_block(size_t rows, bool avx512, bool round, bool mask_a, bool mask_b) {
   switch (rows) {
-    case 1: return fast_block_for<1>(avx512, round);
-    case 2: return fast_block_for<2>(avx512, round);
-    case 3: return fast_block_for<3>(avx512, round);
-    case 4: return fast_block_for<4>(avx512, round);
-    case 5: return fast_block_for<5>(avx512, round);
-    case 6: return fast_block_for<6>(avx512, round);
-    case 7: return fast_block_for<7>(avx512, round);
-    default: return fast_block_for<8>(avx512, round);
+    case 1: return fast_block_for<1>(avx512, round, mask_a, mask_b);
+    case 2: return fast_block_for<2>(avx512, round, mask_a, mask_b);
+    case 3: return fast_block_for<3>(avx512, round, mask_a, mask_b);
+    case 4: return fast_block_for<4>(avx512, round, mask_a, mask_b);
+    case 5: return fast_block_for<5>(avx512, round, mask_a, mask_b);
+    case 6: return fast_block_for<6>(avx512, round, mask_a, mask_b);
+    case 7: return fast_block_for<7>(avx512, round, mask_a, mask_b);
+    default: return fast_block_for<8>(avx512, round, mask_a, mask_b);
   }
 }
 
@@ -221,8 +326,15 @@ bool lmul_small_m(const uint32_t* a, size_t rows, size_t k, const OperandRange& 
   if (lanes > 0 && rows <= kSmallMMaxRows && k > 0 && !a_range.has_special) {
     vector_end = j0 + (j1 - j0) / static_cast<size_t>(lanes) * static_cast<size_t>(lanes);
     if (vector_end > j0) {
-      const FastBlock fast = select_fast_block(rows, lanes == 16, mantissa_bits != kFloat32MantissaBits);
-      exact = fast(a, k, a_range, b, ldb, j0, vector_end, mantissa_bits, c, ldc);
+      // First as if B had no zeros (fewer operations); if it has, again with masks.
+      const bool avx512 = lanes == 16, round = mantissa_bits != kFloat32MantissaBits;
+      Pass pass = select_fast_block(rows, avx512, round, a_range.has_zero, false)(a, k, a_range, b, ldb, j0,
+                                                                                   vector_end, mantissa_bits, c, ldc);
+      if (pass == Pass::kHasZeros) {
+        pass = select_fast_block(rows, avx512, round, a_range.has_zero, true)(a, k, a_range, b, ldb, j0, vector_end,
+                                                                             mantissa_bits, c, ldc);
+      }
+      exact = pass == Pass::kExact;
       if (!exact) exact_block(a, rows, k, b, ldb, j0, vector_end, mantissa_bits, c, ldc);
     }
   }
