@@ -5,11 +5,8 @@
 #include "lmul_arith.h"
 #include "lmul_kernels.h"
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#if LMUL_HAVE_X86_SIMD
 #include <immintrin.h>
-#define LMUL_HAVE_X86_SIMD 1
-#else
-#define LMUL_HAVE_X86_SIMD 0
 #endif
 
 namespace lmul {
@@ -86,216 +83,211 @@ inline size_t rows_per_pass(size_t ldb) { return ldb <= 256 ? kMaxRowsPerPass : 
 // Accumulator vectors per row: enough independent sums to hide the add latency.
 constexpr int vectors_per_chunk(int rows) { return rows == 1 ? 4 : rows == 2 ? 2 : 1; }
 
-// Per row and k of one pass: A' = a - bias and a lane mask that skips the products of a zero.
+// One pass's view of A: per row and k, A' = a - bias and a lane mask that skips the
+// products of a zero.
 template <int R, class Mask>
-void prepare_pass(const uint32_t* a, size_t k, size_t p0, size_t steps, uint32_t bias, Mask all,
-                  int (*a_prepared)[R], Mask (*a_lanes)[R]) {
-  for (size_t s = 0; s < steps; ++s) {
-    for (int r = 0; r < R; ++r) {
-      const uint32_t x = a[r * k + p0 + s];
-      a_prepared[s][r] = static_cast<int>(x - bias);
-      a_lanes[s][r] = (x & kMagnitudeMask) >= kSmallestNormalBits ? all : Mask{0};
-    }
-  }
-}
-
-struct Avx512Constants {
-  __m128i drop;
-  __m512i half_minus_one, kept, magnitude, sign, smallest_normal;
+struct PassOfA {
+  int prepared[kMaxRowsPerPass][R];
+  Mask lanes[kMaxRowsPerPass][R];
 };
 
-// V vectors of columns from j, R rows, `steps` rows of B from b (already at the pass's
-// first row); the sums start at zero on the first pass, else from C.
-template <int R, int V, bool kRound, bool kMaskA, bool kMaskB>
-__attribute__((target("avx512f"), always_inline)) inline void chunk_avx512(
-    const Avx512Constants& k_, const int (*a_prepared)[R], const __mmask16 (*a_lanes)[R], const float* b, size_t ldb,
-    size_t steps, bool first, float* c, size_t ldc, size_t j, __m512i& b_min, __m512i& b_max) {
-  __m512 acc[R][V];
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < V; ++v) acc[r][v] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(c + r * ldc + j + 16 * v);
-  for (size_t s = 0; s < steps; ++s) {
-    for (int v = 0; v < V; ++v) {
-      __m512i y = _mm512_loadu_si512(b + s * ldb + j + 16 * v);
-      __m512i magnitude = _mm512_and_si512(y, k_.magnitude);
-      if (kRound) {
-        magnitude = round_avx512(magnitude, k_.drop, k_.half_minus_one, k_.kept);
-        y = _mm512_or_si512(magnitude, _mm512_and_si512(y, k_.sign));
-      }
-      // Without kMaskB, B is taken to have no zeros; b_min (over every value) tells.
-      __mmask16 lanes = 0xFFFF;
-      if (kMaskB) {
-        lanes = _mm512_cmpge_epu32_mask(magnitude, k_.smallest_normal);
-        b_min = _mm512_mask_min_epu32(b_min, lanes, b_min, magnitude);
-      } else {
-        b_min = _mm512_mask_min_epu32(b_min, 0xFFFF, b_min, magnitude);  // unmasked forms warn in GCC 12
-      }
-      b_max = _mm512_mask_max_epu32(b_max, 0xFFFF, b_max, magnitude);
+// The one-add pass over columns [j0, j1) (whole vectors) of R rows, with the chunk kernel
+// of one instruction set (Avx512Chunks or Avx2Chunks below): passes of rows_per_pass(ldb)
+// rows of B; in each, chunks of V vectors, then single vectors, from j0 to j1.
+template <class Chunks>
+Pass one_add_pass(const uint32_t* a, size_t k, const OperandRange& a_range, const float* b, size_t ldb, size_t j0,
+                  size_t j1, int mantissa_bits, float* c, size_t ldc) {
+  constexpr int R = Chunks::kRows, V = vectors_per_chunk(R);
+  constexpr size_t kLanes = Chunks::kLanes;
+  const uint32_t bias = lmul_bias(mantissa_bits);
+  Chunks chunks(mantissa_bits);
+  PassOfA<R, typename Chunks::Mask> pass;
+  const size_t per_pass = rows_per_pass(ldb);
+  for (size_t p0 = 0; p0 < k; p0 += per_pass) {
+    const size_t steps = std::min(per_pass, k - p0);
+    for (size_t s = 0; s < steps; ++s) {
       for (int r = 0; r < R; ++r) {
-        const __m512 product = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_set1_epi32(a_prepared[s][r]), y));
-        if (kMaskA || kMaskB) {
-          const __mmask16 active = kMaskA ? static_cast<__mmask16>(lanes & a_lanes[s][r]) : lanes;
-          acc[r][v] = _mm512_mask_add_ps(acc[r][v], active, acc[r][v], product);
+        const uint32_t x = a[r * k + p0 + s];
+        pass.prepared[s][r] = static_cast<int>(x - bias);
+        pass.lanes[s][r] = (x & kMagnitudeMask) >= kSmallestNormalBits ? Chunks::kAllLanes : 0;
+      }
+    }
+    const float* rows = b + p0 * ldb;
+    size_t j = j0;
+    for (; j + kLanes * V <= j1; j += kLanes * V) chunks.template run<V>(pass, rows, ldb, steps, p0 == 0, c, ldc, j);
+    for (; j < j1; j += kLanes) chunks.template run<1>(pass, rows, ldb, steps, p0 == 0, c, ldc, j);
+  }
+  uint32_t smallest = 0, largest = 0;
+  chunks.range(smallest, largest);
+  if (!Chunks::kMaskB && smallest < kSmallestNormalBits) return Pass::kHasZeros;
+  return one_add_exact(a_range, smallest, largest, bias) ? Pass::kExact : Pass::kNotOneAdd;
+}
+
+// AVX-512: V vectors of 16 columns from j, R rows, `steps` rows of B from b (already at
+// the pass's first row); the sums start at zero on the first pass, else from C. Without
+// kMaskB, B is taken to have no zeros, and b_min (over every value) tells whether it had.
+template <int R, bool kRound, bool kMaskA, bool kMaskBZeros>
+struct Avx512Chunks {
+  static constexpr int kRows = R;
+  static constexpr size_t kLanes = 16;
+  static constexpr bool kMaskB = kMaskBZeros;
+  using Mask = __mmask16;
+  static constexpr Mask kAllLanes = 0xFFFF;
+  __m128i drop;
+  __m512i half_minus_one, kept, magnitude_mask, sign_mask, smallest_normal, b_min, b_max;
+
+  __attribute__((target("avx512f"))) explicit Avx512Chunks(int mantissa_bits) {
+    const uint32_t bits = static_cast<uint32_t>(kFloat32MantissaBits - mantissa_bits);
+    drop = _mm_cvtsi32_si128(static_cast<int>(bits));
+    half_minus_one = _mm512_set1_epi32(kRound ? static_cast<int>((1u << (bits - 1u)) - 1u) : 0);
+    kept = _mm512_set1_epi32(static_cast<int>(~((1u << bits) - 1u)));
+    magnitude_mask = _mm512_set1_epi32(static_cast<int>(kMagnitudeMask));
+    sign_mask = _mm512_set1_epi32(static_cast<int>(kSignBit));
+    smallest_normal = _mm512_set1_epi32(static_cast<int>(kSmallestNormalBits));
+    b_min = _mm512_set1_epi32(-1);
+    b_max = _mm512_setzero_si512();
+  }
+
+  template <int V>
+  __attribute__((target("avx512f"))) void run(const PassOfA<R, Mask>& a, const float* b, size_t ldb, size_t steps,
+                                              bool first, float* c, size_t ldc, size_t j) {
+    __m512 acc[R][V];
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < V; ++v) acc[r][v] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(c + r * ldc + j + 16 * v);
+    __m512i lo = b_min, hi = b_max;
+    for (size_t s = 0; s < steps; ++s) {
+      for (int v = 0; v < V; ++v) {
+        __m512i y = _mm512_loadu_si512(b + s * ldb + j + 16 * v);
+        __m512i magnitude = _mm512_and_si512(y, magnitude_mask);
+        if (kRound) {
+          magnitude = round_avx512(magnitude, drop, half_minus_one, kept);
+          y = _mm512_or_si512(magnitude, _mm512_and_si512(y, sign_mask));
+        }
+        __mmask16 lanes = 0xFFFF;
+        if (kMaskB) {
+          lanes = _mm512_cmpge_epu32_mask(magnitude, smallest_normal);
+          lo = _mm512_mask_min_epu32(lo, lanes, lo, magnitude);
         } else {
-          acc[r][v] = _mm512_add_ps(acc[r][v], product);
+          lo = _mm512_mask_min_epu32(lo, 0xFFFF, lo, magnitude);  // unmasked forms warn in GCC 12
+        }
+        hi = _mm512_mask_max_epu32(hi, 0xFFFF, hi, magnitude);
+        for (int r = 0; r < R; ++r) {
+          const __m512 product = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_set1_epi32(a.prepared[s][r]), y));
+          if (kMaskA || kMaskB) {
+            const __mmask16 active = kMaskA ? static_cast<__mmask16>(lanes & a.lanes[s][r]) : lanes;
+            acc[r][v] = _mm512_mask_add_ps(acc[r][v], active, acc[r][v], product);
+          } else {
+            acc[r][v] = _mm512_add_ps(acc[r][v], product);
+          }
         }
       }
     }
+    b_min = lo;
+    b_max = hi;
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < V; ++v) _mm512_storeu_ps(c + r * ldc + j + 16 * v, acc[r][v]);
   }
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < V; ++v) _mm512_storeu_ps(c + r * ldc + j + 16 * v, acc[r][v]);
-}
 
-// Columns [j0, j1) (a multiple of 16 wide) of R rows.
-template <int R, bool kRound, bool kMaskA, bool kMaskB>
-__attribute__((target("avx512f"))) Pass fast_block_avx512(const uint32_t* a, size_t k, const OperandRange& a_range,
-                                                          const float* b, size_t ldb, size_t j0, size_t j1,
-                                                          int mantissa_bits, float* c, size_t ldc) {
-  constexpr int V = vectors_per_chunk(R);
-  const uint32_t bias = lmul_bias(mantissa_bits);
-  const uint32_t drop = static_cast<uint32_t>(kFloat32MantissaBits - mantissa_bits);
-  Avx512Constants k_;
-  k_.drop = _mm_cvtsi32_si128(static_cast<int>(drop));
-  k_.half_minus_one = _mm512_set1_epi32(kRound ? static_cast<int>((1u << (drop - 1u)) - 1u) : 0);
-  k_.kept = _mm512_set1_epi32(static_cast<int>(~((1u << drop) - 1u)));
-  k_.magnitude = _mm512_set1_epi32(static_cast<int>(kMagnitudeMask));
-  k_.sign = _mm512_set1_epi32(static_cast<int>(kSignBit));
-  k_.smallest_normal = _mm512_set1_epi32(static_cast<int>(kSmallestNormalBits));
-  __m512i b_min = _mm512_set1_epi32(-1), b_max = _mm512_setzero_si512();
-  const size_t per_pass = rows_per_pass(ldb);
-  int a_prepared[kMaxRowsPerPass][R];
-  __mmask16 a_lanes[kMaxRowsPerPass][R];
-  for (size_t p0 = 0; p0 < k; p0 += per_pass) {
-    const size_t steps = std::min(per_pass, k - p0);
-    prepare_pass<R, __mmask16>(a, k, p0, steps, bias, 0xFFFF, a_prepared, a_lanes);
-    const float* rows = b + p0 * ldb;
-    size_t j = j0;
-    for (; j + 16 * V <= j1; j += 16 * V) {
-      chunk_avx512<R, V, kRound, kMaskA, kMaskB>(k_, a_prepared, a_lanes, rows, ldb, steps, p0 == 0, c, ldc, j,
-                                                 b_min, b_max);
-    }
-    for (; j < j1; j += 16) {
-      chunk_avx512<R, 1, kRound, kMaskA, kMaskB>(k_, a_prepared, a_lanes, rows, ldb, steps, p0 == 0, c, ldc, j,
-                                                 b_min, b_max);
-    }
+  __attribute__((target("avx512f"))) void range(uint32_t& smallest, uint32_t& largest) const {
+    alignas(64) uint32_t lo[16], hi[16];
+    _mm512_store_si512(lo, b_min);
+    _mm512_store_si512(hi, b_max);
+    smallest = *std::min_element(lo, lo + 16);
+    largest = *std::max_element(hi, hi + 16);
   }
-  alignas(64) uint32_t lo[16], hi[16];
-  _mm512_store_si512(lo, b_min);
-  _mm512_store_si512(hi, b_max);
-  const uint32_t smallest = *std::min_element(lo, lo + 16);
-  if (!kMaskB && smallest < kSmallestNormalBits) return Pass::kHasZeros;
-  return one_add_exact(a_range, smallest, *std::max_element(hi, hi + 16), bias) ? Pass::kExact : Pass::kNotOneAdd;
-}
-
-struct Avx2Constants {
-  __m128i drop;
-  __m256i half_minus_one, kept, magnitude, sign, below_normal, ones, lsb;
 };
 
-// The same with AVX2: 8 columns per vector; a skipped product adds +0, which leaves every
-// sum as it was (a sum that starts at +0 never becomes -0).
-template <int R, int V, bool kRound, bool kMaskA, bool kMaskB>
-__attribute__((target("avx2"), always_inline)) inline void chunk_avx2(const Avx2Constants& k_,
-                                                                     const int (*a_prepared)[R],
-                                                                     const int (*a_lanes)[R], const float* b,
-                                                                     size_t ldb, size_t steps, bool first, float* c,
-                                                                     size_t ldc, size_t j, __m256i& b_min,
-                                                                     __m256i& b_max) {
-  __m256 acc[R][V];
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < V; ++v) acc[r][v] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(c + r * ldc + j + 8 * v);
-  for (size_t s = 0; s < steps; ++s) {
-    for (int v = 0; v < V; ++v) {
-      __m256i y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + s * ldb + j + 8 * v));
-      __m256i magnitude = _mm256_and_si256(y, k_.magnitude);
-      if (kRound) {
-        const __m256i lsb = _mm256_and_si256(_mm256_srl_epi32(magnitude, k_.drop), k_.lsb);
-        magnitude = _mm256_and_si256(_mm256_add_epi32(_mm256_add_epi32(magnitude, k_.half_minus_one), lsb), k_.kept);
-        y = _mm256_or_si256(magnitude, _mm256_and_si256(y, k_.sign));
-      }
-      // Signed compare: a magnitude >= 2^31 (rounded NaN) counts as zero here, but
-      // b_max (unsigned) still sees it.
-      __m256i lanes = k_.ones;  // B's non-zero lanes
-      if (kMaskB) {
-        lanes = _mm256_cmpgt_epi32(magnitude, k_.below_normal);
-        b_min = _mm256_min_epu32(b_min, _mm256_blendv_epi8(k_.ones, magnitude, lanes));
-      } else {
-        b_min = _mm256_min_epu32(b_min, magnitude);
-      }
-      b_max = _mm256_max_epu32(b_max, magnitude);
-      for (int r = 0; r < R; ++r) {
-        __m256i product = _mm256_add_epi32(_mm256_set1_epi32(a_prepared[s][r]), y);
-        if (kMaskA) product = _mm256_and_si256(product, _mm256_set1_epi32(a_lanes[s][r]));
-        if (kMaskB) product = _mm256_and_si256(product, lanes);
-        acc[r][v] = _mm256_add_ps(acc[r][v], _mm256_castsi256_ps(product));
-      }
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < V; ++v) _mm256_storeu_ps(c + r * ldc + j + 8 * v, acc[r][v]);
-}
+// The same with AVX2, 8 columns per vector and no mask registers: a skipped product adds
+// +0, which leaves every sum as it was (a sum that starts at +0 never becomes -0).
+template <int R, bool kRound, bool kMaskA, bool kMaskBZeros>
+struct Avx2Chunks {
+  static constexpr int kRows = R;
+  static constexpr size_t kLanes = 8;
+  static constexpr bool kMaskB = kMaskBZeros;
+  using Mask = int;
+  static constexpr Mask kAllLanes = -1;
+  __m128i drop;
+  __m256i half_minus_one, kept, magnitude_mask, sign_mask, below_normal, ones, lsb_bit, b_min, b_max;
 
-template <int R, bool kRound, bool kMaskA, bool kMaskB>
-__attribute__((target("avx2"))) Pass fast_block_avx2(const uint32_t* a, size_t k, const OperandRange& a_range,
-                                                     const float* b, size_t ldb, size_t j0, size_t j1,
-                                                     int mantissa_bits, float* c, size_t ldc) {
-  constexpr int V = vectors_per_chunk(R);
-  const uint32_t bias = lmul_bias(mantissa_bits);
-  const uint32_t drop = static_cast<uint32_t>(kFloat32MantissaBits - mantissa_bits);
-  Avx2Constants k_;
-  k_.drop = _mm_cvtsi32_si128(static_cast<int>(drop));
-  k_.half_minus_one = _mm256_set1_epi32(kRound ? static_cast<int>((1u << (drop - 1u)) - 1u) : 0);
-  k_.kept = _mm256_set1_epi32(static_cast<int>(~((1u << drop) - 1u)));
-  k_.magnitude = _mm256_set1_epi32(static_cast<int>(kMagnitudeMask));
-  k_.sign = _mm256_set1_epi32(static_cast<int>(kSignBit));
-  k_.below_normal = _mm256_set1_epi32(static_cast<int>(kSmallestNormalBits - 1u));
-  k_.ones = _mm256_set1_epi32(-1);
-  k_.lsb = _mm256_set1_epi32(1);
-  __m256i b_min = k_.ones, b_max = _mm256_setzero_si256();
-  const size_t per_pass = rows_per_pass(ldb);
-  int a_prepared[kMaxRowsPerPass][R], a_lanes[kMaxRowsPerPass][R];
-  for (size_t p0 = 0; p0 < k; p0 += per_pass) {
-    const size_t steps = std::min(per_pass, k - p0);
-    prepare_pass<R, int>(a, k, p0, steps, bias, -1, a_prepared, a_lanes);
-    const float* rows = b + p0 * ldb;
-    size_t j = j0;
-    for (; j + 8 * V <= j1; j += 8 * V) {
-      chunk_avx2<R, V, kRound, kMaskA, kMaskB>(k_, a_prepared, a_lanes, rows, ldb, steps, p0 == 0, c, ldc, j, b_min,
-                                               b_max);
-    }
-    for (; j < j1; j += 8) {
-      chunk_avx2<R, 1, kRound, kMaskA, kMaskB>(k_, a_prepared, a_lanes, rows, ldb, steps, p0 == 0, c, ldc, j, b_min,
-                                               b_max);
-    }
+  __attribute__((target("avx2"))) explicit Avx2Chunks(int mantissa_bits) {
+    const uint32_t bits = static_cast<uint32_t>(kFloat32MantissaBits - mantissa_bits);
+    drop = _mm_cvtsi32_si128(static_cast<int>(bits));
+    half_minus_one = _mm256_set1_epi32(kRound ? static_cast<int>((1u << (bits - 1u)) - 1u) : 0);
+    kept = _mm256_set1_epi32(static_cast<int>(~((1u << bits) - 1u)));
+    magnitude_mask = _mm256_set1_epi32(static_cast<int>(kMagnitudeMask));
+    sign_mask = _mm256_set1_epi32(static_cast<int>(kSignBit));
+    below_normal = _mm256_set1_epi32(static_cast<int>(kSmallestNormalBits - 1u));
+    ones = _mm256_set1_epi32(-1);
+    lsb_bit = _mm256_set1_epi32(1);
+    b_min = ones;
+    b_max = _mm256_setzero_si256();
   }
-  alignas(32) uint32_t lo[8], hi[8];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(lo), b_min);
-  _mm256_store_si256(reinterpret_cast<__m256i*>(hi), b_max);
-  const uint32_t smallest = *std::min_element(lo, lo + 8);
-  if (!kMaskB && smallest < kSmallestNormalBits) return Pass::kHasZeros;
-  return one_add_exact(a_range, smallest, *std::max_element(hi, hi + 8), bias) ? Pass::kExact : Pass::kNotOneAdd;
-}
+
+  template <int V>
+  __attribute__((target("avx2"))) void run(const PassOfA<R, Mask>& a, const float* b, size_t ldb, size_t steps,
+                                           bool first, float* c, size_t ldc, size_t j) {
+    __m256 acc[R][V];
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < V; ++v) acc[r][v] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(c + r * ldc + j + 8 * v);
+    __m256i lo = b_min, hi = b_max;
+    for (size_t s = 0; s < steps; ++s) {
+      for (int v = 0; v < V; ++v) {
+        __m256i y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + s * ldb + j + 8 * v));
+        __m256i magnitude = _mm256_and_si256(y, magnitude_mask);
+        if (kRound) {
+          const __m256i lsb = _mm256_and_si256(_mm256_srl_epi32(magnitude, drop), lsb_bit);
+          magnitude = _mm256_and_si256(_mm256_add_epi32(_mm256_add_epi32(magnitude, half_minus_one), lsb), kept);
+          y = _mm256_or_si256(magnitude, _mm256_and_si256(y, sign_mask));
+        }
+        // Signed compare: a magnitude >= 2^31 (rounded NaN) counts as zero here, but the
+        // unsigned maximum still sees it.
+        __m256i lanes = ones;  // B's non-zero lanes
+        if (kMaskB) {
+          lanes = _mm256_cmpgt_epi32(magnitude, below_normal);
+          lo = _mm256_min_epu32(lo, _mm256_blendv_epi8(ones, magnitude, lanes));
+        } else {
+          lo = _mm256_min_epu32(lo, magnitude);
+        }
+        hi = _mm256_max_epu32(hi, magnitude);
+        for (int r = 0; r < R; ++r) {
+          __m256i product = _mm256_add_epi32(_mm256_set1_epi32(a.prepared[s][r]), y);
+          if (kMaskA) product = _mm256_and_si256(product, _mm256_set1_epi32(a.lanes[s][r]));
+          if (kMaskB) product = _mm256_and_si256(product, lanes);
+          acc[r][v] = _mm256_add_ps(acc[r][v], _mm256_castsi256_ps(product));
+        }
+      }
+    }
+    b_min = lo;
+    b_max = hi;
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < V; ++v) _mm256_storeu_ps(c + r * ldc + j + 8 * v, acc[r][v]);
+  }
+
+  __attribute__((target("avx2"))) void range(uint32_t& smallest, uint32_t& largest) const {
+    alignas(32) uint32_t lo[8], hi[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lo), b_min);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(hi), b_max);
+    smallest = *std::min_element(lo, lo + 8);
+    largest = *std::max_element(hi, hi + 8);
+  }
+};
 
 using FastBlock = Pass (*)(const uint32_t*, size_t, const OperandRange&, const float*, size_t, size_t, size_t, int,
                            float*, size_t);
-
-template <int R, bool kRound, bool kMaskA, bool kMaskB>
-FastBlock fast_block_for(bool avx512) {
-  return avx512 ? fast_block_avx512<R, kRound, kMaskA, kMaskB> : fast_block_avx2<R, kRound, kMaskA, kMaskB>;
-}
 
 template <int R>
 FastBlock fast_block_for(bool avx512, bool round, bool mask_a, bool mask_b) {
   const int index = (round ? 4 : 0) + (mask_a ? 2 : 0) + (mask_b ? 1 : 0);
   static constexpr FastBlock kAvx512[] = {
-      fast_block_avx512<R, false, false, false>, fast_block_avx512<R, false, false, true>,
-      fast_block_avx512<R, false, true, false>,  fast_block_avx512<R, false, true, true>,
-      fast_block_avx512<R, true, false, false>,  fast_block_avx512<R, true, false, true>,
-      fast_block_avx512<R, true, true, false>,   fast_block_avx512<R, true, true, true>};
+      one_add_pass<Avx512Chunks<R, false, false, false>>, one_add_pass<Avx512Chunks<R, false, false, true>>,
+      one_add_pass<Avx512Chunks<R, false, true, false>>,  one_add_pass<Avx512Chunks<R, false, true, true>>,
+      one_add_pass<Avx512Chunks<R, true, false, false>>,  one_add_pass<Avx512Chunks<R, true, false, true>>,
+      one_add_pass<Avx512Chunks<R, true, true, false>>,   one_add_pass<Avx512Chunks<R, true, true, true>>};
   static constexpr FastBlock kAvx2[] = {
-      fast_block_avx2<R, false, false, false>, fast_block_avx2<R, false, false, true>,
-      fast_block_avx2<R, false, true, false>,  fast_block_avx2<R, false, true, true>,
-      fast_block_avx2<R, true, false, false>,  fast_block_avx2<R, true, false, true>,
-      fast_block_avx2<R, true, true, false>,   fast_block_avx2<R, true, true, true>};
+      one_add_pass<Avx2Chunks<R, false, false, false>>, one_add_pass<Avx2Chunks<R, false, false, true>>,
+      one_add_pass<Avx2Chunks<R, false, true, false>>,  one_add_pass<Avx2Chunks<R, false, true, true>>,
+      one_add_pass<Avx2Chunks<R, true, false, false>>,  one_add_pass<Avx2Chunks<R, true, false, true>>,
+      one_add_pass<Avx2Chunks<R, true, true, false>>,   one_add_pass<Avx2Chunks<R, true, true, true>>};
   return avx512 ? kAvx512[index] : kAvx2[index];
 }
 
