@@ -2,16 +2,21 @@
 
 Every figure is a ratio native time / L-Mul time (higher is better, 1.0 = as fast as the
 float op), measured side by side in this process on the same shapes, data and thread
-count, as the median of several runs. Thread spinning is disabled in both runtimes, so
-that two threads on a small machine do not steal each other's core.
+count: the best of 3 interleaved rounds, each the median (or, with --statistic min, the
+fastest) of --repeat runs (40 times as many for runs under a millisecond). On a shared,
+loaded machine the fastest run is the steadier figure: load only ever adds time. Thread
+spinning is disabled in both runtimes, so that two threads on a small machine do not
+steal each other's core.
 
-    python benchmarks/kernels.py [--threads 1,2] [--repeat 7] [--quick] [--only TEXT] [--json out.json]
+    python benchmarks/kernels.py [--threads 1,2] [--repeat 7] [--statistic min] [--quick] [--only TEXT]
+                                 [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -67,22 +72,29 @@ def session(data: bytes | str, threads: int) -> ort.InferenceSession:
     return lmul_onnx.InferenceSession(data, options)
 
 
-def median_time(run: Callable[[], object], repeat: int) -> float:
+STATISTICS: dict[str, Callable[[list[float]], float]] = {"median": statistics.median, "min": min}
+statistic = STATISTICS["median"]
+
+
+def typical_time(run: Callable[[], object], repeat: int) -> float:
+    start = time.perf_counter()
     run()
+    if time.perf_counter() - start < 1e-3:
+        repeat *= 40
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistic(times)
 
 
 def ratio(native: ort.InferenceSession, lmul: ort.InferenceSession, feeds: dict, repeat: int) -> dict:
     # Interleave the two so that clock or load drift hits both alike.
     t_native, t_lmul = [], []
     for _ in range(3):
-        t_native.append(median_time(lambda: native.run(None, feeds), repeat))
-        t_lmul.append(median_time(lambda: lmul.run(None, feeds), repeat))
+        t_native.append(typical_time(lambda: native.run(None, feeds), repeat))
+        t_lmul.append(typical_time(lambda: lmul.run(None, feeds), repeat))
     n, m = min(t_native), min(t_lmul)
     return {"native_ms": 1e3 * n, "lmul_ms": 1e3 * m, "ratio": n / m}
 
@@ -109,7 +121,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--model", type=Path, help="an ONNX model to time original vs converted")
     parser.add_argument("--only", default="", help="run only the cases whose name contains this text")
+    parser.add_argument("--statistic", choices=sorted(STATISTICS), default="median")
     args = parser.parse_args()
+    global statistic
+    statistic = STATISTICS[args.statistic]
     rng = np.random.default_rng(0)
     size = 256 if args.quick else 1024
     results = []
@@ -122,7 +137,11 @@ def main() -> None:
             flush=True,
         )
 
-    print(f"CPU: {cpu_name()}; onnxruntime {ort.__version__}; lmul-onnx {lmul_onnx.__version__}")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(
+        f"CPU: {cpu_name()}; onnxruntime {ort.__version__}; lmul-onnx {lmul_onnx.__version__}; "
+        f"load {load:.1f}; {args.statistic} of runs"
+    )
     print(f"{'case':<46} {'th':>2}  {'native':>12}  {'L-Mul':>12}  native/L-Mul")
     normal = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
     repeat = args.repeat
@@ -210,7 +229,17 @@ def main() -> None:
                 report(name, threads, run(threads))
     if args.json:
         args.json.write_text(
-            json.dumps({"cpu": cpu_name(), "onnxruntime": ort.__version__, "results": results}, indent=2)
+            json.dumps(
+                {
+                    "cpu": cpu_name(),
+                    "onnxruntime": ort.__version__,
+                    "statistic": args.statistic,
+                    "load_before": load,
+                    "load_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+                    "results": results,
+                },
+                indent=2,
+            )
         )
 
 

@@ -263,7 +263,8 @@ struct LMulKernel {
       terms.c_row_stride = gemm.c_row_stride;
       terms.c_col_stride = gemm.c_col_stride;
     }
-    lmul::lmul_matrix_product<S>(mm, operands, mantissa_bits, Kind == OpKind::kGemm ? &terms : nullptr,
+    lmul::lmul_matrix_product<S>(mm, operands, mantissa_bits, lmul::lmul_bias(mantissa_bits),
+                                 Kind == OpKind::kGemm ? &terms : nullptr,
                                  static_cast<T*>(y.GetTensorMutableRawData()), pool_of(context));
   }
 };

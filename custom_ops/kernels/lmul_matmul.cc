@@ -15,12 +15,19 @@ size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
 // Rows per chunk when operands are rounded and scanned in parallel.
 constexpr size_t kRowsPerChunk = 64;
 
+// `parallel_for` for a preparation pass over `elements` operand elements, or the calling
+// thread when they are too few to pay for waking the pool's threads.
+const ParallelFor& for_elements(size_t elements, const ParallelFor& parallel_for) {
+  static const ParallelFor serial = run_serially;
+  return elements >= kMinOpsPerTask ? parallel_for : serial;
+}
+
 // Each K x N matrix of B rounded into row-major order (what the portable loops read).
 template <class S>
 std::unique_ptr<uint32_t[]> round_row_major(const typename S::type* data, size_t matrices, size_t k, size_t n,
                                             bool transposed, int mantissa_bits, const ParallelFor& parallel_for) {
   std::unique_ptr<uint32_t[]> rounded(new uint32_t[std::max<size_t>(1, matrices * k * n)]);
-  parallel_for(matrices, [&](size_t i) {
+  for_elements(matrices * k * n, parallel_for)(matrices, [&](size_t i) {
     pack_rounded<S>(data + i * k * n, k, n, transposed ? 1 : n, transposed ? k : 1, mantissa_bits,
                     rounded.get() + i * k * n);
   });
@@ -42,7 +49,7 @@ std::unique_ptr<const PackedB> pack_b(const typename S::type* data, const Shape&
   // Scan in chunks of rows, in parallel, then merge.
   const size_t chunks = ceil_div(std::max<size_t>(k, 1), kRowsPerChunk);
   std::vector<OperandRange> ranges(matrices * chunks);
-  parallel_for(matrices * chunks, [&](size_t t) {
+  for_elements(matrices * k * n, parallel_for)(matrices * chunks, [&](size_t t) {
     const size_t i = t / chunks, r0 = (t % chunks) * kRowsPerChunk, r1 = std::min(k, r0 + kRowsPerChunk);
     scan_rounded<S>(data + i * k * n, r0, r1, n, row_stride, col_stride, mantissa_bits, ranges[t]);
   });
@@ -57,7 +64,7 @@ std::unique_ptr<const PackedB> pack_b(const typename S::type* data, const Shape&
   b->panels.reset(new uint32_t[std::max<size_t>(1, matrices * per_matrix)]);
   if (b->range.has_zero) b->masks.reset(new float[std::max<size_t>(1, matrices * per_matrix)]);
   const uint32_t stand_in = zero_stand_in_b(b->range);
-  parallel_for(matrices * b->panels_per_matrix, [&](size_t t) {
+  for_elements(matrices * k * n, parallel_for)(matrices * b->panels_per_matrix, [&](size_t t) {
     const size_t i = t / b->panels_per_matrix, panel = t % b->panels_per_matrix;
     pack_panels_rounded<S>(data + i * k * n, k, n, row_stride, col_stride, mantissa_bits, nr, stand_in, panel,
                            panel + 1, b->panels.get() + i * per_matrix,
@@ -95,7 +102,7 @@ OperandRange round_a(const typename S::type* a, bool trans_a, size_t matrices, s
   const size_t chunks = ceil_div(m, kRowsPerChunk);
   std::vector<OperandRange> ranges(matrices * chunks);
   const size_t row_stride = trans_a ? 1 : k, col_stride = trans_a ? m : 1;
-  parallel_for(matrices * chunks, [&](size_t t) {
+  for_elements(matrices * m * k, parallel_for)(matrices * chunks, [&](size_t t) {
     const size_t i = t / chunks, r0 = (t % chunks) * kRowsPerChunk, r1 = std::min(m, r0 + kRowsPerChunk);
     uint32_t* rows = rounded + i * m * k + r0 * k;
     pack_rounded<S>(a + i * m * k + r0 * row_stride, r1 - r0, k, row_stride, col_stride, mantissa_bits, rows);
@@ -110,7 +117,7 @@ OperandRange round_a(const typename S::type* a, bool trans_a, size_t matrices, s
 // (batch, column block) pairs, each over all M rows, so B streams through once.
 template <class S>
 void small_m_product(const MatMulPlan& plan, const uint32_t* a_rounded, const OperandRange& a_range, const float* b,
-                     int mantissa_bits, const GemmTerms<S>* gemm, typename S::type* y, float* scratch,
+                     int mantissa_bits, uint32_t bias, const GemmTerms<S>* gemm, typename S::type* y, float* scratch,
                      const ParallelFor& parallel_for) {
   const size_t m = plan.m, k = plan.k, n = plan.n, batches = plan.a_matrix.size();
   // Blocks of whole vectors, wide enough for long sequential reads of B's rows (measured
@@ -123,7 +130,7 @@ void small_m_product(const MatMulPlan& plan, const uint32_t* a_rounded, const Op
     const size_t batch = t / blocks, j0 = (t % blocks) * width, j1 = std::min(n, j0 + width);
     float* acc = scratch ? scratch + batch * m * n : reinterpret_cast<float*>(y) + batch * m * n;
     lmul_small_m(a_rounded + plan.a_matrix[batch] * m * k, m, k, a_range, b + plan.b_matrix[batch] * k * n, n, j0,
-                 j1, mantissa_bits, acc, n);
+                 j1, mantissa_bits, bias, acc, n);
     if (scratch) finish_block<S>(acc, n, 0, m, j0, j1, gemm, y + batch * m * n);
   });
 }
@@ -131,7 +138,7 @@ void small_m_product(const MatMulPlan& plan, const uint32_t* a_rounded, const Op
 }  // namespace
 
 template <class S>
-void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& operands, int mantissa_bits,
+void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& operands, int mantissa_bits, uint32_t bias,
                          const GemmTerms<S>* gemm, typename S::type* y, const ParallelFor& parallel_for) {
   using T = typename S::type;
   const size_t m = plan.m, k = plan.k, n = plan.n, batches = plan.a_matrix.size();
@@ -151,7 +158,7 @@ void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& opera
   if constexpr (std::is_same<T, float>::value) {
     // Few rows against a B that changes per call: stream B instead of packing it.
     if (!prepared && !operands.trans_b && m <= kSmallMMaxRows && panel_width() > 0) {
-      small_m_product<S>(plan, a_packed.get(), a_range, operands.b, mantissa_bits, gemm, y, scratch.get(),
+      small_m_product<S>(plan, a_packed.get(), a_range, operands.b, mantissa_bits, bias, gemm, y, scratch.get(),
                          parallel_for);
       return;
     }
@@ -164,7 +171,6 @@ void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& opera
     prepared = per_call_b.get();
   }
   const PackedB& packed_b = *prepared;
-  const uint32_t bias = lmul_bias(mantissa_bits);
 
   // Can every product be one integer add (lmul_gemm.h)?
   const size_t nr = panel_width();
@@ -182,7 +188,7 @@ void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& opera
   if (fast) {
     const uint32_t stand_in = zero_stand_in_a(packed_b.range);
     const size_t chunks = ceil_div(m, kRowsPerChunk);
-    parallel_for(plan.a_matrices * chunks, [&](size_t t) {
+    for_elements(plan.a_matrices * m * k, parallel_for)(plan.a_matrices * chunks, [&](size_t t) {
       const size_t i = t / chunks, r0 = (t % chunks) * kRowsPerChunk, r1 = std::min(m, r0 + kRowsPerChunk);
       const size_t offset = i * m * k + r0 * k;
       prepare_a(a_packed.get() + offset, a_mask ? a_mask.get() + offset : nullptr, (r1 - r0) * k, variant, bias,
@@ -241,8 +247,8 @@ void lmul_elementwise(const BroadcastPlan& plan, const typename S::type* a, cons
 #define LMUL_INSTANTIATE(S)                                                                                        \
   template std::unique_ptr<const PackedB> pack_b<S>(const S::type*, const Shape&, size_t, size_t, size_t, bool,   \
                                                     int, const ParallelFor&);                                     \
-  template void lmul_matrix_product<S>(const MatMulPlan&, const ProductOperands<S>&, int, const GemmTerms<S>*,    \
-                                       S::type*, const ParallelFor&);                                             \
+  template void lmul_matrix_product<S>(const MatMulPlan&, const ProductOperands<S>&, int, uint32_t,               \
+                                       const GemmTerms<S>*, S::type*, const ParallelFor&);                        \
   template void lmul_elementwise<S>(const BroadcastPlan&, const S::type*, const S::type*, S::type*, int,          \
                                     const ParallelFor&);
 

@@ -68,10 +68,11 @@ struct ProductOperands {
 };
 
 // y (plan.out_shape, row-major) = A (*) B per batch of `plan`, every product an L-Mul at
-// `mantissa_bits` (the operands' own precision at most), sums in float32 in k order, then
-// the Gemm terms when `gemm` is not null. Picks the fastest exact kernel for the data.
+// `mantissa_bits` (the operands' own precision at most) with SPEC 1's additive constant
+// `bias` (lmul_bias), sums in float32 in k order, then the Gemm terms when `gemm` is not
+// null. Picks the fastest exact kernel for the data.
 template <class S>
-void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& operands, int mantissa_bits,
+void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& operands, int mantissa_bits, uint32_t bias,
                          const GemmTerms<S>* gemm, typename S::type* y, const ParallelFor& parallel_for);
 
 // y (plan.out_shape) = LMul(a, b) element-wise with numpy broadcasting.

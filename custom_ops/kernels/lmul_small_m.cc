@@ -18,8 +18,7 @@ namespace {
 template <bool kRound>
 __attribute__((always_inline)) inline void portable_block(const uint32_t* a, size_t rows, size_t k, const float* b,
                                                           size_t ldb, size_t j0, size_t j1, int mantissa_bits,
-                                                          float* c, size_t ldc) {
-  const uint32_t bias = lmul_bias(mantissa_bits);
+                                                          uint32_t bias, float* c, size_t ldc) {
   const uint32_t drop = static_cast<uint32_t>(kFloat32MantissaBits - mantissa_bits);
   for (size_t r = 0; r < rows; ++r) {
     float* __restrict out = c + r * ldc;
@@ -37,11 +36,11 @@ __attribute__((always_inline)) inline void portable_block(const uint32_t* a, siz
 
 LMUL_TARGET_CLONES
 void exact_block(const uint32_t* a, size_t rows, size_t k, const float* b, size_t ldb, size_t j0, size_t j1,
-                 int mantissa_bits, float* c, size_t ldc) {
+                 int mantissa_bits, uint32_t bias, float* c, size_t ldc) {
   if (mantissa_bits == kFloat32MantissaBits) {
-    portable_block<false>(a, rows, k, b, ldb, j0, j1, mantissa_bits, c, ldc);
+    portable_block<false>(a, rows, k, b, ldb, j0, j1, mantissa_bits, bias, c, ldc);
   } else {
-    portable_block<true>(a, rows, k, b, ldb, j0, j1, mantissa_bits, c, ldc);
+    portable_block<true>(a, rows, k, b, ldb, j0, j1, mantissa_bits, bias, c, ldc);
   }
 }
 
@@ -96,10 +95,9 @@ struct PassOfA {
 // rows of B; in each, chunks of V vectors, then single vectors, from j0 to j1.
 template <class Chunks>
 Pass one_add_pass(const uint32_t* a, size_t k, const OperandRange& a_range, const float* b, size_t ldb, size_t j0,
-                  size_t j1, int mantissa_bits, float* c, size_t ldc) {
+                  size_t j1, int mantissa_bits, uint32_t bias, float* c, size_t ldc) {
   constexpr int R = Chunks::kRows, V = vectors_per_chunk(R);
   constexpr size_t kLanes = Chunks::kLanes;
-  const uint32_t bias = lmul_bias(mantissa_bits);
   Chunks chunks(mantissa_bits);
   PassOfA<R, typename Chunks::Mask> pass;
   const size_t per_pass = rows_per_pass(ldb);
@@ -273,7 +271,7 @@ struct Avx2Chunks {
 };
 
 using FastBlock = Pass (*)(const uint32_t*, size_t, const OperandRange&, const float*, size_t, size_t, size_t, int,
-                           float*, size_t);
+                           uint32_t, float*, size_t);
 
 template <int R>
 FastBlock fast_block_for(bool avx512, bool round, bool mask_a, bool mask_b) {
@@ -309,7 +307,7 @@ FastBlock select_fast_block(size_t rows, bool avx512, bool round, bool mask_a, b
 }  // namespace
 
 bool lmul_small_m(const uint32_t* a, size_t rows, size_t k, const OperandRange& a_range, const float* b, size_t ldb,
-                  size_t j0, size_t j1, int mantissa_bits, float* c, size_t ldc) {
+                  size_t j0, size_t j1, int mantissa_bits, uint32_t bias, float* c, size_t ldc) {
   if (rows == 0 || j1 <= j0) return true;
   size_t vector_end = j0;
   bool exact = true;
@@ -320,19 +318,19 @@ bool lmul_small_m(const uint32_t* a, size_t rows, size_t k, const OperandRange& 
     if (vector_end > j0) {
       // First as if B had no zeros (fewer operations); if it has, again with masks.
       const bool avx512 = lanes == 16, round = mantissa_bits != kFloat32MantissaBits;
-      Pass pass = select_fast_block(rows, avx512, round, a_range.has_zero, false)(a, k, a_range, b, ldb, j0,
-                                                                                   vector_end, mantissa_bits, c, ldc);
+      const FastBlock unmasked = select_fast_block(rows, avx512, round, a_range.has_zero, false);
+      Pass pass = unmasked(a, k, a_range, b, ldb, j0, vector_end, mantissa_bits, bias, c, ldc);
       if (pass == Pass::kHasZeros) {
-        pass = select_fast_block(rows, avx512, round, a_range.has_zero, true)(a, k, a_range, b, ldb, j0, vector_end,
-                                                                             mantissa_bits, c, ldc);
+        const FastBlock masked = select_fast_block(rows, avx512, round, a_range.has_zero, true);
+        pass = masked(a, k, a_range, b, ldb, j0, vector_end, mantissa_bits, bias, c, ldc);
       }
       exact = pass == Pass::kExact;
-      if (!exact) exact_block(a, rows, k, b, ldb, j0, vector_end, mantissa_bits, c, ldc);
+      if (!exact) exact_block(a, rows, k, b, ldb, j0, vector_end, mantissa_bits, bias, c, ldc);
     }
   }
 #endif
   // Columns short of a whole vector (or every column, without SIMD).
-  if (vector_end < j1) exact_block(a, rows, k, b, ldb, vector_end, j1, mantissa_bits, c, ldc);
+  if (vector_end < j1) exact_block(a, rows, k, b, ldb, vector_end, j1, mantissa_bits, bias, c, ldc);
   return exact && vector_end > j0;
 }
 

@@ -22,11 +22,11 @@ constexpr size_t kSmallMMaxRows = 8;
 
 // Columns [j0, j1) of rows [0, rows) of C = A (*) B, rows <= kSmallMMaxRows. A is rounded
 // (rows x k, row-major, lmul_arith.h), `a_range` its range (or a superset's); B is float32,
-// row-major K x ldb, not rounded. Row r of C starts at c + r * ldc. Returns true when the
+// row-major K x ldb, not rounded; `bias` is SPEC 1's additive constant (lmul_bias). Row r of C starts at c + r * ldc. Returns true when the
 // one-add pass computed the block (all but the last columns short of a whole vector),
 // false when the portable loop did (the bits are the same; tests use it to tell the paths
 // apart).
 bool lmul_small_m(const uint32_t* a, size_t rows, size_t k, const OperandRange& a_range, const float* b, size_t ldb,
-                  size_t j0, size_t j1, int mantissa_bits, float* c, size_t ldc);
+                  size_t j0, size_t j1, int mantissa_bits, uint32_t bias, float* c, size_t ldc);
 
 }  // namespace lmul

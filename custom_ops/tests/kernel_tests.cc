@@ -235,7 +235,7 @@ void matrix_products() {
             operands.a = a.data();
             operands.b = b.data();
             std::vector<float> got(expected.size(), -1.0f);
-            lmul::lmul_matrix_product<lmul::Float32Storage>(plan, operands, bits, nullptr, got.data(), schedule);
+            lmul::lmul_matrix_product<lmul::Float32Storage>(plan, operands, bits, lmul::lmul_bias(bits), nullptr, got.data(), schedule);
             check(differing_bits(got, expected) == 0, "matrix product, B per call",
                   (uint64_t{s.m} << 32) | (uint64_t(kind_a) << 16) | (uint64_t(kind_b) << 8) | uint64_t(bits));
             // The same B packed beforehand, as constant weights are.
@@ -243,7 +243,7 @@ void matrix_products() {
                                                                    false, bits, schedule);
             operands.prepared_b = packed.get();
             std::fill(got.begin(), got.end(), -1.0f);
-            lmul::lmul_matrix_product<lmul::Float32Storage>(plan, operands, bits, nullptr, got.data(), schedule);
+            lmul::lmul_matrix_product<lmul::Float32Storage>(plan, operands, bits, lmul::lmul_bias(bits), nullptr, got.data(), schedule);
             check(differing_bits(got, expected) == 0, "matrix product, B packed",
                   (uint64_t{s.m} << 32) | (uint64_t(kind_a) << 16) | (uint64_t(kind_b) << 8) | uint64_t(bits));
           }
@@ -265,7 +265,8 @@ void small_m_paths() {
     lmul::OperandRange range;
     range.scan(rounded.data(), rounded.size());
     std::vector<float> c(2 * n);
-    const bool fast = lmul::lmul_small_m(rounded.data(), 2, k, range, b.data(), n, 0, n, bits, c.data(), n);
+    const bool fast = lmul::lmul_small_m(rounded.data(), 2, k, range, b.data(), n, 0, n, bits, lmul::lmul_bias(bits), c.data(),
+                                             n);
     check(differing_bits(c, reference_product(a, b, 1, 2, k, n, false, bits)) == 0, "small-M block");
     return fast;
   };
@@ -300,7 +301,7 @@ void gemm_terms_and_storage() {
   operands.a = a.data();
   operands.b = b.data();
   std::vector<float> got(m * n);
-  lmul::lmul_matrix_product<lmul::Float32Storage>(plan, operands, 7, &terms, got.data(), lmul::run_serially);
+  lmul::lmul_matrix_product<lmul::Float32Storage>(plan, operands, 7, lmul::lmul_bias(7), &terms, got.data(), lmul::run_serially);
   check(differing_bits(got, expected) == 0, "Gemm terms");
   // bfloat16: the operands widened exactly, the float32 result rounded to bfloat16.
   std::vector<uint16_t> a16(a.size()), b16(b.size()), y16(m * n);
@@ -311,7 +312,7 @@ void gemm_terms_and_storage() {
   lmul::ProductOperands<lmul::BFloat16Storage> operands16;
   operands16.a = a16.data();
   operands16.b = b16.data();
-  lmul::lmul_matrix_product<lmul::BFloat16Storage>(plan, operands16, 7, nullptr, y16.data(), two_threads);
+  lmul::lmul_matrix_product<lmul::BFloat16Storage>(plan, operands16, 7, lmul::lmul_bias(7), nullptr, y16.data(), two_threads);
   size_t differ = 0;
   for (size_t i = 0; i < wide.size(); ++i) differ += y16[i] != lmul::float_to_bfloat16(wide[i]);
   check(differ == 0, "bfloat16 product", differ);
