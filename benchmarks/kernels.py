@@ -21,6 +21,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -73,33 +74,39 @@ def session(data: bytes | str, threads: int) -> ort.InferenceSession:
 
 
 STATISTICS: dict[str, Callable[[list[float]], float]] = {"median": statistics.median, "min": min}
-statistic = STATISTICS["median"]
 
 
-def typical_time(run: Callable[[], object], repeat: int) -> float:
+@dataclass(frozen=True)
+class Timing:
+    """How each side is timed: `repeat` runs (40 times as many under 1 ms), summarised."""
+
+    repeat: int
+    statistic: Callable[[list[float]], float]
+
+
+def typical_time(run: Callable[[], object], timing: Timing) -> float:
     start = time.perf_counter()
     run()
-    if time.perf_counter() - start < 1e-3:
-        repeat *= 40
+    repeat = timing.repeat * (40 if time.perf_counter() - start < 1e-3 else 1)
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
-    return statistic(times)
+    return timing.statistic(times)
 
 
-def ratio(native: ort.InferenceSession, lmul: ort.InferenceSession, feeds: dict, repeat: int) -> dict:
+def ratio(native: ort.InferenceSession, lmul: ort.InferenceSession, feeds: dict, timing: Timing) -> dict:
     # Interleave the two so that clock or load drift hits both alike.
     t_native, t_lmul = [], []
     for _ in range(3):
-        t_native.append(typical_time(lambda: native.run(None, feeds), repeat))
-        t_lmul.append(typical_time(lambda: lmul.run(None, feeds), repeat))
+        t_native.append(typical_time(lambda: native.run(None, feeds), timing))
+        t_lmul.append(typical_time(lambda: lmul.run(None, feeds), timing))
     n, m = min(t_native), min(t_lmul)
     return {"native_ms": 1e3 * n, "lmul_ms": 1e3 * m, "ratio": n / m}
 
 
-def matmul_case(a: np.ndarray, b: np.ndarray, threads: int, repeat: int, constant: bool) -> dict:
+def matmul_case(a: np.ndarray, b: np.ndarray, threads: int, timing: Timing, constant: bool) -> dict:
     shapes = [a.shape, b.shape]
     feeds = {"A": a} if constant else {"A": a, "B": b}
     const = b if constant else None
@@ -107,7 +114,7 @@ def matmul_case(a: np.ndarray, b: np.ndarray, threads: int, repeat: int, constan
         session(model("MatMul", "", shapes, const), threads),
         session(model("LMulMatMul", "lmul", shapes, const), threads),
         feeds,
-        repeat,
+        timing,
     )
 
 
@@ -123,8 +130,6 @@ def main() -> None:
     parser.add_argument("--only", default="", help="run only the cases whose name contains this text")
     parser.add_argument("--statistic", choices=sorted(STATISTICS), default="median")
     args = parser.parse_args()
-    global statistic
-    statistic = STATISTICS[args.statistic]
     rng = np.random.default_rng(0)
     size = 256 if args.quick else 1024
     results = []
@@ -144,18 +149,18 @@ def main() -> None:
     )
     print(f"{'case':<46} {'th':>2}  {'native':>12}  {'L-Mul':>12}  native/L-Mul")
     normal = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
-    repeat = args.repeat
+    timing = Timing(args.repeat, STATISTICS[args.statistic])
 
     def product(a_shape: tuple[int, ...], b_shape: tuple[int, ...], constant: bool) -> Callable[[int], dict]:
-        return lambda threads: matmul_case(normal(*a_shape), normal(*b_shape), threads, repeat, constant)
+        return lambda threads: matmul_case(normal(*a_shape), normal(*b_shape), threads, timing, constant)
 
     def relu_product(threads: int) -> dict:
-        return matmul_case(np.maximum(normal(size, size), 0), normal(size, size), threads, repeat, True)
+        return matmul_case(np.maximum(normal(size, size), 0), normal(size, size), threads, timing, True)
 
     def wide_product(threads: int) -> dict:
         signs = rng.choice([-1, 1], (size, size))
         wide = (np.exp(rng.uniform(-80, 80, (size, size))) * signs).astype(np.float32)
-        return matmul_case(wide, wide.T.copy(), threads, repeat, False)
+        return matmul_case(wide, wide.T.copy(), threads, timing, False)
 
     def gemm(threads: int) -> dict:
         a, b = normal(size, size), normal(size, size)
@@ -164,7 +169,7 @@ def main() -> None:
             session(model("Gemm", "", shapes, b, transB=1), threads),
             session(model("LMulGemm", "lmul", shapes, b, transB=1), threads),
             {"A": a},
-            repeat,
+            timing,
         )
 
     def mul(threads: int) -> dict:
@@ -173,7 +178,7 @@ def main() -> None:
             session(model("Mul", "", [x.shape, y.shape]), threads),
             session(model("LMul", "lmul", [x.shape, y.shape]), threads),
             {"A": x, "B": y},
-            repeat,
+            timing,
         )
 
     def whole_model(threads: int) -> dict:
@@ -189,7 +194,7 @@ def main() -> None:
             )
             if "mask" in arg.name:
                 feeds[arg.name] = np.ones(shape, np.int64)
-        return ratio(reference_session, session(converted.SerializeToString(), threads), feeds, repeat)
+        return ratio(reference_session, session(converted.SerializeToString(), threads), feeds, timing)
 
     wide_k = 768 * size // 1024
     big = 4 * size
@@ -219,7 +224,7 @@ def main() -> None:
         ),
         (f"MatMul 8x{big}x{big}, B input", product((8, big), (big, big), False)),
         (f"Gemm {size}^3 transB, B weights", gemm),
-        (f"Mul {4 * size * size // (1 << 20)}M elements", mul),
+        (f"Mul {4 * size * size / (1 << 20):g}M elements", mul),
     ]
     if args.model:
         cases.append((f"model {args.model.name} (seq 128)", whole_model))
