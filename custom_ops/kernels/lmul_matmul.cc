@@ -229,16 +229,16 @@ void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& opera
 
 template <class S>
 void lmul_elementwise(const BroadcastPlan& plan, const typename S::type* a, const typename S::type* b,
-                      typename S::type* y, int mantissa_bits, const ParallelFor& parallel_for) {
+                      typename S::type* y, int mantissa_bits, uint32_t bias, const ParallelFor& parallel_for) {
   if (plan.total == 0) return;
   const size_t chunk = kMinOpsPerTask;
   parallel_for(ceil_div(plan.total, chunk), [&](size_t t) {
     const size_t begin = t * chunk, end = std::min(plan.total, begin + chunk);
     for_each_run(plan, begin, end, [&](size_t ao, size_t bo, size_t yo, size_t length, size_t as, size_t bs) {
       if constexpr (std::is_same<typename S::type, float>::value) {
-        lmul_run_float32(a + ao, as, b + bo, bs, y + yo, length, mantissa_bits);
+        lmul_run_float32(a + ao, as, b + bo, bs, y + yo, length, mantissa_bits, bias);
       } else {
-        lmul_run<S>(a + ao, as, b + bo, bs, y + yo, length, mantissa_bits);
+        lmul_run<S>(a + ao, as, b + bo, bs, y + yo, length, mantissa_bits, bias);
       }
     });
   });
@@ -250,7 +250,7 @@ void lmul_elementwise(const BroadcastPlan& plan, const typename S::type* a, cons
   template void lmul_matrix_product<S>(const MatMulPlan&, const ProductOperands<S>&, int, uint32_t,               \
                                        const GemmTerms<S>*, S::type*, const ParallelFor&);                        \
   template void lmul_elementwise<S>(const BroadcastPlan&, const S::type*, const S::type*, S::type*, int,          \
-                                    const ParallelFor&);
+                                    uint32_t, const ParallelFor&);
 
 LMUL_INSTANTIATE(Float32Storage)
 LMUL_INSTANTIATE(Float16Storage)

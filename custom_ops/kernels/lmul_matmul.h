@@ -69,15 +69,16 @@ struct ProductOperands {
 
 // y (plan.out_shape, row-major) = A (*) B per batch of `plan`, every product an L-Mul at
 // `mantissa_bits` (the operands' own precision at most) with SPEC 1's additive constant
-// `bias` (lmul_bias), sums in float32 in k order, then the Gemm terms when `gemm` is not
+// `bias` (lmul_bias, or lmul_bias_for_offset of a node's `offset`: SPEC 4), sums in float32 in k order, then the Gemm terms when `gemm` is not
 // null. Picks the fastest exact kernel for the data.
 template <class S>
 void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& operands, int mantissa_bits, uint32_t bias,
                          const GemmTerms<S>* gemm, typename S::type* y, const ParallelFor& parallel_for);
 
-// y (plan.out_shape) = LMul(a, b) element-wise with numpy broadcasting.
+// y (plan.out_shape) = LMul(a, b) element-wise with numpy broadcasting, with SPEC 1's
+// additive constant `bias`.
 template <class S>
 void lmul_elementwise(const BroadcastPlan& plan, const typename S::type* a, const typename S::type* b,
-                      typename S::type* y, int mantissa_bits, const ParallelFor& parallel_for);
+                      typename S::type* y, int mantissa_bits, uint32_t bias, const ParallelFor& parallel_for);
 
 }  // namespace lmul

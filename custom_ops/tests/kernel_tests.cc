@@ -53,6 +53,27 @@ void spec_worked_values() {
     const bool ok = row.expected == 0xFFFFFFFFu ? std::isnan(r) : lmul::float_bits(r) == row.expected;
     check(ok, "SPEC worked value", (uint64_t{row.a} << 32) | row.b);
   }
+  // SPEC 4: worked values with the offset attribute.
+  struct OffsetRow {
+    uint32_t a, b;
+    int m;
+    uint32_t offset, expected;
+  };
+  const OffsetRow offset_rows[] = {
+      {0x3FC00000, 0x3FC00000, 23, 0, 0x40000000},
+      {0x3FC00000, 0x3FC00000, 23, 0x100000, 0x40100000},
+      {0x3F8CCCCD, 0x3F8CCCCD, 4, 0x80000, 0x3FA80000},
+      {0x40400000, 0xC0000000, 23, 0x7FFFFF, 0xC13FFFFF},
+  };
+  for (const OffsetRow& row : offset_rows) {
+    const float r = lmul::lmul_float(lmul::bits_float(row.a), lmul::bits_float(row.b), row.m,
+                                     lmul::lmul_bias_for_offset(row.offset));
+    check(lmul::float_bits(r) == row.expected, "SPEC 4 worked value", (uint64_t{row.a} << 32) | row.offset);
+  }
+  // Without the attribute, the paper's offset: the same bias as before.
+  for (int m = 1; m <= 23; ++m) {
+    check(lmul::lmul_bias_for_offset(lmul::paper_offset(m)) == lmul::lmul_bias(m), "paper offset", m);
+  }
 }
 
 void conversions() {
@@ -75,14 +96,17 @@ void matmul_variants() {
   std::mt19937 rng(7);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   const size_t m = 13, k = 70, n = 150;
+  std::uniform_int_distribution<uint32_t> any_offset(0u, lmul::kOffsetLimit - 1u);
   for (int zeros = 0; zeros < 4; ++zeros) {
-    for (int bits : {23, 4}) {
+    for (int bits : {23, 4, 3}) {
       std::vector<uint32_t> a(m * k), b(k * n);
       for (auto& x : a) x = lmul::round_mantissa_bits(lmul::float_bits(normal(rng)), bits);
       for (auto& x : b) x = lmul::round_mantissa_bits(lmul::float_bits(normal(rng)), bits);
       if (zeros & 1) for (size_t i = 0; i < a.size(); i += 3) a[i] = 0;
       if (zeros & 2) for (size_t i = 0; i < b.size(); i += 5) b[i] = 0x80000000u;  // -0
-      const uint32_t bias = lmul::lmul_bias(bits);
+      // m = 3: a random offset (SPEC 4), including the extremes 0 and 2^23 - 1.
+      const uint32_t offset = bits != 3 ? lmul::paper_offset(bits) : zeros == 0 ? 0u : zeros == 1 ? lmul::kOffsetLimit - 1u : any_offset(rng);
+      const uint32_t bias = lmul::lmul_bias_for_offset(offset);
       std::vector<float> expected(m * n), got(m * n);
       lmul::lmul_matmul_rows(a.data(), b.data(), k, n, 0, m, bias, expected.data());
       lmul::OperandRange ar, br;
@@ -152,14 +176,16 @@ void two_threads(size_t tasks, const std::function<void(size_t)>& task) {
 
 // The scalar reference of a product: SPEC 1 per product, float32 sums in k order.
 std::vector<float> reference_product(const std::vector<float>& a, const std::vector<float>& b, size_t batches,
-                                     size_t m, size_t k, size_t n, bool b_batched, int bits) {
+                                     size_t m, size_t k, size_t n, bool b_batched, int bits,
+                                     uint32_t bias = 0) {
+  if (bias == 0) bias = lmul::lmul_bias(bits);
   std::vector<float> y(batches * m * n);
   for (size_t i = 0; i < batches; ++i) {
     const float* bm = b.data() + (b_batched ? i * k * n : 0);
     for (size_t r = 0; r < m; ++r) {
       for (size_t j = 0; j < n; ++j) {
         float sum = 0.0f;
-        for (size_t p = 0; p < k; ++p) sum += lmul::lmul_float(a[i * m * k + r * k + p], bm[p * n + j], bits);
+        for (size_t p = 0; p < k; ++p) sum += lmul::lmul_float(a[i * m * k + r * k + p], bm[p * n + j], bits, bias);
         y[i * m * n + r * n + j] = sum;
       }
     }
@@ -221,9 +247,14 @@ void matrix_products() {
       for (int kind_b : {0, 1, 2, 3, 4, 5, 6, 7}) {
         if (kind_a != 0 && kind_b != 0 && kind_a != kind_b) continue;
         for (int bits : {23, 4, 1}) {
+          // The paper's offset, and the smallest and largest `offset` (SPEC 4).
+          const uint32_t biases[] = {lmul::lmul_bias(bits), lmul::lmul_bias_for_offset(0),
+                                     lmul::lmul_bias_for_offset(lmul::kOffsetLimit - 1)};
+          const uint32_t bias = biases[(kind_a + kind_b) % 3];
           const std::vector<float> a = operand(rng, s.batches * s.m * s.k, kind_a);
           const std::vector<float> b = operand(rng, (s.b_batched ? s.batches : 1) * s.k * s.n, kind_b);
-          const std::vector<float> expected = reference_product(a, b, s.batches, s.m, s.k, s.n, s.b_batched, bits);
+          const std::vector<float> expected =
+              reference_product(a, b, s.batches, s.m, s.k, s.n, s.b_batched, bits, bias);
           lmul::MatMulPlan plan;
           std::string error;
           const lmul::Shape a_shape{int64_t(s.batches), int64_t(s.m), int64_t(s.k)};
@@ -235,7 +266,7 @@ void matrix_products() {
             operands.a = a.data();
             operands.b = b.data();
             std::vector<float> got(expected.size(), -1.0f);
-            lmul::lmul_matrix_product<lmul::Float32Storage>(plan, operands, bits, lmul::lmul_bias(bits), nullptr, got.data(), schedule);
+            lmul::lmul_matrix_product<lmul::Float32Storage>(plan, operands, bits, bias, nullptr, got.data(), schedule);
             check(differing_bits(got, expected) == 0, "matrix product, B per call",
                   (uint64_t{s.m} << 32) | (uint64_t(kind_a) << 16) | (uint64_t(kind_b) << 8) | uint64_t(bits));
             // The same B packed beforehand, as constant weights are.
@@ -243,7 +274,7 @@ void matrix_products() {
                                                                    false, bits, schedule);
             operands.prepared_b = packed.get();
             std::fill(got.begin(), got.end(), -1.0f);
-            lmul::lmul_matrix_product<lmul::Float32Storage>(plan, operands, bits, lmul::lmul_bias(bits), nullptr, got.data(), schedule);
+            lmul::lmul_matrix_product<lmul::Float32Storage>(plan, operands, bits, bias, nullptr, got.data(), schedule);
             check(differing_bits(got, expected) == 0, "matrix product, B packed",
                   (uint64_t{s.m} << 32) | (uint64_t(kind_a) << 16) | (uint64_t(kind_b) << 8) | uint64_t(bits));
           }
