@@ -349,6 +349,21 @@ void gemm_terms_and_storage() {
   check(differ == 0, "bfloat16 product", differ);
 }
 
+// The element-wise map's one-add first pass (and its fall-back) equal the scalar product.
+void elementwise_pass() {
+  std::mt19937 rng(9);
+  for (int kind : {0, 1, 2, 3, 4, 6, 7}) {
+    for (int bits : {23, 4, 1}) {
+      const std::vector<float> a = operand(rng, 1000, kind), b = operand(rng, 1000, kind == 6 ? 6 : 0);
+      const uint32_t bias = lmul::lmul_bias_for_offset(static_cast<uint32_t>(kind) * 1000003u % lmul::kOffsetLimit);
+      std::vector<float> fast(a.size()), scalar(a.size());
+      lmul::lmul_run_float32(a.data(), 1, b.data(), 1, fast.data(), a.size(), bits, bias);
+      lmul::lmul_run<lmul::Float32Storage>(a.data(), 1, b.data(), 1, scalar.data(), a.size(), bits, bias);
+      check(differing_bits(fast, scalar) == 0, "element-wise pass", (uint64_t(kind) << 8) | uint64_t(bits));
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -358,6 +373,7 @@ int main() {
   matrix_products();
   small_m_paths();
   gemm_terms_and_storage();
+  elementwise_pass();
   std::printf("%d passed, %d failed\n", passed, failed);
   return failed == 0 ? 0 : 1;
 }
