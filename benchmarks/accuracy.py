@@ -50,6 +50,7 @@ import lmul_onnx
 from lmul_onnx import graph
 from lmul_onnx.baselines import operand_rounded_model
 from lmul_onnx.calibration import CalibrationOptions
+from lmul_onnx.ops import SUPPORTED_OPS
 from lmul_onnx.validate import _session as validate_session
 from lmul_onnx.validate import converted_nodes
 
@@ -58,31 +59,48 @@ BUILD = ROOT / "models" / "build"
 DOCS = ROOT / "docs"
 
 MATMUL = {"op_types_to_quantize": ["MatMul", "Gemm"]}
+ALL = {"op_types_to_quantize": ["MatMul", "Gemm", "Mul"]}  # the paper's "all multiplications"
+CONV = {
+    "op_types_to_quantize": [
+        op for op in SUPPORTED_OPS if op in ("MatMul", "Gemm", "Mul", "Conv", "ConvTranspose")
+    ]
+}
 # Every lmul configuration converts every product of its op types (every_product): the
 # study measures the op types whole, as it did before exact products were left alone by
 # default.
 CONFIGS: dict[str, dict] = {
     "original": {},
-    "lmul-all-m23": {"mantissa_bits": None},
-    "lmul-all-m4": {"mantissa_bits": 4},
-    "lmul-all-m3": {"mantissa_bits": 3},
+    "lmul-all-m23": {"mantissa_bits": None, **ALL},
+    "lmul-all-m4": {"mantissa_bits": 4, **ALL},
+    "lmul-all-m3": {"mantissa_bits": 3, **ALL},
     "lmul-matmul-m23": {"mantissa_bits": None, **MATMUL},
     "lmul-matmul-m4": {"mantissa_bits": 4, **MATMUL},
     "lmul-attention-m23": {"mantissa_bits": None, "scope": "attention", "op_types_to_quantize": ["MatMul"]},
     "lmul-attention-m3": {"mantissa_bits": 3, "scope": "attention", "op_types_to_quantize": ["MatMul"]},
     **{
         f"lmul-{nodes}-m{bits}-{offset}": {"mantissa_bits": bits, "offset": offset, **extra}
-        for nodes, extra in (("all", {}), ("matmul", MATMUL))
+        for nodes, extra in (("all", ALL), ("matmul", MATMUL))
         for bits in (4, 3)
         for offset in ("unbiased", "auto")
     },
-    "lmul-all-m4-auto-output": {"mantissa_bits": 4, "offset": "auto", "criterion": "output"},
+    "lmul-all-m4-auto-output": {"mantissa_bits": 4, "offset": "auto", "criterion": "output", **ALL},
     "lmul-matmul-m4-auto-output": {"mantissa_bits": 4, "offset": "auto", "criterion": "output", **MATMUL},
     "fp8-e4m3-all": {"baseline": "fp8-e4m3", "nodes": "lmul-all-m23"},  # the operands of its nodes
     "fp8-e5m2-all": {"baseline": "fp8-e5m2", "nodes": "lmul-all-m23"},
     "fp8-e4m3-matmul": {"baseline": "fp8-e4m3", "nodes": "lmul-matmul-m23"},
     "fp8-e5m2-matmul": {"baseline": "fp8-e5m2", "nodes": "lmul-matmul-m23"},
 }
+if "Conv" in SUPPORTED_OPS:  # every product, convolutions included (MNIST, EfficientNet-Lite0)
+    CONFIGS["lmul-conv-m23"] = {"mantissa_bits": None, **CONV}
+    CONFIGS.update(
+        {
+            f"lmul-conv-m{bits}-{offset}": {"mantissa_bits": bits, "offset": offset, **CONV}
+            for bits in (4, 3)
+            for offset in ("unbiased", "auto")
+        }
+    )
+    CONFIGS["fp8-e4m3-conv"] = {"baseline": "fp8-e4m3", "nodes": "lmul-conv-m23"}
+    CONFIGS["fp8-e5m2-conv"] = {"baseline": "fp8-e5m2", "nodes": "lmul-conv-m23"}
 for _config in CONFIGS.values():
     if "mantissa_bits" in _config:
         _config["every_product"] = True
@@ -401,7 +419,7 @@ def plot_order(config: str) -> tuple:
     """original; attention, MatMul/Gemm, all products; m = 23, 4, 3; paper, unbiased, auto;
     fp8 last in the group of the nodes it rounds."""
     parts = config.split("-")
-    group = {"original": 0, "attention": 1, "matmul": 2, "all": 3}.get(
+    group = {"original": 0, "attention": 1, "matmul": 2, "all": 3, "conv": 4}.get(
         parts[-1] if parts[0] == "fp8" else parts[1] if len(parts) > 1 else parts[0], 4
     )
     if parts[0] == "fp8":
