@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
-from lmul_onnx.cli.common import InputError, echo_json, is_tty, parse_key_value, status
-from lmul_onnx.convert import ModelLoadError, convert_file
-from lmul_onnx.energy import energy
+from lmul_onnx.choices import Scope
+from lmul_onnx.cli.common import (
+    JSON_HELP,
+    InputError,
+    emit_json,
+    integer,
+    is_tty,
+    parse_bindings,
+    positive_dim,
+    quiet_libraries,
+    split_names,
+    status,
+)
 from lmul_onnx.ops import SUPPORTED_OPS
-from lmul_onnx.passes.selection import Scope, SelectionOptions
-
-
-def _split_ops(text: str) -> tuple[str, ...]:
-    return tuple(op.strip() for op in text.split(",") if op.strip())
 
 
 @click.command()
@@ -27,7 +33,13 @@ def _split_ops(text: str) -> tuple[str, ...]:
     help="Output model. Default: <input stem>.lmul.onnx beside the input.",
 )
 @click.option(
-    "--ops", default=",".join(SUPPORTED_OPS), show_default=True, help="Comma-separated op types to rewrite."
+    "--overwrite", is_flag=True, help="Replace an existing output file (and its <output>.data file)."
+)
+@click.option(
+    "--ops",
+    multiple=True,
+    metavar="OP[,OP]",
+    help=f"Op types to rewrite (repeatable) [default: {','.join(SUPPORTED_OPS)}].",
 )
 @click.option(
     "--scope",
@@ -62,12 +74,13 @@ def _split_ops(text: str) -> tuple[str, ...]:
     help="Bind a symbolic input dimension for the energy estimate (repeatable).",
 )
 @click.option("--dry-run", is_flag=True, help="List what would change; write nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
+@click.option("--json", "json_path", metavar="PATH", help=JSON_HELP)
+@click.option("-q", "--quiet", is_flag=True, help="No progress messages, no library warnings.")
 def convert(
     input_model: Path,
     output: Path | None,
-    ops: str,
+    overwrite: bool,
+    ops: tuple[str, ...],
     scope: str,
     include: tuple[str, ...],
     exclude: tuple[str, ...],
@@ -75,7 +88,7 @@ def convert(
     mantissa_bits_for: tuple[str, ...],
     dim: tuple[str, ...],
     dry_run: bool,
-    as_json: bool,
+    json_path: str | None,
     quiet: bool,
 ) -> None:
     """Rewrite MatMul/Gemm/Mul nodes of INPUT_MODEL into the `lmul` op domain.
@@ -83,13 +96,22 @@ def convert(
     Only float32/float16/bfloat16 nodes are rewritten; node names, inputs, outputs,
     initializers, metadata, IR and opset versions stay as exported. Subgraphs
     (If/Loop/Scan) and model-local functions are walked. Converting twice changes
-    nothing.
+    nothing. The output is never the input or a file it reads; an existing output is
+    replaced only with --overwrite; every file written is named.
     """
-    overrides = tuple(parse_key_value("--mantissa-bits-for", item, int) for item in mantissa_bits_for)
-    dims = dict(parse_key_value("--dim", item, int) for item in dim)
+    overrides = tuple(parse_bindings("--mantissa-bits-for", mantissa_bits_for, integer).items())
+    dims = parse_bindings("--dim", dim, positive_dim)
+    quiet = quiet or json_path == "-"
+    if quiet:
+        quiet_libraries()
+
+    from lmul_onnx.convert import ModelLoadError, convert_file
+    from lmul_onnx.output_paths import OutputPathError
+    from lmul_onnx.passes.selection import SelectionOptions
+
     try:
         options = SelectionOptions(
-            ops=_split_ops(ops),
+            ops=tuple(split_names(ops)) or SUPPORTED_OPS,
             scope=Scope(scope),
             include=include,
             exclude=exclude,
@@ -99,7 +121,15 @@ def convert(
     except ValueError as error:
         raise InputError(str(error)) from None
 
-    quiet = quiet or as_json
+    if dims:
+        from lmul_onnx.convert import load_graph
+        from lmul_onnx.energy import EnergyError, unbound_dims
+
+        try:
+            unbound_dims(load_graph(input_model)[0], dims)
+        except (ModelLoadError, EnergyError) as error:
+            raise InputError(str(error)) from None
+
     shown = {"last": 0.0}
 
     def progress(done: int, total: int) -> None:
@@ -111,13 +141,18 @@ def convert(
     status(f"loading {input_model}", quiet)
     start = time.monotonic()
     try:
-        report = convert_file(input_model, output, options, dry_run=dry_run, progress=progress)
-    except (ModelLoadError, ValueError) as error:
+        report = convert_file(
+            input_model, output, options, dry_run=dry_run, progress=progress, overwrite=overwrite
+        )
+    except (ModelLoadError, OutputPathError, ValueError) as error:
         raise InputError(str(error)) from None
-    estimate = None if dry_run else _energy_estimate(report.output_path, dims)
-    if as_json:
-        echo_json({**report.to_dict(), "energy": estimate and estimate["total"]})
-        return
+    except OSError as error:
+        raise InputError(f"cannot write {output or 'the output'}: {error.strerror or error}") from None
+    estimate = _energy_estimate(report.output_path, dims) if report.converted and not dry_run else None
+    if json_path is not None:
+        emit_json(json_path, {**report.to_dict(), "energy": _energy_json(estimate)})
+        if json_path == "-":
+            return
     click.echo(report.format_table())
     if dry_run:
         for record in report.converted:
@@ -126,28 +161,38 @@ def convert(
                 f"  {record.op_type} -> {record.new_op_type}{bits}  {record.name}  [{record.location}]"
             )
     else:
-        click.echo(f"wrote {report.output_path} ({time.monotonic() - start:.1f} s)")
-        click.echo(_energy_line(estimate))
+        click.echo(f"wrote {', '.join(report.written)} ({time.monotonic() - start:.1f} s)")
+    if not dry_run:
+        click.echo(_energy_line(report, estimate))
 
 
 def _energy_estimate(path: str | None, dims: dict[str, int]) -> dict | None:
     """The energy report of the written model; None when it cannot be estimated."""
+    from lmul_onnx.energy import energy
+
     try:
         return energy(path, dims=dims) if path else None
     except Exception:
         return None
 
 
-def _energy_line(estimate: dict | None) -> str:
+def _energy_json(estimate: dict | None) -> dict | None:
+    return None if estimate is None else {**estimate["total"], "unbound_dims": estimate["unbound_dims"]}
+
+
+def _energy_line(report: Any, estimate: dict | None) -> str:
+    if not report.converted:
+        return "energy: nothing converted, nothing saved"
     if estimate is None:
         return "energy: no estimate (shape inference failed)"
     total = estimate["total"]
-    if total["multiplications"] == 0:
-        return "energy: no estimate (shapes unknown: bind symbolic dimensions with --dim NAME=N)"
+    if total["multiplications"] == 0 and total["unknown_nodes"]:
+        unbound = ", ".join(estimate["unbound_dims"]) or "of the model's inputs"
+        return f"energy: no estimate: the shapes depend on dimensions {unbound}; bind them with --dim NAME=N"
     unknown = (
         f"; {total['unknown_nodes']} node(s) of unknown shape left out" if total["unknown_nodes"] else ""
     )
     return (
-        f"energy: the converted products would use {total['saving_percent']:.1f} % less energy than "
+        f"energy: the converted products use {total['saving_percent']:.1f} % less energy than "
         f"float multiplication ({total['multiplications']:,} products, Horowitz 45 nm table){unknown}"
     )

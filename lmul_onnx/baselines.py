@@ -8,25 +8,38 @@ version converter (which works on onnx-ir and falls back to onnx's own).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+
+import contextlib
+import logging
 
 import onnx
 import onnx_ir as ir
-import onnxscript.version_converter
 from onnx import TensorProto, helper
 
+from lmul_onnx.choices import BASELINE_TYPES
 from lmul_onnx.passes.element_types import infer_element_types
 
-BASELINES: dict[str, int] = {
-    "fp8-e4m3": TensorProto.FLOAT8E4M3FN,
-    "fp8-e5m2": TensorProto.FLOAT8E5M2,
-    "bf16": TensorProto.BFLOAT16,
-}
+BASELINES: dict[str, int] = {kind: getattr(TensorProto, name) for kind, name in BASELINE_TYPES.items()}
 FP8_OPSET = 19
 
 
 class BaselineError(ValueError):
     """A baseline cannot be built for this model."""
+
+
+@contextlib.contextmanager
+def _quiet_converter() -> Iterator[None]:
+    """Silence the version converter's notes ("... target version: 19"), which it logs
+    on every call; the outcome is checked (and reported) by the caller."""
+    logger = logging.getLogger("onnxscript")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with contextlib.redirect_stdout(None), contextlib.redirect_stderr(None):  # type: ignore[type-var]
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def _default_opset(model: onnx.ModelProto) -> int:
@@ -43,7 +56,10 @@ def operand_rounded_model(model: onnx.ModelProto, node_names: Iterable[str], kin
     if target != TensorProto.BFLOAT16 and _default_opset(result) < FP8_OPSET:
         try:
             upgraded = ir.from_proto(result)
-            onnxscript.version_converter.convert_version(upgraded, FP8_OPSET, fallback=True)
+            with _quiet_converter():
+                import onnxscript.version_converter
+
+                onnxscript.version_converter.convert_version(upgraded, FP8_OPSET, fallback=True)
             result = ir.to_proto(upgraded)
         except Exception as error:
             raise BaselineError(

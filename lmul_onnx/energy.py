@@ -11,10 +11,15 @@ weights, with ``lmul`` ops seen as the standard ops they replace):
 
 Default prices (pJ, 45 nm, Horowitz 2014, as cited by the paper): float32 multiply 3.7,
 float32 add 0.9, float16 multiply 1.1, float16 add 0.4, int32 add 0.1. An L-Mul is priced
-as one integer addition as wide as the operands: int32 for float32. Assumptions (not in
-that source, labelled as such in every report): bfloat16 costs what float16 costs, and a
-16-bit integer add costs 0.05 pJ (half of int32, between the source's 8- and 32-bit
-adds). Summation stays in floating point in both cases, as in the paper's analysis.
+as one integer addition as wide as its operands' bit field, sign + exponent + ``m``
+mantissa bits (32 for float32 at m = 23, 16 for float16 at m = 10, 12 for float32 at
+m = 3), at ``int32_add * width / 32`` (an adder's energy grows linearly with its width;
+the source gives 0.03 pJ for 8 bits and 0.1 pJ for 32). ``m`` is the node's
+``mantissa_bits`` (for an ``lmul`` node) or ``mantissa_bits`` of :func:`energy` (for the
+"L-Mul everywhere" column), else the type's own width. Assumptions (not in that source,
+labelled as such in a report that uses them): bfloat16 costs what float16 costs, and the
+linear width rule below 32 bits. Summation stays in floating point in both cases, as in
+the paper's analysis.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import onnx
 from onnx import TensorProto
 
 from lmul_onnx.convert import load_graph
-from lmul_onnx.ops import DOMAIN, LMUL_TO_STANDARD, STANDARD_TO_LMUL
+from lmul_onnx.ops import DOMAIN, LMUL_TO_STANDARD, MANTISSA_BITS, STANDARD_TO_LMUL
 
 DEFAULT_TABLE_PJ: dict[str, float] = {
     "fp32_mul": 3.7,
@@ -41,13 +46,13 @@ DEFAULT_TABLE_PJ: dict[str, float] = {
     "bf16_mul": 1.1,
     "bf16_add": 0.4,
     "int32_add": 0.1,
-    "int16_add": 0.05,
 }
-ASSUMED_ENTRIES = ("bf16_mul", "bf16_add", "int16_add")
-_TYPE_KEYS = {
-    TensorProto.FLOAT: ("fp32", "int32"),
-    TensorProto.FLOAT16: ("fp16", "int16"),
-    TensorProto.BFLOAT16: ("bf16", "int16"),
+ASSUMED_ENTRIES = ("bf16_mul", "bf16_add")
+# element type -> (table prefix, exponent bits, mantissa bits)
+_TYPES = {
+    TensorProto.FLOAT: ("fp32", 8, 23),
+    TensorProto.FLOAT16: ("fp16", 5, 10),
+    TensorProto.BFLOAT16: ("bf16", 8, 7),
 }
 
 
@@ -64,6 +69,7 @@ class NodeCount:
     multiplications: int | None
     additions: int | None
     energy_pj: dict[str, float | None]
+    lmul_width: int
 
 
 def load_table(path: str | os.PathLike[str] | None) -> dict[str, float]:
@@ -71,7 +77,10 @@ def load_table(path: str | os.PathLike[str] | None) -> dict[str, float]:
     table = dict(DEFAULT_TABLE_PJ)
     if path is None:
         return table
-    text = Path(path).read_text()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise EnergyError(f"{path}: cannot read the table ({error})") from None
     try:
         if str(path).endswith(".toml"):
             import tomllib
@@ -81,10 +90,15 @@ def load_table(path: str | os.PathLike[str] | None) -> dict[str, float]:
             data = json.loads(text)
     except Exception as error:
         raise EnergyError(f"{path}: not a valid table ({error})") from None
+    if not isinstance(data, dict):
+        raise EnergyError(f"{path}: not a valid table (expected {{entry: pJ}}, got {type(data).__name__})")
     unknown = sorted(set(data) - set(table))
     if unknown:
         raise EnergyError(f"{path}: unknown entries {unknown}; known: {sorted(table)}")
-    table.update({k: float(v) for k, v in data.items()})
+    for key, value in data.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+            raise EnergyError(f"{path}: {key} must be a non-negative number of pJ, got {value!r}")
+        table[key] = float(value)
     return table
 
 
@@ -170,13 +184,40 @@ def _count(node: onnx.NodeProto, op: str, shapes: dict) -> tuple[int | None, int
     return outputs * k, outputs * max(k - 1, 0) + (outputs if has_bias else 0)
 
 
-def _price(mults: int | None, adds: int | None, elem: int, is_lmul: bool, table: Mapping[str, float]) -> dict:
-    float_key, int_key = _TYPE_KEYS.get(elem, ("fp32", "int32"))
+def lmul_add_width(elem: int, mantissa_bits: int | None) -> int:
+    """Bits of the integer addition one L-Mul costs: sign + exponent + m mantissa bits."""
+    _, exponent, own = _TYPES.get(elem, _TYPES[TensorProto.FLOAT])
+    return 1 + exponent + (own if mantissa_bits is None else min(mantissa_bits, own))
+
+
+def _price(
+    mults: int | None, adds: int | None, elem: int, width: int, is_lmul: bool, table: Mapping[str, float]
+) -> dict:
+    float_key = _TYPES.get(elem, _TYPES[TensorProto.FLOAT])[0]
     if mults is None or adds is None:
         return {"original": None, "lmul": None, "as_is": None}
     original = mults * table[f"{float_key}_mul"] + adds * table[f"{float_key}_add"]
-    lmul = mults * table[f"{int_key}_add"] + adds * table[f"{float_key}_add"]
+    lmul = mults * table["int32_add"] * width / 32 + adds * table[f"{float_key}_add"]
     return {"original": original, "lmul": lmul, "as_is": lmul if is_lmul else original}
+
+
+def unbound_dims(model: onnx.ModelProto, dims: Mapping[str, int]) -> list[str]:
+    """The symbolic dimensions of the graph inputs, in order; unknown ``dims`` keys refused."""
+    names: list[str] = []
+    initializers = {i.name for i in model.graph.initializer}
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param") and dim.dim_param and dim.dim_param not in names:
+                names.append(dim.dim_param)
+    unknown = sorted(set(dims) - set(names))
+    if unknown:
+        raise EnergyError(
+            f"--dim {', '.join(unknown)}: no such symbolic input dimension; "
+            f"the model's are {', '.join(names) or 'none'}"
+        )
+    return [name for name in names if name not in dims]
 
 
 def energy(
@@ -184,16 +225,24 @@ def energy(
     *,
     dims: Mapping[str, int] | None = None,
     table: Mapping[str, float] | None = None,
+    mantissa_bits: int | None = None,
 ) -> dict[str, Any]:
     """Count and price the products of a model (standard or converted).
 
     Returns ``{"total": {"multiplications", "additions", "energy_pj": {"original", "lmul",
     "as_is"}, "saving_percent", "unknown_nodes"}, "nodes": [...], "table_pj": {...},
-    "assumptions": [...]}``. Nodes whose shapes stay unknown (unbound symbolic dimensions)
-    are listed with ``null`` counts and left out of the totals, never guessed.
+    "assumptions": [...], "unbound_dims": [...]}``. Nodes whose shapes stay unknown
+    (unbound symbolic dimensions, listed in ``unbound_dims``) are listed with ``null``
+    counts and left out of the totals, never guessed. ``mantissa_bits`` prices the
+    "L-Mul everywhere" column of standard nodes at that width (``lmul`` nodes use their
+    own attribute).
+
+    Raises:
+        EnergyError: a ``dims`` name that is not a symbolic input dimension.
     """
     prices = dict(table or DEFAULT_TABLE_PJ)
     proto, _ = load_graph(model)
+    unbound = unbound_dims(proto, dims or {})
     shapes = _shape_map(proto, dims or {})
     nodes: list[NodeCount] = []
 
@@ -204,8 +253,10 @@ def energy(
             op = LMUL_TO_STANDARD[node.op_type] if is_lmul else standard
             if op in STANDARD_TO_LMUL:
                 elem = shapes.get(node.output[0], (None, TensorProto.FLOAT))[1] or TensorProto.FLOAT
-                if elem in _TYPE_KEYS:
+                if elem in _TYPES:
                     mults, adds = _count(node, op, shapes)
+                    own_bits = next((a.i for a in node.attribute if a.name == MANTISSA_BITS), None)
+                    width = lmul_add_width(elem, own_bits if is_lmul else mantissa_bits)
                     nodes.append(
                         NodeCount(
                             node.name,
@@ -214,7 +265,8 @@ def energy(
                             TensorProto.DataType.Name(elem).lower(),
                             mults,
                             adds,
-                            _price(mults, adds, elem, is_lmul, prices),
+                            _price(mults, adds, elem, width, is_lmul, prices),
+                            width,
                         )
                     )
             for attribute in node.attribute:
@@ -251,7 +303,23 @@ def energy(
         },
         "nodes": [n.__dict__ for n in nodes],
         "table_pj": prices,
-        "assumptions": [
-            f"{k} = {prices[k]} pJ is an assumption, not a published measurement" for k in ASSUMED_ENTRIES
-        ],
+        "assumptions": _assumptions(nodes, prices),
+        "unbound_dims": unbound,
     }
+
+
+def _assumptions(nodes: list[NodeCount], prices: Mapping[str, float]) -> list[str]:
+    """The labelled assumptions this report's figures rest on (none for a float32 model
+    priced at full width)."""
+    notes = []
+    if any(n.element_type == "bfloat16" for n in nodes):
+        notes += [
+            f"{k} = {prices[k]} pJ is an assumption, not a published measurement" for k in ASSUMED_ENTRIES
+        ]
+    narrow = sorted({n.lmul_width for n in nodes if n.lmul_width != 32})
+    if narrow:
+        notes.append(
+            f"an L-Mul of {', '.join(map(str, narrow))} bits is priced at int32_add x width / 32 "
+            "(linear in the adder's width), an assumption"
+        )
+    return notes

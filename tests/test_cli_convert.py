@@ -56,6 +56,7 @@ def test_json_report(model_path: Path, tmp_path: Path) -> None:
         "-o",
         str(tmp_path / "out.onnx"),
         "--json",
+        "-",
         "--scope",
         "weights",
         "--mantissa-bits",
@@ -90,10 +91,10 @@ def test_dry_run_writes_nothing(model_path: Path) -> None:
         (["{model}", "--ops", "MatMul,Conv"], "unsupported op"),
         (["{model}", "--include", "("], "invalid regular expression"),
         (["{model}", "--mantissa-bits-for", "mm"], "expects KEY=VALUE"),
-        (["{model}", "--mantissa-bits-for", "mm=x"], "not a valid int"),
+        (["{model}", "--mantissa-bits-for", "mm=x"], "not an integer"),
         (["{model}", "--mantissa-bits", "30"], "30"),
         (["{model}", "--scope", "everything"], "everything"),
-        (["{model}", "-o", "{model}"], "refusing to write over"),
+        (["{model}", "-o", "{model}"], "is the input model"),
     ],
 )
 def test_bad_input_exits_2_without_traceback(

@@ -2,7 +2,8 @@
 
 A node is converted when it is a MatMul/Gemm/Mul of the default domain chosen by
 ``ops``, works on float32/float16/bfloat16, falls in the ``scope``, and passes the
-``include``/``exclude`` name filters. Every other node gets a reason, so the summary can
+``include``/``exclude`` name filters, and carries only the attributes its ``lmul`` op
+takes, correctly typed (``ALLOWED_ATTRIBUTES``). Every other node gets a reason, so the summary can
 say why it stayed.
 """
 
@@ -10,11 +11,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from enum import Enum
 
 import onnx
 import onnx_ir as ir
 
+from lmul_onnx.choices import Scope
 from lmul_onnx.ops import DOMAIN, LMUL_TO_STANDARD, STANDARD_TO_LMUL, SUPPORTED_OPS
 
 FLOAT_TYPES: dict[int, tuple[str, int]] = {
@@ -41,14 +42,6 @@ PLUMBING_OPS = frozenset(
         "Slice",
     }
 )
-
-
-class Scope(str, Enum):
-    """Which products to convert, by where their operands come from."""
-
-    ALL = "all"
-    ATTENTION = "attention"  # products of two activations (Q·Kᵀ, probabilities·V)
-    WEIGHTS = "weights"  # products with a constant operand (initializer or Constant)
 
 
 @dataclass(frozen=True)
@@ -92,6 +85,32 @@ class SelectionOptions:
         return self.mantissa_bits
 
 
+# The attributes each standard op may carry for its `lmul` replacement to compute the same
+# thing (ONNX opset >= 7 forms). Legacy forms — Mul/Gemm `broadcast`/`axis` (opset < 7),
+# Mul `consumed_inputs` (opset 1) — and attributes onnxruntime itself would reject (a wrongly
+# typed alpha, an unknown name) leave the node as it is, with the reason.
+ALLOWED_ATTRIBUTES: dict[str, dict[str, str]] = {
+    "MatMul": {},
+    "Mul": {},
+    "Gemm": {"alpha": "FLOAT", "beta": "FLOAT", "transA": "INT", "transB": "INT"},
+}
+_LEGACY = ("broadcast", "axis", "consumed_inputs")
+
+
+def attribute_problem(node: ir.Node) -> str | None:
+    """Why ``node``'s attributes keep it from being rewritten, or None."""
+    allowed = ALLOWED_ATTRIBUTES.get(node.op_type, {})
+    for name, attribute in node.attributes.items():
+        if name in _LEGACY and name not in allowed:
+            return f"legacy {node.op_type} attribute {name!r} (opset < 7 semantics)"
+        if name not in allowed:
+            return f"unknown {node.op_type} attribute {name!r}"
+        kind = attribute.type.name if hasattr(attribute.type, "name") else str(attribute.type)
+        if kind != allowed[name]:
+            return f"{node.op_type} attribute {name!r} is {kind}, not {allowed[name]}"
+    return None
+
+
 @dataclass(frozen=True)
 class Decision:
     """The verdict on one node."""
@@ -128,6 +147,9 @@ def decide(node: ir.Node, options: SelectionOptions, element_type: int | None, n
         return Decision(False, "not a MatMul/Gemm/Mul")
     if node.op_type not in options.ops:
         return Decision(False, "op type not selected (--ops)")
+    problem = attribute_problem(node)
+    if problem is not None:
+        return Decision(False, problem)
     if element_type is None:
         return Decision(False, "element type unknown")
     if element_type not in FLOAT_TYPES:
