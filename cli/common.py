@@ -76,8 +76,9 @@ JSON_HELP = "Write the report as JSON to PATH ('-' for stdout)."
 
 
 def status(message: str, quiet: bool = False) -> None:
-    """Progress for people, on stderr, so stdout stays parseable."""
-    if not quiet:
+    """Progress for people: on stderr (stdout stays parseable), and only on a terminal
+    (a log or a CI job sees the result and, on failure, one error line)."""
+    if not quiet and is_tty():
         click.echo(message, err=True)
 
 

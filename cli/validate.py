@@ -50,35 +50,26 @@ def _range(text: str) -> tuple[float, float]:
 
 
 class Progress:
-    """Phases as lines on stderr; samples as a progress bar redrawn in place on a
-    terminal (at most a few times a second), or a line every 10 % elsewhere."""
+    """On a terminal's stderr only: phases as lines, samples as a progress bar redrawn in
+    place (at most five times a second)."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
         self.shown = 0.0
-        self.tenth = -1
 
     def __call__(self, message: str, done: int | None = None, total: int | None = None) -> None:
-        if self.quiet:
+        if self.quiet or not is_tty():
             return
         if done is None or total is None:
             click.echo(message, err=True)
             return
-        if total == 1:
-            return
-        if is_tty():
-            now = time.monotonic()
-            if now - self.shown > 0.2 or done == total:
-                self.shown = now
-                filled = 30 * done // total
-                click.echo(
-                    f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} samples",
-                    err=True,
-                    nl=done == total,
-                )
-        elif 10 * done // total != self.tenth:
-            self.tenth = 10 * done // total
-            click.echo(f"samples {done}/{total}", err=True)
+        now = time.monotonic()
+        if total > 1 and (now - self.shown > 0.2 or done == total):
+            self.shown = now
+            filled = 30 * done // total
+            click.echo(
+                f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} samples", err=True, nl=done == total
+            )
 
 
 @click.command()
