@@ -75,6 +75,23 @@ def emit_json(path: str, data: Any) -> None:
 JSON_HELP = "Write the report as JSON to PATH ('-' for stdout)."
 
 
+def check_outputs(*outputs: tuple[str, object], reads: Iterable[object] = ()) -> None:
+    """Before any work: refuse report/input output paths (``(option, path)``; None and
+    ``-`` skipped) that are one of the files the command reads, a symbolic link, a
+    folder or in a place that cannot be written."""
+    from pathlib import Path
+
+    from lmul_onnx.output_paths import OutputPathError, check_output
+
+    protected = [(Path(str(p)).absolute(), "a file this command reads") for p in reads if p is not None]
+    try:
+        for option, path in outputs:
+            if path is not None and str(path) != "-":
+                check_output(str(path), protected=protected, overwrite=True, option=option)
+    except OutputPathError as error:
+        raise InputError(str(error)) from None
+
+
 def status(message: str, quiet: bool = False) -> None:
     """Progress for people: on stderr (stdout stays parseable), and only on a terminal
     (a log or a CI job sees the result and, on failure, one error line)."""

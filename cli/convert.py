@@ -12,6 +12,7 @@ from lmul_onnx.choices import Scope
 from lmul_onnx.cli.common import (
     JSON_HELP,
     InputError,
+    check_outputs,
     emit_json,
     integer,
     is_tty,
@@ -101,6 +102,7 @@ def convert(
     """
     overrides = tuple(parse_bindings("--mantissa-bits-for", mantissa_bits_for, integer).items())
     dims = parse_bindings("--dim", dim, positive_dim)
+    check_outputs(("--json", json_path), reads=(input_model, output))
     quiet = quiet or json_path == "-"
     if quiet:
         quiet_libraries()
@@ -109,6 +111,8 @@ def convert(
     from lmul_onnx.output_paths import OutputPathError
     from lmul_onnx.passes.selection import SelectionOptions
 
+    if ops and not split_names(ops):
+        raise InputError("--ops: no op type given")
     try:
         options = SelectionOptions(
             ops=tuple(split_names(ops)) or SUPPORTED_OPS,

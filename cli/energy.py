@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from lmul_onnx.cli.common import JSON_HELP, InputError, emit_json, parse_bindings, positive_dim
+from lmul_onnx.cli.common import (
+    JSON_HELP,
+    InputError,
+    check_outputs,
+    emit_json,
+    parse_bindings,
+    positive_dim,
+)
 
 
 @click.command("energy")
@@ -44,6 +51,7 @@ def energy_command(
     the report names any assumption its figures rest on.
     """
     dims = parse_bindings("--dim", dim, positive_dim)
+    check_outputs(("--json", json_path), reads=(model, table_path))
     from lmul_onnx.convert import ModelLoadError
     from lmul_onnx.energy import EnergyError, energy, load_table
 

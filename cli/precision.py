@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from lmul_onnx.cli.common import emit_json
+from lmul_onnx.cli.common import check_outputs, emit_json
 
 
 @click.command("precision")
@@ -29,6 +29,7 @@ def precision_command(pairs: int, seed: int, json_path: str | None) -> None:
     L-Mul rows round the operands to m mantissa bits (SPEC); fp8 and bf16 rows round
     the operands and the product to the format.
     """
+    check_outputs(("--json", json_path))
     from lmul_onnx.precision import precision_table
 
     table = precision_table(pairs, seed)

@@ -12,6 +12,7 @@ from lmul_onnx.choices import BASELINE_TYPES, DEFAULT_ATOL, DEFAULT_RTOL
 from lmul_onnx.cli.common import (
     JSON_HELP,
     InputError,
+    check_outputs,
     emit_json,
     is_tty,
     parse_bindings,
@@ -186,21 +187,11 @@ def validate_command(
     quiet = quiet or json_path == "-"
     if quiet:
         quiet_libraries()
-    from lmul_onnx.output_paths import OutputPathError, check_output
-
-    protected = [(Path(p).absolute(), "one of the models") for p in (original, converted)]
-    if inputs is not None:
-        protected.append((Path(inputs).absolute(), "the --inputs file"))
-    try:
-        for option, path in (("--json", json_path), ("--save-inputs", save_inputs)):
-            if path is not None and path != "-":
-                check_output(path, protected=protected, overwrite=True, option=option)
-    except OutputPathError as error:
-        raise InputError(str(error)) from None
-
+    check_outputs(("--json", json_path), ("--save-inputs", save_inputs), reads=(original, converted, inputs))
     from lmul_onnx.baselines import BaselineError
     from lmul_onnx.convert import ModelLoadError
     from lmul_onnx.inputs import InputError as ModelInputError
+    from lmul_onnx.output_paths import OutputPathError
     from lmul_onnx.validate import validate
 
     try:
