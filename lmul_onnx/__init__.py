@@ -39,12 +39,12 @@ _WHERE: dict[str, str] = {
 
 __all__ = sorted(_WHERE)
 
-if TYPE_CHECKING:
-    from lmul_onnx.convert import ConversionReport, ModelLoadError, convert, convert_file
-    from lmul_onnx.numerics import lmul, lmul_gemm, lmul_matmul, offset_exponent_bits, round_mantissa
-    from lmul_onnx.ops import DOMAIN, DOMAIN_VERSION
-    from lmul_onnx.runtime import InferenceSession, LibraryNotFoundError, get_library_path, session_options
-    from lmul_onnx.validate import ValidationReport, validate
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports on use
+    from lmul_onnx.convert import ConversionReport, ModelLoadError, convert, convert_file  # noqa: F401
+    from lmul_onnx.numerics import lmul, lmul_gemm, lmul_matmul, offset_exponent_bits, round_mantissa  # noqa: F401
+    from lmul_onnx.ops import DOMAIN, DOMAIN_VERSION  # noqa: F401
+    from lmul_onnx.runtime import InferenceSession, LibraryNotFoundError, get_library_path, session_options  # noqa: F401
+    from lmul_onnx.validate import ValidationReport, validate  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

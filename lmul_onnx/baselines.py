@@ -8,10 +8,9 @@ version converter (which works on onnx-ir and falls back to onnx's own).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-
 import contextlib
 import logging
+from collections.abc import Iterable, Iterator
 
 import onnx
 import onnx_ir as ir

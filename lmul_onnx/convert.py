@@ -229,9 +229,7 @@ def convert_file(
     records = convert_model(model, options, dry_run=dry_run, progress=progress)
     report = ConversionReport(source, None if dry_run else str(target), dry_run, records)
     if not dry_run:
-        written = save_model(
-            model, target, reads_from=reads_from, overwrite=overwrite, input_path=input_path
-        )
+        written = save_model(model, target, reads_from=reads_from, overwrite=overwrite, input_path=input_path)
         report.written = [str(path) for path in written]
     return report
 

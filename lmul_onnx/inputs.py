@@ -189,7 +189,9 @@ def _check_sample(path: str | Path, feeds: Mapping[str, np.ndarray], specs: list
         if value.ndim != len(spec.shape) or any(
             isinstance(d, int) and d >= 0 and d != v for d, v in zip(spec.shape, value.shape, strict=True)
         ):
-            raise InputError(f"{path}: input {name!r} has shape {value.shape}, the model expects {spec.shape}")
+            raise InputError(
+                f"{path}: input {name!r} has shape {value.shape}, the model expects {spec.shape}"
+            )
 
 
 def npz_samples(path: str | Path, specs: list[InputSignature]) -> tuple[int, Iterator[dict]]:
@@ -213,7 +215,8 @@ def npz_samples(path: str | Path, specs: list[InputSignature]) -> tuple[int, Ite
         if missing or extra:
             archive.close()
             raise InputError(
-                f"{path}: sample {index}: inputs do not match the model (missing {missing}, unexpected {extra})"
+                f"{path}: sample {index}: inputs do not match the model "
+                f"(missing {missing}, unexpected {extra})"
             )
     if not keys:
         archive.close()

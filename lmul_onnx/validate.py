@@ -16,6 +16,7 @@ the report names the first converted node, in graph order, whose output holds th
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -229,9 +230,7 @@ def _session(
     if folder is not None:
         options.add_session_config_entry(EXTERNAL_DATA_FOLDER, str(folder))
     try:
-        return ort.InferenceSession(
-            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-        )
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises several pybind types
         raise ValidationInputError(f"{label}: onnxruntime cannot load it: {_one_line(error)}") from None
 
@@ -370,7 +369,9 @@ def validate(
     if logits is not None:
         unknown = sorted(set(logits) - set(output_names))
         if unknown:
-            raise ValidationInputError(f"--logits {', '.join(unknown)}: no such output; outputs are {output_names}")
+            raise ValidationInputError(
+                f"--logits {', '.join(unknown)}: no such output; outputs are {output_names}"
+            )
     atols = _tolerance(atol, atol_per_output or {}, output_names)
     rtols = _tolerance(rtol, rtol_per_output or {}, output_names)
 
@@ -513,7 +514,5 @@ def _add_quietly(
     accumulator: DriftAccumulator, want: np.ndarray, got: np.ndarray, logits: bool = False
 ) -> None:
     """Add to a diagnostic accumulator; a shape mismatch there leaves it as it is."""
-    try:
+    with contextlib.suppress(ValueError):
         accumulator.add(np.asarray(want), np.asarray(got), logits=logits)
-    except ValueError:
-        pass
