@@ -41,6 +41,7 @@ ModelSource = str | os.PathLike[str] | onnx.ModelProto
 Progress = Callable[..., None]
 EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
 # Per-node entries are diagnostics, not gates: these metrics, no tolerance, no pass/fail.
+NAME_WIDTH = 64  # node names longer than this are cut, keeping their end, after an ellipsis
 NODE_METRICS = ("max_abs", "mean_abs", "rmse", "snr_db", "cosine", "nan_mismatches", "new_nonfinite")
 
 
@@ -132,14 +133,15 @@ class ValidationReport:
                 lines.append(row(label, kind, outputs[name]))
         if self.nodes:
             kinds = [k for k in self.baselines if self.nodes and f"snr_db_{k}" in self.nodes[0]]
+            width = min(max(len("converted node"), *(len(n["name"]) for n in self.nodes)), NAME_WIDTH)
             lines.append("")
             lines.append(
-                f"{'converted node':<40} {'op':<11} {'cosine':>9} {'snr_db':>8} {'max_abs':>10}"
+                f"{'converted node':<{width}} {'op':<11} {'cosine':>9} {'snr_db':>8} {'max_abs':>10}"
                 + "".join(f" {('snr ' + k)[:13]:>13}" for k in kinds)
             )
             for node in self.nodes:
                 lines.append(
-                    f"{_fit(node['name'], 40):<40} {node['op_type']:<11} {_num(node['cosine'], 6):>9} "
+                    f"{_fit(node['name'], width):<{width}} {node['op_type']:<11} {_num(node['cosine'], 6):>9} "
                     f"{_num(node['snr_db']):>8} {node['max_abs']:>10.3g}"
                     + "".join(f" {_num(node[f'snr_db_{k}']):>13}" for k in kinds)
                 )
