@@ -141,8 +141,8 @@ class ValidationReport:
             )
             for node in self.nodes:
                 lines.append(
-                    f"{_fit(node['name'], width):<{width}} {node['op_type']:<11} {_num(node['cosine'], 6):>9} "
-                    f"{_num(node['snr_db']):>8} {node['max_abs']:>10.3g}"
+                    f"{_fit(node['name'], width):<{width}} {node['op_type']:<11} "
+                    f"{_num(node['cosine'], 6):>9} {_num(node['snr_db']):>8} {node['max_abs']:>10.3g}"
                     + "".join(f" {_num(node[f'snr_db_{k}']):>13}" for k in kinds)
                 )
         lines.append("")
