@@ -393,6 +393,11 @@ def validate(
         )
         for kind in compare
     }
+    inputs_of = [[(i.name, i.type) for i in session.get_inputs()] for session in (reference, candidate)]
+    if inputs_of[0] != inputs_of[1]:
+        raise ValidationInputError(
+            f"the two models have different inputs: {inputs_of[0]} vs {inputs_of[1]}"[:400]
+        )
     specs = model_inputs.signature(reference)
     if inputs is not None:
         total, feeds_iter = model_inputs.npz_samples(inputs, specs)

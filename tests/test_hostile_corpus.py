@@ -467,6 +467,13 @@ def _cases() -> list[Case]:
             files=("conv.onnx",),
         )
     )
+    cases.append(
+        Case(
+            "validate-different-inputs",
+            ["validate", "{model.onnx}", "{renamed.onnx}"],
+            setup=lambda f, a: onnx.save(_renamed_input(), f / "renamed.onnx"),
+        )
+    )
     for name, model in _refused_models():
         cases.append(
             Case(
@@ -544,6 +551,13 @@ def _unrelated() -> onnx.ModelProto:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 6])],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def _renamed_input() -> onnx.ModelProto:
+    model = _model()
+    model.graph.input[0].name = "z"
+    model.graph.node[0].input[0] = "z"
+    return model
 
 
 def _refused_models() -> list[tuple[str, onnx.ModelProto]]:
