@@ -125,15 +125,6 @@ def convert(
     except ValueError as error:
         raise InputError(str(error)) from None
 
-    if dims:
-        from lmul_onnx.convert import load_graph
-        from lmul_onnx.energy import EnergyError, unbound_dims
-
-        try:
-            unbound_dims(load_graph(input_model)[0], dims)
-        except (ModelLoadError, EnergyError) as error:
-            raise InputError(str(error)) from None
-
     shown = {"last": 0.0}
 
     def progress(done: int, total: int) -> None:
@@ -146,13 +137,13 @@ def convert(
     start = time.monotonic()
     try:
         report = convert_file(
-            input_model, output, options, dry_run=dry_run, progress=progress, overwrite=overwrite
+            input_model, output, options, dry_run=dry_run, progress=progress, dims=dims, overwrite=overwrite
         )
     except (ModelLoadError, OutputPathError, ValueError) as error:
         raise InputError(str(error)) from None
     except OSError as error:
         raise InputError(f"cannot write {output or 'the output'}: {error.strerror or error}") from None
-    estimate = _energy_estimate(report.output_path, dims) if report.converted and not dry_run else None
+    estimate = report.energy
     if json_path is not None:
         emit_json(json_path, {**report.to_dict(), "energy": _energy_json(estimate)})
         if json_path == "-":
@@ -168,16 +159,6 @@ def convert(
         click.echo(f"wrote {', '.join(report.written)} ({time.monotonic() - start:.1f} s)")
     if not dry_run:
         click.echo(_energy_line(report, estimate))
-
-
-def _energy_estimate(path: str | None, dims: dict[str, int]) -> dict | None:
-    """The energy report of the written model; None when it cannot be estimated."""
-    from lmul_onnx.energy import energy
-
-    try:
-        return energy(path, dims=dims) if path else None
-    except Exception:
-        return None
 
 
 def _energy_json(estimate: dict | None) -> dict | None:
@@ -196,7 +177,14 @@ def _energy_line(report: Any, estimate: dict | None) -> str:
     unknown = (
         f"; {total['unknown_nodes']} node(s) of unknown shape left out" if total["unknown_nodes"] else ""
     )
+    loops = (
+        f"; {total['per_iteration_nodes']} node(s) in loops of unknown trip count counted once"
+        if total["per_iteration_nodes"]
+        else ""
+    )
     return (
-        f"energy: the converted products use {total['saving_percent']:.1f} % less energy than "
-        f"float multiplication ({total['multiplications']:,} products, Horowitz 45 nm table){unknown}"
+        f"energy (Horowitz 45 nm table): the {total['converted_multiplications']:,} converted products "
+        f"use {total['converted_saving_percent']:.1f} % less energy than float multiplication; "
+        f"all {total['multiplications']:,} of the model's multiplications "
+        f"{total['saving_percent']:.1f} % less{unknown}{loops}"
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,16 +18,14 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
+from lmul_onnx import energy, graph
+from lmul_onnx.graph import ModelInput, ModelLoadError
 from lmul_onnx.ops import SUPPORTED_OPS
 from lmul_onnx.output_paths import check_output, staged_files
 from lmul_onnx.passes.rewrite import LMulRewritePass, NodeRecord
 from lmul_onnx.passes.selection import Scope, SelectionOptions
 
-ModelInput = str | os.PathLike[str] | onnx.ModelProto | ir.Model
-
-
-class ModelLoadError(ValueError):
-    """The input is not a readable ONNX model."""
+__all__ = ["ConversionReport", "ModelLoadError", "convert", "convert_file", "convert_model"]
 
 
 @dataclass
@@ -38,6 +36,7 @@ class ConversionReport:
     output_path: str | None
     dry_run: bool
     nodes: list[NodeRecord] = field(default_factory=list)
+    energy: dict[str, Any] | None = None  # lmul_onnx.energy.count of the result (not on dry runs)
     written: list[str] = field(default_factory=list)
 
     @property
@@ -75,6 +74,7 @@ class ConversionReport:
                     "element_type": n.decision.element_type,
                     "mantissa_bits": n.decision.mantissa_bits,
                     "reason": n.decision.reason or None,
+                    "key": n.key,
                 }
                 for n in self.nodes
             ],
@@ -91,57 +91,25 @@ class ConversionReport:
         return "\n".join(lines)
 
 
-def _read(path_like: str | os.PathLike[str], reader: Callable[[Path], Any]) -> Any:
-    """``reader(path)`` for an existing file, every failure as one ``ModelLoadError``."""
-    path = Path(os.fspath(path_like))
-    if not path.exists():
-        raise ModelLoadError(f"{path}: no such file")
-    if not path.is_file():
-        raise ModelLoadError(f"{path}: not a file")
-    try:
-        return reader(path)
-    except Exception as error:  # protobuf and onnx-ir raise many types for a bad file
-        raise ModelLoadError(f"{path}: not a readable ONNX model ({type(error).__name__}: {error})") from None
-
-
-def load_model(model: ModelInput) -> tuple[ir.Model, str | None]:
-    """Load a path, ``ModelProto`` or ``ir.Model`` as an ``ir.Model`` (weights memory-mapped)."""
-    if isinstance(model, ir.Model):
-        return model, None
-    if isinstance(model, onnx.ModelProto):
-        return ir.from_proto(model), None
-    return _read(model, ir.load), os.fspath(model)
-
-
-def load_graph(model: str | os.PathLike[str] | onnx.ModelProto) -> tuple[onnx.ModelProto, Path | None]:
-    """A ``ModelProto`` (returned as is) or the graph of a model file, without loading its
-    external weights (they stay on disk); with the file's path, if any."""
-    if isinstance(model, onnx.ModelProto):
-        return model, None
-    return _read(model, lambda path: onnx.load(path, load_external_data=False)), Path(os.fspath(model))
-
-
 def referenced_files(model: ir.Model, base: Path) -> set[Path]:
-    """The external-data files the model reads (initializers and tensor attributes of
-    every graph, subgraph and function), as absolute paths."""
+    """The external-data files the model reads (initializers of every graph and subgraph,
+    tensor attributes of every node, functions included), as absolute paths."""
     files: set[Path] = set()
 
     def note(tensor: object) -> None:
         if isinstance(tensor, ir.ExternalTensor):
             files.add(Path(os.path.abspath(Path(tensor.base_dir or base) / tensor.location)))
 
-    for graph in model.graphs():
-        for value in graph.initializers.values():
+    for each in model.graphs():
+        for value in each.initializers.values():
             note(value.const_value)
-    containers: list[ir.Graph | ir.Function] = [model.graph, *model.functions.values()]
-    for container in containers:
-        for node in ir.traversal.RecursiveGraphIterator(container):
-            for attribute in node.attributes.values():
-                if attribute.type == ir.AttributeType.TENSOR:
-                    note(attribute.value)
-                elif attribute.type == ir.AttributeType.TENSORS:
-                    for tensor in attribute.value:
-                        note(tensor)
+    for entry in graph.walk(model):
+        for attribute in entry.node.attributes.values():
+            if isinstance(attribute, ir.Attr) and attribute.type == ir.AttributeType.TENSOR:
+                note(attribute.value)
+            elif isinstance(attribute, ir.Attr) and attribute.type == ir.AttributeType.TENSORS:
+                for tensor in attribute.value:
+                    note(tensor)
     return files
 
 
@@ -200,9 +168,11 @@ def convert_model(
     *,
     dry_run: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    types: graph.Types | None = None,
 ) -> list[NodeRecord]:
-    """Rewrite ``model`` in place (unless ``dry_run``); return the per-node records."""
-    rewrite = LMulRewritePass(options, dry_run=dry_run, progress=progress)
+    """Rewrite ``model`` in place (unless ``dry_run``); return the per-node records.
+    ``types``: the model's :func:`lmul_onnx.graph.infer` result (inferred when not given)."""
+    rewrite = LMulRewritePass(options, dry_run=dry_run, progress=progress, types=types)
     rewrite(model)
     return rewrite.result.records
 
@@ -214,21 +184,30 @@ def convert_file(
     *,
     dry_run: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    dims: Mapping[str, int] | None = None,
     overwrite: bool = False,
 ) -> ConversionReport:
     """Convert a model file into another file; the function behind ``lmul-onnx convert``.
 
-    The output paths are checked before anything is converted (see
-    :mod:`lmul_onnx.output_paths`); an existing output is replaced only with ``overwrite``.
+    The input is checked first (:func:`lmul_onnx.graph.load`), then the output paths
+    (see :mod:`lmul_onnx.output_paths`: never the input or a file it reads; an existing
+    file is replaced only with ``overwrite``) and the names in ``dims``; its types and
+    shapes are inferred once (``dims`` binds symbolic input dimensions) and serve both
+    the selection and the energy estimate of the result (``report.energy``, not on dry
+    runs). ``report.written`` names the files written.
     """
-    model, source = load_model(input_path)
+    model, _ = graph.load(input_path)
+    source = os.fspath(input_path)
     target = Path(output_path) if output_path is not None else default_output_path(input_path)
     reads_from = referenced_files(model, Path(input_path).parent)
     if not dry_run:
         output_files(target, input_path=input_path, reads_from=reads_from, overwrite=overwrite)
-    records = convert_model(model, options, dry_run=dry_run, progress=progress)
+    energy.unbound_dims(model, dims or {})
+    types = graph.infer(model, dims or {})
+    records = convert_model(model, options, dry_run=dry_run, progress=progress, types=types)
     report = ConversionReport(source, None if dry_run else str(target), dry_run, records)
     if not dry_run:
+        report.energy = energy.count(model, types, dims=dims)
         written = save_model(model, target, reads_from=reads_from, overwrite=overwrite, input_path=input_path)
         report.written = [str(path) for path in written]
     return report
@@ -269,7 +248,8 @@ def convert(
         external).
 
     Raises:
-        ModelLoadError: the input cannot be read as ONNX.
+        ModelLoadError: the input cannot be read as ONNX, or is a model onnxruntime
+            would refuse (see :func:`lmul_onnx.graph.check`).
         ValueError: an invalid option.
         lmul_onnx.output_paths.OutputPathError: an output path that is the input, a file
             the input reads, a symbolic link, or (without ``overwrite``) an existing file.
@@ -285,7 +265,7 @@ def convert(
     if isinstance(model, (str, os.PathLike)) and output_path is not None:
         convert_file(model, output_path, options, overwrite=overwrite)
         return onnx.load(os.fspath(output_path), load_external_data=False)
-    ir_model, _ = load_model(model)  # a ModelProto is deserialised, so it stays untouched
+    ir_model, _ = graph.load(model)  # a ModelProto is deserialised, so it stays untouched
     convert_model(ir_model, options)
     if output_path is not None:
         save_model(ir_model, output_path, overwrite=overwrite)

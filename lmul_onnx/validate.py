@@ -26,14 +26,15 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 
+from lmul_onnx import graph
 from lmul_onnx import inputs as model_inputs
 from lmul_onnx.baselines import operand_rounded_model
 from lmul_onnx.choices import DEFAULT_ATOL, DEFAULT_RTOL
-from lmul_onnx.convert import load_graph
 from lmul_onnx.metrics import DriftAccumulator, looks_like_logits
-from lmul_onnx.ops import DOMAIN
+from lmul_onnx.ops import DOMAIN, LMUL_TO_STANDARD
 from lmul_onnx.output_paths import check_output, staged_files
 from lmul_onnx.runtime import session_options
 
@@ -132,7 +133,8 @@ class ValidationReport:
             for kind, outputs in self.baselines.items():
                 lines.append(row(label, kind, outputs[name]))
         if self.nodes:
-            kinds = [k for k in self.baselines if self.nodes and f"snr_db_{k}" in self.nodes[0]]
+            measured = [n for n in self.nodes if n["output"] is not None]
+            kinds = [k for k in self.baselines if measured and f"snr_db_{k}" in measured[0]]
             width = min(max(len("converted node"), *(len(n["name"]) for n in self.nodes)), NAME_WIDTH)
             lines.append("")
             lines.append(
@@ -140,6 +142,12 @@ class ValidationReport:
                 + "".join(f" {('snr ' + k)[:13]:>13}" for k in kinds)
             )
             for node in self.nodes:
+                if node["output"] is None:
+                    lines.append(
+                        f"{_fit(node['name'], width):<{width}} {node['op_type']:<11} "
+                        f"not measured: {node['reason']}"
+                    )
+                    continue
                 lines.append(
                     f"{_fit(node['name'], width):<{width}} {node['op_type']:<11} "
                     f"{_num(node['cosine'], 6):>9} {_num(node['snr_db']):>8} {node['max_abs']:>10.3g}"
@@ -159,6 +167,8 @@ class ValidationReport:
 
 
 def _worst_first(node: dict[str, Any]) -> tuple[int, float, float]:
+    if node["output"] is None:  # not measured: last
+        return (2, 0.0, 0.0)
     snr, cosine = node["snr_db"], node["cosine"]
     if math.isnan(snr) or math.isnan(cosine):
         return (0, -math.inf, -math.inf)
@@ -207,8 +217,8 @@ def _subgraph_names(node: onnx.NodeProto) -> set[str]:
     """Every value name a node's subgraphs read (outer-scope values among them)."""
     names: set[str] = set()
     for attribute in node.attribute:
-        for graph in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
-            for inner in graph.node:
+        for body in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
+            for inner in body.node:
                 names.update(inner.input)
                 names.update(_subgraph_names(inner))
     return names
@@ -235,6 +245,38 @@ def _session(
         return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises several pybind types
         raise ValidationInputError(f"{label}: onnxruntime cannot load it: {_one_line(error)}") from None
+
+
+def converted_nodes(original: ir.Model, converted: ir.Model) -> list[graph.NodeEntry]:
+    """The ``lmul`` nodes of ``converted`` (wherever they sit), each checked against the
+    node at the same place in ``original``: the standard op it replaces."""
+    entries = [e for e in graph.walk(converted) if e.node.domain == DOMAIN]
+    originals = graph.find(original, {e.key for e in entries})
+    for entry in entries:
+        source = originals.get(entry.key)
+        expected = LMUL_TO_STANDARD.get(entry.node.op_type)
+        if source is None or graph.standard_op(source.node) != expected or source.node.domain == DOMAIN:
+            raise ValidationInputError(
+                f"the converted model does not match the original: its node {entry.name} "
+                f"({entry.node.op_type}) has no {expected} at the same place in the original"
+            )
+    return entries
+
+
+def _not_measured(entry: graph.NodeEntry) -> dict[str, Any]:
+    """The per-node row of a converted node whose output is not a graph value."""
+    where = (
+        f"inside function {graph.function_id(entry.function)}"
+        if entry.function is not None
+        else f"inside the body of {entry.parents[-1].op_type} {entry.name.rsplit('/', 2)[0]}"
+    )
+    return {
+        "name": entry.name,
+        "op_type": entry.node.op_type,
+        "key": entry.key,
+        "output": None,
+        "reason": f"{where}: its output is not a graph value",
+    }
 
 
 def _tolerance(default: float, per_output: Mapping[str, float], names: Sequence[str]) -> dict[str, float]:
@@ -339,35 +381,31 @@ def validate(
             not fit the model, an original that fails on the inputs.
     """
     say: Progress = progress or (lambda *args: None)
-    original_model, original_path = load_graph(original)
-    converted_model, converted_path = load_graph(converted)
+    original_ir, original_path = graph.load(original)
+    converted_ir, converted_path = graph.load(converted)
     folders = (
         original_path.resolve().parent if original_path else None,
         converted_path.resolve().parent if converted_path else None,
     )
     labels = (str(original_path or "the original model"), str(converted_path or "the converted model"))
-    lmul_outputs = [
-        (n.name or n.output[0], n.output[0])
-        for n in converted_model.graph.node
-        if n.domain == DOMAIN and n.output and n.output[0]
-    ]
-    op_types = {n.output[0]: n.op_type for n in converted_model.graph.node if n.output}
-    node_outputs = [output for _, output in lmul_outputs] if per_node else []
-    output_names = [o.name for o in original_model.graph.output]
-    if output_names != [o.name for o in converted_model.graph.output]:
+    output_names = [o.name for o in original_ir.graph.outputs]
+    if output_names != [o.name for o in converted_ir.graph.outputs]:
         raise ValidationInputError(
             f"the two models have different graph outputs: {output_names} vs "
-            f"{[o.name for o in converted_model.graph.output]}"
+            f"{[o.name for o in converted_ir.graph.outputs]}"
         )
-    if per_node:
-        known = {v for n in original_model.graph.node for v in n.output}
-        missing = [o for o in node_outputs if o not in known]
-        if missing:
+    entries = converted_nodes(original_ir, converted_ir)
+    measurable = [e for e in entries if e.in_main_graph and e.node.outputs and e.node.outputs[0].name]
+    lmul_outputs = [(e.name, e.node.outputs[0].name) for e in measurable]
+    node_outputs = [output for _, output in lmul_outputs] if per_node else []
+    values = {v.name for node in original_ir.graph for v in node.outputs}
+    for name, output in lmul_outputs if per_node else []:
+        if output not in values:
             raise ValidationInputError(
-                f"--per-node: the original model has no value {missing[0]!r} "
-                f"(output of converted node {lmul_outputs[node_outputs.index(missing[0])][0]!r}): "
-                "is CONVERTED a conversion of ORIGINAL?"
+                f"--per-node: the original model has no value {output!r} (output of converted node "
+                f"{name!r}): is CONVERTED a conversion of ORIGINAL?"
             )
+    original_model, converted_model = ir.to_proto(original_ir), ir.to_proto(converted_ir)
     if logits is not None:
         unknown = sorted(set(logits) - set(output_names))
         if unknown:
@@ -380,11 +418,15 @@ def validate(
     say("creating sessions")
     reference = _session(_with_outputs(original_model, node_outputs), folders[0], labels[0], threads)
     candidate = _session(_with_outputs(converted_model, node_outputs), folders[1], labels[1], threads)
+    original_types = graph.infer(original_ir) if compare else None
     baseline_sessions = {
         # Unoptimised: onnxruntime would fuse the Cast pair away as if it were lossless.
         kind: _session(
             _with_outputs(
-                operand_rounded_model(original_model, [n for n, _ in lmul_outputs], kind), node_outputs
+                ir.to_proto(
+                    operand_rounded_model(original_ir, [e.key for e in entries], kind, original_types)
+                ),
+                node_outputs,
             ),
             folders[0],
             f"{labels[0]} with {kind} operands",
@@ -492,16 +534,18 @@ def validate(
             entry.update(passed=False, error="not compared on every sample: the converted model failed")
         outputs[name] = entry
     nodes = []
-    for name, output in lmul_outputs:
-        if output not in node_outputs:
+    for entry in entries if per_node else []:
+        if entry not in measurable:
+            nodes.append(_not_measured(entry))
             continue
+        output = entry.node.outputs[0].name
         result = node_accumulators["lmul"][output].result()
-        entry = {"name": name, "op_type": op_types[output], "output": output}
-        entry.update({k: result[k] for k in NODE_METRICS})
+        row = {"name": entry.name, "op_type": entry.node.op_type, "key": entry.key, "output": output}
+        row.update({k: result[k] for k in NODE_METRICS})
         for kind in compare:
             baseline = node_accumulators[kind][output].result()
-            entry.update({f"{k}_{kind}": baseline[k] for k in ("snr_db", "cosine")})
-        nodes.append(entry)
+            row.update({f"{k}_{kind}": baseline[k] for k in ("snr_db", "cosine")})
+        nodes.append(row)
     return ValidationReport(
         outputs=outputs,
         atol=atols,

@@ -218,7 +218,19 @@ def test_7_models_onnxruntime_cannot_load_exit_2(tmp_path: Path, build, message:
         tmp_path / "m.onnx",
     )
     code, output = invoke("validate", tmp_path / "m.onnx", tmp_path / "m.onnx")
-    assert code == 2 and message in one_line(output)
+    assert code == 2 and str(tmp_path / "m.onnx") in one_line(output)
+    assert message in output or "invalid model" in output
+
+
+def test_7_converted_model_the_kernels_refuse_exit_2(tmp_path: Path) -> None:
+    """onnx.checker cannot judge the lmul domain; the kernels refuse mantissa_bits=99 when
+    onnxruntime creates the session: bad input, not an accuracy failure."""
+    onnx.save(mlp(), tmp_path / "m.onnx")
+    converted = lmul_onnx.convert(str(tmp_path / "m.onnx"))
+    converted.graph.node[0].attribute.append(helper.make_attribute("mantissa_bits", 99))
+    onnx.save(converted, tmp_path / "c.onnx")
+    code, output = invoke("validate", tmp_path / "m.onnx", tmp_path / "c.onnx")
+    assert code == 2 and "onnxruntime cannot load it" in one_line(output)
 
 
 @pytest.mark.parametrize(
@@ -463,7 +475,14 @@ def test_11_per_node_entries_are_diagnostics(tmp_path: Path) -> None:
 
 def test_11_sort_worst_ranks_by_snr_nan_first() -> None:
     def node(name: str, snr: float, cosine: float) -> dict:
-        return {"name": name, "op_type": "LMul", "snr_db": snr, "cosine": cosine, "max_abs": 0.0}
+        return {
+            "name": name,
+            "op_type": "LMul",
+            "output": name,
+            "snr_db": snr,
+            "cosine": cosine,
+            "max_abs": 0.0,
+        }
 
     report = ValidationReport({}, {}, {}, 1, 0)
     report.nodes = [
