@@ -69,6 +69,21 @@ from lmul_onnx.ops import SUPPORTED_OPS
     help="Per-node mantissa width; the first matching REGEX wins (repeatable).",
 )
 @click.option(
+    "--offset",
+    default="paper",
+    show_default=True,
+    metavar="paper|unbiased|VALUE",
+    help="SPEC §4 offset of every converted node: paper (no attribute, the paper's 2^-l(m)); "
+    "unbiased (a constant per m that zeroes the mean product error of N(0,1)-like operands); "
+    "an integer 0..8388607 (the attribute) or a fraction in [0, 1) such as 0.0625.",
+)
+@click.option(
+    "--offset-for",
+    multiple=True,
+    metavar="REGEX=CHOICE",
+    help="Per-node offset (paper|unbiased|VALUE); the first matching REGEX wins (repeatable).",
+)
+@click.option(
     "--dim",
     multiple=True,
     metavar="NAME=N",
@@ -87,6 +102,8 @@ def convert(
     exclude: tuple[str, ...],
     mantissa_bits: int | None,
     mantissa_bits_for: tuple[str, ...],
+    offset: str,
+    offset_for: tuple[str, ...],
     dim: tuple[str, ...],
     dry_run: bool,
     json_path: str | None,
@@ -101,6 +118,7 @@ def convert(
     replaced only with --overwrite; every file written is named.
     """
     overrides = tuple(parse_bindings("--mantissa-bits-for", mantissa_bits_for, integer).items())
+    offset_overrides = tuple(parse_bindings("--offset-for", offset_for, str).items())
     dims = parse_bindings("--dim", dim, positive_dim)
     check_outputs(("--json", json_path), reads=(input_model, output))
     quiet = quiet or json_path == "-"
@@ -109,6 +127,7 @@ def convert(
 
     from lmul_onnx.convert import ModelLoadError, convert_file
     from lmul_onnx.output_paths import OutputPathError
+    from lmul_onnx.passes.offsets import OffsetOptions
     from lmul_onnx.passes.selection import SelectionOptions
 
     if ops and not split_names(ops):
@@ -122,6 +141,7 @@ def convert(
             mantissa_bits=mantissa_bits,
             mantissa_bits_for=overrides,
         )
+        offsets = OffsetOptions(offset, offset_overrides)
     except ValueError as error:
         raise InputError(str(error)) from None
 
@@ -137,7 +157,14 @@ def convert(
     start = time.monotonic()
     try:
         report = convert_file(
-            input_model, output, options, dry_run=dry_run, progress=progress, dims=dims, overwrite=overwrite
+            input_model,
+            output,
+            options,
+            dry_run=dry_run,
+            progress=progress,
+            dims=dims,
+            offsets=offsets,
+            overwrite=overwrite,
         )
     except (ModelLoadError, OutputPathError, ValueError) as error:
         raise InputError(str(error)) from None
@@ -152,6 +179,7 @@ def convert(
     if dry_run:
         for record in report.converted:
             bits = f" m={record.decision.mantissa_bits}" if record.decision.mantissa_bits else ""
+            bits += f" offset={record.decision.offset:#x}" if record.decision.offset is not None else ""
             click.echo(
                 f"  {record.op_type} -> {record.new_op_type}{bits}  {record.name}  [{record.location}]"
             )

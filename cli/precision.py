@@ -20,23 +20,24 @@ from lmul_onnx.cli.common import check_outputs, emit_json
     "--json",
     "json_path",
     metavar="PATH",
-    help="Write {row: mean |relative error|} (fractions) as JSON to PATH ('-' for stdout).",
+    help='Write {row: {"mean_abs_error", "bias"}} (fractions) as JSON to PATH (\'-\' for stdout).',
 )
 def precision_command(pairs: int, seed: int, json_path: str | None) -> None:
-    """Mean |relative error| of a single product, per arithmetic.
+    """Mean |relative error| and mean signed error (bias) of a single product, per arithmetic.
 
     Pairs whose exact (float64) product is below 2^-6 in magnitude are not counted.
-    L-Mul rows round the operands to m mantissa bits (SPEC); fp8 and bf16 rows round
-    the operands and the product to the format.
+    L-Mul rows round the operands to m mantissa bits (SPEC); lmul_mK_unbiased rows use
+    the unbiased offset (SPEC §4); fp8 and bf16 rows round the operands and the product
+    to the format.
     """
     check_outputs(("--json", json_path))
-    from lmul_onnx.precision import precision_table
+    from lmul_onnx.precision import precision_rows
 
-    table = precision_table(pairs, seed)
+    table = precision_rows(pairs, seed)
     if json_path is not None:
         emit_json(json_path, table)
         if json_path == "-":
             return
-    click.echo(f"{'arithmetic':<10} {'mean |rel. error|':>18}")
-    for name, value in table.items():
-        click.echo(f"{name:<10} {100 * value:>17.3f}%")
+    click.echo(f"{'arithmetic':<18} {'mean |rel. error|':>18} {'bias':>9}")
+    for name, row in table.items():
+        click.echo(f"{name:<18} {100 * row['mean_abs_error']:>17.3f}% {100 * row['bias']:>+8.3f}%")

@@ -34,7 +34,7 @@ from lmul_onnx import inputs as model_inputs
 from lmul_onnx.baselines import operand_rounded_model
 from lmul_onnx.choices import DEFAULT_ATOL, DEFAULT_RTOL
 from lmul_onnx.metrics import DriftAccumulator, looks_like_logits
-from lmul_onnx.ops import DOMAIN, LMUL_TO_STANDARD
+from lmul_onnx.ops import DOMAIN, LMUL_TO_STANDARD, DomainError, check_model
 from lmul_onnx.output_paths import check_output, staged_files
 from lmul_onnx.runtime import session_options
 
@@ -394,6 +394,11 @@ def validate(
             f"the two models have different graph outputs: {output_names} vs "
             f"{[o.name for o in converted_ir.graph.outputs]}"
         )
+    for model, label in ((original_ir, labels[0]), (converted_ir, labels[1])):
+        try:  # the lmul domain's rules (SPEC section 3), which onnx.checker cannot judge
+            check_model(model)
+        except DomainError as error:
+            raise ValidationInputError(f"{label}: {error}") from None
     entries = converted_nodes(original_ir, converted_ir)
     measurable = [e for e in entries if e.in_main_graph and e.node.outputs and e.node.outputs[0].name]
     lmul_outputs = [(e.name, e.node.outputs[0].name) for e in measurable]

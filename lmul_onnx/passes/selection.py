@@ -3,20 +3,21 @@
 A node is converted when it is a MatMul/Gemm/Mul of the default domain chosen by
 ``ops``, works on float32/float16/bfloat16, falls in the ``scope``, and passes the
 ``include``/``exclude`` name filters, and carries only the attributes its ``lmul`` op
-takes, correctly typed (``ALLOWED_ATTRIBUTES``). Every other node gets a reason, so the summary can
-say why it stayed.
+takes, correctly typed (``ALLOWED_ATTRIBUTES``). Every other node gets a reason, so the
+summary can say why it stayed.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import onnx_ir as ir
 
 from lmul_onnx.choices import Scope
 from lmul_onnx.graph import dtype_name, mantissa_bits
-from lmul_onnx.ops import DOMAIN, LMUL_TO_STANDARD, STANDARD_TO_LMUL, SUPPORTED_OPS
+from lmul_onnx.ops import DOMAIN, LMUL_TO_STANDARD, OP_MAPPINGS, STANDARD_TO_LMUL, SUPPORTED_OPS, type_name
 
 # The element types the kernels compute on.
 CONVERTIBLE_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16})
@@ -82,15 +83,12 @@ class SelectionOptions:
         return self.mantissa_bits
 
 
-# The attributes each standard op may carry for its `lmul` replacement to compute the same
-# thing (ONNX opset >= 7 forms). Legacy forms — Mul/Gemm `broadcast`/`axis` (opset < 7),
-# Mul `consumed_inputs` (opset 1) — and attributes onnxruntime itself would reject (a wrongly
-# typed alpha, an unknown name) leave the node as it is, with the reason.
-ALLOWED_ATTRIBUTES: dict[str, dict[str, str]] = {
-    "MatMul": {},
-    "Mul": {},
-    "Gemm": {"alpha": "FLOAT", "beta": "FLOAT", "transA": "INT", "transB": "INT"},
-}
+# The attributes a standard op may carry for its `lmul` replacement to compute the same
+# thing: the `lmul` op's own (ops.OP_MAPPINGS, opset >= 7 forms), each of its type. Legacy
+# forms — Mul/Gemm `broadcast`/`axis` (opset < 7), Mul `consumed_inputs` (opset 1) — and
+# attributes onnxruntime itself would refuse (a wrongly typed alpha, an unknown name)
+# leave the node as it is, with the reason.
+ALLOWED_ATTRIBUTES: dict[str, Mapping[str, int]] = {m.standard: m.attributes for m in OP_MAPPINGS}
 _LEGACY = ("broadcast", "axis", "consumed_inputs")
 
 
@@ -102,9 +100,11 @@ def attribute_problem(node: ir.Node) -> str | None:
             return f"legacy {node.op_type} attribute {name!r} (opset < 7 semantics)"
         if name not in allowed:
             return f"unknown {node.op_type} attribute {name!r}"
-        kind = attribute.type.name if hasattr(attribute.type, "name") else str(attribute.type)
-        if kind != allowed[name]:
-            return f"{node.op_type} attribute {name!r} is {kind}, not {allowed[name]}"
+        if int(attribute.type) != allowed[name]:
+            return (
+                f"{node.op_type} attribute {name!r} is {type_name(int(attribute.type))}, "
+                f"not {type_name(allowed[name])}"
+            )
     return None
 
 
@@ -116,6 +116,7 @@ class Decision:
     reason: str = ""
     element_type: str | None = None
     mantissa_bits: int | None = None
+    offset: int | None = None  # SPEC 4 attribute set by passes.offsets (None: the paper's)
 
 
 def is_constant(value: ir.Value | None) -> bool:
