@@ -33,7 +33,7 @@ from lmul_onnx.passes.selection import CONVERTIBLE_TYPES
 PAPER = "paper"
 UNBIASED = "unbiased"
 NAMED_CHOICES = (PAPER, UNBIASED)
-TYPE_BITS = {dtype_name(t): mantissa_bits(t) for t in CONVERTIBLE_TYPES}
+TYPE_BITS = {dtype_name(t): mantissa_bits(t) or 0 for t in CONVERTIBLE_TYPES}  # "float32": 23, ...
 
 Choice = str | int  # "paper", "unbiased" or an integer offset
 

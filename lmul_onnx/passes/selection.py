@@ -100,7 +100,7 @@ def attribute_problem(node: ir.Node) -> str | None:
             return f"legacy {node.op_type} attribute {name!r} (opset < 7 semantics)"
         if name not in allowed:
             return f"unknown {node.op_type} attribute {name!r}"
-        if int(attribute.type) != allowed[name]:
+        if not attribute.is_ref() and int(attribute.type) != allowed[name]:
             return (
                 f"{node.op_type} attribute {name!r} is {type_name(int(attribute.type))}, "
                 f"not {type_name(allowed[name])}"
