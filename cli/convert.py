@@ -24,6 +24,18 @@ from lmul_onnx.cli.common import (
 )
 from lmul_onnx.ops import SUPPORTED_OPS
 
+_SELECTION_OPTIONS = (
+    "ops",
+    "scope",
+    "include",
+    "exclude",
+    "mantissa_bits",
+    "mantissa_bits_for",
+    "offset",
+    "offset_for",
+    "every_product",
+)
+
 
 @click.command()
 @click.argument("input_model", type=click.Path(dir_okay=False, path_type=Path))
@@ -89,6 +101,18 @@ from lmul_onnx.ops import SUPPORTED_OPS
     metavar="NAME=N",
     help="Bind a symbolic input dimension for the energy estimate (repeatable).",
 )
+@click.option(
+    "--every-product",
+    is_flag=True,
+    help="Also convert products whose constant operand is exactly 0, ±2^k or a 0/1 mask "
+    "(the paper's 'every multiplication'; by default they stay exact: L-Mul only adds error there).",
+)
+@click.option(
+    "--plan",
+    "plan_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Apply a plan written by 'lmul-onnx tune --plan-out' (replaces the selection options).",
+)
 @click.option("--dry-run", is_flag=True, help="List what would change; write nothing.")
 @click.option("--json", "json_path", metavar="PATH", help=JSON_HELP)
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages, no library warnings.")
@@ -105,6 +129,8 @@ def convert(
     offset: str,
     offset_for: tuple[str, ...],
     dim: tuple[str, ...],
+    every_product: bool,
+    plan_path: Path | None,
     dry_run: bool,
     json_path: str | None,
     quiet: bool,
@@ -120,29 +146,42 @@ def convert(
     overrides = tuple(parse_bindings("--mantissa-bits-for", mantissa_bits_for, integer).items())
     offset_overrides = tuple(parse_bindings("--offset-for", offset_for, str).items())
     dims = parse_bindings("--dim", dim, positive_dim)
-    check_outputs(("--json", json_path), reads=(input_model, output))
+    check_outputs(("--json", json_path), reads=(input_model, output, plan_path))
     quiet = quiet or json_path == "-"
     if quiet:
         quiet_libraries()
+    selection_given = [
+        f"--{name.replace('_', '-')}"
+        for name in _SELECTION_OPTIONS
+        if click.get_current_context().get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+    ]
+    if plan_path is not None and selection_given:
+        raise InputError(f"--plan replaces the selection options; drop {', '.join(selection_given)}")
 
     from lmul_onnx.convert import ModelLoadError, convert_file
     from lmul_onnx.output_paths import OutputPathError
     from lmul_onnx.passes.offsets import OffsetOptions
     from lmul_onnx.passes.selection import SelectionOptions
+    from lmul_onnx.plan import PlanError, load_plan
 
     if ops and not split_names(ops):
         raise InputError("--ops: no op type given")
     try:
-        options = SelectionOptions(
-            ops=tuple(split_names(ops)) or SUPPORTED_OPS,
-            scope=Scope(scope),
-            include=include,
-            exclude=exclude,
-            mantissa_bits=mantissa_bits,
-            mantissa_bits_for=overrides,
-        )
-        offsets = OffsetOptions(offset, offset_overrides)
-    except ValueError as error:
+        if plan_path is not None:
+            plan = load_plan(plan_path)
+            options, offsets = plan.selection_options(), plan.offset_options()
+        else:
+            options = SelectionOptions(
+                ops=tuple(split_names(ops)) or SUPPORTED_OPS,
+                scope=Scope(scope),
+                include=include,
+                exclude=exclude,
+                mantissa_bits=mantissa_bits,
+                mantissa_bits_for=overrides,
+                every_product=every_product,
+            )
+            offsets = OffsetOptions(offset, offset_overrides)
+    except (PlanError, ValueError) as error:
         raise InputError(str(error)) from None
 
     shown = {"last": 0.0}

@@ -17,6 +17,7 @@ from lmul_onnx.cli.convert import convert as convert_command
 from lmul_onnx.cli.energy import energy_command
 from lmul_onnx.cli.models import models
 from lmul_onnx.cli.precision import precision_command
+from lmul_onnx.cli.tune import tune_command
 from lmul_onnx.cli.validate import validate_command
 
 DEBUG_ENV = "LMUL_ONNX_DEBUG"
@@ -80,6 +81,7 @@ def main() -> None:
     Typical use:
       lmul-onnx convert model.onnx            # writes model.lmul.onnx
       lmul-onnx validate model.onnx model.lmul.onnx
+      lmul-onnx tune model.onnx --min-cosine 0.99 --plan-out plan.json
 
     \b
     Conventions: --json PATH writes a verb's report as JSON ('-': stdout); an option
@@ -109,6 +111,7 @@ main.add_command(validate_command, name="validate")
 main.add_command(models)
 main.add_command(energy_command)
 main.add_command(precision_command)
+main.add_command(tune_command)
 
 if __name__ == "__main__":
     main()

@@ -35,6 +35,11 @@ _WHERE: dict[str, str] = {
     "session_options": "lmul_onnx.runtime",
     "ValidationReport": "lmul_onnx.validate",
     "validate": "lmul_onnx.validate",
+    "Plan": "lmul_onnx.plan",
+    "load_plan": "lmul_onnx.plan",
+    "Budget": "lmul_onnx.tune",
+    "TuneResult": "lmul_onnx.tune",
+    "tune": "lmul_onnx.tune",
 }
 
 __all__ = sorted(_WHERE)
@@ -43,7 +48,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from lmul_onnx.convert import ConversionReport, ModelLoadError, convert, convert_file  # noqa: F401
     from lmul_onnx.numerics import lmul, lmul_gemm, lmul_matmul, offset_exponent_bits, round_mantissa  # noqa: F401
     from lmul_onnx.ops import DOMAIN, DOMAIN_VERSION  # noqa: F401
+    from lmul_onnx.plan import Plan, load_plan  # noqa: F401
     from lmul_onnx.runtime import InferenceSession, LibraryNotFoundError, get_library_path, session_options  # noqa: F401
+    from lmul_onnx.tune import Budget, TuneResult, tune  # noqa: F401
     from lmul_onnx.validate import ValidationReport, validate  # noqa: F401
 
 
@@ -60,7 +67,7 @@ def __dir__() -> list[str]:
 
 
 class _Package(types.ModuleType):
-    """Keeps ``lmul_onnx.convert`` and ``lmul_onnx.validate`` the functions: importing the
+    """Keeps ``lmul_onnx.convert``, ``validate`` and ``tune`` the functions: importing the
     submodule of the same name would otherwise replace the attribute with the module."""
 
     def __setattr__(self, name: str, value: Any) -> None:

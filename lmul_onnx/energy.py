@@ -25,6 +25,11 @@ standard nodes), else the type's own width. Assumptions (not in that source, lab
 such in a report whose figures use them): bfloat16 costs what float16 costs, and the
 linear width rule below 32 bits. Summation stays in floating point in both cases, as in
 the paper's analysis.
+
+Products whose constant operand is exactly 0, ±2^k or a 0/1 mask
+(:mod:`lmul_onnx.passes.exact_products`) need no multiplier at all; they are marked
+(``exact``: the reason) and totalled separately under ``exact_products``, priced like
+the others so that the totals stay comparable.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ import onnx_ir as ir
 
 from lmul_onnx import graph
 from lmul_onnx.ops import MANTISSA_BITS, STANDARD_TO_LMUL
+from lmul_onnx.passes.exact_products import exact_product_reason
 from lmul_onnx.passes.selection import CONVERTIBLE_TYPES
 
 DEFAULT_TABLE_PJ: dict[str, float] = {
@@ -73,6 +79,7 @@ class NodeCount:
     key: str = ""  # stable identity (graph.NodeEntry.key)
     executions: int | None = 1  # times the node runs per model run; None: unknown trip count
     per_iteration: bool = False  # inside a Loop/Scan of unknown length: counts are per iteration
+    exact: str | None = None  # why the product needs no multiplier (exact_products), if it does not
     lmul_width: int = 32  # bits of the integer addition its L-Mul costs
 
 
@@ -272,11 +279,13 @@ def count(
                 entry.key,
                 executions,
                 executions is None,
+                exact_product_reason(node),
                 width,
             )
         )
     known = [n for n in nodes if n.multiplications is not None]
     converted = [n for n in known if n.is_lmul]
+    exact = [n for n in known if n.exact]
     return {
         "total": {
             "multiplications": sum(n.multiplications for n in known),
@@ -288,6 +297,11 @@ def count(
             "converted_saving_percent": _saving(converted, "lmul"),
             "unknown_nodes": len(nodes) - len(known),
             "per_iteration_nodes": sum(1 for n in known if n.per_iteration),
+            "exact_products": {
+                "nodes": len(exact),
+                "multiplications": sum(n.multiplications for n in exact),
+                "energy_pj": {key: sum(n.energy_pj[key] for n in exact) for key in _PRICES},
+            },
         },
         "per_op": {
             op: {

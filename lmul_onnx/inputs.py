@@ -230,6 +230,16 @@ def npz_samples(path: str | Path, specs: list[InputSignature]) -> tuple[int, Ite
     return len(keys), samples()
 
 
+def samples_for(
+    specs: list[InputSignature], inputs: str | Path | None, samples: int, options: InputOptions
+) -> list[dict[str, np.ndarray]]:
+    """All the inputs of a run at once (``tune`` reuses them): the samples of an ``.npz``
+    when given, else ``samples`` generated ones (options checked as by :func:`generated`)."""
+    if inputs is not None:
+        return load_npz(inputs, specs)
+    return list(generated(specs, options, samples))
+
+
 def load_npz(path: str | Path, specs: list[InputSignature]) -> list[dict[str, np.ndarray]]:
     """All samples of an ``.npz`` (see :func:`npz_samples`)."""
     return list(npz_samples(path, specs)[1])
