@@ -44,6 +44,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import onnx_ir as ir
 import onnxruntime as ort
 
 import lmul_onnx
@@ -201,7 +202,7 @@ def variant(source: Path, model: str, name: str, work: Path) -> ort.InferenceSes
         rounded = operand_rounded_model(original, keys, config["baseline"])
         # validate's session of a changed model (its external weights found beside source);
         # unoptimised, or onnxruntime would fuse the lossy Cast pairs away
-        return validate_session(rounded, source, optimize=False, modified=True)
+        return validate_session(ir.to_proto(rounded), source.resolve().parent, name, optimize=False)
     path = work / f"{source.stem}.{name}.onnx"
     if not path.exists():
         if config.get("offset") == "auto":

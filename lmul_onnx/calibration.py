@@ -40,7 +40,8 @@ from lmul_onnx import inputs as model_inputs
 from lmul_onnx.offsets import UNBIASED_OFFSETS, zero_bias_offset
 from lmul_onnx.ops import DOMAIN, DOMAIN_VERSION, MANTISSA_BITS, OFFSET, STANDARD_TO_LMUL
 from lmul_onnx.runtime import InferenceSession, run
-from lmul_onnx.validate import _session as model_session  # validate's: custom ops, extra outputs
+from lmul_onnx.validate import _session as model_session  # validate's: custom ops, external data
+from lmul_onnx.validate import _with_outputs
 
 __all__ = [
     "CRITERIA",
@@ -264,11 +265,11 @@ def calibrate(
             if value is not None and value.const_value is None and value.name not in constant_or_input
         }
     )
+    folder = path.resolve().parent if path is not None else None
     try:
-        session = model_session(model, path, exposed)
-    except Exception as error:  # onnxruntime's own errors for a model it cannot run
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CalibrationError(f"calibration: onnxruntime cannot run the model: {message}") from None
+        session = model_session(_with_outputs(ir.to_proto(model), exposed), folder, "the original model")
+    except model_inputs.InputError as error:  # a model onnxruntime cannot load
+        raise CalibrationError(f"calibration: {error}") from None
     feeds_list = calibration_feeds(session, options)
     rng = np.random.default_rng(_SUBSAMPLE_SEED)
     collected = {key: _Operands() for key in main}

@@ -119,11 +119,20 @@ def test_cli_auto_summary_and_bad_calibration_files(model: onnx.ModelProto, tmp_
     source = tmp_path / "m.onnx"
     onnx.save(model, source)
     runner = CliRunner()
-    args = ["convert", str(source), "-o", str(tmp_path / "out.onnx"), "--mantissa-bits", "4", "-q"]
+    args = [
+        "convert",
+        str(source),
+        "-o",
+        str(tmp_path / "out.onnx"),
+        "--mantissa-bits",
+        "4",
+        "-q",
+        "--overwrite",
+    ]
     result = runner.invoke(main, [*args, "--offset", "auto", "--dim", "batch=4", "--samples", "2"])
     assert result.exit_code == 0, result.output
     assert "offset m=4: auto (calibrated)" in result.output and "on 2 node(s)" in result.output
-    result = runner.invoke(main, [*args, "--offset", "auto", "--json"])
+    result = runner.invoke(main, [*args, "--offset", "auto", "--json", "-"])
     report = json.loads(result.output)
     assert {e["choice"] for e in report["offsets"]} == {"auto"}
     assert all(n["reason"].startswith("auto: product bias zeroed on 1 sample(s)") for n in report["nodes"])
