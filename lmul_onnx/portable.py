@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -356,8 +356,7 @@ def _all_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
     yield from _nodes(model.graph)
     for function in model.functions:
         if function.domain != DOMAIN:
-            for node in function.node:
-                yield node
+            yield from function.node
 
 
 def _default_opset(model: onnx.ModelProto) -> int:
