@@ -61,6 +61,12 @@ def _split_ops(text: str) -> tuple[str, ...]:
     metavar="NAME=N",
     help="Bind a symbolic input dimension for the energy estimate (repeatable).",
 )
+@click.option(
+    "--portable",
+    is_flag=True,
+    help="Also write each lmul op's body in standard ONNX ops (opset 26), so that onnxruntime >= 1.30 "
+    "runs the model without the custom-op library.",
+)
 @click.option("--dry-run", is_flag=True, help="List what would change; write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
@@ -74,6 +80,7 @@ def convert(
     mantissa_bits: int | None,
     mantissa_bits_for: tuple[str, ...],
     dim: tuple[str, ...],
+    portable: bool,
     dry_run: bool,
     as_json: bool,
     quiet: bool,
@@ -111,7 +118,9 @@ def convert(
     status(f"loading {input_model}", quiet)
     start = time.monotonic()
     try:
-        report = convert_file(input_model, output, options, dry_run=dry_run, progress=progress)
+        report = convert_file(
+            input_model, output, options, dry_run=dry_run, progress=progress, portable=portable
+        )
     except (ModelLoadError, ValueError) as error:
         raise InputError(str(error)) from None
     estimate = None if dry_run else _energy_estimate(report.output_path, dims)
@@ -126,6 +135,8 @@ def convert(
                 f"  {record.op_type} -> {record.new_op_type}{bits}  {record.name}  [{record.location}]"
             )
     else:
+        if report.portable:
+            click.echo(f"portable: {report.portable}")
         click.echo(f"wrote {report.output_path} ({time.monotonic() - start:.1f} s)")
         click.echo(_energy_line(estimate))
 

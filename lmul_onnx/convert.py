@@ -23,6 +23,7 @@ import onnx_ir as ir
 from lmul_onnx.ops import SUPPORTED_OPS
 from lmul_onnx.passes.rewrite import LMulRewritePass, NodeRecord
 from lmul_onnx.passes.selection import Scope, SelectionOptions
+from lmul_onnx.portable import make_portable
 
 ModelInput = str | os.PathLike[str] | onnx.ModelProto | ir.Model
 
@@ -39,6 +40,7 @@ class ConversionReport:
     output_path: str | None
     dry_run: bool
     nodes: list[NodeRecord] = field(default_factory=list)
+    portable: str | None = None  # what --portable changed (lmul_onnx.portable)
 
     @property
     def converted(self) -> list[NodeRecord]:
@@ -63,6 +65,7 @@ class ConversionReport:
             "output": self.output_path,
             "dry_run": self.dry_run,
             "converted": len(self.converted),
+            "portable": self.portable,
             "ops": self.per_op(),
             "nodes": [
                 {
@@ -177,14 +180,19 @@ def convert_file(
     *,
     dry_run: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    portable: bool = False,
 ) -> ConversionReport:
-    """Convert a model file into another file; the function behind ``lmul-onnx convert``."""
+    """Convert a model file into another file; the function behind ``lmul-onnx convert``.
+    ``portable`` adds the standard-op bodies of :mod:`lmul_onnx.portable`."""
     model, source = load_model(input_path)
     target = Path(output_path) if output_path is not None else default_output_path(input_path)
     if target.resolve() == Path(input_path).resolve():
         raise ValueError(f"refusing to write over the input model {input_path}")
     records = convert_model(model, options, dry_run=dry_run, progress=progress)
     report = ConversionReport(source, None if dry_run else str(target), dry_run, records)
+    if portable and not dry_run:
+        model, added = make_portable(model, base_dir=Path(input_path).parent)
+        report.portable = added.describe()
     if not dry_run:
         save_model(model, target, reads_from=_external_files(model, Path(input_path).parent))
     return report
@@ -200,6 +208,7 @@ def convert(
     nodes_to_exclude: Sequence[str] = (),
     mantissa_bits: int | None = None,
     mantissa_bits_for: dict[str, int] | None = None,
+    portable: bool = False,
 ) -> onnx.ModelProto:
     """Rewrite the MatMul / Gemm / Mul nodes of a model into L-Mul ops.
 
@@ -216,6 +225,9 @@ def convert(
         mantissa_bits: operand mantissa width for every converted node (``None``: the
             tensor type's full width).
         mantissa_bits_for: per-node overrides ``{regex: bits}``; the first match wins.
+        portable: also write each ``lmul`` op's body as a model-local function of standard
+            ops (:mod:`lmul_onnx.portable`), so that onnxruntime >= 1.30 runs the model
+            without the custom-op library.
 
     Returns:
         The converted model as an ``onnx.ModelProto``. Models with external data are
@@ -225,6 +237,7 @@ def convert(
     Raises:
         ModelLoadError: the input cannot be read as ONNX.
         ValueError: an invalid option, or an output path equal to the input.
+        PortableError: ``portable`` and the model cannot hold the portable bodies.
     """
     options = SelectionOptions(
         ops=tuple(op_types_to_quantize),
@@ -235,10 +248,12 @@ def convert(
         mantissa_bits_for=tuple((mantissa_bits_for or {}).items()),
     )
     if isinstance(model, (str, os.PathLike)) and output_path is not None:
-        convert_file(model, output_path, options)
+        convert_file(model, output_path, options, portable=portable)
         return onnx.load(os.fspath(output_path), load_external_data=False)
     ir_model, _ = load_model(model)  # a ModelProto is deserialised, so it stays untouched
     convert_model(ir_model, options)
+    if portable:
+        ir_model, _ = make_portable(ir_model)
     if output_path is not None:
         save_model(ir_model, output_path)
     return ir.to_proto(ir_model)
