@@ -10,6 +10,7 @@ import onnxruntime
 
 import lmul_onnx
 from lmul_onnx.cli.convert import convert as convert_command
+from lmul_onnx.cli.deploy import doctor_command, library_path_command
 from lmul_onnx.cli.energy import energy_command
 from lmul_onnx.cli.models import models
 from lmul_onnx.cli.precision import precision_command
@@ -67,6 +68,8 @@ main.add_command(validate_command, name="validate")
 main.add_command(models)
 main.add_command(energy_command)
 main.add_command(precision_command)
+main.add_command(library_path_command)
+main.add_command(doctor_command)
 
 if __name__ == "__main__":
     main()

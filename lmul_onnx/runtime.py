@@ -61,6 +61,27 @@ def get_library_path() -> str:
     )
 
 
+def _library() -> ctypes.CDLL:
+    return ctypes.CDLL(get_library_path())
+
+
+def simd_level() -> str:
+    """The SIMD level the matrix-product kernels use on this CPU: ``"avx512f"``, ``"avx2"``
+    or ``"none"`` (the portable loops), after the ``LMUL_SIMD`` cap in the environment."""
+    function = _library().lmul_simd_level
+    function.restype = ctypes.c_char_p
+    function.argtypes = []
+    return function().decode()
+
+
+def library_api_version() -> int:
+    """The onnxruntime C API version the library asks for (it runs on onnxruntime >= 1.<that>)."""
+    function = _library().lmul_ort_api_version
+    function.restype = ctypes.c_uint32
+    function.argtypes = []
+    return int(function())
+
+
 def session_options(options: ort.SessionOptions | None = None) -> ort.SessionOptions:
     """Return ``options`` (or new ``SessionOptions``) with the ``lmul`` ops registered."""
     options = options if options is not None else ort.SessionOptions()
