@@ -154,7 +154,9 @@ class _Body:
         factor = self.op("Where", self.op("IsInf", x32), self.const(np.inf, np.float32), factor)
         factor = self.op("Where", self.op("IsNaN", x32), self.const(np.nan, np.float32), factor)
         negative = self.op("Less", self.op("BitCast", x32, to=TensorProto.INT32), self.const(0, np.int32))
-        factor = self.op("Where", negative, self.op("Neg", factor), factor)
+        # A multiplication, not Neg: onnxruntime's Neg turns +0 into +0 (0 - x), not -0.
+        sign = self.op("Where", negative, self.const(-1.0, np.float32), self.const(1.0, np.float32))
+        factor = self.op("Mul", factor, sign)
         return integer, factor
 
     def addend(self, m: str) -> str:
