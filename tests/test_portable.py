@@ -30,8 +30,11 @@ from lmul_onnx.testing import (
     sum_tolerance,
 )
 
-# onnx.reference computes the NaN cases with numpy, which warns about them.
-pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+# onnx.reference computes the NaN and float16-overflow cases with numpy, which warns.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"),
+    pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning"),
+]
 
 DTYPES = [np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)]
 
