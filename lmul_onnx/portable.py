@@ -95,6 +95,9 @@ def _mantissa_tables() -> dict[str, np.ndarray]:
     return {name: np.array(values, dtype=np.int64) for name, values in tables.items()}
 
 
+_TABLES = _mantissa_tables()
+
+
 class _Body:
     """Builds the node list of one function body; every helper returns its output name."""
 
@@ -136,7 +139,7 @@ class _Body:
         """SPEC section 1 for one float32 operand: (int64 magnitude, rounded to ``m`` bits,
         plus ``add``; zeros replaced by a stand-in that makes every sum underflow) and the
         float special factor (+-1 normal, +-0 zero or subnormal, +-inf, NaN)."""
-        tables = {name: self.op("Gather", self.const(table), m) for name, table in _mantissa_tables().items()}
+        tables = {name: self.op("Gather", self.const(table), m) for name, table in _TABLES.items()}
         magnitude = self.op(
             "Cast", self.op("BitCast", self.op("Abs", x32), to=TensorProto.INT32), to=TensorProto.INT64
         )
@@ -162,7 +165,7 @@ class _Body:
     def addend(self, m: str) -> str:
         """``offset - 0x3F800000``: the node's ``offset`` attribute (absent = -1) or the paper's."""
         requested = self.attribute(OFFSET, "value_int")
-        paper = self.op("Gather", self.const(_mantissa_tables()["offset"]), m)
+        paper = self.op("Gather", self.const(_TABLES["offset"]), m)
         offset = self.op("Where", self.op("Less", requested, self.const(0)), paper, requested)
         return self.op("Sub", offset, self.const(_ONE_BITS))
 
