@@ -73,6 +73,23 @@ _THREADS = "onnxruntime's default: one per physical core; set intra_op_num_threa
 _ENVIRONMENT = ("LMUL_ONNX_LIBRARY", "LMUL_SIMD")
 
 
+def _portable_check() -> str:
+    """Whether this onnxruntime runs portable models alone (it needs BitCast, opset 26)."""
+    import numpy as np
+    import onnxruntime
+
+    from lmul_onnx.portable import add_portable_functions
+    from lmul_onnx.testing import single_op_model
+
+    model, _ = add_portable_functions(single_op_model("LMul", [np.float32] * 2))
+    try:
+        session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        (out,) = session.run(None, {"in0": np.float32([1.5]), "in1": np.float32([1.5])})
+    except Exception:
+        return "no: this onnxruntime lacks BitCast (opset 26); portable models need onnxruntime >= 1.30"
+    return "ok" if out[0] == np.float32(2.125) else f"failed: LMul(1.5, 1.5) gave {out[0]}, expected 2.125"
+
+
 def doctor_report() -> dict[str, Any]:
     """Everything a bug report about running the library needs."""
     import onnxruntime
@@ -98,6 +115,7 @@ def doctor_report() -> dict[str, Any]:
         "intra_op_threads": _THREADS,
         "environment": {name: os.environ[name] for name in _ENVIRONMENT if name in os.environ},
         "self_test": _self_test(),
+        "portable_models": _portable_check(),
     }
 
 
@@ -105,7 +123,8 @@ def doctor_report() -> dict[str, Any]:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def doctor_command(as_json: bool) -> None:
     """Print what a bug report needs: onnxruntime and C API versions, the library's path,
-    the kernels' SIMD level on this CPU, threads, and a one-node self-test.
+    the kernels' SIMD level on this CPU, threads, a one-node self-test, and whether this
+    onnxruntime runs portable models without the library.
 
     Exit status 1 when the library is missing, needs a newer onnxruntime or fails its test.
     """
@@ -128,6 +147,7 @@ def doctor_command(as_json: bool) -> None:
             ("threads", report["intra_op_threads"]),
             *((name, value) for name, value in report["environment"].items()),
             ("self-test", report["self_test"]),
+            ("portable", report["portable_models"]),
         ]
         for name, value in rows:
             click.echo(f"{name:<13} {value}")

@@ -260,3 +260,25 @@ def test_portable_minilm_matches_the_library(minilm: tuple[Path, Path], rng: np.
         assert np.array_equal(kernel, theirs)  # the kernels ran, not the bodies
         # Per output, a bound of the SPEC's kind: float32 rounding over the model's depth.
         np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-4 * float(np.abs(theirs).max()))
+
+
+def test_portable_keeps_external_weights_external(rng: np.random.Generator, tmp_path: Path) -> None:
+    w = numpy_helper.from_array(rng.standard_normal((64, 32)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 32])],
+        [w],
+    )
+    source = tmp_path / "in" / "model.onnx"
+    source.parent.mkdir()
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(model, source, save_as_external_data=True, location="model.data", size_threshold=0)
+    target = tmp_path / "out" / "portable.onnx"
+    lmul_onnx.convert(source, target, portable=True)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["portable.onnx", "portable.onnx.data"]
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    alone = ort.InferenceSession(target, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    expected = numerics.lmul_matmul(x, numpy_helper.to_array(w), accumulate=np.float64)
+    assert_close_to_reference(alone, expected, sum_tolerance(x, numpy_helper.to_array(w), None, 64))
