@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import onnxruntime as ort
 
 import lmul_onnx
 from lmul_onnx import zoo
+from lmul_onnx.runtime import cpu_name
 
 
 def feeds(tokens: int) -> dict[str, np.ndarray]:
@@ -73,11 +73,7 @@ def main() -> None:
     parser.add_argument("--tokens", default="16,64", help="comma-separated sequence lengths")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")),
-        platform.processor(),
-    )  # fmt: skip
+    cpu = cpu_name()
     load = os.getloadavg()[0]
     print(f"CPU: {cpu}; load average {load:.2f} on {os.cpu_count()} CPUs; onnxruntime {ort.__version__}")
     source = zoo.path("paraphrase-minilm-l3")

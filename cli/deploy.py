@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import platform
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +29,6 @@ def library_path_command() -> None:
       session_options.RegisterCustomOpsLibrary("$(lmul-onnx library-path)");
     """
     click.echo(_library_path())
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _physical_cores(cpus: set[int]) -> int | None:
@@ -95,7 +84,7 @@ def doctor_report() -> dict[str, Any]:
     import onnxruntime
 
     import lmul_onnx
-    from lmul_onnx.runtime import library_api_version, simd_level
+    from lmul_onnx.runtime import cpu_name, library_api_version, simd_level
 
     path = _library_path()
     runtime_api = int(onnxruntime.__version__.split(".")[1])  # onnxruntime 1.N offers C API N
@@ -109,7 +98,7 @@ def doctor_report() -> dict[str, Any]:
         "library_c_api": needed,
         "compatible": runtime_api >= needed,
         "simd": simd_level(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_name(),
         "cpus_available": len(cpus),
         "physical_cores": _physical_cores(set(cpus)),
         "intra_op_threads": _THREADS,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -80,6 +81,17 @@ def library_api_version() -> int:
     function.restype = ctypes.c_uint32
     function.argtypes = []
     return int(function())
+
+
+def cpu_name() -> str:
+    """This machine's CPU model, as benchmark figures and bug reports must name it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def session_options(options: ort.SessionOptions | None = None) -> ort.SessionOptions:
