@@ -7,12 +7,12 @@ function body. :func:`add_portable_functions` writes those bodies, so a converte
 runs wherever onnxruntime runs, no library needed.
 
 The bodies compute SPEC section 1 with standard ops: ``BitCast`` (opset 26) to the bit
-patterns, the operand rounding and the one integer addition in int64, the special cases
-as a float factor per operand (``+-1`` normal, ``+-0`` zero, ``+-inf``, NaN) multiplied
+patterns, the operand rounding in int64, the one integer addition in uint32, the special
+cases as a float factor per operand (``+-1`` normal, ``+-0`` zero, ``+-inf``, NaN) multiplied
 into the result. Element-wise products are bit-exact; matrix products materialise the
 ``(..., M, K, N)`` tensor of products and sum it with ``ReduceSum`` (float32), which is
-what they cost: about ``8 * M * K * N`` bytes per product tensor, and several passes
-over it.
+what they cost: ``4 * M * K * N`` bytes per product tensor (uint32 or float32), several
+of them alive at once, and several passes over them.
 
 Costs and limits:
 
@@ -47,7 +47,6 @@ PORTABLE_OPS = ("LMul", "LMulMatMul", "LMulGemm")
 _ONE_BITS = 0x3F800000
 _INF_BITS = 0x7F800000
 _SMALLEST_NORMAL_BITS = 0x00800000
-_ZERO_STAND_IN = -(1 << 33)  # an operand magnitude whose sums with any other underflow
 
 
 class PortableError(ValueError):
@@ -135,9 +134,9 @@ class _Body:
         )
         return self.op("Where", self.op("Equal", requested, self.const(0)), width, requested)
 
-    def operand(self, x32: str, m: str, add: str | None) -> tuple[str, str]:
-        """SPEC section 1 for one float32 operand: (int64 magnitude, rounded to ``m`` bits,
-        plus ``add``; zeros replaced by a stand-in that makes every sum underflow) and the
+    def operand(self, x32: str, m: str) -> tuple[str, str]:
+        """SPEC section 1 for one float32 operand: its magnitude bits rounded to ``m`` bits
+        (uint32; 0 for a zero or subnormal, the largest finite value for Inf and NaN) and its
         float special factor (+-1 normal, +-0 zero or subnormal, +-inf, NaN)."""
         tables = {name: self.op("Gather", self.const(table), m) for name, table in _TABLES.items()}
         magnitude = self.op(
@@ -151,8 +150,7 @@ class _Body:
         )
         rounded = self.op("Min", rounded, tables["largest"])  # saturating; Inf/NaN use the factor
         zero = self.op("Less", rounded, self.const(_SMALLEST_NORMAL_BITS))
-        shifted = self.op("Add", rounded, add) if add else rounded
-        integer = self.op("Where", zero, self.const(_ZERO_STAND_IN), shifted)
+        bits = self.op("Cast", self.op("Where", zero, self.const(0), rounded), to=TensorProto.UINT32)
         factor = self.op("Where", zero, self.const(0.0, np.float32), self.const(1.0, np.float32))
         factor = self.op("Where", self.op("IsInf", x32), self.const(np.inf, np.float32), factor)
         factor = self.op("Where", self.op("IsNaN", x32), self.const(np.nan, np.float32), factor)
@@ -160,34 +158,41 @@ class _Body:
         # A multiplication, not Neg: onnxruntime's Neg turns +0 into +0 (0 - x), not -0.
         sign = self.op("Where", negative, self.const(-1.0, np.float32), self.const(1.0, np.float32))
         factor = self.op("Mul", factor, sign)
-        return integer, factor
+        return bits, factor
 
-    def addend(self, m: str) -> str:
-        """``offset - 0x3F800000``: the node's ``offset`` attribute (absent = -1) or the paper's."""
+    def bias(self, m: str) -> str:
+        """``0x3F800000 - offset`` (uint32 scalar): the node's ``offset`` attribute (absent =
+        -1) or the paper's ``1 << (23 - l(m))``."""
         requested = self.attribute(OFFSET, "value_int")
         paper = self.op("Gather", self.const(_TABLES["offset"]), m)
         offset = self.op("Where", self.op("Less", requested, self.const(0)), paper, requested)
-        return self.op("Sub", offset, self.const(_ONE_BITS))
+        return self.op("Cast", self.op("Sub", self.const(_ONE_BITS), offset), to=TensorProto.UINT32)
 
-    def products(self, a: tuple[str, str], b: tuple[str, str]) -> str:
-        """Broadcast L-Mul products (float32) of two prepared operands."""
+    def products(self, a: tuple[str, str], b: tuple[str, str], bias: str) -> str:
+        """Broadcast L-Mul products (float32) of two prepared operands.
+
+        ``|a| + |b|`` fits uint32 (both are at most 0x7F7FFFFF); ``r = |a| + |b| - bias``
+        underflows below 0x00800000 + bias and overflows from 0x7F800000 + bias. A zero
+        operand has magnitude 0, so its sums stay finite and its factor makes them +-0; an
+        Inf or NaN operand has the largest magnitude, so its sums are non-zero and its
+        factor makes them +-inf or NaN (Inf x 0 = NaN as SPEC says)."""
         total = self.op("Add", a[0], b[0])
-        clipped = self.op("Clip", total, self.const(0), self.const(_INF_BITS))
-        magnitude = self.op(
-            "Where", self.op("Less", clipped, self.const(_SMALLEST_NORMAL_BITS)), self.const(0), clipped
-        )
-        value = self.op("BitCast", self.op("Cast", magnitude, to=TensorProto.INT32), to=TensorProto.FLOAT)
+        low = self.op("Add", self.const(_SMALLEST_NORMAL_BITS, np.uint32), bias)
+        high = self.op("Add", self.const(_INF_BITS, np.uint32), bias)
+        r = self.op("Sub", self.op("Clip", total, low, high), bias)
+        r = self.op("Where", self.op("Less", total, low), self.const(0, np.uint32), r)
+        value = self.op("BitCast", r, to=TensorProto.FLOAT)
         return self.op("Mul", value, self.op("Mul", a[1], b[1]))
 
     def matrix_product(self, a32: str, b32: str, m: str) -> str:
         """Sum over K of the (..., M, K, N) products of 2-D-or-more float32 operands."""
-        add = self.addend(m)
-        a_int, a_factor = self.operand(a32, m, add)
-        b_int, b_factor = self.operand(b32, m, None)
+        a_int, a_factor = self.operand(a32, m)
+        b_int, b_factor = self.operand(b32, m)
         last, third = self.const([-1]), self.const([-3])
         a_parts = (self.op("Unsqueeze", a_int, last), self.op("Unsqueeze", a_factor, last))
         b_parts = (self.op("Unsqueeze", b_int, third), self.op("Unsqueeze", b_factor, third))
-        return self.op("ReduceSum", self.products(a_parts, b_parts), self.const([-2]), keepdims=0)
+        products = self.products(a_parts, b_parts, self.bias(m))
+        return self.op("ReduceSum", products, self.const([-2]), keepdims=0)
 
     def function(
         self, name: str, inputs: list[str], attributes: dict[str, object], opset: int
@@ -208,7 +213,7 @@ def _lmul_function(opset: int) -> onnx.FunctionProto:
     body = _Body()
     a32, b32 = (body.op("Cast", x, to=TensorProto.FLOAT) for x in ("A", "B"))
     m = body.mantissa_bits("A")
-    product = body.products(body.operand(a32, m, body.addend(m)), body.operand(b32, m, None))
+    product = body.products(body.operand(a32, m), body.operand(b32, m), body.bias(m))
     body.nodes.append(helper.make_node("CastLike", [product, "A"], ["Y"]))
     return body.function("LMul", ["A", "B"], _DEFAULTS, opset)
 
