@@ -9,7 +9,6 @@ import click
 
 from lmul_onnx.cli.common import InputError, echo_json, is_tty, parse_key_value, status
 from lmul_onnx.convert import ModelLoadError, convert_file
-from lmul_onnx.energy import energy
 from lmul_onnx.ops import SUPPORTED_OPS
 from lmul_onnx.passes.selection import Scope, SelectionOptions
 
@@ -119,11 +118,11 @@ def convert(
     start = time.monotonic()
     try:
         report = convert_file(
-            input_model, output, options, dry_run=dry_run, progress=progress, portable=portable
+            input_model, output, options, dry_run=dry_run, progress=progress, dims=dims, portable=portable
         )
     except (ModelLoadError, ValueError) as error:
         raise InputError(str(error)) from None
-    estimate = None if dry_run else _energy_estimate(report.output_path, dims)
+    estimate = report.energy
     if as_json:
         echo_json({**report.to_dict(), "energy": estimate and estimate["total"]})
         return
@@ -141,14 +140,6 @@ def convert(
         click.echo(_energy_line(estimate))
 
 
-def _energy_estimate(path: str | None, dims: dict[str, int]) -> dict | None:
-    """The energy report of the written model; None when it cannot be estimated."""
-    try:
-        return energy(path, dims=dims) if path else None
-    except Exception:
-        return None
-
-
 def _energy_line(estimate: dict | None) -> str:
     if estimate is None:
         return "energy: no estimate (shape inference failed)"
@@ -158,7 +149,14 @@ def _energy_line(estimate: dict | None) -> str:
     unknown = (
         f"; {total['unknown_nodes']} node(s) of unknown shape left out" if total["unknown_nodes"] else ""
     )
+    loops = (
+        f"; {total['per_iteration_nodes']} node(s) in loops of unknown trip count counted once"
+        if total["per_iteration_nodes"]
+        else ""
+    )
     return (
-        f"energy: the converted products would use {total['saving_percent']:.1f} % less energy than "
-        f"float multiplication ({total['multiplications']:,} products, Horowitz 45 nm table){unknown}"
+        f"energy (Horowitz 45 nm table): the {total['converted_multiplications']:,} converted products "
+        f"use {total['converted_saving_percent']:.1f} % less energy than float multiplication; "
+        f"all {total['multiplications']:,} of the model's multiplications "
+        f"{total['saving_percent']:.1f} % less{unknown}{loops}"
     )

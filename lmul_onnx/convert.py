@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,16 +20,14 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
+from lmul_onnx import energy, graph
+from lmul_onnx.graph import ModelInput, ModelLoadError
 from lmul_onnx.ops import SUPPORTED_OPS
 from lmul_onnx.passes.rewrite import LMulRewritePass, NodeRecord
 from lmul_onnx.passes.selection import Scope, SelectionOptions
 from lmul_onnx.portable import make_portable
 
-ModelInput = str | os.PathLike[str] | onnx.ModelProto | ir.Model
-
-
-class ModelLoadError(ValueError):
-    """The input is not a readable ONNX model."""
+__all__ = ["ConversionReport", "ModelLoadError", "convert", "convert_file", "convert_model"]
 
 
 @dataclass
@@ -40,6 +38,7 @@ class ConversionReport:
     output_path: str | None
     dry_run: bool
     nodes: list[NodeRecord] = field(default_factory=list)
+    energy: dict[str, Any] | None = None  # lmul_onnx.energy.count of the result (not on dry runs)
     portable: str | None = None  # what --portable changed (lmul_onnx.portable)
 
     @property
@@ -77,6 +76,7 @@ class ConversionReport:
                     "element_type": n.decision.element_type,
                     "mantissa_bits": n.decision.mantissa_bits,
                     "reason": n.decision.reason or None,
+                    "key": n.key,
                 }
                 for n in self.nodes
             ],
@@ -91,36 +91,6 @@ class ConversionReport:
         verb = "would convert" if self.dry_run else "converted"
         lines.append(f"{verb} {len(self.converted)} of {len(self.nodes)} candidate nodes")
         return "\n".join(lines)
-
-
-def _read(path_like: str | os.PathLike[str], reader: Callable[[Path], Any]) -> Any:
-    """``reader(path)`` for an existing file, every failure as one ``ModelLoadError``."""
-    path = Path(os.fspath(path_like))
-    if not path.exists():
-        raise ModelLoadError(f"{path}: no such file")
-    if not path.is_file():
-        raise ModelLoadError(f"{path}: not a file")
-    try:
-        return reader(path)
-    except Exception as error:  # protobuf and onnx-ir raise many types for a bad file
-        raise ModelLoadError(f"{path}: not a readable ONNX model ({type(error).__name__}: {error})") from None
-
-
-def load_model(model: ModelInput) -> tuple[ir.Model, str | None]:
-    """Load a path, ``ModelProto`` or ``ir.Model`` as an ``ir.Model`` (weights memory-mapped)."""
-    if isinstance(model, ir.Model):
-        return model, None
-    if isinstance(model, onnx.ModelProto):
-        return ir.from_proto(model), None
-    return _read(model, ir.load), os.fspath(model)
-
-
-def load_graph(model: str | os.PathLike[str] | onnx.ModelProto) -> tuple[onnx.ModelProto, Path | None]:
-    """A ``ModelProto`` (returned as is) or the graph of a model file, without loading its
-    external weights (they stay on disk); with the file's path, if any."""
-    if isinstance(model, onnx.ModelProto):
-        return model, None
-    return _read(model, lambda path: onnx.load(path, load_external_data=False)), Path(os.fspath(model))
 
 
 def _external_files(model: ir.Model, base: Path) -> set[Path]:
@@ -166,9 +136,11 @@ def convert_model(
     *,
     dry_run: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    types: graph.Types | None = None,
 ) -> list[NodeRecord]:
-    """Rewrite ``model`` in place (unless ``dry_run``); return the per-node records."""
-    rewrite = LMulRewritePass(options, dry_run=dry_run, progress=progress)
+    """Rewrite ``model`` in place (unless ``dry_run``); return the per-node records.
+    ``types``: the model's :func:`lmul_onnx.graph.infer` result (inferred when not given)."""
+    rewrite = LMulRewritePass(options, dry_run=dry_run, progress=progress, types=types)
     rewrite(model)
     return rewrite.result.records
 
@@ -180,20 +152,29 @@ def convert_file(
     *,
     dry_run: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    dims: Mapping[str, int] | None = None,
     portable: bool = False,
 ) -> ConversionReport:
     """Convert a model file into another file; the function behind ``lmul-onnx convert``.
-    ``portable`` adds the standard-op bodies of :mod:`lmul_onnx.portable`."""
-    model, source = load_model(input_path)
+
+    The input is checked first (:func:`lmul_onnx.graph.load`); its types and shapes are
+    inferred once (``dims`` binds symbolic input dimensions) and serve both the selection
+    and the energy estimate of the result (``report.energy``, not on dry runs).
+    ``portable`` adds the standard-op bodies of :mod:`lmul_onnx.portable`.
+    """
+    model, _ = graph.load(input_path)
+    source = os.fspath(input_path)
     target = Path(output_path) if output_path is not None else default_output_path(input_path)
     if target.resolve() == Path(input_path).resolve():
         raise ValueError(f"refusing to write over the input model {input_path}")
-    records = convert_model(model, options, dry_run=dry_run, progress=progress)
+    types = graph.infer(model, dims or {})
+    records = convert_model(model, options, dry_run=dry_run, progress=progress, types=types)
     report = ConversionReport(source, None if dry_run else str(target), dry_run, records)
-    if portable and not dry_run:
-        model, added = make_portable(model, base_dir=Path(input_path).parent)
-        report.portable = added.describe()
     if not dry_run:
+        report.energy = energy.count(model, types)
+        if portable:
+            model, added = make_portable(model, base_dir=Path(input_path).parent)
+            report.portable = added.describe()
         save_model(model, target, reads_from=_external_files(model, Path(input_path).parent))
     return report
 
@@ -235,7 +216,8 @@ def convert(
         external).
 
     Raises:
-        ModelLoadError: the input cannot be read as ONNX.
+        ModelLoadError: the input cannot be read as ONNX, or is a model onnxruntime
+            would refuse (see :func:`lmul_onnx.graph.check`).
         ValueError: an invalid option, or an output path equal to the input.
         PortableError: ``portable`` and the model cannot hold the portable bodies.
     """
@@ -250,7 +232,7 @@ def convert(
     if isinstance(model, (str, os.PathLike)) and output_path is not None:
         convert_file(model, output_path, options, portable=portable)
         return onnx.load(os.fspath(output_path), load_external_data=False)
-    ir_model, _ = load_model(model)  # a ModelProto is deserialised, so it stays untouched
+    ir_model, _ = graph.load(model)  # a ModelProto is deserialised, so it stays untouched
     convert_model(ir_model, options)
     if portable:
         ir_model, _ = make_portable(ir_model)

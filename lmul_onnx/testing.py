@@ -14,7 +14,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+import onnx_ir as ir
+from onnx import helper
 
 from lmul_onnx import numerics
 from lmul_onnx.ops import DOMAIN, DOMAIN_VERSION
@@ -22,19 +23,10 @@ from lmul_onnx.ops import DOMAIN, DOMAIN_VERSION
 IR_VERSION = 9
 ONNX_OPSET = 17
 
-_NUMPY_TO_ONNX = {
-    "float32": TensorProto.FLOAT,
-    "float16": TensorProto.FLOAT16,
-    "bfloat16": TensorProto.BFLOAT16,
-    "float64": TensorProto.DOUBLE,
-    "int32": TensorProto.INT32,
-    "int64": TensorProto.INT64,
-}
-
 
 def onnx_type(dtype: Any) -> int:
     """Return the ONNX element type of a numpy dtype (bfloat16 via ml_dtypes)."""
-    return _NUMPY_TO_ONNX[np.dtype(dtype).name]
+    return int(ir.DataType.from_numpy(np.dtype(dtype)))
 
 
 def single_op_model(

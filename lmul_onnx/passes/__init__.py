@@ -1,7 +1,6 @@
-"""Rewrite passes, one concern per module (onnx-ir style):
+"""Rewrite passes, one concern per module (onnx-ir style); the model layer they work on
+(walk, types and shapes) is :mod:`lmul_onnx.graph`:
 
-* :mod:`element_types` -- which element type each value has (ONNX type inference,
-  without serialising the weights).
 * :mod:`selection` -- which MatMul/Gemm/Mul nodes to convert, and why the others stay.
 * :mod:`rewrite` -- the in-place pass that swaps selected nodes into the ``lmul`` domain,
   in the main graph, every subgraph and every model-local function.
