@@ -279,6 +279,12 @@ class NodeEntry:
         return not self.parents and self.function is None
 
 
+def user_functions(model: ir.Model) -> dict[ir.OperatorIdentifier, ir.Function]:
+    """The model's own functions: those of the ``lmul`` domain are the portable bodies of
+    the ``lmul`` ops (:mod:`lmul_onnx.portable`), definitions of ops, never walked."""
+    return {key: f for key, f in model.functions.items() if f.domain != DOMAIN}
+
+
 def function_id(function: ir.Function) -> str:
     return f"{function.domain}.{function.name}" + (f":{function.overload}" if function.overload else "")
 
@@ -343,11 +349,11 @@ def walk(model: ir.Model, *, expand_calls: bool = False) -> Iterator[NodeEntry]:
     their own but below each call site (a body called twice appears twice, with
     ``calls`` naming the call site; recursion stops at a function already being expanded).
     """
-    functions = dict(model.functions) if expand_calls else None
+    functions = user_functions(model) if expand_calls else None
     yield from _walk_graph(model.graph, "", "", None, (), (), functions)
     if expand_calls:
         return
-    for function in model.functions.values():
+    for function in user_functions(model).values():
         key = f"{function.domain}::{function.name}" + (f"::{function.overload}" if function.overload else "")
         yield from _walk_graph(function, key, function_id(function), function, (), (), None)
 
@@ -705,10 +711,11 @@ def infer(model: ir.Model, dims: Mapping[str, int] | None = None) -> Types:
     _assign(model.graph, "", _infer_proto(skeleton), types.values)
     protos = {(f.domain, f.name, getattr(f, "overload", "")): f for f in skeleton.functions}
     cache: dict[tuple, _Scoped] = {}
+    functions = user_functions(model)
 
     def type_calls(graph_entries: list[NodeEntry], calls: tuple[ir.Node, ...]) -> None:
         for entry in graph_entries:
-            function = model.functions.get((entry.node.domain, entry.node.op_type, entry.node.overload))
+            function = functions.get((entry.node.domain, entry.node.op_type, entry.node.overload))
             if function is None or len(calls) >= _MAX_CALL_DEPTH:
                 continue
             if any(_local_of(c, function) for c in calls):

@@ -19,6 +19,7 @@ from onnx.reference import ReferenceEvaluator
 
 import lmul_onnx
 from lmul_onnx import numerics, zoo
+from lmul_onnx.energy import energy
 from lmul_onnx.portable import PORTABLE_OPSET, PortableError, add_portable_functions, with_explicit_attributes
 from lmul_onnx.runtime import run
 from lmul_onnx.testing import (
@@ -282,3 +283,14 @@ def test_portable_keeps_external_weights_external(rng: np.random.Generator, tmp_
     alone = ort.InferenceSession(target, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     expected = numerics.lmul_matmul(x, numpy_helper.to_array(w), accumulate=np.float64)
     assert_close_to_reference(alone, expected, sum_tolerance(x, numpy_helper.to_array(w), None, 64))
+
+
+def test_portable_bodies_are_not_part_of_the_model(minilm: tuple[Path, Path]) -> None:
+    """The lmul functions define ops: energy counts the same products as without them, and
+    converting the portable model again leaves their standard Mul nodes alone."""
+    portable, library = minilm
+    dims = {"batch_size": 1, "sequence_length": 16}
+    assert energy(portable, dims=dims)["total"] == energy(library, dims=dims)["total"]
+    model = lmul_onnx.convert(portable)
+    assert [f.name for f in model.functions] == [f.name for f in onnx.load(portable).functions]
+    assert all(n.domain == "" for f in model.functions for n in f.node)
