@@ -376,9 +376,13 @@ def _default_opset(model: onnx.ModelProto) -> int:
 def add_portable_functions(model: onnx.ModelProto) -> tuple[onnx.ModelProto, PortableReport]:
     """Return a copy of ``model`` that carries a portable body for each ``lmul`` op it uses.
 
+    A model without ``lmul`` ops is returned unchanged.
+
     Raises:
         PortableError: the model uses an ``lmul`` op without a portable body, imports another
-            version of the domain, or its opset cannot be raised to 26.
+            version of the domain, or its opset cannot be raised to 26 (by onnx's version
+            converter, which also drops model-local functions: models with their own
+            functions must be at opset 26 already).
     """
     used: dict[str, str] = {}
     for node in _all_nodes(model):
@@ -397,6 +401,16 @@ def add_portable_functions(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Por
     report = PortableReport(opset_before=_default_opset(model), ir_before=model.ir_version)
     result = onnx.ModelProto()
     result.CopyFrom(model)
+    if not used:
+        report.opset_after, report.ir_after = report.opset_before, report.ir_before
+        return result, report
+    own = [f"{f.domain}.{f.name}" for f in model.functions if f.domain != DOMAIN]
+    if report.opset_before < PORTABLE_OPSET and own:
+        raise PortableError(
+            f"portable bodies need ONNX opset {PORTABLE_OPSET} (BitCast) and this model imports opset "
+            f"{report.opset_before}, but onnx's version converter would drop its functions "
+            f"({', '.join(own)}): raise the model to opset {PORTABLE_OPSET} first"
+        )
     if report.opset_before < PORTABLE_OPSET:
         result = _raise_opset(result, report.opset_before)
     report.opset_after = _default_opset(result)

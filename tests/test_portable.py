@@ -294,3 +294,25 @@ def test_portable_bodies_are_not_part_of_the_model(minilm: tuple[Path, Path]) ->
     model = lmul_onnx.convert(portable)
     assert [f.name for f in model.functions] == [f.name for f in onnx.load(portable).functions]
     assert all(n.domain == "" for f in model.functions for n in f.node)
+
+
+def test_refuses_to_lose_the_models_own_functions() -> None:
+    """onnx's version converter drops model-local functions: refused, not silently lost."""
+    body = [helper.make_node("Mul", ["X", "X"], ["Y"])]
+    square = helper.make_function("my", "Square", ["X"], ["Y"], body, [helper.make_opsetid("", 17)])
+    graph = helper.make_graph(
+        [helper.make_node("Square", ["x"], ["s"], domain="my"), helper.make_node("Mul", ["s", "x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("my", 1)]
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=8, functions=[square])
+    with pytest.raises(PortableError, match=r"drop its functions \(my\.Square\)"):
+        lmul_onnx.convert(model, portable=True)
+
+
+def test_a_model_without_lmul_ops_is_left_alone() -> None:
+    model = single_op_model("Relu", [np.float32], domain="")
+    result, report = add_portable_functions(model)
+    assert result == model and report.functions == [] and report.opset_after == report.opset_before
