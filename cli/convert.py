@@ -10,6 +10,7 @@ import click
 from lmul_onnx.cli.common import InputError, echo_json, is_tty, parse_key_value, status
 from lmul_onnx.convert import ModelLoadError, convert_file
 from lmul_onnx.ops import SUPPORTED_OPS
+from lmul_onnx.passes.offsets import OffsetOptions
 from lmul_onnx.passes.selection import Scope, SelectionOptions
 
 
@@ -55,6 +56,21 @@ def _split_ops(text: str) -> tuple[str, ...]:
     help="Per-node mantissa width; the first matching REGEX wins (repeatable).",
 )
 @click.option(
+    "--offset",
+    default="paper",
+    show_default=True,
+    metavar="paper|unbiased|VALUE",
+    help="SPEC §4 offset of every converted node: paper (no attribute, the paper's 2^-l(m)); "
+    "unbiased (a constant per m that zeroes the mean product error of N(0,1)-like operands); "
+    "an integer 0..8388607 (the attribute) or a fraction in [0, 1) such as 0.0625.",
+)
+@click.option(
+    "--offset-for",
+    multiple=True,
+    metavar="REGEX=CHOICE",
+    help="Per-node offset (paper|unbiased|VALUE); the first matching REGEX wins (repeatable).",
+)
+@click.option(
     "--dim",
     multiple=True,
     metavar="NAME=N",
@@ -78,6 +94,8 @@ def convert(
     exclude: tuple[str, ...],
     mantissa_bits: int | None,
     mantissa_bits_for: tuple[str, ...],
+    offset: str,
+    offset_for: tuple[str, ...],
     dim: tuple[str, ...],
     portable: bool,
     dry_run: bool,
@@ -92,6 +110,7 @@ def convert(
     nothing.
     """
     overrides = tuple(parse_key_value("--mantissa-bits-for", item, int) for item in mantissa_bits_for)
+    offset_overrides = tuple(parse_key_value("--offset-for", item) for item in offset_for)
     dims = dict(parse_key_value("--dim", item, int) for item in dim)
     try:
         options = SelectionOptions(
@@ -102,6 +121,7 @@ def convert(
             mantissa_bits=mantissa_bits,
             mantissa_bits_for=overrides,
         )
+        offsets = OffsetOptions(offset, offset_overrides)
     except ValueError as error:
         raise InputError(str(error)) from None
 
@@ -118,7 +138,14 @@ def convert(
     start = time.monotonic()
     try:
         report = convert_file(
-            input_model, output, options, dry_run=dry_run, progress=progress, dims=dims, portable=portable
+            input_model,
+            output,
+            options,
+            dry_run=dry_run,
+            progress=progress,
+            dims=dims,
+            offsets=offsets,
+            portable=portable,
         )
     except (ModelLoadError, ValueError) as error:
         raise InputError(str(error)) from None
@@ -130,6 +157,7 @@ def convert(
     if dry_run:
         for record in report.converted:
             bits = f" m={record.decision.mantissa_bits}" if record.decision.mantissa_bits else ""
+            bits += f" offset={record.decision.offset:#x}" if record.decision.offset is not None else ""
             click.echo(
                 f"  {record.op_type} -> {record.new_op_type}{bits}  {record.name}  [{record.location}]"
             )

@@ -4,9 +4,7 @@
 // validates shapes, allocates outputs, splits the work over onnxruntime's intra-op
 // thread pool and calls the kernels in kernels/. Every failure becomes an OrtStatus that
 // names the node; no exception crosses the C boundary.
-#define ORT_API_MANUAL_INIT
-#include <onnxruntime_cxx_api.h>
-#undef ORT_API_MANUAL_INIT
+#include "ort_attributes.h"  // includes onnxruntime_cxx_api.h with ORT_API_MANUAL_INIT
 
 #include <algorithm>
 #include <cstring>
@@ -31,6 +29,7 @@ constexpr const char* kDomain = "lmul";
 using lmul::kOrtApiVersion;  // api_version.h
 static_assert(ORT_API_VERSION >= kOrtApiVersion, "onnxruntime headers older than API 21");
 constexpr const char* kMantissaBitsAttribute = "mantissa_bits";
+constexpr const char* kOffsetAttribute = "offset";
 // Work below this many scalar operations is not worth handing to another thread.
 constexpr size_t kMinOpsPerTask = size_t{1} << 16;
 
@@ -54,55 +53,7 @@ constexpr const char* type_name() {
                                                   : "bfloat16";
 }
 
-// An error in a node's inputs or attributes, reported as ORT_INVALID_ARGUMENT.
-struct NodeError : std::exception {
-  explicit NodeError(std::string message) : text(std::move(message)) {}
-  const char* what() const noexcept override { return text.c_str(); }
-  std::string text;
-};
-
-// Attribute readers that tell "absent" from "present with the wrong type".
-enum class AttributeState { kAbsent, kPresent };
-
-// True when a C API call succeeded: here, the attribute exists with that type.
-bool succeeded(OrtStatus* status) {
-  if (!status) return true;
-  Ort::GetApi().ReleaseStatus(status);
-  return false;
-}
-
-AttributeState read_int(const OrtKernelInfo* info, const char* name, int64_t& value) {
-  const OrtApi& api = Ort::GetApi();
-  if (succeeded(api.KernelInfoGetAttribute_int64(info, name, &value))) return AttributeState::kPresent;
-  float as_float = 0.0f;
-  if (succeeded(api.KernelInfoGetAttribute_float(info, name, &as_float))) {
-    throw NodeError(std::string("attribute '") + name + "' must be an int, got a float");
-  }
-  size_t length = 0;
-  if (succeeded(api.KernelInfoGetAttribute_string(info, name, nullptr, &length))) {
-    throw NodeError(std::string("attribute '") + name + "' must be an int, got a string");
-  }
-  return AttributeState::kAbsent;
-}
-
-AttributeState read_float(const OrtKernelInfo* info, const char* name, float& value) {
-  const OrtApi& api = Ort::GetApi();
-  if (succeeded(api.KernelInfoGetAttribute_float(info, name, &value))) return AttributeState::kPresent;
-  int64_t as_int = 0;
-  if (succeeded(api.KernelInfoGetAttribute_int64(info, name, &as_int))) {
-    throw NodeError(std::string("attribute '") + name + "' must be a float, got an int");
-  }
-  return AttributeState::kAbsent;
-}
-
-bool read_flag(const OrtKernelInfo* info, const char* name) {
-  int64_t value = 0;
-  if (read_int(info, name, value) == AttributeState::kAbsent) return false;
-  if (value != 0 && value != 1) {
-    throw NodeError(std::string("attribute '") + name + "' must be 0 or 1, got " + std::to_string(value));
-  }
-  return value == 1;
-}
+using lmul_ort::NodeError;
 
 // Hands `tasks` independent calls task(i) to onnxruntime's intra-op thread pool.
 template <class Task>
@@ -202,6 +153,7 @@ struct LMulKernel {
 
   std::string node_name;
   int mantissa_bits = lmul::type_mantissa_bits(S::kind);
+  uint32_t bias = 0;  // lmul_bias_for_offset of the `offset` attribute or the paper's (SPEC 4)
   bool trans_a = false, trans_b = false;
   float alpha = 1.0f, beta = 1.0f;
   std::unique_ptr<const PackedB> constant_b;  // B prepared at session creation, if constant
@@ -209,7 +161,7 @@ struct LMulKernel {
   LMulKernel(const OrtKernelInfo* info) {
     node_name = Ort::ConstKernelInfo(info).GetNodeName();
     int64_t bits = 0;
-    if (read_int(info, kMantissaBitsAttribute, bits) == AttributeState::kPresent) {
+    if (lmul_ort::read_int(info, kMantissaBitsAttribute, bits)) {
       const int limit = lmul::type_mantissa_bits(S::kind);
       if (bits < 1 || bits > limit) {
         throw NodeError("attribute 'mantissa_bits' must be in 1.." + std::to_string(limit) + " for " +
@@ -217,11 +169,17 @@ struct LMulKernel {
       }
       mantissa_bits = static_cast<int>(bits);
     }
+    int64_t offset = lmul::paper_offset(mantissa_bits);
+    if (lmul_ort::read_int(info, kOffsetAttribute, offset) && (offset < 0 || offset >= lmul::kOffsetLimit)) {
+      throw NodeError("attribute 'offset' must be in 0.." + std::to_string(lmul::kOffsetLimit - 1) +
+                      " (0 <= offset < 2^23), got " + std::to_string(offset));
+    }
+    bias = lmul::lmul_bias_for_offset(static_cast<uint32_t>(offset));
     if (Kind == OpKind::kGemm) {
-      trans_a = read_flag(info, "transA");
-      trans_b = read_flag(info, "transB");
-      read_float(info, "alpha", alpha);
-      read_float(info, "beta", beta);
+      trans_a = lmul_ort::read_flag(info, "transA");
+      trans_b = lmul_ort::read_flag(info, "transB");
+      lmul_ort::read_float(info, "alpha", alpha);
+      lmul_ort::read_float(info, "beta", beta);
     }
     if (Kind != OpKind::kMul) PrepareConstantB(info);
   }
@@ -297,14 +255,15 @@ struct LMulKernel {
     T* py = static_cast<T*>(y.GetTensorMutableRawData());
     const size_t chunk = kMinOpsPerTask;
     const int m = mantissa_bits;
+    const uint32_t product_bias = bias;
     auto task = [&](size_t t) {
       const size_t begin = t * chunk, end = std::min(plan.total, begin + chunk);
       lmul::for_each_run(plan, begin, end,
                          [&](size_t ao, size_t bo, size_t yo, size_t length, size_t as, size_t bs) {
                            if constexpr (std::is_same<T, float>::value) {
-                             lmul::lmul_run_float32(pa + ao, as, pb + bo, bs, py + yo, length, m);
+                             lmul::lmul_run_float32(pa + ao, as, pb + bo, bs, py + yo, length, m, product_bias);
                            } else {
-                             lmul::lmul_run<S>(pa + ao, as, pb + bo, bs, py + yo, length, m);
+                             lmul::lmul_run<S>(pa + ao, as, pb + bo, bs, py + yo, length, m, product_bias);
                            }
                          });
     };
@@ -367,7 +326,6 @@ struct LMulKernel {
 
     T* py = static_cast<T*>(y.GetTensorMutableRawData());
     const T* pc = c ? static_cast<const T*>(c.GetTensorRawData()) : nullptr;
-    const uint32_t bias = lmul::lmul_bias(mantissa_bits);
 
     // Can every product be one integer add (lmul_gemm.h)?
     const size_t nr = lmul::panel_width();
@@ -487,13 +445,16 @@ struct Registry {
 }  // namespace
 
 // Test hook: the matmul variant the pre-scan picks for float32 operands rounded to m bits
-// (0 general, 1 add, 2 add-masked-a, 3 add-masked-b, 4 add-masked-ab, 5 normal; -1 for a
-// bad m). Lets tests check that data selects
-// the micro-kernel they mean to exercise.
+// with the given offset (-1: the paper's) (0 general, 1 add, 2 add-masked-a,
+// 3 add-masked-b, 4 add-masked-ab, 5 normal; -1 for a bad m or offset). Lets tests check
+// that data selects the micro-kernel they mean to exercise.
 extern "C" __attribute__((visibility("default"))) int lmul_matmul_variant(const float* a, size_t a_count,
                                                                           const float* b, size_t b_count,
-                                                                          int mantissa_bits) {
+                                                                          int mantissa_bits, int64_t offset) {
   if (mantissa_bits < 1 || mantissa_bits > lmul::kFloat32MantissaBits) return -1;
+  if (offset < -1 || offset >= lmul::kOffsetLimit) return -1;
+  const uint32_t bias = offset < 0 ? lmul::lmul_bias(mantissa_bits)
+                                   : lmul::lmul_bias_for_offset(static_cast<uint32_t>(offset));
   lmul::OperandRange ranges[2];
   const float* operands[2] = {a, b};
   const size_t counts[2] = {a_count, b_count};
@@ -505,7 +466,7 @@ extern "C" __attribute__((visibility("default"))) int lmul_matmul_variant(const 
     ranges[o].scan(bits.data(), bits.size());
   }
   return static_cast<int>(
-      lmul::choose_variant(ranges[0], ranges[1], lmul::lmul_bias(mantissa_bits), lmul::panel_width() > 0));
+      lmul::choose_variant(ranges[0], ranges[1], bias, lmul::panel_width() > 0));
 }
 
 extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL

@@ -23,6 +23,14 @@ import onnx_ir as ir
 from lmul_onnx import energy, graph
 from lmul_onnx.graph import ModelInput, ModelLoadError
 from lmul_onnx.ops import SUPPORTED_OPS
+from lmul_onnx.passes.offsets import (
+    Choice,
+    LMulOffsetPass,
+    OffsetOptions,
+    describe_offset,
+    effective_mantissa_bits,
+    offset_in_effect,
+)
 from lmul_onnx.passes.rewrite import LMulRewritePass, NodeRecord
 from lmul_onnx.passes.selection import Scope, SelectionOptions
 from lmul_onnx.portable import make_portable
@@ -66,6 +74,7 @@ class ConversionReport:
             "converted": len(self.converted),
             "portable": self.portable,
             "ops": self.per_op(),
+            "offsets": self.offsets(),
             "nodes": [
                 {
                     "name": n.name,
@@ -75,12 +84,32 @@ class ConversionReport:
                     "new_op_type": n.new_op_type,
                     "element_type": n.decision.element_type,
                     "mantissa_bits": n.decision.mantissa_bits,
+                    "offset": n.decision.offset,
                     "reason": n.decision.reason or None,
                     "key": n.key,
                 }
                 for n in self.nodes
             ],
         }
+
+    def offsets(self) -> list[dict[str, Any]]:
+        """The offsets of the converted nodes, one entry per (m, offset) with its node count:
+        ``{"mantissa_bits", "offset" (the attribute; null = the paper's), "value" (the
+        constant in effect), "choice" ("paper"/"unbiased"/"value"), "nodes"}``."""
+        counts = Counter((effective_mantissa_bits(n), n.decision.offset) for n in self.converted)
+        entries = []
+        for (bits, offset), count in sorted(counts.items(), key=lambda item: (item[0][0], item[0][1] or -1)):
+            choice, value = offset_in_effect(offset, bits)
+            entries.append(
+                {
+                    "mantissa_bits": bits,
+                    "offset": offset,
+                    "value": value,
+                    "choice": choice,
+                    "nodes": count,
+                }
+            )
+        return entries
 
     def format_table(self) -> str:
         """A summary for people: per op type, found / converted / skipped with reasons."""
@@ -90,6 +119,9 @@ class ConversionReport:
             lines.append(f"{op:<12} {entry['found']:>6} {entry['converted']:>10}  {skipped or '-'}")
         verb = "would convert" if self.dry_run else "converted"
         lines.append(f"{verb} {len(self.converted)} of {len(self.nodes)} candidate nodes")
+        for entry in self.offsets():
+            described = describe_offset(entry["offset"], entry["mantissa_bits"])
+            lines.append(f"offset m={entry['mantissa_bits']}: {described} on {entry['nodes']} node(s)")
         return "\n".join(lines)
 
 
@@ -137,12 +169,22 @@ def convert_model(
     dry_run: bool = False,
     progress: Callable[[int, int], None] | None = None,
     types: graph.Types | None = None,
+    offsets: OffsetOptions | None = None,
 ) -> list[NodeRecord]:
     """Rewrite ``model`` in place (unless ``dry_run``); return the per-node records.
     ``types``: the model's :func:`lmul_onnx.graph.infer` result (inferred when not given)."""
-    rewrite = LMulRewritePass(options, dry_run=dry_run, progress=progress, types=types)
+    converted: list[tuple[ir.Node, NodeRecord]] = []
+    rewrite = LMulRewritePass(
+        options,
+        dry_run=dry_run,
+        progress=progress,
+        types=types,
+        on_convert=lambda node, record: converted.append((node, record)),
+    )
     rewrite(model)
-    return rewrite.result.records
+    offset_pass = LMulOffsetPass(offsets or OffsetOptions(), converted, dry_run=dry_run)
+    offset_pass(model)
+    return offset_pass.annotate(rewrite.result.records)
 
 
 def convert_file(
@@ -153,6 +195,7 @@ def convert_file(
     dry_run: bool = False,
     progress: Callable[[int, int], None] | None = None,
     dims: Mapping[str, int] | None = None,
+    offsets: OffsetOptions | None = None,
     portable: bool = False,
 ) -> ConversionReport:
     """Convert a model file into another file; the function behind ``lmul-onnx convert``.
@@ -168,7 +211,7 @@ def convert_file(
     if target.resolve() == Path(input_path).resolve():
         raise ValueError(f"refusing to write over the input model {input_path}")
     types = graph.infer(model, dims or {})
-    records = convert_model(model, options, dry_run=dry_run, progress=progress, types=types)
+    records = convert_model(model, options, dry_run=dry_run, progress=progress, types=types, offsets=offsets)
     report = ConversionReport(source, None if dry_run else str(target), dry_run, records)
     if not dry_run:
         report.energy = energy.count(model, types)
@@ -189,6 +232,8 @@ def convert(
     nodes_to_exclude: Sequence[str] = (),
     mantissa_bits: int | None = None,
     mantissa_bits_for: dict[str, int] | None = None,
+    offset: Choice | float = "paper",
+    offset_for: dict[str, Choice | float] | None = None,
     portable: bool = False,
 ) -> onnx.ModelProto:
     """Rewrite the MatMul / Gemm / Mul nodes of a model into L-Mul ops.
@@ -206,6 +251,11 @@ def convert(
         mantissa_bits: operand mantissa width for every converted node (``None``: the
             tensor type's full width).
         mantissa_bits_for: per-node overrides ``{regex: bits}``; the first match wins.
+        offset: the SPEC section 4 offset of every converted node: ``"paper"`` (the
+            default: no attribute), ``"unbiased"`` (the data-free constant of
+            :data:`lmul_onnx.offsets.UNBIASED_OFFSETS` for the node's ``m``), an int
+            (the attribute, 0 <= offset < 2^23) or a float fraction in [0, 1).
+        offset_for: per-node overrides ``{regex: choice}``; the first match wins.
         portable: also write each ``lmul`` op's body as a model-local function of standard
             ops (:mod:`lmul_onnx.portable`), so that onnxruntime >= 1.30 runs the model
             without the custom-op library.
@@ -229,11 +279,12 @@ def convert(
         mantissa_bits=mantissa_bits,
         mantissa_bits_for=tuple((mantissa_bits_for or {}).items()),
     )
+    offsets = OffsetOptions(offset, tuple((offset_for or {}).items()))
     if isinstance(model, (str, os.PathLike)) and output_path is not None:
-        convert_file(model, output_path, options, portable=portable)
+        convert_file(model, output_path, options, offsets=offsets, portable=portable)
         return onnx.load(os.fspath(output_path), load_external_data=False)
     ir_model, _ = graph.load(model)  # a ModelProto is deserialised, so it stays untouched
-    convert_model(ir_model, options)
+    convert_model(ir_model, options, offsets=offsets)
     if portable:
         ir_model, _ = make_portable(ir_model)
     if output_path is not None:

@@ -22,7 +22,7 @@ from lmul_onnx import graph
 from lmul_onnx import inputs as model_inputs
 from lmul_onnx.baselines import operand_rounded_model
 from lmul_onnx.metrics import DriftAccumulator, looks_like_logits
-from lmul_onnx.ops import DOMAIN, LMUL_TO_STANDARD
+from lmul_onnx.ops import DOMAIN, LMUL_TO_STANDARD, check_model
 from lmul_onnx.runtime import session_options
 
 ModelSource = str | os.PathLike[str] | onnx.ModelProto
@@ -116,7 +116,9 @@ def _session(
 ) -> ort.InferenceSession:
     """A session (custom ops registered) whose outputs include ``extra_outputs``.
     ``path`` is where ``model`` was read from: it is loaded from there unless
-    ``modified`` or ``extra_outputs`` ask for the changed graph."""
+    ``modified`` or ``extra_outputs`` ask for the changed graph. The ``lmul`` domain's
+    rules are checked first (:func:`lmul_onnx.ops.check_model`)."""
+    check_model(model)
     options = session_options()
     if threads:
         options.intra_op_num_threads = threads

@@ -94,6 +94,15 @@ def test_dry_run_writes_nothing(model_path: Path) -> None:
         (["{model}", "--mantissa-bits", "30"], "30"),
         (["{model}", "--scope", "everything"], "everything"),
         (["{model}", "-o", "{model}"], "refusing to write over"),
+        (["{model}", "--offset", "-1"], "offset must be in 0..8388607"),
+        (["{model}", "--offset", "8388608"], "offset must be in 0..8388607"),
+        (["{model}", "--offset", "0x800000"], "offset must be in 0..8388607"),
+        (["{model}", "--offset", "1.5"], "offset fraction must be in [0, 1)"),
+        (["{model}", "--offset", "nan"], "offset fraction must be in [0, 1)"),
+        (["{model}", "--offset", "fast"], "choose paper, unbiased"),
+        (["{model}", "--offset-for", "mm=-3"], "offset must be in 0..8388607"),
+        (["{model}", "--offset-for", "(=paper"], "invalid regular expression"),
+        (["{model}", "--offset-for", "mm"], "expects KEY=VALUE"),
     ],
 )
 def test_bad_input_exits_2_without_traceback(

@@ -4,4 +4,5 @@
 * :mod:`selection` -- which MatMul/Gemm/Mul nodes to convert, and why the others stay.
 * :mod:`rewrite` -- the in-place pass that swaps selected nodes into the ``lmul`` domain,
   in the main graph, every subgraph and every model-local function.
+* :mod:`offsets` -- the SPEC section 4 ``offset`` of the nodes a rewrite converted.
 """

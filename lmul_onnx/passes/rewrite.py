@@ -68,12 +68,14 @@ class LMulRewritePass(ir.passes.InPlacePass):
         dry_run: bool = False,
         progress: Callable[[int, int], None] | None = None,
         types: graph.Types | None = None,
+        on_convert: Callable[[ir.Node, NodeRecord], None] | None = None,
     ) -> None:
         super().__init__()
         self.options = options
         self.dry_run = dry_run
         self.progress = progress
         self.types = types
+        self.on_convert = on_convert  # called with each converted node (e.g. passes.offsets)
         self.result = RewriteResult()
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
@@ -87,9 +89,10 @@ class LMulRewritePass(ir.passes.InPlacePass):
                 continue
             decision = decide(node, self.options, element_types(entry, types), entry.name)
             new_op = STANDARD_TO_LMUL.get(node.op_type) if decision.convert else None
-            self.result.records.append(
-                NodeRecord(entry.name, node.op_type, entry.location, decision, new_op, entry.key)
-            )
+            record = NodeRecord(entry.name, node.op_type, entry.location, decision, new_op, entry.key)
+            self.result.records.append(record)
+            if decision.convert and self.on_convert is not None:
+                self.on_convert(node, record)
             if decision.convert and not self.dry_run:
                 node.domain = DOMAIN
                 node.op_type = STANDARD_TO_LMUL[node.op_type]

@@ -97,6 +97,7 @@ class Decision:
     reason: str = ""
     element_type: str | None = None
     mantissa_bits: int | None = None
+    offset: int | None = None  # SPEC 4 attribute set by passes.offsets (None: the paper's)
 
 
 def is_constant(value: ir.Value | None) -> bool:
