@@ -36,12 +36,11 @@ import onnx
 import onnx_ir as ir
 from onnx import TensorProto, helper, numpy_helper
 
-from lmul_onnx.numerics import FLOAT32_MANTISSA_BITS, offset_exponent_bits
-from lmul_onnx.ops import DOMAIN, DOMAIN_VERSION, MANTISSA_BITS
+from lmul_onnx.numerics import FLOAT32_MANTISSA_BITS, paper_offset
+from lmul_onnx.ops import DOMAIN, DOMAIN_VERSION, MANTISSA_BITS, OFFSET
 
 PORTABLE_OPSET = 26  # BitCast
 MIN_IR_VERSION = 9  # FunctionProto.attribute_proto (attribute defaults)
-OFFSET = "offset"  # SPEC section 4; absent = the paper's 1 << (23 - l(m))
 PORTABLE_OPS = ("LMul", "LMulMatMul", "LMulGemm")
 
 _ONE_BITS = 0x3F800000
@@ -90,7 +89,7 @@ def _mantissa_tables() -> dict[str, np.ndarray]:
         tables["lsb"].append(1 << drop if drop else 0)
         tables["keep"].append(~((1 << drop) - 1))
         tables["largest"].append((0x7F7FFFFF >> drop) << drop)
-        tables["offset"].append(1 << (FLOAT32_MANTISSA_BITS - offset_exponent_bits(m)))
+        tables["offset"].append(paper_offset(m))
     return {name: np.array(values, dtype=np.int64) for name, values in tables.items()}
 
 

@@ -316,3 +316,51 @@ def test_a_model_without_lmul_ops_is_left_alone() -> None:
     model = single_op_model("Relu", [np.float32], domain="")
     result, report = add_portable_functions(model)
     assert result == model and report.functions == [] and report.opset_after == report.opset_before
+
+
+# SPEC section 4's worked values: (a bits, b bits, m, offset, result bits).
+OFFSET_WORKED_VALUES = [
+    (0x3FC00000, 0x3FC00000, 23, 0, 0x40000000),
+    (0x3FC00000, 0x3FC00000, 23, 0x100000, 0x40100000),
+    (0x3F8CCCCD, 0x3F8CCCCD, 4, 0x80000, 0x3FA80000),
+    (0x40400000, 0xC0000000, 23, 0x7FFFFF, 0xC13FFFFF),
+]
+
+
+@pytest.mark.parametrize(("a", "b", "m", "offset", "expected"), OFFSET_WORKED_VALUES)
+def test_offset_worked_values(a: int, b: int, m: int, offset: int, expected: int) -> None:
+    model = portable_model("LMul", [np.float32] * 2, mantissa_bits=m, offset=offset)
+    inputs = [np.array([a], np.uint32).view(np.float32), np.array([b], np.uint32).view(np.float32)]
+    for result in run_everywhere(model, inputs):
+        assert result.view(np.uint32)[0] == expected
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_offset_every_op_against_reference_and_kernel(dtype: np.dtype, rng: np.random.Generator) -> None:
+    """Random offsets: LMul bit-exact, LMulMatMul and LMulGemm within tolerance; with the
+    library registered the kernel honours the same attribute."""
+    m = {np.dtype(np.float32): 5, np.dtype(np.float16): 4}.get(dtype, 3)
+    offset = int(rng.integers(0, 1 << 23))
+    a, b = operands(rng, dtype, 200)
+    model = portable_model("LMul", [dtype] * 2, mantissa_bits=m, offset=offset)
+    expected = numerics.lmul(a, b, mantissa_bits=m, offset=offset)
+    for result in run_everywhere(model, [a, b]):
+        assert_same_bits(result, expected)
+    feeds = {"in0": a, "in1": b}
+    assert_same_bits(run(lmul_onnx.InferenceSession(model.SerializeToString()), feeds)[0], expected)
+
+    x = rng.standard_normal((3, 9)).astype(dtype)
+    w = rng.standard_normal((9, 4)).astype(dtype)
+    model = portable_model("LMulMatMul", [dtype] * 2, mantissa_bits=m, offset=offset)
+    expected = numerics.lmul_matmul(x, w, mantissa_bits=m, offset=offset, accumulate=np.float64)
+    magnitudes = numerics.lmul_matmul(
+        np.abs(x), np.abs(w), mantissa_bits=m, offset=offset, accumulate=np.float64
+    )
+    for result in run_everywhere(model, [x, w]):
+        assert_close_to_reference(result, expected, 9 * 2.0**-23 * magnitudes)
+
+    c = rng.standard_normal((4,)).astype(dtype)
+    model = portable_model("LMulGemm", [dtype] * 3, mantissa_bits=m, offset=offset, beta=0.5)
+    expected = numerics.lmul_gemm(x, w, c, beta=0.5, mantissa_bits=m, offset=offset, accumulate=np.float64)
+    for result in run_everywhere(model, [x, w, c]):
+        assert_close_to_reference(result, expected, 9 * 2.0**-23 * magnitudes + 2.0**-23 * np.abs(expected))
