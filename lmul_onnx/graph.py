@@ -497,20 +497,20 @@ def _as_standard(node: onnx.NodeProto, opset: int) -> None:
         node.attribute.extend(kept)
 
 
-def _proto_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+def proto_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
     """``graph`` and its subgraphs at any depth."""
     yield graph
     for node in graph.node:
         for attribute in node.attribute:
             if attribute.type == onnx.AttributeProto.GRAPH:
-                yield from _proto_graphs(attribute.g)
+                yield from proto_graphs(attribute.g)
             for subgraph in attribute.graphs:
-                yield from _proto_graphs(subgraph)
+                yield from proto_graphs(subgraph)
 
 
 def _proto_nodes(proto: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
     """Every node of a ModelProto: graphs, subgraphs, function bodies (and theirs)."""
-    for graph in _proto_graphs(proto.graph):
+    for graph in proto_graphs(proto.graph):
         yield from graph.node
     for function in proto.functions:
         for node in function.node:
@@ -518,7 +518,7 @@ def _proto_nodes(proto: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
             for attribute in node.attribute:
                 subgraphs = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs
                 for subgraph in subgraphs:
-                    for inner in _proto_graphs(subgraph):
+                    for inner in proto_graphs(subgraph):
                         yield from inner.node
 
 
@@ -533,7 +533,7 @@ def _prepare(proto: onnx.ModelProto, dims: Mapping[str, int]) -> None:
     """In place: lmul ops as standard ops, declared intermediate shapes dropped (exporters
     often write placeholder symbols), symbolic input dims bound."""
     _standard_view(proto)
-    for graph in _proto_graphs(proto.graph):
+    for graph in proto_graphs(proto.graph):
         del graph.value_info[:]
     for output in proto.graph.output:
         output.type.tensor_type.ClearField("shape")

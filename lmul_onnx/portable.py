@@ -36,6 +36,7 @@ import onnx
 import onnx_ir as ir
 from onnx import TensorProto, helper, numpy_helper
 
+from lmul_onnx.graph import proto_graphs
 from lmul_onnx.numerics import FLOAT32_MANTISSA_BITS, paper_offset
 from lmul_onnx.ops import DOMAIN, DOMAIN_VERSION, MANTISSA_BITS, OFFSET
 
@@ -301,16 +302,10 @@ def _give_gemm_c(model: onnx.ModelProto) -> int:
         names.add(name)
         return name
 
-    def visit(nodes: Any) -> None:
-        nonlocal count
+    for nodes in list(_node_lists(model)):
         index = 0
         while index < len(nodes):
             node = nodes[index]
-            for attribute in node.attribute:
-                if attribute.type == onnx.AttributeProto.GRAPH:
-                    visit(attribute.g.node)
-                for subgraph in attribute.graphs:
-                    visit(subgraph.node)
             if (
                 node.domain == DOMAIN
                 and node.op_type == "LMulGemm"
@@ -325,11 +320,6 @@ def _give_gemm_c(model: onnx.ModelProto) -> int:
                 count += 1
                 index += 2
             index += 1
-
-    visit(model.graph.node)
-    for function in model.functions:
-        if function.domain != DOMAIN:
-            visit(function.node)
     return count
 
 
@@ -351,21 +341,27 @@ def with_explicit_attributes(model: onnx.ModelProto) -> onnx.ModelProto:
 _BUILDERS = {"LMul": _lmul_function, "LMulMatMul": _lmul_matmul_function, "LMulGemm": _lmul_gemm_function}
 
 
-def _nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    for node in graph.node:
-        yield node
-        for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.GRAPH:
-                yield from _nodes(attribute.g)
-            for subgraph in attribute.graphs:
-                yield from _nodes(subgraph)
+def _node_lists(model: onnx.ModelProto) -> Iterator[Any]:
+    """The node list of every graph and subgraph of the model and of its own functions
+    (not the ``lmul`` domain's, which are the bodies this module writes)."""
+    for graph in proto_graphs(model.graph):
+        yield graph.node
+    for function in model.functions:
+        if function.domain != DOMAIN:
+            yield function.node
+            for node in function.node:
+                for attribute in node.attribute:
+                    subgraphs = (
+                        [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs
+                    )
+                    for subgraph in subgraphs:
+                        for inner in proto_graphs(subgraph):
+                            yield inner.node
 
 
 def _all_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
-    yield from _nodes(model.graph)
-    for function in model.functions:
-        if function.domain != DOMAIN:
-            yield from function.node
+    for nodes in _node_lists(model):
+        yield from nodes
 
 
 def _default_opset(model: onnx.ModelProto) -> int:
