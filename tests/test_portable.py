@@ -364,3 +364,40 @@ def test_offset_every_op_against_reference_and_kernel(dtype: np.dtype, rng: np.r
     expected = numerics.lmul_gemm(x, w, c, beta=0.5, mantissa_bits=m, offset=offset, accumulate=np.float64)
     for result in run_everywhere(model, [x, w, c]):
         assert_close_to_reference(result, expected, 9 * 2.0**-23 * magnitudes + 2.0**-23 * np.abs(expected))
+
+
+def test_gemm_without_c_inside_a_subgraph(rng: np.random.Generator) -> None:
+    """The zero C goes into the branch that holds the node; both runtimes agree."""
+    then = helper.make_graph(
+        [helper.make_node("LMulGemm", ["a", "b"], ["t"], domain="lmul", transB=1, mantissa_bits=6)],
+        "then",
+        [],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)],
+    )
+    otherwise = helper.make_graph(
+        [helper.make_node("Identity", ["a"], ["e"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=otherwise)],
+        "g",
+        [
+            helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, [3, 5]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, [4, 5]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("lmul", 1)]
+    model, report = add_portable_functions(helper.make_model(graph, opset_imports=opsets, ir_version=9))
+    assert report.gemm_c_added == 1 and len(model.graph.node) == 1
+    a = rng.standard_normal((3, 5)).astype(np.float32)
+    b = rng.standard_normal((4, 5)).astype(np.float32)
+    feeds = {"cond": np.array(True), "a": a, "b": b}
+    expected = numerics.lmul_gemm(a, b, trans_b=True, mantissa_bits=6, accumulate=np.float64)
+    alone = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    with_library = lmul_onnx.InferenceSession(model.SerializeToString())
+    for result in (alone.run(None, feeds)[0], with_library.run(None, feeds)[0]):
+        assert_close_to_reference(result, expected, sum_tolerance(a, b.T, 6, 5))
