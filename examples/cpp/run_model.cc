@@ -7,7 +7,7 @@
 // float16, int64 or int32, C order), one per model input, in the model's input order;
 // --save writes output i to DIR/output_<i>.npy. Build (onnxruntime >= 1.21):
 //
-//   g++ -std=c++17 -O2 run_model.cc -I<onnxruntime>/include -L<onnxruntime>/lib -lonnxruntime -o run_model
+//   g++ -std=c++17 -O2 run_model.cc -I<ort>/include -L<ort>/lib -Wl,-rpath,<ort>/lib -lonnxruntime -o run_model
 //
 // The steps that matter for a deployment are in main(): register the library on the
 // session options, create the session, run.
