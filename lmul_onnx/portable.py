@@ -19,7 +19,9 @@ Costs and limits:
 * the model's default-domain opset is raised to 26 with ``onnx.version_converter`` when
   it is older (``BitCast`` needs it; onnxruntime wants one opset per domain across the
   model and its functions), and its IR version to at least 9 (function attribute
-  defaults). A model the version converter cannot raise is refused, with its reason;
+  defaults). A model the version converter cannot raise is refused, with its reason, and
+  so is one with functions of its own (the converter drops them);
+* ``LMulGemm`` nodes without C get a zero C (:func:`_give_gemm_c`);
 * ``LMul``, ``LMulMatMul`` and ``LMulGemm`` only: other ``lmul`` ops are refused.
 """
 
