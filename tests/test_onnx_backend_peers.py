@@ -38,7 +38,8 @@ CASES = _cases()
 
 def test_peer_suite_is_not_empty() -> None:
     assert len([n for n in CASES if n.startswith("test_gemm")]) >= 10
-    assert len([n for n in CASES if n.startswith("test_matmul")]) >= 7
+    # onnx 1.18 (the oldest supported) ships 3 float MatMul cases, newer releases more.
+    assert len([n for n in CASES if n.startswith("test_matmul")]) >= 3
 
 
 def _is_float(name: str) -> bool:
