@@ -43,6 +43,7 @@ from lmul_onnx.numerics import FLOAT32_MANTISSA_BITS, paper_offset
 from lmul_onnx.ops import DOMAIN, DOMAIN_VERSION, MANTISSA_BITS, OFFSET
 
 PORTABLE_OPSET = 26  # BitCast
+PORTABLE_ONNXRUNTIME = (1, 30)  # the first onnxruntime releases that run BitCast
 MIN_IR_VERSION = 9  # FunctionProto.attribute_proto (attribute defaults)
 PORTABLE_OPS = ("LMul", "LMulMatMul", "LMulGemm")
 
@@ -370,6 +371,15 @@ def _default_opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
+def check_support() -> None:
+    """Raise :class:`PortableError` when the installed onnx cannot write opset 26 (BitCast)."""
+    if onnx.defs.onnx_opset_version() < PORTABLE_OPSET:
+        raise PortableError(
+            f"portable models need onnx >= 1.21 (opset {PORTABLE_OPSET}, BitCast); this onnx is "
+            f"{onnx.__version__} (opset {onnx.defs.onnx_opset_version()})"
+        )
+
+
 def add_portable_functions(model: onnx.ModelProto) -> tuple[onnx.ModelProto, PortableReport]:
     """Return a copy of ``model`` that carries a portable body for each ``lmul`` op it uses.
 
@@ -379,8 +389,9 @@ def add_portable_functions(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Por
         PortableError: the model uses an ``lmul`` op without a portable body, imports another
             version of the domain, or its opset cannot be raised to 26 (by onnx's version
             converter, which also drops model-local functions: models with their own
-            functions must be at opset 26 already).
+            functions must be at opset 26 already), or the installed onnx predates opset 26.
     """
+    check_support()
     used: dict[str, str] = {}
     for node in _all_nodes(model):
         if node.domain == DOMAIN:

@@ -163,3 +163,18 @@ def assert_close_to_reference(result: np.ndarray, expected64: np.ndarray, tolera
     error = np.abs(result.astype(np.float64) - expected64)
     bound = tolerance + rounding + 1e-30
     assert np.all(error <= bound), f"max error/bound {np.max(error / bound):.3g}"
+
+
+def portable_unsupported() -> str | None:
+    """Why portable models cannot be written and run here (None when they can): they need
+    onnx with opset 26 and onnxruntime >= 1.30 (BitCast)."""
+    import onnxruntime
+
+    from lmul_onnx.portable import PORTABLE_ONNXRUNTIME, PORTABLE_OPSET
+
+    if onnx.defs.onnx_opset_version() < PORTABLE_OPSET:
+        return f"portable models need onnx >= 1.21 (opset {PORTABLE_OPSET}); installed {onnx.__version__}"
+    release = tuple(int(part) for part in onnxruntime.__version__.split(".")[:2])
+    if release < PORTABLE_ONNXRUNTIME:
+        return f"portable models need onnxruntime >= 1.30 (BitCast); installed {onnxruntime.__version__}"
+    return None

@@ -26,13 +26,17 @@ from lmul_onnx.testing import (
     SPECIAL_BITS,
     assert_close_to_reference,
     assert_same_bits,
+    portable_unsupported,
     random_bits,
     single_op_model,
     sum_tolerance,
 )
 
 # onnx.reference computes the NaN and float16-overflow cases with numpy, which warns.
+# Portable models need onnx >= 1.21 and onnxruntime >= 1.30: skipped (with that reason) in
+# the minimum-versions CI run, which checks the refusal instead (test_portable_support.py).
 pytestmark = [
+    pytest.mark.skipif(portable_unsupported() is not None, reason=str(portable_unsupported())),
     pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"),
     pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning"),
 ]
