@@ -58,6 +58,7 @@ def energy_command(
             mults += " per iteration" if node["per_iteration"] else ""
             click.echo(
                 f"  {node['op_type']:<7} {'lmul ' if node['is_lmul'] else '     '}{mults:>16}  {node['name']}"
+                + (f"  ({node['exact']})" if node["exact"] else "")
             )
     total = report["total"]
     click.echo(
@@ -69,6 +70,13 @@ def energy_command(
         click.echo(
             f"converted: {total['converted_multiplications']:,} products, "
             f"{total['converted_saving_percent']:.1f} % less energy than float multiplication"
+        )
+    exact = total["exact_products"]
+    if exact["nodes"]:
+        click.echo(
+            f"{exact['nodes']} of them ({exact['multiplications']:,} multiplications) multiply by exact "
+            "powers of two or 0/1 masks: they need no multiplier and stay exact unless converted "
+            "with --every-product"
         )
     if total["per_iteration_nodes"]:
         click.echo(

@@ -14,6 +14,7 @@ from lmul_onnx.cli.deploy import doctor_command, library_path_command
 from lmul_onnx.cli.energy import energy_command
 from lmul_onnx.cli.models import models
 from lmul_onnx.cli.precision import precision_command
+from lmul_onnx.cli.tune import tune_command
 from lmul_onnx.cli.validate import validate_command
 
 
@@ -49,6 +50,7 @@ def main() -> None:
     Typical use:
       lmul-onnx convert model.onnx            # writes model.lmul.onnx
       lmul-onnx validate model.onnx model.lmul.onnx
+      lmul-onnx tune model.onnx --min-cosine 0.99 --plan-out plan.json
     """
 
 
@@ -68,6 +70,7 @@ main.add_command(validate_command, name="validate")
 main.add_command(models)
 main.add_command(energy_command)
 main.add_command(precision_command)
+main.add_command(tune_command)
 main.add_command(library_path_command)
 main.add_command(doctor_command)
 
