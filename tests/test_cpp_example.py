@@ -148,7 +148,9 @@ def test_cpp_example_runs_converted_minilm(run_model: list[str], tmp_path: Path)
     original model (L-Mul at m = 4 moves the embeddings by a few per cent)."""
     source = zoo.path("paraphrase-minilm-l3")
     converted = tmp_path / "minilm.lmul.onnx"
-    lmul_onnx.convert(source, converted, mantissa_bits=4)
+    # every_product: GELU's exact halvings become LMul too, so neither onnxruntime fuses
+    # the pattern into its own Gelu kernel (their fusions differ between 1.21 and 1.32).
+    lmul_onnx.convert(source, converted, mantissa_bits=4, every_product=True)
     rng = np.random.default_rng(11)
     feeds = {
         "input_ids": rng.integers(1000, 3000, (1, 12)).astype(np.int64),
