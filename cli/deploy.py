@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from lmul_onnx.cli.common import echo_json
+from lmul_onnx.cli.common import JSON_HELP, check_outputs, emit_json
 
 
 def _library_path() -> str:
@@ -112,18 +112,19 @@ def doctor_report() -> dict[str, Any]:
 
 
 @click.command("doctor")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def doctor_command(as_json: bool) -> None:
+@click.option("--json", "json_path", metavar="PATH", help=JSON_HELP)
+def doctor_command(json_path: str | None) -> None:
     """Print what a bug report needs: onnxruntime and C API versions, the library's path,
     the kernels' SIMD level on this CPU, threads, a one-node self-test, and whether this
     onnxruntime runs portable models without the library.
 
     Exit status 1 when the library is missing, needs a newer onnxruntime or fails its test.
     """
+    check_outputs(("--json", json_path))
     report = doctor_report()
-    if as_json:
-        echo_json(report)
-    else:
+    if json_path:
+        emit_json(json_path, report)
+    if json_path != "-":
         rows = [
             ("lmul-onnx", report["lmul_onnx"]),
             ("onnxruntime", f"{report['onnxruntime']} (C API {report['onnxruntime_c_api']})"),

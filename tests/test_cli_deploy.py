@@ -36,7 +36,7 @@ def test_library_path_missing_is_one_line_exit_1(tmp_path: Path) -> None:
 
 
 def test_doctor_json_report() -> None:
-    result = CliRunner().invoke(main, ["doctor", "--json"])
+    result = CliRunner().invoke(main, ["doctor", "--json", "-"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["onnxruntime"] == onnxruntime.__version__
