@@ -127,6 +127,12 @@ _SELECTION_OPTIONS = (
     "inputs (repeatable).",
 )
 @click.option(
+    "--portable",
+    is_flag=True,
+    help="Also write each lmul op's body in standard ONNX ops (opset 26), so that onnxruntime >= 1.30 "
+    "runs the model without the custom-op library.",
+)
+@click.option(
     "--every-product",
     is_flag=True,
     help="Also convert products whose constant operand is exactly 0, ±2^k or a 0/1 mask "
@@ -158,6 +164,7 @@ def convert(
     seed: int,
     input_range: tuple[str, ...],
     dim: tuple[str, ...],
+    portable: bool,
     every_product: bool,
     plan_path: Path | None,
     dry_run: bool,
@@ -239,6 +246,7 @@ def convert(
             dims=dims,
             offsets=offsets,
             calibration=calibration_options,
+            portable=portable,
             overwrite=overwrite,
         )
     except (ModelLoadError, OutputPathError, ValueError) as error:
@@ -259,6 +267,8 @@ def convert(
                 f"  {record.op_type} -> {record.new_op_type}{bits}  {record.name}  [{record.location}]"
             )
     else:
+        if report.portable:
+            click.echo(f"portable: {report.portable}")
         click.echo(f"wrote {', '.join(report.written)} ({time.monotonic() - start:.1f} s)")
     if not dry_run:
         click.echo(_energy_line(report, estimate))

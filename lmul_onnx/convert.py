@@ -35,6 +35,7 @@ from lmul_onnx.passes.offsets import (
 from lmul_onnx.passes.rewrite import LMulRewritePass, NodeRecord
 from lmul_onnx.passes.selection import Scope, SelectionOptions
 from lmul_onnx.plan import Plan, load_plan
+from lmul_onnx.portable import make_portable
 
 __all__ = ["ConversionReport", "ModelLoadError", "convert", "convert_file", "convert_model"]
 
@@ -49,6 +50,7 @@ class ConversionReport:
     nodes: list[NodeRecord] = field(default_factory=list)
     energy: dict[str, Any] | None = None  # lmul_onnx.energy.count of the result (not on dry runs)
     written: list[str] = field(default_factory=list)
+    portable: str | None = None  # what --portable changed (lmul_onnx.portable)
 
     @property
     def converted(self) -> list[NodeRecord]:
@@ -74,6 +76,7 @@ class ConversionReport:
             "written": self.written,
             "dry_run": self.dry_run,
             "converted": len(self.converted),
+            "portable": self.portable,
             "ops": self.per_op(),
             "offsets": self.offsets(),
             "nodes": [
@@ -268,6 +271,7 @@ def convert_file(
     overwrite: bool = False,
     offsets: OffsetOptions | None = None,
     calibration: CalibrationOptions | None = None,
+    portable: bool = False,
 ) -> ConversionReport:
     """Convert a model file into another file; the function behind ``lmul-onnx convert``.
 
@@ -278,6 +282,7 @@ def convert_file(
     the selection and the energy estimate of the result (``report.energy``, not on dry
     runs). ``report.written`` names the files written.
     ``calibration``: the inputs of ``auto`` offsets (see :func:`convert_model`).
+    ``portable`` adds the standard-op bodies of :mod:`lmul_onnx.portable`.
     """
     model, model_path = graph.load(input_path)
     source = os.fspath(input_path)
@@ -300,6 +305,9 @@ def convert_file(
     report = ConversionReport(source, None if dry_run else str(target), dry_run, records)
     if not dry_run:
         report.energy = energy.count(model, types, dims=dims)
+        if portable:
+            model, added = make_portable(model, base_dir=Path(input_path).parent)
+            report.portable = added.describe()
         written = save_model(model, target, reads_from=reads_from, overwrite=overwrite, input_path=input_path)
         report.written = [str(path) for path in written]
     return report
@@ -343,6 +351,7 @@ def convert(
     calibration: CalibrationOptions | None = None,
     every_product: bool = False,
     plan: str | os.PathLike[str] | Plan | None = None,
+    portable: bool = False,
 ) -> onnx.ModelProto:
     """Rewrite the MatMul / Gemm / Mul nodes of a model into L-Mul ops.
 
@@ -370,6 +379,9 @@ def convert(
         calibration: the inputs ``auto`` calibrates on: an ``.npz`` or seeded generated
             samples (:class:`lmul_onnx.calibration.CalibrationOptions`); default one
             generated sample, as ``validate`` generates it.
+        portable: also write each ``lmul`` op's body as a model-local function of standard
+            ops (:mod:`lmul_onnx.portable`), so that onnxruntime >= 1.30 runs the model
+            without the custom-op library.
         every_product: also convert products whose constant operand is exactly 0, ±2^k or
             a 0/1 mask (left exact by default: L-Mul would only add error to them).
         plan: a plan from :func:`lmul_onnx.tune` (a path or a ``Plan``): convert exactly
@@ -389,6 +401,7 @@ def convert(
             the input reads, a symbolic link, or (without ``overwrite``) an existing file.
         lmul_onnx.calibration.CalibrationError: calibration inputs that cannot be read
             or do not fit the model (a ``ValueError``).
+        PortableError: ``portable`` and the model cannot hold the portable bodies.
         lmul_onnx.plan.PlanError: an unreadable plan.
     """
     if plan is not None:
@@ -407,11 +420,19 @@ def convert(
         offsets = OffsetOptions(offset, tuple((offset_for or {}).items()))
     if isinstance(model, (str, os.PathLike)) and output_path is not None:
         convert_file(
-            model, output_path, options, offsets=offsets, calibration=calibration, overwrite=overwrite
+            model,
+            output_path,
+            options,
+            offsets=offsets,
+            calibration=calibration,
+            overwrite=overwrite,
+            portable=portable,
         )
         return onnx.load(os.fspath(output_path), load_external_data=False)
     ir_model, ir_path = graph.load(model)  # a ModelProto is deserialised, so it stays untouched
     convert_model(ir_model, options, offsets=offsets, calibration=calibration, path=ir_path)
+    if portable:
+        ir_model, _ = make_portable(ir_model)
     if output_path is not None:
         save_model(ir_model, output_path, overwrite=overwrite)
     return ir.to_proto(ir_model)
