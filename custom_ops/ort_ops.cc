@@ -9,13 +9,17 @@
 #undef ORT_API_MANUAL_INIT
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
+#include <functional>
 #include <exception>
 #include <memory>
 #include <new>
 #include <string>
 #include <vector>
 
+#include "kernels/conv_shapes.h"
+#include "kernels/lmul_conv.h"
 #include "kernels/lmul_gemm.h"
 #include "kernels/lmul_kernels.h"
 #include "kernels/shapes.h"
@@ -36,10 +40,14 @@ constexpr const char* kMantissaBitsAttribute = "mantissa_bits";
 // Work below this many scalar operations is not worth handing to another thread.
 constexpr size_t kMinOpsPerTask = size_t{1} << 16;
 
-enum class OpKind { kMul, kMatMul, kGemm };
+enum class OpKind { kMul, kMatMul, kGemm, kConv, kConvTranspose };
 
 constexpr const char* op_name(OpKind kind) {
-  return kind == OpKind::kMul ? "LMul" : kind == OpKind::kMatMul ? "LMulMatMul" : "LMulGemm";
+  return kind == OpKind::kMul             ? "LMul"
+         : kind == OpKind::kMatMul        ? "LMulMatMul"
+         : kind == OpKind::kGemm          ? "LMulGemm"
+         : kind == OpKind::kConv          ? "LMulConv"
+                                          : "LMulConvTranspose";
 }
 
 template <class S>
@@ -106,6 +114,44 @@ bool read_flag(const OrtKernelInfo* info, const char* name) {
   return value == 1;
 }
 
+// A list-of-ints attribute; absent leaves `values` empty.
+AttributeState read_ints(const OrtKernelInfo* info, const char* name, std::vector<int64_t>& values) {
+  const OrtApi& api = Ort::GetApi();
+  size_t size = 0;
+  if (succeeded(api.KernelInfoGetAttributeArray_int64(info, name, nullptr, &size))) {
+    values.assign(size, 0);
+    if (size > 0 && !succeeded(api.KernelInfoGetAttributeArray_int64(info, name, values.data(), &size))) {
+      throw NodeError(std::string("attribute '") + name + "' could not be read");
+    }
+    return AttributeState::kPresent;
+  }
+  int64_t as_int = 0;
+  if (read_int(info, name, as_int) == AttributeState::kPresent) {
+    throw NodeError(std::string("attribute '") + name + "' must be a list of ints, got an int");
+  }
+  return AttributeState::kAbsent;
+}
+
+AttributeState read_string(const OrtKernelInfo* info, const char* name, std::string& value) {
+  const OrtApi& api = Ort::GetApi();
+  size_t length = 0;
+  if (succeeded(api.KernelInfoGetAttribute_string(info, name, nullptr, &length))) {
+    std::vector<char> text(length + 1, '\0');
+    if (!succeeded(api.KernelInfoGetAttribute_string(info, name, text.data(), &length))) {
+      throw NodeError(std::string("attribute '") + name + "' could not be read");
+    }
+    value.assign(text.data());
+    return AttributeState::kPresent;
+  }
+  int64_t as_int = 0;
+  float as_float = 0.0f;
+  if (succeeded(api.KernelInfoGetAttribute_int64(info, name, &as_int)) ||
+      succeeded(api.KernelInfoGetAttribute_float(info, name, &as_float))) {
+    throw NodeError(std::string("attribute '") + name + "' must be a string");
+  }
+  return AttributeState::kAbsent;
+}
+
 // Hands `tasks` independent calls task(i) to onnxruntime's intra-op thread pool.
 template <class Task>
 void parallel_for(const Ort::KernelContext& context, size_t tasks, Task& task) {
@@ -139,6 +185,27 @@ struct PoolRunner {
     parallel_for(context, tasks, fn);
   }
 };
+
+// Runs body(), turning any exception into a status that names the op and the node.
+template <OpKind Kind, class Body>
+OrtStatusPtr guarded(const std::string& node, Body&& body) noexcept {
+  auto fail = [&node](OrtErrorCode code, const char* what) {
+    const std::string message = std::string(kDomain) + "." + op_name(Kind) + " node '" + node + "': " + what;
+    return Ort::GetApi().CreateStatus(code, message.c_str());
+  };
+  try {
+    body();
+    return nullptr;
+  } catch (const NodeError& e) {
+    return fail(ORT_INVALID_ARGUMENT, e.what());
+  } catch (const std::bad_alloc&) {
+    return fail(ORT_FAIL, "out of memory");
+  } catch (const std::exception& e) {
+    return fail(ORT_FAIL, e.what());
+  } catch (...) {
+    return fail(ORT_FAIL, "unknown error");
+  }
+}
 
 // B of a matrix product, rounded, analysed and packed into the fast kernels' panels:
 // per call, or once when B is a constant initializer (weights). Without SIMD, it keeps
@@ -255,28 +322,7 @@ struct LMulKernel {
                                   mantissa_bits, SerialRunner{});
   }
 
-  OrtStatusPtr ComputeV2(OrtKernelContext* raw_context) noexcept { return guarded(node_name, [&] { Compute(raw_context); }); }
-
-  // Runs body(), turning any exception into a status that names the op and the node.
-  template <class Body>
-  static OrtStatusPtr guarded(const std::string& node, Body&& body) noexcept {
-    auto fail = [&node](OrtErrorCode code, const char* what) {
-      const std::string message = std::string(kDomain) + "." + op_name(Kind) + " node '" + node + "': " + what;
-      return Ort::GetApi().CreateStatus(code, message.c_str());
-    };
-    try {
-      body();
-      return nullptr;
-    } catch (const NodeError& e) {
-      return fail(ORT_INVALID_ARGUMENT, e.what());
-    } catch (const std::bad_alloc&) {
-      return fail(ORT_FAIL, "out of memory");
-    } catch (const std::exception& e) {
-      return fail(ORT_FAIL, e.what());
-    } catch (...) {
-      return fail(ORT_FAIL, "unknown error");
-    }
-  }
+  OrtStatusPtr ComputeV2(OrtKernelContext* raw_context) noexcept { return guarded<Kind>(node_name, [&] { Compute(raw_context); }); }
 
   void Compute(OrtKernelContext* raw_context) const {
     Ort::KernelContext context(raw_context);
@@ -441,13 +487,165 @@ struct LMulKernel {
   }
 };
 
+// onnxruntime's thread pool as the kernels' ParallelFor. A task that throws (out of
+// memory) must not unwind through onnxruntime's threads: the failure is rethrown here.
+lmul::ParallelFor pool_parallel_for(const Ort::KernelContext& context) {
+  return [&context](size_t tasks, const std::function<void(size_t)>& task) {
+    std::atomic<bool> failed{false};
+    std::function<void(size_t)> safe = [&](size_t i) {
+      try {
+        task(i);
+      } catch (...) {
+        failed = true;
+      }
+    };
+    parallel_for(context, tasks, safe);
+    if (failed) throw std::bad_alloc();
+  };
+}
+
+void serial_for(size_t tasks, const std::function<void(size_t)>& task) {
+  for (size_t i = 0; i < tasks; ++i) task(i);
+}
+
+// LMulConv and LMulConvTranspose: attributes checked when the session is created,
+// constant weights rounded and scanned then, the rest in kernels/lmul_conv.h.
 template <OpKind Kind, class S>
-struct LMulOp : Ort::CustomOpBase<LMulOp<Kind, S>, LMulKernel<Kind, S>, /*WithStatus=*/true> {
+struct LMulConvKernel {
+  using T = typename S::type;
+  static constexpr bool kTranspose = Kind == OpKind::kConvTranspose;
+
+  std::string node_name;
+  int mantissa_bits = lmul::type_mantissa_bits(S::kind);
+  lmul::ConvAttributes attributes;
+  std::unique_ptr<const lmul::ConvWeights> constant_w;
+
+  explicit LMulConvKernel(const OrtKernelInfo* info) {
+    node_name = Ort::ConstKernelInfo(info).GetNodeName();
+    int64_t bits = 0;
+    if (read_int(info, kMantissaBitsAttribute, bits) == AttributeState::kPresent) {
+      const int limit = lmul::type_mantissa_bits(S::kind);
+      if (bits < 1 || bits > limit) {
+        throw NodeError("attribute 'mantissa_bits' must be in 1.." + std::to_string(limit) + " for " +
+                        type_name<S>() + " inputs, got " + std::to_string(bits));
+      }
+      mantissa_bits = static_cast<int>(bits);
+    }
+    std::string auto_pad;
+    if (read_string(info, "auto_pad", auto_pad) == AttributeState::kPresent &&
+        !lmul::parse_auto_pad(auto_pad, attributes.auto_pad)) {
+      throw NodeError("attribute 'auto_pad' must be NOTSET, SAME_UPPER, SAME_LOWER or VALID, got '" + auto_pad + "'");
+    }
+    read_int(info, "group", attributes.group);
+    read_ints(info, "dilations", attributes.dilations);
+    read_ints(info, "kernel_shape", attributes.kernel_shape);
+    read_ints(info, "pads", attributes.pads);
+    read_ints(info, "strides", attributes.strides);
+    if (kTranspose) {
+      read_ints(info, "output_padding", attributes.output_padding);
+      read_ints(info, "output_shape", attributes.output_shape);
+    }
+    std::string error;
+    if (!lmul::check_conv_attributes(attributes, kTranspose, error)) throw NodeError(error);
+    PrepareConstantW(info);
+  }
+
+  // Weights are constant: round and scan them once, here.
+  void PrepareConstantW(const OrtKernelInfo* info) {
+    int is_constant = 0;
+    const Ort::ConstValue w = Ort::ConstKernelInfo(info).GetTensorConstantInput(1, &is_constant);
+    if (!is_constant || !w || !w.IsTensor()) return;
+    const Ort::TensorTypeAndShapeInfo type_shape = w.GetTensorTypeAndShapeInfo();
+    if (type_shape.GetElementType() != onnx_type<S>()) return;
+    const lmul::Shape shape = type_shape.GetShape();
+    if (!WeightsUsable(shape)) return;  // Compute reports the error
+    auto prepared = std::make_unique<lmul::ConvWeights>();
+    lmul::round_conv_weights<S>(static_cast<const T*>(w.GetTensorRawData()), shape,
+                                static_cast<size_t>(attributes.group), kTranspose, mantissa_bits, serial_for,
+                                *prepared);
+    constant_w = std::move(prepared);
+  }
+
+  bool WeightsUsable(const lmul::Shape& shape) const {
+    size_t count = 0;
+    if (shape.size() < 3 || !lmul::element_count(shape, count)) return false;
+    return static_cast<size_t>(shape[0]) % static_cast<size_t>(attributes.group) == 0;
+  }
+
+  OrtStatusPtr ComputeV2(OrtKernelContext* raw_context) noexcept {
+    return guarded<Kind>(node_name, [&] { Compute(raw_context); });
+  }
+
+  void Compute(OrtKernelContext* raw_context) const {
+    Ort::KernelContext context(raw_context);
+    const Ort::ConstValue x = context.GetInput(0), w = context.GetInput(1);
+    Ort::ConstValue b{nullptr};
+    if (context.GetInputCount() > 2) b = context.GetInput(2);
+    const lmul::Shape x_shape = shape_of(x), w_shape = shape_of(w);
+    lmul::Shape b_shape;
+    if (b) b_shape = shape_of(b);
+    lmul::ConvPlan plan;
+    std::string error;
+    if (!lmul::make_conv_plan(x_shape, w_shape, b ? &b_shape : nullptr, attributes, kTranspose, plan, error)) {
+      throw NodeError(error);
+    }
+    Ort::UnownedValue y = context.GetOutput(0, plan.out_shape);
+    const size_t y_count = plan.batch * plan.out_channels * plan.out_pixels;
+    if (y_count == 0) return;
+    const lmul::ParallelFor parallel = pool_parallel_for(context);
+
+    // X rounded once, in parallel chunks.
+    const size_t x_count = plan.batch * plan.in_channels * plan.in_pixels;
+    std::unique_ptr<uint32_t[]> x_bits(new uint32_t[std::max<size_t>(1, x_count)]);
+    const T* px = static_cast<const T*>(x.GetTensorRawData());
+    const size_t chunk = kMinOpsPerTask;
+    parallel(ceil_div(x_count, chunk), [&](size_t t) {
+      const size_t begin = t * chunk, count = std::min(chunk, x_count - begin);
+      lmul::pack_rounded<S>(px + begin, 1, count, 0, 1, mantissa_bits, x_bits.get() + begin);
+    });
+
+    std::unique_ptr<lmul::ConvWeights> per_call_w;
+    if (!(constant_w && constant_w->matches(w_shape, plan))) {
+      per_call_w = std::make_unique<lmul::ConvWeights>();
+      lmul::round_conv_weights<S>(static_cast<const T*>(w.GetTensorRawData()), w_shape, plan.group, kTranspose,
+                                  mantissa_bits, parallel, *per_call_w);
+    }
+    const lmul::ConvWeights& weights = per_call_w ? *per_call_w : *constant_w;
+
+    std::vector<float> bias;
+    if (b) {
+      const T* pb = static_cast<const T*>(b.GetTensorRawData());
+      bias.resize(plan.out_channels);
+      for (size_t i = 0; i < plan.out_channels; ++i) bias[i] = S::load(pb[i]);
+    }
+    T* py = static_cast<T*>(y.GetTensorMutableRawData());
+    // float32 results are written in place; other types through a float32 buffer.
+    constexpr bool kInPlace = std::is_same<T, float>::value;
+    std::unique_ptr<float[]> scratch(kInPlace ? nullptr : new float[y_count]);
+    float* out = kInPlace ? reinterpret_cast<float*>(py) : scratch.get();
+    lmul::lmul_conv(plan, weights, x_bits.get(), b ? bias.data() : nullptr, lmul::lmul_bias(mantissa_bits), out,
+                    parallel);
+    if (!kInPlace) {
+      parallel(ceil_div(y_count, chunk), [&](size_t t) {
+        const size_t begin = t * chunk, end = std::min(y_count, begin + chunk);
+        for (size_t i = begin; i < end; ++i) py[i] = S::store(out[i]);
+      });
+    }
+  }
+};
+
+template <OpKind Kind, class S>
+using KernelFor = typename std::conditional<Kind == OpKind::kConv || Kind == OpKind::kConvTranspose,
+                                            LMulConvKernel<Kind, S>, LMulKernel<Kind, S>>::type;
+
+template <OpKind Kind, class S>
+struct LMulOp : Ort::CustomOpBase<LMulOp<Kind, S>, KernelFor<Kind, S>, /*WithStatus=*/true> {
   const char* GetName() const { return op_name(Kind); }
-  size_t GetInputTypeCount() const { return Kind == OpKind::kGemm ? 3 : 2; }
+  static constexpr bool kOptionalThird = Kind == OpKind::kGemm || Kind == OpKind::kConv || Kind == OpKind::kConvTranspose;
+  size_t GetInputTypeCount() const { return kOptionalThird ? 3 : 2; }
   ONNXTensorElementDataType GetInputType(size_t) const { return onnx_type<S>(); }
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
-    return Kind == OpKind::kGemm && index == 2 ? OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL
+    return kOptionalThird && index == 2 ? OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL
                                                : OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED;
   }
   size_t GetOutputTypeCount() const { return 1; }
@@ -456,9 +654,9 @@ struct LMulOp : Ort::CustomOpBase<LMulOp<Kind, S>, LMulKernel<Kind, S>, /*WithSt
   // Attributes are checked here, so a bad value fails when the session is created.
   OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const noexcept {
     std::string node;
-    return LMulKernel<Kind, S>::guarded(node, [&] {
+    return guarded<Kind>(node, [&] {
       node = Ort::ConstKernelInfo(info).GetNodeName();
-      *kernel = new LMulKernel<Kind, S>(info);
+      *kernel = new KernelFor<Kind, S>(info);
     });
   }
 };
@@ -476,11 +674,18 @@ struct Registry {
   LMulOp<OpKind::kGemm, Float32Storage> gemm_f32;
   LMulOp<OpKind::kGemm, Float16Storage> gemm_f16;
   LMulOp<OpKind::kGemm, BFloat16Storage> gemm_bf16;
+  LMulOp<OpKind::kConv, Float32Storage> conv_f32;
+  LMulOp<OpKind::kConv, Float16Storage> conv_f16;
+  LMulOp<OpKind::kConv, BFloat16Storage> conv_bf16;
+  LMulOp<OpKind::kConvTranspose, Float32Storage> conv_transpose_f32;
+  LMulOp<OpKind::kConvTranspose, Float16Storage> conv_transpose_f16;
+  LMulOp<OpKind::kConvTranspose, BFloat16Storage> conv_transpose_bf16;
 
   Registry() {
-    for (OrtCustomOp* op : std::initializer_list<OrtCustomOp*>{&mul_f32, &mul_f16, &mul_bf16, &matmul_f32,
-                                                               &matmul_f16, &matmul_bf16, &gemm_f32,
-                                                               &gemm_f16, &gemm_bf16}) {
+    for (OrtCustomOp* op : std::initializer_list<OrtCustomOp*>{
+             &mul_f32, &mul_f16, &mul_bf16, &matmul_f32, &matmul_f16, &matmul_bf16, &gemm_f32, &gemm_f16,
+             &gemm_bf16, &conv_f32, &conv_f16, &conv_bf16, &conv_transpose_f32, &conv_transpose_f16,
+             &conv_transpose_bf16}) {
       domain.Add(op);
     }
   }

@@ -1,0 +1,318 @@
+#include "lmul_conv.h"
+
+#include <algorithm>
+#include <memory>
+
+#include "lmul_arith.h"
+
+namespace lmul {
+
+namespace {
+
+size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
+
+// How the im2col / panel writers treat zero operands and padding.
+struct ZeroRule {
+  bool replace = false;  // one-add kernels: zeros become `stand_in` (mask 0 when masks exist)
+  uint32_t stand_in = 0;
+};
+
+// Writes entry (value) or a padding entry at row[j] / mask_row[j].
+inline void put(uint32_t value, const ZeroRule& rule, uint32_t* row, float* mask_row, size_t j) {
+  const bool zero = (value & kMagnitudeMask) < kSmallestNormalBits;
+  row[j] = (rule.replace && zero) ? rule.stand_in : value;
+  if (mask_row) mask_row[j] = zero ? 0.0f : 1.0f;
+}
+
+inline void put_padding(const ZeroRule& rule, uint32_t* row, float* mask_row, size_t j) {
+  row[j] = rule.replace ? rule.stand_in : 0u;
+  if (mask_row) mask_row[j] = 0.0f;
+}
+
+// First and one-past-last o in [o_begin, o_end) with 0 <= o * stride + shift < limit.
+inline void valid_range(int64_t o_begin, int64_t o_end, int64_t stride, int64_t shift, int64_t limit,
+                        int64_t& lo, int64_t& hi) {
+  // o * stride >= -shift  and  o * stride < limit - shift
+  lo = -shift <= 0 ? 0 : (-shift + stride - 1) / stride;
+  hi = limit - shift <= 0 ? 0 : (limit - shift + stride - 1) / stride;
+  lo = std::max(lo, o_begin);
+  hi = std::min(hi, o_end);
+  if (hi < lo) hi = lo;
+}
+
+// Rows k = (channel, kz, ky, kx) of the im2col matrix of `channels` input planes (x: the
+// first plane) for output pixels [p0, p0 + count): row k at dst + k * ld, columns
+// [count, ld) left alone. Padding positions are zero operands.
+void im2col(const ConvPlan& plan, const uint32_t* x, size_t channels, size_t p0, size_t count, const ZeroRule& rule,
+            uint32_t* dst, float* mask, size_t ld) {
+  const size_t* out = plan.out;
+  const int64_t in0 = static_cast<int64_t>(plan.in[0]), in1 = static_cast<int64_t>(plan.in[1]),
+                in2 = static_cast<int64_t>(plan.in[2]);
+  size_t k = 0;
+  for (size_t c = 0; c < channels; ++c) {
+    const uint32_t* plane = x + c * plan.in_pixels;
+    for (size_t kz = 0; kz < plan.kernel[0]; ++kz) {
+      for (size_t ky = 0; ky < plan.kernel[1]; ++ky) {
+        for (size_t kx = 0; kx < plan.kernel[2]; ++kx, ++k) {
+          uint32_t* row = dst + k * ld;
+          float* mask_row = mask ? mask + k * ld : nullptr;
+          const int64_t shift_z = static_cast<int64_t>(kz * plan.dilation[0]) - static_cast<int64_t>(plan.pad_begin[0]);
+          const int64_t shift_y = static_cast<int64_t>(ky * plan.dilation[1]) - static_cast<int64_t>(plan.pad_begin[1]);
+          const int64_t shift_x = static_cast<int64_t>(kx * plan.dilation[2]) - static_cast<int64_t>(plan.pad_begin[2]);
+          const int64_t sx = static_cast<int64_t>(plan.stride[2]);
+          size_t p = p0, j = 0;
+          size_t ox = p % out[2], oy = (p / out[2]) % out[1], oz = p / (out[2] * out[1]);
+          while (j < count) {
+            const size_t run = std::min(count - j, out[2] - ox);
+            const int64_t iz = static_cast<int64_t>(oz * plan.stride[0]) + shift_z;
+            const int64_t iy = static_cast<int64_t>(oy * plan.stride[1]) + shift_y;
+            if (iz < 0 || iz >= in0 || iy < 0 || iy >= in1) {
+              for (size_t r = 0; r < run; ++r) put_padding(rule, row, mask_row, j + r);
+            } else {
+              const uint32_t* in_row = plane + (static_cast<size_t>(iz) * plan.in[1] + static_cast<size_t>(iy)) * plan.in[2];
+              int64_t lo = 0, hi = 0;
+              const int64_t begin = static_cast<int64_t>(ox), end = begin + static_cast<int64_t>(run);
+              valid_range(begin, end, sx, shift_x, in2, lo, hi);
+              size_t r = j;
+              for (int64_t o = begin; o < lo; ++o) put_padding(rule, row, mask_row, r++);
+              if (sx == 1) {
+                const uint32_t* src = in_row + (lo + shift_x);
+                for (int64_t o = lo; o < hi; ++o) put(src[o - lo], rule, row, mask_row, r++);
+              } else {
+                for (int64_t o = lo; o < hi; ++o) put(in_row[o * sx + shift_x], rule, row, mask_row, r++);
+              }
+              for (int64_t o = hi; o < end; ++o) put_padding(rule, row, mask_row, r++);
+            }
+            j += run;
+            ox = 0;
+            if (++oy == out[1]) {
+              oy = 0;
+              ++oz;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+void conv_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x, const OperandRange& x_range,
+                  const float* bias, uint32_t bias_bits, float* y, const ParallelFor& parallel) {
+  const size_t groups = plan.group, cg = plan.in_per_group(), mg = plan.out_per_group();
+  const size_t depth = w.depth, pixels = plan.out_pixels;
+  const GemmVariant variant = conv_variant(plan, w, x_range, bias_bits);
+  const bool fast = is_one_add(variant);
+  const size_t nr = fast ? panel_width() : 0;
+
+  // A: the weights, prepared for the one-add kernels (a -> a - bias, zeros -> stand-in).
+  std::vector<uint32_t> prepared;
+  std::unique_ptr<float[]> a_mask;
+  const uint32_t* a = w.bits.data();
+  if (fast) {
+    prepared = w.bits;
+    if (masks_a(variant)) a_mask.reset(new float[prepared.size()]);
+    parallel(groups, [&](size_t g) {
+      const size_t offset = g * mg * depth;
+      prepare_a(prepared.data() + offset, a_mask ? a_mask.get() + offset : nullptr, mg * depth, variant, bias_bits,
+                zero_stand_in_a(x_range));
+    });
+    a = prepared.data();
+  }
+  const ZeroRule rule{fast, fast ? zero_stand_in_b(x_range) : 0u};
+  const bool mask_b = masks_b(variant);
+
+  // Chunks of output pixels whose im2col matrix fits in about 128 KiB; whole panels.
+  const size_t unit = fast ? nr : 8;
+  const size_t chunk = unit * std::max<size_t>(1, (size_t{32} << 10) / std::max<size_t>(1, depth * unit));
+  const size_t chunks = ceil_div(pixels, chunk);
+  // Few chunks (small images, deep layers): split the output channels too.
+  size_t rows_per_task = mg;
+  while (plan.batch * groups * chunks * ceil_div(mg, rows_per_task) < 16 && rows_per_task > 48) {
+    rows_per_task = std::max<size_t>(48, ceil_div(rows_per_task, 2));
+  }
+  const size_t row_blocks = ceil_div(mg, rows_per_task);
+
+  parallel(plan.batch * groups * chunks * row_blocks, [&](size_t t) {
+    const size_t rb = t % row_blocks, c = (t / row_blocks) % chunks, g = (t / (row_blocks * chunks)) % groups;
+    const size_t n = t / (row_blocks * chunks * groups);
+    const size_t r0 = rb * rows_per_task, rows = std::min(mg, r0 + rows_per_task) - r0;
+    const size_t p0 = c * chunk, count = std::min(chunk, pixels - p0);
+    const uint32_t* x_group = x + (n * plan.in_channels + g * cg) * plan.in_pixels;
+    const uint32_t* a_rows = a + (g * mg + r0) * depth;
+    std::unique_ptr<float[]> sums(new float[rows * count]);
+    if (fast) {
+      const size_t panels = ceil_div(count, nr);
+      std::unique_ptr<uint32_t[]> col(new uint32_t[panels * depth * nr]);
+      std::unique_ptr<float[]> col_mask(mask_b ? new float[panels * depth * nr] : nullptr);
+      for (size_t q = 0; q < panels; ++q) {
+        const size_t width = std::min(nr, count - q * nr);
+        uint32_t* panel = col.get() + q * depth * nr;
+        float* panel_mask = col_mask ? col_mask.get() + q * depth * nr : nullptr;
+        im2col(plan, x_group, cg, p0 + q * nr, width, rule, panel, panel_mask, nr);
+        for (size_t k = 0; k < depth && width < nr; ++k) {  // padding columns: zeros, masked
+          for (size_t j = width; j < nr; ++j) put_padding(ZeroRule{}, panel + k * nr, panel_mask ? panel_mask + k * nr : nullptr, j);
+        }
+      }
+      lmul_gemm_fast(variant, a_rows, a_mask ? a_mask.get() + (g * mg + r0) * depth : nullptr, col.get(),
+                     col_mask.get(), depth, count, 0, rows, 0, panels, sums.get(), count);
+    } else {
+      std::unique_ptr<uint32_t[]> col(new uint32_t[depth * count]);
+      im2col(plan, x_group, cg, p0, count, rule, col.get(), nullptr, count);
+      const auto product = variant == GemmVariant::kNormal ? lmul_matmul_rows_normal : lmul_matmul_rows;
+      product(a_rows, col.get(), depth, count, 0, rows, bias_bits, sums.get());
+    }
+    for (size_t r = 0; r < rows; ++r) {
+      const size_t channel = g * mg + r0 + r;
+      const float b = bias ? bias[channel] : 0.0f;
+      float* out = y + (n * plan.out_channels + channel) * pixels + p0;
+      const float* s = sums.get() + r * count;
+      if (bias) {
+        for (size_t j = 0; j < count; ++j) out[j] = s[j] + b;
+      } else {
+        std::copy(s, s + count, out);
+      }
+    }
+  });
+}
+
+// cols (rows x in pixels) of one group for rows [r0, r1): the products of the transpose.
+void conv_transpose_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x,
+                            const OperandRange& x_range, const float* bias, uint32_t bias_bits, float* y,
+                            const ParallelFor& parallel) {
+  const size_t groups = plan.group, cg = plan.in_per_group(), mg = plan.out_per_group();
+  const size_t rows = w.rows, depth = w.depth, in_pixels = plan.in_pixels, out_pixels = plan.out_pixels;
+  const GemmVariant variant = conv_variant(plan, w, x_range, bias_bits);
+  const bool fast = is_one_add(variant);
+  const size_t nr = fast ? panel_width() : 0;
+
+  std::vector<uint32_t> prepared;
+  std::unique_ptr<float[]> a_mask;
+  const uint32_t* a = w.bits.data();
+  if (fast) {
+    prepared = w.bits;
+    if (masks_a(variant)) a_mask.reset(new float[prepared.size()]);
+    parallel(groups, [&](size_t g) {
+      const size_t offset = g * rows * depth;
+      prepare_a(prepared.data() + offset, a_mask ? a_mask.get() + offset : nullptr, rows * depth, variant, bias_bits,
+                zero_stand_in_a(x_range));
+    });
+    a = prepared.data();
+  }
+  const ZeroRule rule{fast, fast ? zero_stand_in_b(x_range) : 0u};
+  const bool mask_b = masks_b(variant);
+  const size_t panels = fast ? ceil_div(in_pixels, nr) : 0;
+  const size_t panel_entries = panels * depth * nr;  // per group
+  std::unique_ptr<uint32_t[]> x_panels(fast ? new uint32_t[groups * panel_entries] : nullptr);
+  std::unique_ptr<float[]> x_masks(mask_b ? new float[groups * panel_entries] : nullptr);
+  std::unique_ptr<float[]> cols(new float[std::max<size_t>(1, groups * rows * in_pixels)]);
+
+  // Phase 1 blocking, as for MatMul: row blocks x panel blocks.
+  const size_t rows_per_task = std::min<size_t>(rows, 96);
+  const size_t row_blocks = ceil_div(rows, rows_per_task);
+  const size_t column_unit = fast ? nr : in_pixels;
+  const size_t units = fast ? panels : 1;
+  const size_t units_per_task =
+      std::max<size_t>(1, (size_t{1} << 18) / std::max<size_t>(1, rows_per_task * depth * column_unit));
+  const size_t unit_blocks = ceil_div(units, units_per_task);
+
+  for (size_t n = 0; n < plan.batch; ++n) {
+    const uint32_t* x_n = x + n * plan.in_channels * in_pixels;
+    if (fast) {  // X_g (C/g x in pixels) into column panels
+      parallel(groups * panels, [&](size_t t) {
+        const size_t g = t / panels, q = t % panels, j0 = q * nr, width = std::min(nr, in_pixels - j0);
+        uint32_t* panel = x_panels.get() + g * panel_entries + q * depth * nr;
+        float* panel_mask = x_masks ? x_masks.get() + g * panel_entries + q * depth * nr : nullptr;
+        const uint32_t* src = x_n + g * cg * in_pixels + j0;
+        for (size_t k = 0; k < depth; ++k) {
+          uint32_t* row = panel + k * nr;
+          float* mask_row = panel_mask ? panel_mask + k * nr : nullptr;
+          for (size_t j = 0; j < width; ++j) put(src[k * in_pixels + j], rule, row, mask_row, j);
+          for (size_t j = width; j < nr; ++j) put_padding(ZeroRule{}, row, mask_row, j);
+        }
+      });
+    }
+    parallel(groups * row_blocks * unit_blocks, [&](size_t t) {
+      const size_t ub = t % unit_blocks, rb = (t / unit_blocks) % row_blocks, g = t / (unit_blocks * row_blocks);
+      const size_t r0 = rb * rows_per_task, r1 = std::min(rows, r0 + rows_per_task);
+      const uint32_t* a_rows = a + (g * rows + r0) * depth;
+      float* out = cols.get() + (g * rows + r0) * in_pixels;
+      if (fast) {
+        const size_t q0 = ub * units_per_task, q1 = std::min(panels, q0 + units_per_task);
+        lmul_gemm_fast(variant, a_rows, a_mask ? a_mask.get() + (g * rows + r0) * depth : nullptr,
+                       x_panels.get() + g * panel_entries, x_masks ? x_masks.get() + g * panel_entries : nullptr,
+                       depth, in_pixels, 0, r1 - r0, q0, q1, out, in_pixels);
+      } else {
+        const auto product = variant == GemmVariant::kNormal ? lmul_matmul_rows_normal : lmul_matmul_rows;
+        product(a_rows, x_n + g * cg * in_pixels, depth, in_pixels, 0, r1 - r0, bias_bits, out);
+      }
+    });
+    // Phase 2, col2im: each output channel adds its columns in kernel-offset order.
+    parallel(plan.out_channels, [&](size_t channel) {
+      const size_t g = channel / mg, m = channel % mg;
+      float* out = y + (n * plan.out_channels + channel) * out_pixels;
+      std::fill(out, out + out_pixels, 0.0f);
+      const float* col = cols.get() + (g * rows + m * plan.kernel_size) * in_pixels;
+      const int64_t out1 = static_cast<int64_t>(plan.out[1]), out2 = static_cast<int64_t>(plan.out[2]);
+      const int64_t sx = static_cast<int64_t>(plan.stride[2]);
+      for (size_t kz = 0; kz < plan.kernel[0]; ++kz) {
+        for (size_t ky = 0; ky < plan.kernel[1]; ++ky) {
+          for (size_t kx = 0; kx < plan.kernel[2]; ++kx, col += in_pixels) {
+            const int64_t shift_z = static_cast<int64_t>(kz * plan.dilation[0]) - static_cast<int64_t>(plan.pad_begin[0]);
+            const int64_t shift_y = static_cast<int64_t>(ky * plan.dilation[1]) - static_cast<int64_t>(plan.pad_begin[1]);
+            const int64_t shift_x = static_cast<int64_t>(kx * plan.dilation[2]) - static_cast<int64_t>(plan.pad_begin[2]);
+            int64_t lo = 0, hi = 0;
+            valid_range(0, static_cast<int64_t>(plan.in[2]), sx, shift_x, out2, lo, hi);
+            for (size_t iz = 0; iz < plan.in[0]; ++iz) {
+              const int64_t oz = static_cast<int64_t>(iz * plan.stride[0]) + shift_z;
+              if (oz < 0 || oz >= static_cast<int64_t>(plan.out[0])) continue;
+              for (size_t iy = 0; iy < plan.in[1]; ++iy) {
+                const int64_t oy = static_cast<int64_t>(iy * plan.stride[1]) + shift_y;
+                if (oy < 0 || oy >= out1) continue;
+                const float* src = col + (iz * plan.in[1] + iy) * plan.in[2];
+                float* dst = out + (static_cast<size_t>(oz) * plan.out[1] + static_cast<size_t>(oy)) * plan.out[2];
+                for (int64_t ix = lo; ix < hi; ++ix) dst[ix * sx + shift_x] += src[ix];
+              }
+            }
+          }
+        }
+      }
+      if (bias) {
+        const float b = bias[channel];
+        for (size_t i = 0; i < out_pixels; ++i) out[i] += b;
+      }
+    });
+  }
+}
+
+}  // namespace
+
+OperandRange scan_range(const uint32_t* bits, size_t count, const ParallelFor& parallel) {
+  constexpr size_t kChunk = size_t{1} << 16;
+  const size_t chunks = ceil_div(count, kChunk);
+  std::vector<OperandRange> parts(chunks);
+  parallel(chunks, [&](size_t c) { parts[c].scan(bits + c * kChunk, std::min(kChunk, count - c * kChunk)); });
+  OperandRange range;
+  for (const OperandRange& part : parts) range.merge(part);
+  return range;
+}
+
+GemmVariant conv_variant(const ConvPlan& plan, const ConvWeights& weights, const OperandRange& x_range,
+                         uint32_t bias_bits) {
+  OperandRange b = x_range;
+  if (plan.uses_padding) b.has_zero = true;  // padding zeros are operands too
+  return choose_variant(weights.range, b, bias_bits, panel_width() > 0);
+}
+
+void lmul_conv(const ConvPlan& plan, const ConvWeights& weights, const uint32_t* x, const float* bias,
+               uint32_t bias_bits, float* y, const ParallelFor& parallel) {
+  if (plan.batch == 0 || plan.out_channels == 0 || plan.out_pixels == 0) return;
+  OperandRange x_range = scan_range(x, plan.batch * plan.in_channels * plan.in_pixels, parallel);
+  if (plan.uses_padding) x_range.has_zero = true;
+  if (plan.transpose) {
+    conv_transpose_forward(plan, weights, x, x_range, bias, bias_bits, y, parallel);
+  } else {
+    conv_forward(plan, weights, x, x_range, bias, bias_bits, y, parallel);
+  }
+}
+
+}  // namespace lmul
