@@ -118,6 +118,11 @@ bool read_flag(const OrtKernelInfo* info, const char* name) {
 AttributeState read_ints(const OrtKernelInfo* info, const char* name, std::vector<int64_t>& values) {
   const OrtApi& api = Ort::GetApi();
   size_t size = 0;
+  int64_t as_int = 0;
+  // onnxruntime reads an int attribute as an empty list: tell the two apart.
+  if (succeeded(api.KernelInfoGetAttribute_int64(info, name, &as_int))) {
+    throw NodeError(std::string("attribute '") + name + "' must be a list of ints, got an int");
+  }
   if (succeeded(api.KernelInfoGetAttributeArray_int64(info, name, nullptr, &size))) {
     values.assign(size, 0);
     if (size > 0 && !succeeded(api.KernelInfoGetAttributeArray_int64(info, name, values.data(), &size))) {
@@ -125,9 +130,9 @@ AttributeState read_ints(const OrtKernelInfo* info, const char* name, std::vecto
     }
     return AttributeState::kPresent;
   }
-  int64_t as_int = 0;
-  if (read_int(info, name, as_int) == AttributeState::kPresent) {
-    throw NodeError(std::string("attribute '") + name + "' must be a list of ints, got an int");
+  float as_float = 0.0f;
+  if (succeeded(api.KernelInfoGetAttribute_float(info, name, &as_float))) {
+    throw NodeError(std::string("attribute '") + name + "' must be a list of ints, got a float");
   }
   return AttributeState::kAbsent;
 }
@@ -536,15 +541,19 @@ struct LMulConvKernel {
         !lmul::parse_auto_pad(auto_pad, attributes.auto_pad)) {
       throw NodeError("attribute 'auto_pad' must be NOTSET, SAME_UPPER, SAME_LOWER or VALID, got '" + auto_pad + "'");
     }
-    read_int(info, "group", attributes.group);
+    if (read_int(info, "group", attributes.group) == AttributeState::kAbsent) {
+      std::vector<int64_t> as_list;
+      if (read_ints(info, "group", as_list) == AttributeState::kPresent) {
+        throw NodeError("attribute 'group' must be an int, got a list");
+      }
+    }
     read_ints(info, "dilations", attributes.dilations);
     read_ints(info, "kernel_shape", attributes.kernel_shape);
     read_ints(info, "pads", attributes.pads);
     read_ints(info, "strides", attributes.strides);
-    if (kTranspose) {
-      read_ints(info, "output_padding", attributes.output_padding);
-      read_ints(info, "output_shape", attributes.output_shape);
-    }
+    // Read for Conv too, so that check_conv_attributes refuses them there.
+    read_ints(info, "output_padding", attributes.output_padding);
+    read_ints(info, "output_shape", attributes.output_shape);
     std::string error;
     if (!lmul::check_conv_attributes(attributes, kTranspose, error)) throw NodeError(error);
     PrepareConstantW(info);

@@ -59,12 +59,16 @@ def _common(
     pads: Sequence[int] | None,
 ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
     if auto_pad not in AUTO_PAD_VALUES:
-        raise ValueError(f"attribute 'auto_pad' must be one of {', '.join(AUTO_PAD_VALUES)}, got {auto_pad!r}")
+        raise ValueError(
+            f"attribute 'auto_pad' must be one of {', '.join(AUTO_PAD_VALUES)}, got {auto_pad!r}"
+        )
     if not 1 <= spatial <= 3:
         raise ValueError(f"inputs must have 1 to 3 spatial dimensions, got {spatial}")
     kernel = tuple(int(k) for k in weight_kernel)
     if kernel_shape is not None and tuple(int(k) for k in kernel_shape) != kernel:
-        raise ValueError(f"attribute 'kernel_shape' {list(kernel_shape)} differs from W's kernel {list(kernel)}")
+        raise ValueError(
+            f"attribute 'kernel_shape' {list(kernel_shape)} differs from W's kernel {list(kernel)}"
+        )
     if any(k < 1 for k in kernel):
         raise ValueError(f"W's kernel dimensions must be positive, got {list(kernel)}")
     pad_values = _ints("pads", pads, 2 * spatial, 0, 0)
@@ -139,7 +143,9 @@ def conv_transpose_geometry(
         if len(wanted) == rank + 2:
             wanted = wanted[2:]
         if len(wanted) != rank or any(v < 1 for v in wanted):
-            raise ValueError(f"attribute 'output_shape' must hold {rank} positive sizes, got {list(output_shape)}")
+            raise ValueError(
+                f"attribute 'output_shape' must hold {rank} positive sizes, got {list(output_shape)}"
+            )
     begin, end, output = [], [], []
     for i, size in enumerate(input_spatial):
         extent = (kernel[i] - 1) * dilation[i] + 1
@@ -297,7 +303,7 @@ def lmul_conv_transpose(
     )  # fmt: skip
     batch, channels = x.shape[:2]
     in_spatial = x.shape[2:]
-    per_group_in, per_group_out = channels // group, out_channels // group
+    per_group_in = channels // group
     # products per (kernel offset, input pixel): W_g^T (M/g * prod(kernel), C/g) (*) X_g (C/g, pixels)
     weights = numerics._to_float32(w).reshape(group, per_group_in, -1).transpose(0, 2, 1)
     inputs = numerics._to_float32(x).reshape(batch, group, per_group_in, -1)
