@@ -1,9 +1,11 @@
 """lmul-onnx: run ONNX models with L-Mul (linear-complexity multiplication).
 
-The arithmetic (``lmul``, ``lmul_matmul``, ``lmul_gemm``) follows ``SPEC.md`` bit for
+The arithmetic (``lmul``, ``lmul_matmul``, ``lmul_gemm``, ``lmul_conv``,
+``lmul_conv_transpose``) follows ``SPEC.md`` bit for
 bit; the native custom-op library makes onnxruntime run the ``lmul`` op domain.
 """
 
+from lmul_onnx.conv import lmul_conv, lmul_conv_transpose
 from lmul_onnx.convert import ConversionReport, ModelLoadError, convert, convert_file
 from lmul_onnx.numerics import (
     lmul,
@@ -30,6 +32,8 @@ __all__ = [
     "convert_file",
     "get_library_path",
     "lmul",
+    "lmul_conv",
+    "lmul_conv_transpose",
     "lmul_gemm",
     "lmul_matmul",
     "offset_exponent_bits",

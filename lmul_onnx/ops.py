@@ -26,6 +26,8 @@ OP_MAPPINGS: tuple[OpMapping, ...] = (
     OpMapping("MatMul", "LMulMatMul", "numpy matmul, every product an L-Mul"),
     OpMapping("Gemm", "LMulGemm", "alpha * (A' (*) B') + beta * C, products by L-Mul"),
     OpMapping("Mul", "LMul", "element-wise L-Mul with numpy broadcasting"),
+    OpMapping("Conv", "LMulConv", "ONNX Conv (1-D to 3-D, groups), products by L-Mul"),
+    OpMapping("ConvTranspose", "LMulConvTranspose", "ONNX ConvTranspose, products by L-Mul"),
 )
 
 STANDARD_TO_LMUL: dict[str, str] = {m.standard: m.lmul for m in OP_MAPPINGS}

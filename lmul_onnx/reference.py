@@ -1,5 +1,5 @@
 """Evaluate ``lmul`` models without the native library: ``onnx.reference`` plus the numpy
-oracle of :mod:`lmul_onnx.numerics` for the three ``lmul`` ops.
+oracle of :mod:`lmul_onnx.numerics` and :mod:`lmul_onnx.conv` for the ``lmul`` ops.
 
 Slow, but independent of the C++ kernels: the tests compare the two, and users can check
 a converted model on a machine without the custom-op library.
@@ -14,7 +14,7 @@ import onnx
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
-from lmul_onnx import numerics
+from lmul_onnx import conv, numerics
 from lmul_onnx.ops import DOMAIN
 
 
@@ -60,7 +60,81 @@ class LMulGemm(OpRun):
         )
 
 
-LMUL_REFERENCE_OPS = [LMul, LMulMatMul, LMulGemm]
+def _auto_pad(value: str | bytes | None) -> str:
+    if isinstance(value, bytes):
+        return value.decode()
+    return value or "NOTSET"
+
+
+class LMulConv(OpRun):
+    op_domain = DOMAIN
+
+    def _run(
+        self,
+        x: np.ndarray,
+        w: np.ndarray,
+        b: np.ndarray | None = None,
+        auto_pad: str | None = None,
+        dilations: list[int] | None = None,
+        group: int | None = None,
+        kernel_shape: list[int] | None = None,
+        pads: list[int] | None = None,
+        strides: list[int] | None = None,
+        mantissa_bits: int | None = None,
+    ) -> tuple[np.ndarray]:
+        return (
+            conv.lmul_conv(
+                x,
+                w,
+                b,
+                auto_pad=_auto_pad(auto_pad),
+                dilations=dilations,
+                group=1 if group is None else group,
+                kernel_shape=kernel_shape,
+                pads=pads,
+                strides=strides,
+                mantissa_bits=mantissa_bits,
+            ),
+        )
+
+
+class LMulConvTranspose(OpRun):
+    op_domain = DOMAIN
+
+    def _run(
+        self,
+        x: np.ndarray,
+        w: np.ndarray,
+        b: np.ndarray | None = None,
+        auto_pad: str | None = None,
+        dilations: list[int] | None = None,
+        group: int | None = None,
+        kernel_shape: list[int] | None = None,
+        output_padding: list[int] | None = None,
+        output_shape: list[int] | None = None,
+        pads: list[int] | None = None,
+        strides: list[int] | None = None,
+        mantissa_bits: int | None = None,
+    ) -> tuple[np.ndarray]:
+        return (
+            conv.lmul_conv_transpose(
+                x,
+                w,
+                b,
+                auto_pad=_auto_pad(auto_pad),
+                dilations=dilations,
+                group=1 if group is None else group,
+                kernel_shape=kernel_shape,
+                output_padding=output_padding,
+                output_shape=output_shape,
+                pads=pads,
+                strides=strides,
+                mantissa_bits=mantissa_bits,
+            ),
+        )
+
+
+LMUL_REFERENCE_OPS = [LMul, LMulMatMul, LMulGemm, LMulConv, LMulConvTranspose]
 
 
 def reference_evaluator(model: onnx.ModelProto | str, **kwargs: Any) -> ReferenceEvaluator:

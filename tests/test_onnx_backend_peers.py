@@ -1,4 +1,4 @@
-"""Peer suite: ONNX's own backend test models for MatMul / Gemm / Mul.
+"""Peer suite: ONNX's own backend test models for MatMul / Gemm / Mul / Conv / ConvTranspose.
 
 Each model is converted, run in onnxruntime with the custom-op library, and compared
 with an evaluation of the *converted* graph by ``onnx.reference`` using the numpy oracle
@@ -28,7 +28,9 @@ def _cases() -> dict[str, object]:
     return {
         c.name: c
         for c in cases
-        if c.name.startswith(("test_matmul_", "test_gemm_", "test_mul"))
+        if c.name.startswith(
+            ("test_matmul_", "test_gemm_", "test_mul", "test_basic_conv_", "test_conv_with_", "test_convtranspose")
+        )
         and not c.name.startswith("test_matmulinteger")
     }
 
@@ -39,6 +41,8 @@ CASES = _cases()
 def test_peer_suite_is_not_empty() -> None:
     assert len([n for n in CASES if n.startswith("test_gemm")]) >= 10
     assert len([n for n in CASES if n.startswith("test_matmul")]) >= 7
+    assert len([n for n in CASES if CASES[n].model.graph.node[0].op_type == "Conv"]) >= 6
+    assert len([n for n in CASES if n.startswith("test_convtranspose")]) >= 11
 
 
 def _is_float(name: str) -> bool:
