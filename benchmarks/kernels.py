@@ -1,11 +1,11 @@
-"""Kernel speed: the lmul ops against onnxruntime's own MatMul / Gemm / Mul.
+"""Kernel speed: the lmul ops against onnxruntime's own MatMul / Gemm / Mul / Conv / ConvTranspose.
 
 Every figure is a ratio native time / L-Mul time (higher is better, 1.0 = as fast as the
 float op), measured side by side in this process on the same shapes, data and thread
 count, as the median of several runs. Thread spinning is disabled in both runtimes, so
 that two threads on a small machine do not steal each other's core.
 
-    python benchmarks/kernels.py [--threads 1,2] [--repeat 7] [--quick] [--json out.json]
+    python benchmarks/kernels.py [--threads 1,2] [--repeat 7] [--quick] [--conv-only] [--json out.json]
 """
 
 from __future__ import annotations
@@ -99,6 +99,61 @@ def matmul_case(a: np.ndarray, b: np.ndarray, threads: int, repeat: int, constan
     )
 
 
+# (name, op, X shape, W shape, attributes): a dense 3x3 Conv, EfficientNet-Lite0's pointwise
+# and depthwise shapes, a speech front-end's 1-D Conv (Whisper's first layer), upsamplers.
+CONV_CASES: list[tuple[str, str, tuple[int, ...], tuple[int, ...], dict]] = [
+    ("Conv 3x3 1x64x56x56 -> 64, pads 1", "Conv", (1, 64, 56, 56), (64, 64, 3, 3), {"pads": [1, 1, 1, 1]}),
+    ("Conv 1x1 1x24x56x56 -> 144 (EffNet expand)", "Conv", (1, 24, 56, 56), (144, 24, 1, 1), {}),
+    ("Conv 1x1 1x192x14x14 -> 1152 (EffNet)", "Conv", (1, 192, 14, 14), (1152, 192, 1, 1), {}),
+    (
+        "depthwise 3x3 1x144x56x56 (EffNet)",
+        "Conv",
+        (1, 144, 56, 56),
+        (144, 1, 3, 3),
+        {"group": 144, "pads": [1, 1, 1, 1]},
+    ),
+    (
+        "depthwise 3x3 s2 1x96x112x112 (EffNet)",
+        "Conv",
+        (1, 96, 112, 112),
+        (96, 1, 3, 3),
+        {"group": 96, "pads": [0, 0, 1, 1], "strides": [2, 2]},
+    ),
+    ("Conv1d 1x80x3000 -> 384, k3 (speech)", "Conv", (1, 80, 3000), (384, 80, 3), {"pads": [1, 1]}),
+    (
+        "ConvTranspose1d 1x512x100 -> 256, k16 s8",
+        "ConvTranspose",
+        (1, 512, 100),
+        (512, 256, 16),
+        {"strides": [8], "pads": [4, 4]},
+    ),
+    (
+        "ConvTranspose 4x4 s2 1x64x56x56 -> 32",
+        "ConvTranspose",
+        (1, 64, 56, 56),
+        (64, 32, 4, 4),
+        {"strides": [2, 2], "pads": [1, 1, 1, 1]},
+    ),
+]
+
+
+def conv_case(
+    op: str, x_shape: tuple, w_shape: tuple, attrs: dict, threads: int, repeat: int, rng: np.random.Generator
+) -> dict:
+    """Standard op against its lmul op; weights are initializers, X and the bias inputs."""
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = (rng.standard_normal(w_shape) / np.sqrt(np.prod(w_shape[1:]))).astype(np.float32)
+    channels = w_shape[1] * attrs.get("group", 1) if op == "ConvTranspose" else w_shape[0]
+    bias = rng.standard_normal(channels).astype(np.float32)
+    shapes = [x_shape, w_shape, bias.shape]
+    return ratio(
+        session(model(op, "", shapes, w, **attrs), threads),
+        session(model(f"LMul{op}", "lmul", shapes, w, **attrs), threads),
+        {"A": x, "C": bias},
+        repeat,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -108,6 +163,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller shapes, for a smoke run")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--model", type=Path, help="an ONNX model to time original vs converted")
+    parser.add_argument("--conv-only", action="store_true", help="only the Conv / ConvTranspose cases")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     size = 256 if args.quick else 1024
@@ -125,6 +181,10 @@ def main() -> None:
     print(f"{'case':<46} {'th':>2}  {'native':>12}  {'L-Mul':>12}  native/L-Mul")
     normal = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
     for threads in [int(t) for t in args.threads.split(",")]:
+        for name, op, x_shape, w_shape, attrs in CONV_CASES:
+            report(name, threads, conv_case(op, x_shape, w_shape, attrs, threads, args.repeat, rng))
+        if args.conv_only:
+            continue
         a, b = normal(size, size), normal(size, size)
         report(f"MatMul {size}^3 N(0,1), B input", threads, matmul_case(a, b, threads, args.repeat, False))
         report(f"MatMul {size}^3 N(0,1), B weights", threads, matmul_case(a, b, threads, args.repeat, True))

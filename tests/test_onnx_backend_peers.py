@@ -16,6 +16,17 @@ from onnx.backend.test.case.node import collect_testcases
 import lmul_onnx
 from lmul_onnx.reference import reference_evaluator
 
+# Single-node models of the converted op types (Conv's are named test_basic_conv_* and
+# test_conv_with_*; ConvInteger, QLinearConv and DeformConv are other ops).
+PREFIXES = (
+    "test_matmul_",
+    "test_gemm_",
+    "test_mul",
+    "test_basic_conv_",
+    "test_conv_with_",
+    "test_convtranspose",
+)
+
 
 def _cases() -> dict[str, object]:
     with warnings.catch_warnings():
@@ -28,10 +39,7 @@ def _cases() -> dict[str, object]:
     return {
         c.name: c
         for c in cases
-        if c.name.startswith(
-            ("test_matmul_", "test_gemm_", "test_mul", "test_basic_conv_", "test_conv_with_", "test_convtranspose")
-        )
-        and not c.name.startswith("test_matmulinteger")
+        if c.name.startswith(PREFIXES) and not c.name.startswith("test_matmulinteger")
     }
 
 
