@@ -35,19 +35,21 @@ inline void valid_range(int64_t o_begin, int64_t o_end, int64_t stride, int64_t 
   // o * stride >= -shift  and  o * stride < limit - shift
   lo = -shift <= 0 ? 0 : (-shift + stride - 1) / stride;
   hi = limit - shift <= 0 ? 0 : (limit - shift + stride - 1) / stride;
-  lo = std::max(lo, o_begin);
-  hi = std::min(hi, o_end);
-  if (hi < lo) hi = lo;
+  lo = std::min(std::max(lo, o_begin), o_end);
+  hi = std::max(std::min(hi, o_end), lo);
 }
 
 // Rows k = (channel, kz, ky, kx) of the im2col matrix of `channels` input planes (x: the
 // first plane) for output pixels [p0, p0 + count): row k at dst + k * ld, columns
-// [count, ld) left alone. Padding positions are zero operands.
+// [count, ld) left alone. Padding positions are zero operands. Without masks (the
+// portable loops, or no zero can occur) entries are plain copies.
+template <bool kMasked>
 void im2col(const ConvPlan& plan, const uint32_t* x, size_t channels, size_t p0, size_t count, const ZeroRule& rule,
             uint32_t* dst, float* mask, size_t ld) {
   const size_t* out = plan.out;
   const int64_t in0 = static_cast<int64_t>(plan.in[0]), in1 = static_cast<int64_t>(plan.in[1]),
                 in2 = static_cast<int64_t>(plan.in[2]);
+  const uint32_t padding = rule.replace ? rule.stand_in : 0u;
   size_t k = 0;
   for (size_t c = 0; c < channels; ++c) {
     const uint32_t* plane = x + c * plan.in_pixels;
@@ -55,33 +57,38 @@ void im2col(const ConvPlan& plan, const uint32_t* x, size_t channels, size_t p0,
       for (size_t ky = 0; ky < plan.kernel[1]; ++ky) {
         for (size_t kx = 0; kx < plan.kernel[2]; ++kx, ++k) {
           uint32_t* row = dst + k * ld;
-          float* mask_row = mask ? mask + k * ld : nullptr;
+          float* mask_row = kMasked ? mask + k * ld : nullptr;
+          auto fill = [&](size_t begin, size_t end) {
+            std::fill(row + begin, row + end, padding);
+            if (kMasked) std::fill(mask_row + begin, mask_row + end, 0.0f);
+          };
           const int64_t shift_z = static_cast<int64_t>(kz * plan.dilation[0]) - static_cast<int64_t>(plan.pad_begin[0]);
           const int64_t shift_y = static_cast<int64_t>(ky * plan.dilation[1]) - static_cast<int64_t>(plan.pad_begin[1]);
           const int64_t shift_x = static_cast<int64_t>(kx * plan.dilation[2]) - static_cast<int64_t>(plan.pad_begin[2]);
           const int64_t sx = static_cast<int64_t>(plan.stride[2]);
-          size_t p = p0, j = 0;
-          size_t ox = p % out[2], oy = (p / out[2]) % out[1], oz = p / (out[2] * out[1]);
+          size_t j = 0;
+          size_t ox = p0 % out[2], oy = (p0 / out[2]) % out[1], oz = p0 / (out[2] * out[1]);
           while (j < count) {
             const size_t run = std::min(count - j, out[2] - ox);
             const int64_t iz = static_cast<int64_t>(oz * plan.stride[0]) + shift_z;
             const int64_t iy = static_cast<int64_t>(oy * plan.stride[1]) + shift_y;
             if (iz < 0 || iz >= in0 || iy < 0 || iy >= in1) {
-              for (size_t r = 0; r < run; ++r) put_padding(rule, row, mask_row, j + r);
+              fill(j, j + run);
             } else {
               const uint32_t* in_row = plane + (static_cast<size_t>(iz) * plan.in[1] + static_cast<size_t>(iy)) * plan.in[2];
               int64_t lo = 0, hi = 0;
               const int64_t begin = static_cast<int64_t>(ox), end = begin + static_cast<int64_t>(run);
               valid_range(begin, end, sx, shift_x, in2, lo, hi);
-              size_t r = j;
-              for (int64_t o = begin; o < lo; ++o) put_padding(rule, row, mask_row, r++);
-              if (sx == 1) {
-                const uint32_t* src = in_row + (lo + shift_x);
-                for (int64_t o = lo; o < hi; ++o) put(src[o - lo], rule, row, mask_row, r++);
+              const size_t first = j + static_cast<size_t>(lo - begin), last = j + static_cast<size_t>(hi - begin);
+              fill(j, first);
+              if (kMasked) {
+                for (int64_t o = lo; o < hi; ++o) put(in_row[o * sx + shift_x], rule, row, mask_row, first + (o - lo));
+              } else if (sx == 1) {
+                std::copy(in_row + lo + shift_x, in_row + hi + shift_x, row + first);
               } else {
-                for (int64_t o = lo; o < hi; ++o) put(in_row[o * sx + shift_x], rule, row, mask_row, r++);
+                for (int64_t o = lo; o < hi; ++o) row[first + (o - lo)] = in_row[o * sx + shift_x];
               }
-              for (int64_t o = hi; o < end; ++o) put_padding(rule, row, mask_row, r++);
+              fill(last, j + run);
             }
             j += run;
             ox = 0;
@@ -96,6 +103,79 @@ void im2col(const ConvPlan& plan, const uint32_t* x, size_t channels, size_t p0,
   }
 }
 
+// One tap of a depthwise output row: acc[o] += x[o * stride + shift] (+) w for o in
+// [lo, hi), where w_prepared = w - bias and zero x entries add nothing (+-0: the same
+// sum). Only for data the one-add kernels accept.
+LMUL_TARGET_CLONES
+void depthwise_tap(float* acc, const uint32_t* x_row, int64_t lo, int64_t hi, int64_t stride, int64_t shift,
+                   uint32_t w_prepared) {
+  if (stride == 1) {
+    const uint32_t* src = x_row + shift;
+    for (int64_t o = lo; o < hi; ++o) {
+      const uint32_t v = src[o];
+      const float product = bits_float(v + w_prepared);
+      acc[o] += (v & kMagnitudeMask) < kSmallestNormalBits ? 0.0f : product;
+    }
+  } else {
+    for (int64_t o = lo; o < hi; ++o) {
+      const uint32_t v = x_row[o * stride + shift];
+      const float product = bits_float(v + w_prepared);
+      acc[o] += (v & kMagnitudeMask) < kSmallestNormalBits ? 0.0f : product;
+    }
+  }
+}
+
+// Depthwise Conv (one input channel per group) for one-add data, without im2col: each
+// output row sums its taps in kernel order, as the matrix product would; products with
+// padding or zeros are +-0 and are left out, which leaves every sum's bits unchanged.
+void depthwise_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x, const float* bias,
+                       uint32_t bias_bits, float* y, const ParallelFor& parallel) {
+  const size_t mg = plan.out_per_group(), taps = plan.kernel_size;
+  const int64_t out2 = static_cast<int64_t>(plan.out[2]);
+  parallel(plan.batch * plan.group, [&](size_t t) {
+    const size_t n = t / plan.group, g = t % plan.group;
+    const uint32_t* plane = x + (n * plan.in_channels + g) * plan.in_pixels;
+    for (size_t m = 0; m < mg; ++m) {
+      const size_t channel = g * mg + m;
+      const uint32_t* weights = w.bits.data() + channel * taps;
+      float* out = y + (n * plan.out_channels + channel) * plan.out_pixels;
+      std::fill(out, out + plan.out_pixels, 0.0f);
+      for (size_t oz = 0; oz < plan.out[0]; ++oz) {
+        for (size_t oy = 0; oy < plan.out[1]; ++oy) {
+          float* acc = out + (oz * plan.out[1] + oy) * plan.out[2];
+          size_t k = 0;
+          for (size_t kz = 0; kz < plan.kernel[0]; ++kz) {
+            for (size_t ky = 0; ky < plan.kernel[1]; ++ky) {
+              for (size_t kx = 0; kx < plan.kernel[2]; ++kx, ++k) {
+                const uint32_t wk = weights[k];
+                if ((wk & kMagnitudeMask) < kSmallestNormalBits) continue;  // +-0 products
+                const int64_t iz = static_cast<int64_t>(oz * plan.stride[0] + kz * plan.dilation[0]) -
+                                   static_cast<int64_t>(plan.pad_begin[0]);
+                const int64_t iy = static_cast<int64_t>(oy * plan.stride[1] + ky * plan.dilation[1]) -
+                                   static_cast<int64_t>(plan.pad_begin[1]);
+                if (iz < 0 || iz >= static_cast<int64_t>(plan.in[0]) || iy < 0 ||
+                    iy >= static_cast<int64_t>(plan.in[1])) {
+                  continue;
+                }
+                const int64_t sx = static_cast<int64_t>(plan.stride[2]);
+                const int64_t shift = static_cast<int64_t>(kx * plan.dilation[2]) - static_cast<int64_t>(plan.pad_begin[2]);
+                int64_t lo = 0, hi = 0;
+                valid_range(0, out2, sx, shift, static_cast<int64_t>(plan.in[2]), lo, hi);
+                const uint32_t* row = plane + (static_cast<size_t>(iz) * plan.in[1] + static_cast<size_t>(iy)) * plan.in[2];
+                depthwise_tap(acc, row, lo, hi, sx, shift, wk - bias_bits);
+              }
+            }
+          }
+        }
+      }
+      if (bias) {
+        const float b = bias[channel];
+        for (size_t i = 0; i < plan.out_pixels; ++i) out[i] += b;
+      }
+    }
+  });
+}
+
 void conv_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x, const OperandRange& x_range,
                   const float* bias, uint32_t bias_bits, float* y, const ParallelFor& parallel) {
   const size_t groups = plan.group, cg = plan.in_per_group(), mg = plan.out_per_group();
@@ -103,6 +183,10 @@ void conv_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x,
   const GemmVariant variant = conv_variant(plan, w, x_range, bias_bits);
   const bool fast = is_one_add(variant);
   const size_t nr = fast ? panel_width() : 0;
+  if (fast && cg == 1 && plan.kernel_size <= 64) {
+    depthwise_forward(plan, w, x, bias, bias_bits, y, parallel);
+    return;
+  }
 
   // A: the weights, prepared for the one-add kernels (a -> a - bias, zeros -> stand-in).
   std::vector<uint32_t> prepared;
@@ -139,8 +223,8 @@ void conv_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x,
     const size_t p0 = c * chunk, count = std::min(chunk, pixels - p0);
     const uint32_t* x_group = x + (n * plan.in_channels + g * cg) * plan.in_pixels;
     const uint32_t* a_rows = a + (g * mg + r0) * depth;
-    std::unique_ptr<float[]> sums(new float[rows * count]);
-    if (fast) {
+    float* y_rows = y + (n * plan.out_channels + g * mg + r0) * pixels;
+    if (fast) {  // straight into Y (row stride: the output pixels)
       const size_t panels = ceil_div(count, nr);
       std::unique_ptr<uint32_t[]> col(new uint32_t[panels * depth * nr]);
       std::unique_ptr<float[]> col_mask(mask_b ? new float[panels * depth * nr] : nullptr);
@@ -148,28 +232,31 @@ void conv_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x,
         const size_t width = std::min(nr, count - q * nr);
         uint32_t* panel = col.get() + q * depth * nr;
         float* panel_mask = col_mask ? col_mask.get() + q * depth * nr : nullptr;
-        im2col(plan, x_group, cg, p0 + q * nr, width, rule, panel, panel_mask, nr);
+        if (mask_b) {
+          im2col<true>(plan, x_group, cg, p0 + q * nr, width, rule, panel, panel_mask, nr);
+        } else {
+          im2col<false>(plan, x_group, cg, p0 + q * nr, width, rule, panel, nullptr, nr);
+        }
         for (size_t k = 0; k < depth && width < nr; ++k) {  // padding columns: zeros, masked
-          for (size_t j = width; j < nr; ++j) put_padding(ZeroRule{}, panel + k * nr, panel_mask ? panel_mask + k * nr : nullptr, j);
+          std::fill(panel + k * nr + width, panel + (k + 1) * nr, 0u);
+          if (panel_mask) std::fill(panel_mask + k * nr + width, panel_mask + (k + 1) * nr, 0.0f);
         }
       }
       lmul_gemm_fast(variant, a_rows, a_mask ? a_mask.get() + (g * mg + r0) * depth : nullptr, col.get(),
-                     col_mask.get(), depth, count, 0, rows, 0, panels, sums.get(), count);
-    } else {
+                     col_mask.get(), depth, count, 0, rows, 0, panels, y_rows + p0, pixels);
+    } else {  // the portable loops write dense rows: through a buffer
       std::unique_ptr<uint32_t[]> col(new uint32_t[depth * count]);
-      im2col(plan, x_group, cg, p0, count, rule, col.get(), nullptr, count);
+      std::unique_ptr<float[]> sums(new float[rows * count]);
+      im2col<false>(plan, x_group, cg, p0, count, rule, col.get(), nullptr, count);
       const auto product = variant == GemmVariant::kNormal ? lmul_matmul_rows_normal : lmul_matmul_rows;
       product(a_rows, col.get(), depth, count, 0, rows, bias_bits, sums.get());
+      for (size_t r = 0; r < rows; ++r) std::copy(sums.get() + r * count, sums.get() + (r + 1) * count, y_rows + r * pixels + p0);
     }
-    for (size_t r = 0; r < rows; ++r) {
-      const size_t channel = g * mg + r0 + r;
-      const float b = bias ? bias[channel] : 0.0f;
-      float* out = y + (n * plan.out_channels + channel) * pixels + p0;
-      const float* s = sums.get() + r * count;
-      if (bias) {
-        for (size_t j = 0; j < count; ++j) out[j] = s[j] + b;
-      } else {
-        std::copy(s, s + count, out);
+    if (bias) {
+      for (size_t r = 0; r < rows; ++r) {
+        const float b = bias[g * mg + r0 + r];
+        float* out = y_rows + r * pixels + p0;
+        for (size_t j = 0; j < count; ++j) out[j] += b;
       }
     }
   });
