@@ -39,14 +39,38 @@ inline void valid_range(int64_t o_begin, int64_t o_end, int64_t stride, int64_t 
   hi = std::max(std::min(hi, o_end), lo);
 }
 
+// A box of output positions, [begin, begin + extent) per spatial dimension; its pixels
+// are numbered row-major inside the box.
+struct Box {
+  size_t begin[kMaxSpatial] = {0, 0, 0}, extent[kMaxSpatial] = {1, 1, 1};
+  bool padded = false;  // some product of its outputs may meet padding
+  size_t pixels() const { return extent[0] * extent[1] * extent[2]; }
+};
+
+// Calls fn(j, oz, oy, ox, run) for box pixels [p0, p0 + count), one call per stretch of
+// `run` pixels along the innermost dimension (j counts from 0 at p0).
+template <class Fn>
+void for_each_run(const Box& box, size_t p0, size_t count, Fn&& fn) {
+  size_t ox = p0 % box.extent[2], oy = (p0 / box.extent[2]) % box.extent[1], oz = p0 / (box.extent[2] * box.extent[1]);
+  for (size_t j = 0; j < count;) {
+    const size_t run = std::min(count - j, box.extent[2] - ox);
+    fn(j, box.begin[0] + oz, box.begin[1] + oy, box.begin[2] + ox, run);
+    j += run;
+    ox = 0;
+    if (++oy == box.extent[1]) {
+      oy = 0;
+      ++oz;
+    }
+  }
+}
+
 // Rows k = (channel, kz, ky, kx) of the im2col matrix of `channels` input planes (x: the
 // first plane) for output pixels [p0, p0 + count): row k at dst + k * ld, columns
 // [count, ld) left alone. Padding positions are zero operands. Without masks (the
 // portable loops, or no zero can occur) entries are plain copies.
 template <bool kMasked>
-void im2col(const ConvPlan& plan, const uint32_t* x, size_t channels, size_t p0, size_t count, const ZeroRule& rule,
-            uint32_t* dst, float* mask, size_t ld) {
-  const size_t* out = plan.out;
+void im2col(const ConvPlan& plan, const uint32_t* x, size_t channels, const Box& box, size_t p0, size_t count,
+            const ZeroRule& rule, uint32_t* dst, float* mask, size_t ld) {
   const int64_t in0 = static_cast<int64_t>(plan.in[0]), in1 = static_cast<int64_t>(plan.in[1]),
                 in2 = static_cast<int64_t>(plan.in[2]);
   const uint32_t padding = rule.replace ? rule.stand_in : 0u;
@@ -66,37 +90,28 @@ void im2col(const ConvPlan& plan, const uint32_t* x, size_t channels, size_t p0,
           const int64_t shift_y = static_cast<int64_t>(ky * plan.dilation[1]) - static_cast<int64_t>(plan.pad_begin[1]);
           const int64_t shift_x = static_cast<int64_t>(kx * plan.dilation[2]) - static_cast<int64_t>(plan.pad_begin[2]);
           const int64_t sx = static_cast<int64_t>(plan.stride[2]);
-          size_t j = 0;
-          size_t ox = p0 % out[2], oy = (p0 / out[2]) % out[1], oz = p0 / (out[2] * out[1]);
-          while (j < count) {
-            const size_t run = std::min(count - j, out[2] - ox);
+          for_each_run(box, p0, count, [&](size_t j, size_t oz, size_t oy, size_t ox, size_t run) {
             const int64_t iz = static_cast<int64_t>(oz * plan.stride[0]) + shift_z;
             const int64_t iy = static_cast<int64_t>(oy * plan.stride[1]) + shift_y;
             if (iz < 0 || iz >= in0 || iy < 0 || iy >= in1) {
               fill(j, j + run);
+              return;
+            }
+            const uint32_t* in_row = plane + (static_cast<size_t>(iz) * plan.in[1] + static_cast<size_t>(iy)) * plan.in[2];
+            int64_t lo = 0, hi = 0;
+            const int64_t begin = static_cast<int64_t>(ox), end = begin + static_cast<int64_t>(run);
+            valid_range(begin, end, sx, shift_x, in2, lo, hi);
+            const size_t first = j + static_cast<size_t>(lo - begin), last = j + static_cast<size_t>(hi - begin);
+            fill(j, first);
+            if (kMasked) {
+              for (int64_t o = lo; o < hi; ++o) put(in_row[o * sx + shift_x], rule, row, mask_row, first + (o - lo));
+            } else if (sx == 1) {
+              std::copy(in_row + lo + shift_x, in_row + hi + shift_x, row + first);
             } else {
-              const uint32_t* in_row = plane + (static_cast<size_t>(iz) * plan.in[1] + static_cast<size_t>(iy)) * plan.in[2];
-              int64_t lo = 0, hi = 0;
-              const int64_t begin = static_cast<int64_t>(ox), end = begin + static_cast<int64_t>(run);
-              valid_range(begin, end, sx, shift_x, in2, lo, hi);
-              const size_t first = j + static_cast<size_t>(lo - begin), last = j + static_cast<size_t>(hi - begin);
-              fill(j, first);
-              if (kMasked) {
-                for (int64_t o = lo; o < hi; ++o) put(in_row[o * sx + shift_x], rule, row, mask_row, first + (o - lo));
-              } else if (sx == 1) {
-                std::copy(in_row + lo + shift_x, in_row + hi + shift_x, row + first);
-              } else {
-                for (int64_t o = lo; o < hi; ++o) row[first + (o - lo)] = in_row[o * sx + shift_x];
-              }
-              fill(last, j + run);
+              for (int64_t o = lo; o < hi; ++o) row[first + (o - lo)] = in_row[o * sx + shift_x];
             }
-            j += run;
-            ox = 0;
-            if (++oy == out[1]) {
-              oy = 0;
-              ++oz;
-            }
-          }
+            fill(last, j + run);
+          });
         }
       }
     }
@@ -176,55 +191,120 @@ void depthwise_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_
   });
 }
 
+// The output split into boxes: when padding is involved, the interior (outputs whose
+// windows lie inside the input, computed without masks) and the border around it.
+std::vector<Box> output_boxes(const ConvPlan& plan) {
+  Box full;
+  for (size_t d = 0; d < kMaxSpatial; ++d) full.extent[d] = plan.out[d];
+  if (!plan.uses_padding) return {full};
+  size_t lo[kMaxSpatial], hi[kMaxSpatial];
+  for (size_t d = 0; d < kMaxSpatial; ++d) {
+    const size_t s = plan.stride[d], pad = plan.pad_begin[d];
+    const size_t reach = (plan.kernel[d] - 1) * plan.dilation[d];  // window extent - 1
+    lo[d] = std::min(plan.out[d], (pad + s - 1) / s);
+    hi[d] = plan.in[d] + pad >= reach + 1 ? std::min(plan.out[d], (plan.in[d] + pad - reach - 1) / s + 1) : 0;
+    hi[d] = std::max(hi[d], lo[d]);
+  }
+  std::vector<Box> boxes;
+  auto add = [&](const size_t (&b)[kMaxSpatial], const size_t (&e)[kMaxSpatial], bool padded) {
+    Box box;
+    for (size_t d = 0; d < kMaxSpatial; ++d) box.begin[d] = b[d], box.extent[d] = e[d];
+    box.padded = padded;
+    if (box.pixels() > 0) boxes.push_back(box);
+  };
+  add({lo[0], lo[1], lo[2]}, {hi[0] - lo[0], hi[1] - lo[1], hi[2] - lo[2]}, false);
+  // Below and above the interior along dimension d, inside it along the dimensions before d.
+  for (size_t d = 0; d < kMaxSpatial; ++d) {
+    size_t b[kMaxSpatial], e_low[kMaxSpatial], b_high[kMaxSpatial], e_high[kMaxSpatial];
+    for (size_t i = 0; i < kMaxSpatial; ++i) {
+      const bool inside = i < d;
+      b[i] = inside ? lo[i] : 0;
+      e_low[i] = inside ? hi[i] - lo[i] : plan.out[i];
+      b_high[i] = b[i];
+      e_high[i] = e_low[i];
+    }
+    e_low[d] = lo[d];
+    b_high[d] = hi[d];
+    e_high[d] = plan.out[d] - hi[d];
+    add(b, e_low, true);
+    add(b_high, e_high, true);
+  }
+  return boxes;
+}
+
 void conv_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x, const OperandRange& x_range,
                   const float* bias, uint32_t bias_bits, float* y, const ParallelFor& parallel) {
   const size_t groups = plan.group, cg = plan.in_per_group(), mg = plan.out_per_group();
   const size_t depth = w.depth, pixels = plan.out_pixels;
-  const GemmVariant variant = conv_variant(plan, w, x_range, bias_bits);
-  const bool fast = is_one_add(variant);
-  const size_t nr = fast ? panel_width() : 0;
-  if (fast && cg == 1 && plan.kernel_size <= 64) {
+  OperandRange padded_range = x_range;
+  padded_range.has_zero = true;  // padding zeros are operands too
+  const bool simd = panel_width() > 0;
+  const GemmVariant interior = choose_variant(w.range, x_range, bias_bits, simd);
+  const GemmVariant border = plan.uses_padding ? choose_variant(w.range, padded_range, bias_bits, simd) : interior;
+  if (is_one_add(border) && cg == 1 && plan.kernel_size <= 64) {
     depthwise_forward(plan, w, x, bias, bias_bits, y, parallel);
     return;
   }
+  const std::vector<Box> boxes = output_boxes(plan);
+  const bool any_fast = is_one_add(interior) || is_one_add(border);
+  const size_t nr = simd ? panel_width() : 0;
 
   // A: the weights, prepared for the one-add kernels (a -> a - bias, zeros -> stand-in).
+  // Both one-add variants prepare A alike: whether A is masked depends on W alone.
   std::vector<uint32_t> prepared;
   std::unique_ptr<float[]> a_mask;
-  const uint32_t* a = w.bits.data();
-  if (fast) {
+  if (any_fast) {
+    const GemmVariant v = is_one_add(interior) ? interior : border;
     prepared = w.bits;
-    if (masks_a(variant)) a_mask.reset(new float[prepared.size()]);
+    if (masks_a(v)) a_mask.reset(new float[prepared.size()]);
     parallel(groups, [&](size_t g) {
       const size_t offset = g * mg * depth;
-      prepare_a(prepared.data() + offset, a_mask ? a_mask.get() + offset : nullptr, mg * depth, variant, bias_bits,
+      prepare_a(prepared.data() + offset, a_mask ? a_mask.get() + offset : nullptr, mg * depth, v, bias_bits,
                 zero_stand_in_a(x_range));
     });
-    a = prepared.data();
   }
-  const ZeroRule rule{fast, fast ? zero_stand_in_b(x_range) : 0u};
-  const bool mask_b = masks_b(variant);
 
-  // Chunks of output pixels whose im2col matrix fits in about 128 KiB; whole panels.
-  const size_t unit = fast ? nr : 8;
+  // Pieces: chunks of each box's pixels whose im2col matrix fits in about 128 KiB.
+  const size_t unit = simd ? nr : 8;
   const size_t chunk = unit * std::max<size_t>(1, (size_t{32} << 10) / std::max<size_t>(1, depth * unit));
-  const size_t chunks = ceil_div(pixels, chunk);
-  // Few chunks (small images, deep layers): split the output channels too.
+  struct Piece {
+    size_t box, p0, count;
+  };
+  std::vector<Piece> pieces;
+  for (size_t b = 0; b < boxes.size(); ++b) {
+    for (size_t p0 = 0; p0 < boxes[b].pixels(); p0 += chunk) pieces.push_back({b, p0, std::min(chunk, boxes[b].pixels() - p0)});
+  }
+  // Few pieces (small images, deep layers): split the output channels too.
   size_t rows_per_task = mg;
-  while (plan.batch * groups * chunks * ceil_div(mg, rows_per_task) < 16 && rows_per_task > 48) {
+  while (plan.batch * groups * pieces.size() * ceil_div(mg, rows_per_task) < 16 && rows_per_task > 48) {
     rows_per_task = std::max<size_t>(48, ceil_div(rows_per_task, 2));
   }
-  const size_t row_blocks = ceil_div(mg, rows_per_task);
+  const size_t row_blocks = ceil_div(mg, rows_per_task), per_image = groups * pieces.size() * row_blocks;
 
-  parallel(plan.batch * groups * chunks * row_blocks, [&](size_t t) {
-    const size_t rb = t % row_blocks, c = (t / row_blocks) % chunks, g = (t / (row_blocks * chunks)) % groups;
-    const size_t n = t / (row_blocks * chunks * groups);
-    const size_t r0 = rb * rows_per_task, rows = std::min(mg, r0 + rows_per_task) - r0;
-    const size_t p0 = c * chunk, count = std::min(chunk, pixels - p0);
+  parallel(plan.batch * per_image, [&](size_t t) {
+    const size_t n = t / per_image, rest = t % per_image;
+    const size_t g = rest / (pieces.size() * row_blocks), piece_index = (rest / row_blocks) % pieces.size();
+    const size_t r0 = (rest % row_blocks) * rows_per_task, rows = std::min(mg, r0 + rows_per_task) - r0;
+    const Piece& piece = pieces[piece_index];
+    const Box& box = boxes[piece.box];
+    const size_t p0 = piece.p0, count = piece.count;
+    const GemmVariant variant = box.padded ? border : interior;
+    const bool fast = is_one_add(variant), mask_b = masks_b(variant);
+    const ZeroRule rule{fast, fast ? zero_stand_in_b(x_range) : 0u};
     const uint32_t* x_group = x + (n * plan.in_channels + g * cg) * plan.in_pixels;
-    const uint32_t* a_rows = a + (g * mg + r0) * depth;
+    const uint32_t* a_rows = (fast ? prepared.data() : w.bits.data()) + (g * mg + r0) * depth;
     float* y_rows = y + (n * plan.out_channels + g * mg + r0) * pixels;
-    if (fast) {  // straight into Y (row stride: the output pixels)
+    // Pixels that are consecutive in Y (the whole output; a row; full-width bands) are
+    // written in place, others through a buffer.
+    const bool consecutive = (box.extent[2] == plan.out[2] || (box.extent[1] == 1 && box.extent[0] == 1)) &&
+                             (box.extent[1] == plan.out[1] || box.extent[0] == 1);
+    const bool direct = fast && consecutive;
+    size_t first = 0;  // Y position of pixel p0
+    for_each_run(box, p0, 1, [&](size_t, size_t oz, size_t oy, size_t ox, size_t) {
+      first = (oz * plan.out[1] + oy) * plan.out[2] + ox;
+    });
+    std::unique_ptr<float[]> sums(direct ? nullptr : new float[rows * count]);
+    if (fast) {
       const size_t panels = ceil_div(count, nr);
       std::unique_ptr<uint32_t[]> col(new uint32_t[panels * depth * nr]);
       std::unique_ptr<float[]> col_mask(mask_b ? new float[panels * depth * nr] : nullptr);
@@ -233,9 +313,9 @@ void conv_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x,
         uint32_t* panel = col.get() + q * depth * nr;
         float* panel_mask = col_mask ? col_mask.get() + q * depth * nr : nullptr;
         if (mask_b) {
-          im2col<true>(plan, x_group, cg, p0 + q * nr, width, rule, panel, panel_mask, nr);
+          im2col<true>(plan, x_group, cg, box, p0 + q * nr, width, rule, panel, panel_mask, nr);
         } else {
-          im2col<false>(plan, x_group, cg, p0 + q * nr, width, rule, panel, nullptr, nr);
+          im2col<false>(plan, x_group, cg, box, p0 + q * nr, width, rule, panel, nullptr, nr);
         }
         for (size_t k = 0; k < depth && width < nr; ++k) {  // padding columns: zeros, masked
           std::fill(panel + k * nr + width, panel + (k + 1) * nr, 0u);
@@ -243,21 +323,28 @@ void conv_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x,
         }
       }
       lmul_gemm_fast(variant, a_rows, a_mask ? a_mask.get() + (g * mg + r0) * depth : nullptr, col.get(),
-                     col_mask.get(), depth, count, 0, rows, 0, panels, y_rows + p0, pixels);
-    } else {  // the portable loops write dense rows: through a buffer
+                     col_mask.get(), depth, count, 0, rows, 0, panels, direct ? y_rows + first : sums.get(),
+                     direct ? pixels : count);
+    } else {
       std::unique_ptr<uint32_t[]> col(new uint32_t[depth * count]);
-      std::unique_ptr<float[]> sums(new float[rows * count]);
-      im2col<false>(plan, x_group, cg, p0, count, rule, col.get(), nullptr, count);
+      im2col<false>(plan, x_group, cg, box, p0, count, rule, col.get(), nullptr, count);
       const auto product = variant == GemmVariant::kNormal ? lmul_matmul_rows_normal : lmul_matmul_rows;
       product(a_rows, col.get(), depth, count, 0, rows, bias_bits, sums.get());
-      for (size_t r = 0; r < rows; ++r) std::copy(sums.get() + r * count, sums.get() + (r + 1) * count, y_rows + r * pixels + p0);
     }
-    if (bias) {
-      for (size_t r = 0; r < rows; ++r) {
-        const float b = bias[g * mg + r0 + r];
-        float* out = y_rows + r * pixels + p0;
-        for (size_t j = 0; j < count; ++j) out[j] += b;
+    for (size_t r = 0; r < rows; ++r) {
+      const float b = bias ? bias[g * mg + r0 + r] : 0.0f;
+      float* out = y_rows + r * pixels;
+      if (direct) {
+        if (bias) {
+          for (size_t j = 0; j < count; ++j) out[first + j] += b;
+        }
+        continue;
       }
+      const float* s = sums.get() + r * count;
+      for_each_run(box, p0, count, [&](size_t j, size_t oz, size_t oy, size_t ox, size_t run) {
+        float* dst = out + (oz * plan.out[1] + oy) * plan.out[2] + ox;
+        for (size_t i = 0; i < run; ++i) dst[i] = bias ? s[j + i] + b : s[j + i];
+      });
     }
   });
 }
@@ -393,8 +480,7 @@ GemmVariant conv_variant(const ConvPlan& plan, const ConvWeights& weights, const
 void lmul_conv(const ConvPlan& plan, const ConvWeights& weights, const uint32_t* x, const float* bias,
                uint32_t bias_bits, float* y, const ParallelFor& parallel) {
   if (plan.batch == 0 || plan.out_channels == 0 || plan.out_pixels == 0) return;
-  OperandRange x_range = scan_range(x, plan.batch * plan.in_channels * plan.in_pixels, parallel);
-  if (plan.uses_padding) x_range.has_zero = true;
+  const OperandRange x_range = scan_range(x, plan.batch * plan.in_channels * plan.in_pixels, parallel);
   if (plan.transpose) {
     conv_transpose_forward(plan, weights, x, x_range, bias, bias_bits, y, parallel);
   } else {
