@@ -157,6 +157,19 @@ AttributeState read_string(const OrtKernelInfo* info, const char* name, std::str
   return AttributeState::kAbsent;
 }
 
+// The `mantissa_bits` attribute: 1..the type's width; absent = the type's width.
+template <class S>
+int read_mantissa_bits(const OrtKernelInfo* info) {
+  int64_t bits = 0;
+  const int limit = lmul::type_mantissa_bits(S::kind);
+  if (read_int(info, kMantissaBitsAttribute, bits) == AttributeState::kAbsent) return limit;
+  if (bits < 1 || bits > limit) {
+    throw NodeError("attribute 'mantissa_bits' must be in 1.." + std::to_string(limit) + " for " + type_name<S>() +
+                    " inputs, got " + std::to_string(bits));
+  }
+  return static_cast<int>(bits);
+}
+
 // Hands `tasks` independent calls task(i) to onnxruntime's intra-op thread pool.
 template <class Task>
 void parallel_for(const Ort::KernelContext& context, size_t tasks, Task& task) {
@@ -282,15 +295,7 @@ struct LMulKernel {
 
   LMulKernel(const OrtKernelInfo* info) {
     node_name = Ort::ConstKernelInfo(info).GetNodeName();
-    int64_t bits = 0;
-    if (read_int(info, kMantissaBitsAttribute, bits) == AttributeState::kPresent) {
-      const int limit = lmul::type_mantissa_bits(S::kind);
-      if (bits < 1 || bits > limit) {
-        throw NodeError("attribute 'mantissa_bits' must be in 1.." + std::to_string(limit) + " for " +
-                        type_name<S>() + " inputs, got " + std::to_string(bits));
-      }
-      mantissa_bits = static_cast<int>(bits);
-    }
+    mantissa_bits = read_mantissa_bits<S>(info);
     if (Kind == OpKind::kGemm) {
       trans_a = read_flag(info, "transA");
       trans_b = read_flag(info, "transB");
@@ -527,15 +532,7 @@ struct LMulConvKernel {
 
   explicit LMulConvKernel(const OrtKernelInfo* info) {
     node_name = Ort::ConstKernelInfo(info).GetNodeName();
-    int64_t bits = 0;
-    if (read_int(info, kMantissaBitsAttribute, bits) == AttributeState::kPresent) {
-      const int limit = lmul::type_mantissa_bits(S::kind);
-      if (bits < 1 || bits > limit) {
-        throw NodeError("attribute 'mantissa_bits' must be in 1.." + std::to_string(limit) + " for " +
-                        type_name<S>() + " inputs, got " + std::to_string(bits));
-      }
-      mantissa_bits = static_cast<int>(bits);
-    }
+    mantissa_bits = read_mantissa_bits<S>(info);
     std::string auto_pad;
     if (read_string(info, "auto_pad", auto_pad) == AttributeState::kPresent &&
         !lmul::parse_auto_pad(auto_pad, attributes.auto_pad)) {

@@ -176,6 +176,16 @@ def conv_transpose_geometry(
     return ConvGeometry(kernel, stride, dilation, tuple(begin), tuple(end), tuple(output))
 
 
+def _operands(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, group: int, mantissa_bits: int | None, transpose: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.dtype, int, int]:
+    """Arrays, dtype, ``m`` and output channels of a Conv / ConvTranspose call."""
+    x, w = np.asarray(x), np.asarray(w)
+    b = None if b is None else np.asarray(b)
+    dtype, m = numerics._resolve(x, w, mantissa_bits)
+    return x, w, b, dtype, m, _check_operands(x, w, b, group, transpose)
+
+
 def _check_operands(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, group: int, transpose: bool) -> int:
     """Rank, channel and group rules; returns the number of output channels."""
     if x.ndim < 3 or w.ndim != x.ndim:
@@ -238,10 +248,7 @@ def lmul_conv(
         Y (N, M, *output_spatial): sums of exact L-Mul products (padding contributes
         zero products), rounded once to float32, plus the bias, in ``x``'s dtype.
     """
-    x, w = np.asarray(x), np.asarray(w)
-    b = None if b is None else np.asarray(b)
-    dtype, m = numerics._resolve(x, w, mantissa_bits)
-    out_channels = _check_operands(x, w, b, group, transpose=False)
+    x, w, b, dtype, m, out_channels = _operands(x, w, b, group, mantissa_bits, transpose=False)
     geometry = conv_geometry(
         x.shape[2:], w.shape[2:], auto_pad=auto_pad, dilations=dilations, kernel_shape=kernel_shape,
         pads=pads, strides=strides,
@@ -293,10 +300,7 @@ def lmul_conv_transpose(
             strides: as in ONNX ``ConvTranspose`` (onnxruntime's reading of them).
         mantissa_bits, accumulate: as in :func:`lmul_conv`.
     """
-    x, w = np.asarray(x), np.asarray(w)
-    b = None if b is None else np.asarray(b)
-    dtype, m = numerics._resolve(x, w, mantissa_bits)
-    out_channels = _check_operands(x, w, b, group, transpose=True)
+    x, w, b, dtype, m, out_channels = _operands(x, w, b, group, mantissa_bits, transpose=True)
     geometry = conv_transpose_geometry(
         x.shape[2:], w.shape[2:], auto_pad=auto_pad, dilations=dilations, kernel_shape=kernel_shape,
         output_padding=output_padding, output_shape=output_shape, pads=pads, strides=strides,

@@ -60,78 +60,29 @@ class LMulGemm(OpRun):
         )
 
 
-def _auto_pad(value: str | bytes | None) -> str:
-    if isinstance(value, bytes):
-        return value.decode()
-    return value or "NOTSET"
+def _conv_attributes(attributes: dict[str, Any]) -> dict[str, Any]:
+    """Node attributes as :mod:`lmul_onnx.conv` keywords (unknown ones make it raise)."""
+    if isinstance(attributes.get("auto_pad"), bytes):
+        attributes["auto_pad"] = attributes["auto_pad"].decode()
+    return {name: value for name, value in attributes.items() if value is not None}
 
 
 class LMulConv(OpRun):
     op_domain = DOMAIN
 
     def _run(
-        self,
-        x: np.ndarray,
-        w: np.ndarray,
-        b: np.ndarray | None = None,
-        auto_pad: str | None = None,
-        dilations: list[int] | None = None,
-        group: int | None = None,
-        kernel_shape: list[int] | None = None,
-        pads: list[int] | None = None,
-        strides: list[int] | None = None,
-        mantissa_bits: int | None = None,
+        self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, **attributes: Any
     ) -> tuple[np.ndarray]:
-        return (
-            conv.lmul_conv(
-                x,
-                w,
-                b,
-                auto_pad=_auto_pad(auto_pad),
-                dilations=dilations,
-                group=1 if group is None else group,
-                kernel_shape=kernel_shape,
-                pads=pads,
-                strides=strides,
-                mantissa_bits=mantissa_bits,
-            ),
-        )
+        return (conv.lmul_conv(x, w, b, **_conv_attributes(attributes)),)
 
 
 class LMulConvTranspose(OpRun):
     op_domain = DOMAIN
 
     def _run(
-        self,
-        x: np.ndarray,
-        w: np.ndarray,
-        b: np.ndarray | None = None,
-        auto_pad: str | None = None,
-        dilations: list[int] | None = None,
-        group: int | None = None,
-        kernel_shape: list[int] | None = None,
-        output_padding: list[int] | None = None,
-        output_shape: list[int] | None = None,
-        pads: list[int] | None = None,
-        strides: list[int] | None = None,
-        mantissa_bits: int | None = None,
+        self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, **attributes: Any
     ) -> tuple[np.ndarray]:
-        return (
-            conv.lmul_conv_transpose(
-                x,
-                w,
-                b,
-                auto_pad=_auto_pad(auto_pad),
-                dilations=dilations,
-                group=1 if group is None else group,
-                kernel_shape=kernel_shape,
-                output_padding=output_padding,
-                output_shape=output_shape,
-                pads=pads,
-                strides=strides,
-                mantissa_bits=mantissa_bits,
-            ),
-        )
+        return (conv.lmul_conv_transpose(x, w, b, **_conv_attributes(attributes)),)
 
 
 LMUL_REFERENCE_OPS = [LMul, LMulMatMul, LMulGemm, LMulConv, LMulConvTranspose]

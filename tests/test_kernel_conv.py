@@ -9,11 +9,8 @@ width or whether the weights were packed when the session was created.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -261,56 +258,17 @@ VARIANT_RUNNER = textwrap.dedent(
 )
 
 
-def run_with_simd(setting: str | None, out: Path) -> dict[str, np.ndarray]:
-    env = dict(os.environ)
-    env.pop("LMUL_SIMD", None)
-    if setting:
-        env["LMUL_SIMD"] = setting
-    subprocess.run(
-        [sys.executable, "-c", VARIANT_RUNNER, str(out), str(Path(__file__).parent)],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    with np.load(out) as archive:
-        return {k: archive[k] for k in archive.files}
-
-
-def test_every_simd_path_gives_the_portable_bits(tmp_path: Path) -> None:
-    portable = run_with_simd("none", tmp_path / "none.npz")
+def test_every_simd_path_gives_the_portable_bits(tmp_path: Path, run_with_simd: Callable) -> None:
+    here = str(Path(__file__).parent)
+    portable = run_with_simd("none", tmp_path / "none.npz", VARIANT_RUNNER, here)
     for key in [k for k in portable if k.endswith("_False")]:  # constant weights: same bits
         assert np.array_equal(portable[key].view(np.uint32), portable[key[:-5] + "True"].view(np.uint32)), key
     for setting in ("avx2", None):
-        fast = run_with_simd(setting, tmp_path / f"{setting}.npz")
+        fast = run_with_simd(setting, tmp_path / f"{setting}.npz", VARIANT_RUNNER, here)
         assert fast.keys() == portable.keys()
         for key, expected in portable.items():
             assert np.array_equal(fast[key].view(np.uint32), expected.view(np.uint32)), (setting, key)
 
-
-ERROR_RUNNER = textwrap.dedent(
-    """
-    import json, sys
-    import numpy as np
-    import onnxruntime as ort
-    import lmul_onnx
-    from lmul_onnx.testing import single_op_model
-
-    results = {}
-    for name, (op, dtypes, attrs, shapes) in json.loads(sys.argv[1]).items():
-        stage = "create"
-        try:
-            model = single_op_model(op, [np.dtype(d) for d in dtypes], node_name="bad_node", **attrs)
-            session = lmul_onnx.InferenceSession(model.SerializeToString())
-            stage = "run"
-            feeds = {f"in{i}": np.ones(s, dtype=d) for i, (s, d) in enumerate(zip(shapes, dtypes))}
-            session.run(None, feeds)
-            results[name] = {"stage": "ok", "error": ""}
-        except Exception as error:
-            results[name] = {"stage": stage, "error": str(error)}
-    print(json.dumps(results))
-    """
-)
 
 F32 = ["float32"] * 2
 F32B = ["float32"] * 3
@@ -363,18 +321,9 @@ ERROR_CASES = {
 
 
 @pytest.fixture(scope="module")
-def error_outcomes() -> dict[str, dict[str, str]]:
+def error_outcomes(run_bad_cases: Callable) -> dict[str, dict[str, str]]:
     """All bad cases in one process (a crash fails every case, as it should)."""
-    cases = {name: case[:4] for name, case in ERROR_CASES.items()}
-    completed = subprocess.run(
-        [sys.executable, "-c", ERROR_RUNNER, json.dumps(cases)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert completed.returncode == 0, f"process died ({completed.returncode}): {completed.stderr[-2000:]}"
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    return run_bad_cases({name: case[:4] for name, case in ERROR_CASES.items()})
 
 
 @pytest.mark.parametrize("name", sorted(ERROR_CASES))

@@ -191,6 +191,26 @@ void depthwise_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_
   });
 }
 
+// The weights as the one-add kernels read A: a -> a - bias, zeros -> stand-in (with a
+// 0/1 mask when W has zeros). One-add variants differ only in B's masks, so one
+// preparation serves every box of a call.
+struct PreparedWeights {
+  std::vector<uint32_t> bits;
+  std::unique_ptr<float[]> mask;
+
+  void prepare(const ConvWeights& w, GemmVariant variant, const OperandRange& x_range, uint32_t bias_bits,
+               const ParallelFor& parallel) {
+    bits = w.bits;
+    if (masks_a(variant)) mask.reset(new float[bits.size()]);
+    const size_t per_group = w.rows * w.depth;
+    parallel(w.group, [&](size_t g) {
+      const size_t offset = g * per_group;
+      prepare_a(bits.data() + offset, mask ? mask.get() + offset : nullptr, per_group, variant, bias_bits,
+                zero_stand_in_a(x_range));
+    });
+  }
+};
+
 // The output split into boxes: when padding is involved, the interior (outputs whose
 // windows lie inside the input, computed without masks) and the border around it.
 std::vector<Box> output_boxes(const ConvPlan& plan) {
@@ -249,20 +269,9 @@ void conv_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x,
   const bool any_fast = is_one_add(interior) || is_one_add(border);
   const size_t nr = simd ? panel_width() : 0;
 
-  // A: the weights, prepared for the one-add kernels (a -> a - bias, zeros -> stand-in).
-  // Both one-add variants prepare A alike: whether A is masked depends on W alone.
-  std::vector<uint32_t> prepared;
-  std::unique_ptr<float[]> a_mask;
-  if (any_fast) {
-    const GemmVariant v = is_one_add(interior) ? interior : border;
-    prepared = w.bits;
-    if (masks_a(v)) a_mask.reset(new float[prepared.size()]);
-    parallel(groups, [&](size_t g) {
-      const size_t offset = g * mg * depth;
-      prepare_a(prepared.data() + offset, a_mask ? a_mask.get() + offset : nullptr, mg * depth, v, bias_bits,
-                zero_stand_in_a(x_range));
-    });
-  }
+  PreparedWeights prepared;
+  if (any_fast) prepared.prepare(w, is_one_add(interior) ? interior : border, x_range, bias_bits, parallel);
+  const float* a_mask = prepared.mask.get();
 
   // Pieces: chunks of each box's pixels whose im2col matrix fits in about 128 KiB.
   const size_t unit = simd ? nr : 8;
@@ -292,7 +301,7 @@ void conv_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x,
     const bool fast = is_one_add(variant), mask_b = masks_b(variant);
     const ZeroRule rule{fast, fast ? zero_stand_in_b(x_range) : 0u};
     const uint32_t* x_group = x + (n * plan.in_channels + g * cg) * plan.in_pixels;
-    const uint32_t* a_rows = (fast ? prepared.data() : w.bits.data()) + (g * mg + r0) * depth;
+    const uint32_t* a_rows = (fast ? prepared.bits.data() : w.bits.data()) + (g * mg + r0) * depth;
     float* y_rows = y + (n * plan.out_channels + g * mg + r0) * pixels;
     // Pixels that are consecutive in Y (the whole output; a row; full-width bands) are
     // written in place, others through a buffer.
@@ -322,7 +331,7 @@ void conv_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x,
           if (panel_mask) std::fill(panel_mask + k * nr + width, panel_mask + (k + 1) * nr, 0.0f);
         }
       }
-      lmul_gemm_fast(variant, a_rows, a_mask ? a_mask.get() + (g * mg + r0) * depth : nullptr, col.get(),
+      lmul_gemm_fast(variant, a_rows, a_mask ? a_mask + (g * mg + r0) * depth : nullptr, col.get(),
                      col_mask.get(), depth, count, 0, rows, 0, panels, direct ? y_rows + first : sums.get(),
                      direct ? pixels : count);
     } else {
@@ -359,19 +368,10 @@ void conv_transpose_forward(const ConvPlan& plan, const ConvWeights& w, const ui
   const bool fast = is_one_add(variant);
   const size_t nr = fast ? panel_width() : 0;
 
-  std::vector<uint32_t> prepared;
-  std::unique_ptr<float[]> a_mask;
-  const uint32_t* a = w.bits.data();
-  if (fast) {
-    prepared = w.bits;
-    if (masks_a(variant)) a_mask.reset(new float[prepared.size()]);
-    parallel(groups, [&](size_t g) {
-      const size_t offset = g * rows * depth;
-      prepare_a(prepared.data() + offset, a_mask ? a_mask.get() + offset : nullptr, rows * depth, variant, bias_bits,
-                zero_stand_in_a(x_range));
-    });
-    a = prepared.data();
-  }
+  PreparedWeights prepared;
+  if (fast) prepared.prepare(w, variant, x_range, bias_bits, parallel);
+  const uint32_t* a = fast ? prepared.bits.data() : w.bits.data();
+  const float* a_mask = prepared.mask.get();
   const ZeroRule rule{fast, fast ? zero_stand_in_b(x_range) : 0u};
   const bool mask_b = masks_b(variant);
   const size_t panels = fast ? ceil_div(in_pixels, nr) : 0;
@@ -412,7 +412,7 @@ void conv_transpose_forward(const ConvPlan& plan, const ConvWeights& w, const ui
       float* out = cols.get() + (g * rows + r0) * in_pixels;
       if (fast) {
         const size_t q0 = ub * units_per_task, q1 = std::min(panels, q0 + units_per_task);
-        lmul_gemm_fast(variant, a_rows, a_mask ? a_mask.get() + (g * rows + r0) * depth : nullptr,
+        lmul_gemm_fast(variant, a_rows, a_mask ? a_mask + (g * rows + r0) * depth : nullptr,
                        x_panels.get() + g * panel_entries, x_masks ? x_masks.get() + g * panel_entries : nullptr,
                        depth, in_pixels, 0, r1 - r0, q0, q1, out, in_pixels);
       } else {
