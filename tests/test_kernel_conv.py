@@ -232,9 +232,11 @@ VARIANT_RUNNER = textwrap.dedent(
     wt = rng.standard_normal((8, 5, 4, 3)).astype(np.float32)
     dw = rng.standard_normal((8, 1, 3, 3)).astype(np.float32)
     bt = b[:5]
+    big = rng.standard_normal((1, 8, 40, 37)).astype(np.float32)
     sparse = np.where(np.abs(w) < 0.4, 0, w).astype(np.float32)
     cases = {
         "dense_pads": ("LMulConv", x, w, b, {"group": 2, "pads": [1, 1, 1, 1]}),
+        "interior": ("LMulConv", big, w, b, {"group": 2, "pads": [1, 2, 1, 0]}),  # boxes around the interior
         "valid": ("LMulConv", x, w, None, {"group": 2, "strides": [2, 1]}),
         "relu": ("LMulConv", np.maximum(x, 0), w, b, {"group": 2, "dilations": [2, 1], "pads": [0, 2, 1, 0]}),
         "sparse_w": ("LMulConv", x, sparse, b, {"group": 2}),

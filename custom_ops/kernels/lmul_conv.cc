@@ -66,17 +66,17 @@ void for_each_run(const Box& box, size_t p0, size_t count, Fn&& fn) {
 
 // Rows k = (channel, kz, ky, kx) of the im2col matrix of `channels` input planes (x: the
 // first plane) for output pixels [p0, p0 + count): row k at dst + k * ld, columns
-// [count, ld) left alone. Padding positions are zero operands. Without masks (the
-// portable loops, or no zero can occur) entries are plain copies.
+// [count, ld) left alone. Entries are copies of x (and of x_mask, when masked);
+// padding positions get `padding` (and mask 0).
 template <bool kMasked>
-void im2col(const ConvPlan& plan, const uint32_t* x, size_t channels, const Box& box, size_t p0, size_t count,
-            const ZeroRule& rule, uint32_t* dst, float* mask, size_t ld) {
+void im2col(const ConvPlan& plan, const uint32_t* x, const float* x_mask, size_t channels, const Box& box, size_t p0,
+            size_t count, uint32_t padding, uint32_t* dst, float* mask, size_t ld) {
   const int64_t in0 = static_cast<int64_t>(plan.in[0]), in1 = static_cast<int64_t>(plan.in[1]),
                 in2 = static_cast<int64_t>(plan.in[2]);
-  const uint32_t padding = rule.replace ? rule.stand_in : 0u;
   size_t k = 0;
   for (size_t c = 0; c < channels; ++c) {
     const uint32_t* plane = x + c * plan.in_pixels;
+    const float* mask_plane = kMasked ? x_mask + c * plan.in_pixels : nullptr;
     for (size_t kz = 0; kz < plan.kernel[0]; ++kz) {
       for (size_t ky = 0; ky < plan.kernel[1]; ++ky) {
         for (size_t kx = 0; kx < plan.kernel[2]; ++kx, ++k) {
@@ -97,18 +97,21 @@ void im2col(const ConvPlan& plan, const uint32_t* x, size_t channels, const Box&
               fill(j, j + run);
               return;
             }
-            const uint32_t* in_row = plane + (static_cast<size_t>(iz) * plan.in[1] + static_cast<size_t>(iy)) * plan.in[2];
+            const size_t row_offset = (static_cast<size_t>(iz) * plan.in[1] + static_cast<size_t>(iy)) * plan.in[2];
+            const uint32_t* in_row = plane + row_offset;
             int64_t lo = 0, hi = 0;
             const int64_t begin = static_cast<int64_t>(ox), end = begin + static_cast<int64_t>(run);
             valid_range(begin, end, sx, shift_x, in2, lo, hi);
             const size_t first = j + static_cast<size_t>(lo - begin), last = j + static_cast<size_t>(hi - begin);
             fill(j, first);
-            if (kMasked) {
-              for (int64_t o = lo; o < hi; ++o) put(in_row[o * sx + shift_x], rule, row, mask_row, first + (o - lo));
-            } else if (sx == 1) {
+            if (sx == 1) {
               std::copy(in_row + lo + shift_x, in_row + hi + shift_x, row + first);
+              if (kMasked) std::copy(mask_plane + row_offset + lo + shift_x, mask_plane + row_offset + hi + shift_x, mask_row + first);
             } else {
               for (int64_t o = lo; o < hi; ++o) row[first + (o - lo)] = in_row[o * sx + shift_x];
+              if (kMasked) {
+                for (int64_t o = lo; o < hi; ++o) mask_row[first + (o - lo)] = mask_plane[row_offset + o * sx + shift_x];
+              }
             }
             fill(last, j + run);
           });
@@ -261,17 +264,47 @@ void conv_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x,
   const bool simd = panel_width() > 0;
   const GemmVariant interior = choose_variant(w.range, x_range, bias_bits, simd);
   const GemmVariant border = plan.uses_padding ? choose_variant(w.range, padded_range, bias_bits, simd) : interior;
-  if (is_one_add(border) && cg == 1 && plan.kernel_size <= 64) {
+  if (is_one_add(border) && cg == 1 && mg <= 4) {  // depthwise (small channel multiplier)
     depthwise_forward(plan, w, x, bias, bias_bits, y, parallel);
     return;
   }
-  const std::vector<Box> boxes = output_boxes(plan);
+  // Splitting off the interior pays when it then needs no masks and the boxes' partial
+  // panels waste little (not for small images); otherwise one box, masked if padded.
+  std::vector<Box> boxes = output_boxes(plan);
+  if (boxes.size() > 1) {
+    const size_t unit = simd ? panel_width() : 1;
+    size_t split_panels = 0;
+    for (const Box& box : boxes) split_panels += ceil_div(box.pixels(), unit);
+    if (masks_b(interior) || 8 * split_panels > 9 * ceil_div(pixels, unit)) {
+      Box full;
+      for (size_t d = 0; d < kMaxSpatial; ++d) full.extent[d] = plan.out[d];
+      full.padded = true;
+      boxes = {full};
+    }
+  }
   const bool any_fast = is_one_add(interior) || is_one_add(border);
   const size_t nr = simd ? panel_width() : 0;
 
   PreparedWeights prepared;
   if (any_fast) prepared.prepare(w, is_one_add(interior) ? interior : border, x_range, bias_bits, parallel);
   const float* a_mask = prepared.mask.get();
+
+  // X with zeros replaced by the stand-in, and its 0/1 mask, once, for the boxes that mask B.
+  std::vector<uint32_t> x_masked_bits;
+  std::unique_ptr<float[]> x_mask;
+  if (masks_b(interior) || masks_b(border)) {
+    const size_t count = plan.batch * plan.in_channels * plan.in_pixels;
+    x_masked_bits.resize(count);
+    x_mask.reset(new float[count]);
+    const ZeroRule rule{true, zero_stand_in_b(x_range)};
+    constexpr size_t kChunk = size_t{1} << 16;
+    parallel(ceil_div(count, kChunk), [&](size_t c) {
+      for (size_t i = c * kChunk; i < std::min(count, (c + 1) * kChunk); ++i) {
+        put(x[i], rule, x_masked_bits.data(), x_mask.get(), i);
+      }
+    });
+  }
+  const uint32_t* x_masked = x_masked_bits.data();
 
   // Pieces: chunks of each box's pixels whose im2col matrix fits in about 128 KiB.
   const size_t unit = simd ? nr : 8;
@@ -300,7 +333,7 @@ void conv_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x,
     const GemmVariant variant = box.padded ? border : interior;
     const bool fast = is_one_add(variant), mask_b = masks_b(variant);
     const ZeroRule rule{fast, fast ? zero_stand_in_b(x_range) : 0u};
-    const uint32_t* x_group = x + (n * plan.in_channels + g * cg) * plan.in_pixels;
+    const size_t x_offset = (n * plan.in_channels + g * cg) * plan.in_pixels;
     const uint32_t* a_rows = (fast ? prepared.bits.data() : w.bits.data()) + (g * mg + r0) * depth;
     float* y_rows = y + (n * plan.out_channels + g * mg + r0) * pixels;
     // Pixels that are consecutive in Y (the whole output; a row; full-width bands) are
@@ -322,9 +355,10 @@ void conv_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x,
         uint32_t* panel = col.get() + q * depth * nr;
         float* panel_mask = col_mask ? col_mask.get() + q * depth * nr : nullptr;
         if (mask_b) {
-          im2col<true>(plan, x_group, cg, box, p0 + q * nr, width, rule, panel, panel_mask, nr);
+          im2col<true>(plan, x_masked + x_offset, x_mask.get() + x_offset, cg, box, p0 + q * nr, width, rule.stand_in,
+                       panel, panel_mask, nr);
         } else {
-          im2col<false>(plan, x_group, cg, box, p0 + q * nr, width, rule, panel, nullptr, nr);
+          im2col<false>(plan, x + x_offset, nullptr, cg, box, p0 + q * nr, width, 0u, panel, nullptr, nr);
         }
         for (size_t k = 0; k < depth && width < nr; ++k) {  // padding columns: zeros, masked
           std::fill(panel + k * nr + width, panel + (k + 1) * nr, 0u);
@@ -336,7 +370,7 @@ void conv_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x,
                      direct ? pixels : count);
     } else {
       std::unique_ptr<uint32_t[]> col(new uint32_t[depth * count]);
-      im2col<false>(plan, x_group, cg, box, p0, count, rule, col.get(), nullptr, count);
+      im2col<false>(plan, x + x_offset, nullptr, cg, box, p0, count, 0u, col.get(), nullptr, count);
       const auto product = variant == GemmVariant::kNormal ? lmul_matmul_rows_normal : lmul_matmul_rows;
       product(a_rows, col.get(), depth, count, 0, rows, bias_bits, sums.get());
     }
