@@ -15,13 +15,21 @@ larger half at the end, except under ``auto_pad=SAME_UPPER`` where it goes first
 from __future__ import annotations
 
 from collections.abc import Sequence
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from lmul_onnx import numerics
 
-__all__ = ["ConvGeometry", "conv_geometry", "conv_transpose_geometry", "lmul_conv", "lmul_conv_transpose"]
+__all__ = [
+    "ConvGeometry",
+    "conv_geometry",
+    "conv_operation_counts",
+    "conv_transpose_geometry",
+    "lmul_conv",
+    "lmul_conv_transpose",
+]
 
 AUTO_PAD_VALUES = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 
@@ -174,6 +182,27 @@ def conv_transpose_geometry(
         end.append(head_tail[1])
         output.append(out)
     return ConvGeometry(kernel, stride, dilation, tuple(begin), tuple(end), tuple(output))
+
+
+def conv_operation_counts(
+    x_shape: Sequence[int], w_shape: Sequence[int], y_shape: Sequence[int], *, bias: bool, transpose: bool
+) -> tuple[int, int]:
+    """Scalar multiplications and additions of one Conv / ConvTranspose (energy estimates).
+
+    Conv: every output sums C/group * prod(kernel) products (padding included, as an
+    im2col product computes them). ConvTranspose: every input element meets the
+    M/group * prod(kernel) weights of its group, and each product is added into an
+    accumulator once. The bias adds one addition per output.
+    """
+    outputs = math.prod(y_shape)
+    if transpose:
+        products = math.prod(x_shape) * math.prod(w_shape[1:])
+        additions = products
+    else:
+        depth = math.prod(w_shape[1:])
+        products = outputs * depth
+        additions = outputs * max(depth - 1, 0)
+    return products, additions + (outputs if bias else 0)
 
 
 def _operands(

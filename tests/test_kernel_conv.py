@@ -23,7 +23,13 @@ from onnx import helper, numpy_helper
 
 import lmul_onnx
 import lmul_onnx.runtime
-from lmul_onnx.conv import conv_geometry, conv_transpose_geometry, lmul_conv, lmul_conv_transpose
+from lmul_onnx.conv import (
+    conv_geometry,
+    conv_operation_counts,
+    conv_transpose_geometry,
+    lmul_conv,
+    lmul_conv_transpose,
+)
 from lmul_onnx.testing import IR_VERSION, ONNX_OPSET, onnx_type
 
 TYPE_ROUNDING = {
@@ -336,3 +342,21 @@ def test_bad_input_is_an_error_naming_the_node(name: str, error_outcomes: dict[s
     assert fragment in outcome["error"], outcome["error"]
     if name != "mixed_types":
         assert "bad_node" in outcome["error"], "the error must name the node"
+
+
+def test_operation_counts() -> None:
+    # 3x3 Conv, 64 -> 64 channels, 56x56 outputs: 64*9 products per output, bias included
+    products, additions = conv_operation_counts(
+        (1, 64, 56, 56), (64, 64, 3, 3), (1, 64, 56, 56), bias=True, transpose=False
+    )
+    assert products == 56 * 56 * 64 * 576 and additions == 56 * 56 * 64 * 576
+    # depthwise: 9 products, 8 additions per output without bias
+    assert conv_operation_counts((1, 8, 5, 5), (8, 1, 3, 3), (1, 8, 3, 3), bias=False, transpose=False) == (
+        648,
+        576,
+    )
+    # ConvTranspose: each of the 2*4*4 inputs meets 3 * 2*2 weights
+    assert conv_operation_counts((1, 2, 4, 4), (2, 3, 2, 2), (1, 3, 8, 8), bias=True, transpose=True) == (
+        384,
+        576,
+    )
