@@ -14,8 +14,8 @@ larger half at the end, except under ``auto_pad=SAME_UPPER`` where it goes first
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
