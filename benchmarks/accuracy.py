@@ -34,10 +34,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 
 import lmul_onnx
+from lmul_onnx import graph
 from lmul_onnx.baselines import operand_rounded_model
+from lmul_onnx.validate import converted_nodes
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "models" / "build"
@@ -88,10 +91,9 @@ def variant(source: Path, name: str, work: Path) -> ort.InferenceSession:
         return session(source)
     if "baseline" in config:
         converted = work / f"{source.stem}.lmul-all-m23.onnx"
-        names = [
-            n.name for n in onnx.load(converted, load_external_data=False).graph.node if n.domain == "lmul"
-        ]
-        rounded = operand_rounded_model(onnx.load(source), names, config["baseline"])
+        original, _ = graph.load(source)
+        keys = [e.key for e in converted_nodes(original, graph.load(converted)[0])]
+        rounded = ir.to_proto(operand_rounded_model(original, keys, config["baseline"]))
         if rounded.ByteSize() < 2**31 - 2**26:
             return session(rounded)
         path = work / f"{source.stem}.{name}.onnx"

@@ -9,8 +9,8 @@ import click
 
 from lmul_onnx.cli.common import InputError, echo_json, is_tty, parse_key_value, status
 from lmul_onnx.convert import ModelLoadError, convert_file
-from lmul_onnx.energy import energy
 from lmul_onnx.ops import SUPPORTED_OPS
+from lmul_onnx.passes.offsets import OffsetOptions
 from lmul_onnx.passes.selection import Scope, SelectionOptions
 
 
@@ -56,6 +56,21 @@ def _split_ops(text: str) -> tuple[str, ...]:
     help="Per-node mantissa width; the first matching REGEX wins (repeatable).",
 )
 @click.option(
+    "--offset",
+    default="paper",
+    show_default=True,
+    metavar="paper|unbiased|VALUE",
+    help="SPEC §4 offset of every converted node: paper (no attribute, the paper's 2^-l(m)); "
+    "unbiased (a constant per m that zeroes the mean product error of N(0,1)-like operands); "
+    "an integer 0..8388607 (the attribute) or a fraction in [0, 1) such as 0.0625.",
+)
+@click.option(
+    "--offset-for",
+    multiple=True,
+    metavar="REGEX=CHOICE",
+    help="Per-node offset (paper|unbiased|VALUE); the first matching REGEX wins (repeatable).",
+)
+@click.option(
     "--dim",
     multiple=True,
     metavar="NAME=N",
@@ -73,6 +88,8 @@ def convert(
     exclude: tuple[str, ...],
     mantissa_bits: int | None,
     mantissa_bits_for: tuple[str, ...],
+    offset: str,
+    offset_for: tuple[str, ...],
     dim: tuple[str, ...],
     dry_run: bool,
     as_json: bool,
@@ -86,6 +103,7 @@ def convert(
     nothing.
     """
     overrides = tuple(parse_key_value("--mantissa-bits-for", item, int) for item in mantissa_bits_for)
+    offset_overrides = tuple(parse_key_value("--offset-for", item) for item in offset_for)
     dims = dict(parse_key_value("--dim", item, int) for item in dim)
     try:
         options = SelectionOptions(
@@ -96,6 +114,7 @@ def convert(
             mantissa_bits=mantissa_bits,
             mantissa_bits_for=overrides,
         )
+        offsets = OffsetOptions(offset, offset_overrides)
     except ValueError as error:
         raise InputError(str(error)) from None
 
@@ -111,10 +130,12 @@ def convert(
     status(f"loading {input_model}", quiet)
     start = time.monotonic()
     try:
-        report = convert_file(input_model, output, options, dry_run=dry_run, progress=progress)
+        report = convert_file(
+            input_model, output, options, dry_run=dry_run, progress=progress, dims=dims, offsets=offsets
+        )
     except (ModelLoadError, ValueError) as error:
         raise InputError(str(error)) from None
-    estimate = None if dry_run else _energy_estimate(report.output_path, dims)
+    estimate = report.energy
     if as_json:
         echo_json({**report.to_dict(), "energy": estimate and estimate["total"]})
         return
@@ -122,20 +143,13 @@ def convert(
     if dry_run:
         for record in report.converted:
             bits = f" m={record.decision.mantissa_bits}" if record.decision.mantissa_bits else ""
+            bits += f" offset={record.decision.offset:#x}" if record.decision.offset is not None else ""
             click.echo(
                 f"  {record.op_type} -> {record.new_op_type}{bits}  {record.name}  [{record.location}]"
             )
     else:
         click.echo(f"wrote {report.output_path} ({time.monotonic() - start:.1f} s)")
         click.echo(_energy_line(estimate))
-
-
-def _energy_estimate(path: str | None, dims: dict[str, int]) -> dict | None:
-    """The energy report of the written model; None when it cannot be estimated."""
-    try:
-        return energy(path, dims=dims) if path else None
-    except Exception:
-        return None
 
 
 def _energy_line(estimate: dict | None) -> str:
@@ -147,7 +161,14 @@ def _energy_line(estimate: dict | None) -> str:
     unknown = (
         f"; {total['unknown_nodes']} node(s) of unknown shape left out" if total["unknown_nodes"] else ""
     )
+    loops = (
+        f"; {total['per_iteration_nodes']} node(s) in loops of unknown trip count counted once"
+        if total["per_iteration_nodes"]
+        else ""
+    )
     return (
-        f"energy: the converted products would use {total['saving_percent']:.1f} % less energy than "
-        f"float multiplication ({total['multiplications']:,} products, Horowitz 45 nm table){unknown}"
+        f"energy (Horowitz 45 nm table): the {total['converted_multiplications']:,} converted products "
+        f"use {total['converted_saving_percent']:.1f} % less energy than float multiplication; "
+        f"all {total['multiplications']:,} of the model's multiplications "
+        f"{total['saving_percent']:.1f} % less{unknown}{loops}"
     )

@@ -55,6 +55,7 @@ def energy_command(
     if show_nodes:
         for node in report["nodes"]:
             mults = "unknown" if node["multiplications"] is None else f"{node['multiplications']:,}"
+            mults += " per iteration" if node["per_iteration"] else ""
             click.echo(
                 f"  {node['op_type']:<7} {'lmul ' if node['is_lmul'] else '     '}{mults:>16}  {node['name']}"
             )
@@ -64,6 +65,15 @@ def energy_command(
         f"L-Mul everywhere saves {total['lmul_saving_percent']:.1f} % of their energy, "
         f"the model as it is saves {total['saving_percent']:.1f} %"
     )
+    if total["converted_multiplications"]:
+        click.echo(
+            f"converted: {total['converted_multiplications']:,} products, "
+            f"{total['converted_saving_percent']:.1f} % less energy than float multiplication"
+        )
+    if total["per_iteration_nodes"]:
+        click.echo(
+            f"{total['per_iteration_nodes']} node(s) in loops of unknown trip count: counted per iteration"
+        )
     if total["unknown_nodes"]:
         click.echo(
             f"{total['unknown_nodes']} node(s) with unknown shapes left out: bind dimensions with --dim"

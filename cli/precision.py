@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from lmul_onnx.cli.common import echo_json
-from lmul_onnx.precision import precision_table
+from lmul_onnx.precision import precision_rows
 
 
 @click.command("precision")
@@ -18,19 +18,23 @@ from lmul_onnx.precision import precision_table
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
-    "--json", "as_json", is_flag=True, help="Print {row: mean |relative error|} as JSON (fractions)."
+    "--json",
+    "as_json",
+    is_flag=True,
+    help='Print {row: {"mean_abs_error", "bias"}} as JSON (fractions).',
 )
 def precision_command(pairs: int, seed: int, as_json: bool) -> None:
-    """Mean |relative error| of a single product, per arithmetic.
+    """Mean |relative error| and mean signed error (bias) of a single product, per arithmetic.
 
     Pairs whose exact (float64) product is below 2^-6 in magnitude are not counted.
-    L-Mul rows round the operands to m mantissa bits (SPEC); fp8 and bf16 rows round
-    the operands and the product to the format.
+    L-Mul rows round the operands to m mantissa bits (SPEC); lmul_mK_unbiased rows use
+    the unbiased offset (SPEC §4); fp8 and bf16 rows round the operands and the product
+    to the format.
     """
-    table = precision_table(pairs, seed)
+    table = precision_rows(pairs, seed)
     if as_json:
         echo_json(table)
         return
-    click.echo(f"{'arithmetic':<10} {'mean |rel. error|':>18}")
-    for name, value in table.items():
-        click.echo(f"{name:<10} {100 * value:>17.3f}%")
+    click.echo(f"{'arithmetic':<18} {'mean |rel. error|':>18} {'bias':>9}")
+    for name, row in table.items():
+        click.echo(f"{name:<18} {100 * row['mean_abs_error']:>17.3f}% {100 * row['bias']:>+8.3f}%")

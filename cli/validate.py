@@ -12,6 +12,7 @@ from lmul_onnx.baselines import BASELINES, BaselineError
 from lmul_onnx.cli.common import InputError, parse_key_value, status
 from lmul_onnx.convert import ModelLoadError
 from lmul_onnx.inputs import InputError as ModelInputError
+from lmul_onnx.ops import DomainError
 from lmul_onnx.validate import DEFAULT_ATOL, DEFAULT_RTOL, validate
 
 
@@ -163,7 +164,7 @@ def validate_command(
             threads=threads,
             progress=lambda message: status(message, quiet),
         )
-    except (ModelLoadError, ModelInputError, BaselineError) as error:
+    except (ModelLoadError, ModelInputError, BaselineError, DomainError) as error:
         raise InputError(str(error)) from None
     if sort == "worst":
         report.nodes.sort(key=lambda node: node["cosine"])

@@ -4,9 +4,7 @@
 // validates shapes, allocates outputs, splits the work over onnxruntime's intra-op
 // thread pool and calls the kernels in kernels/. Every failure becomes an OrtStatus that
 // names the node; no exception crosses the C boundary.
-#define ORT_API_MANUAL_INIT
-#include <onnxruntime_cxx_api.h>
-#undef ORT_API_MANUAL_INIT
+#include "ort_attributes.h"  // includes onnxruntime_cxx_api.h with ORT_API_MANUAL_INIT
 
 #include <algorithm>
 #include <atomic>
@@ -37,6 +35,7 @@ constexpr const char* kDomain = "lmul";
 constexpr uint32_t kOrtApiVersion = 21;
 static_assert(ORT_API_VERSION >= kOrtApiVersion, "onnxruntime headers older than API 21");
 constexpr const char* kMantissaBitsAttribute = "mantissa_bits";
+constexpr const char* kOffsetAttribute = "offset";
 // Work below this many scalar operations is not worth handing to another thread.
 constexpr size_t kMinOpsPerTask = size_t{1} << 16;
 
@@ -64,110 +63,29 @@ constexpr const char* type_name() {
                                                   : "bfloat16";
 }
 
-// An error in a node's inputs or attributes, reported as ORT_INVALID_ARGUMENT.
-struct NodeError : std::exception {
-  explicit NodeError(std::string message) : text(std::move(message)) {}
-  const char* what() const noexcept override { return text.c_str(); }
-  std::string text;
-};
+using lmul_ort::NodeError;
 
-// Attribute readers that tell "absent" from "present with the wrong type".
-enum class AttributeState { kAbsent, kPresent };
-
-// True when a C API call succeeded: here, the attribute exists with that type.
-bool succeeded(OrtStatus* status) {
-  if (!status) return true;
-  Ort::GetApi().ReleaseStatus(status);
-  return false;
-}
-
-AttributeState read_int(const OrtKernelInfo* info, const char* name, int64_t& value) {
-  const OrtApi& api = Ort::GetApi();
-  if (succeeded(api.KernelInfoGetAttribute_int64(info, name, &value))) return AttributeState::kPresent;
-  float as_float = 0.0f;
-  if (succeeded(api.KernelInfoGetAttribute_float(info, name, &as_float))) {
-    throw NodeError(std::string("attribute '") + name + "' must be an int, got a float");
-  }
-  size_t length = 0;
-  if (succeeded(api.KernelInfoGetAttribute_string(info, name, nullptr, &length))) {
-    throw NodeError(std::string("attribute '") + name + "' must be an int, got a string");
-  }
-  return AttributeState::kAbsent;
-}
-
-AttributeState read_float(const OrtKernelInfo* info, const char* name, float& value) {
-  const OrtApi& api = Ort::GetApi();
-  if (succeeded(api.KernelInfoGetAttribute_float(info, name, &value))) return AttributeState::kPresent;
-  int64_t as_int = 0;
-  if (succeeded(api.KernelInfoGetAttribute_int64(info, name, &as_int))) {
-    throw NodeError(std::string("attribute '") + name + "' must be a float, got an int");
-  }
-  return AttributeState::kAbsent;
-}
-
-bool read_flag(const OrtKernelInfo* info, const char* name) {
-  int64_t value = 0;
-  if (read_int(info, name, value) == AttributeState::kAbsent) return false;
-  if (value != 0 && value != 1) {
-    throw NodeError(std::string("attribute '") + name + "' must be 0 or 1, got " + std::to_string(value));
-  }
-  return value == 1;
-}
-
-// A list-of-ints attribute; absent leaves `values` empty.
-AttributeState read_ints(const OrtKernelInfo* info, const char* name, std::vector<int64_t>& values) {
-  const OrtApi& api = Ort::GetApi();
-  size_t size = 0;
-  int64_t as_int = 0;
-  // onnxruntime reads an int attribute as an empty list: tell the two apart.
-  if (succeeded(api.KernelInfoGetAttribute_int64(info, name, &as_int))) {
-    throw NodeError(std::string("attribute '") + name + "' must be a list of ints, got an int");
-  }
-  if (succeeded(api.KernelInfoGetAttributeArray_int64(info, name, nullptr, &size))) {
-    values.assign(size, 0);
-    if (size > 0 && !succeeded(api.KernelInfoGetAttributeArray_int64(info, name, values.data(), &size))) {
-      throw NodeError(std::string("attribute '") + name + "' could not be read");
-    }
-    return AttributeState::kPresent;
-  }
-  float as_float = 0.0f;
-  if (succeeded(api.KernelInfoGetAttribute_float(info, name, &as_float))) {
-    throw NodeError(std::string("attribute '") + name + "' must be a list of ints, got a float");
-  }
-  return AttributeState::kAbsent;
-}
-
-AttributeState read_string(const OrtKernelInfo* info, const char* name, std::string& value) {
-  const OrtApi& api = Ort::GetApi();
-  size_t length = 0;
-  if (succeeded(api.KernelInfoGetAttribute_string(info, name, nullptr, &length))) {
-    std::vector<char> text(length + 1, '\0');
-    if (!succeeded(api.KernelInfoGetAttribute_string(info, name, text.data(), &length))) {
-      throw NodeError(std::string("attribute '") + name + "' could not be read");
-    }
-    value.assign(text.data());
-    return AttributeState::kPresent;
-  }
-  int64_t as_int = 0;
-  float as_float = 0.0f;
-  if (succeeded(api.KernelInfoGetAttribute_int64(info, name, &as_int)) ||
-      succeeded(api.KernelInfoGetAttribute_float(info, name, &as_float))) {
-    throw NodeError(std::string("attribute '") + name + "' must be a string");
-  }
-  return AttributeState::kAbsent;
-}
-
-// The `mantissa_bits` attribute: 1..the type's width; absent = the type's width.
+// The `mantissa_bits` attribute (1..the type's width; absent = the type's width) and the
+// L-Mul constant of the `offset` attribute (SPEC 4; absent = the paper's), as every op
+// of the domain reads them.
 template <class S>
-int read_mantissa_bits(const OrtKernelInfo* info) {
+void read_width_and_offset(const OrtKernelInfo* info, int& mantissa_bits, uint32_t& bias) {
   int64_t bits = 0;
   const int limit = lmul::type_mantissa_bits(S::kind);
-  if (read_int(info, kMantissaBitsAttribute, bits) == AttributeState::kAbsent) return limit;
-  if (bits < 1 || bits > limit) {
-    throw NodeError("attribute 'mantissa_bits' must be in 1.." + std::to_string(limit) + " for " + type_name<S>() +
-                    " inputs, got " + std::to_string(bits));
+  mantissa_bits = limit;
+  if (lmul_ort::read_int(info, kMantissaBitsAttribute, bits)) {
+    if (bits < 1 || bits > limit) {
+      throw NodeError("attribute 'mantissa_bits' must be in 1.." + std::to_string(limit) + " for " +
+                      type_name<S>() + " inputs, got " + std::to_string(bits));
+    }
+    mantissa_bits = static_cast<int>(bits);
   }
-  return static_cast<int>(bits);
+  int64_t offset = lmul::paper_offset(mantissa_bits);
+  if (lmul_ort::read_int(info, kOffsetAttribute, offset) && (offset < 0 || offset >= lmul::kOffsetLimit)) {
+    throw NodeError("attribute 'offset' must be in 0.." + std::to_string(lmul::kOffsetLimit - 1) +
+                    " (0 <= offset < 2^23), got " + std::to_string(offset));
+  }
+  bias = lmul::lmul_bias_for_offset(static_cast<uint32_t>(offset));
 }
 
 // Hands `tasks` independent calls task(i) to onnxruntime's intra-op thread pool.
@@ -289,18 +207,19 @@ struct LMulKernel {
 
   std::string node_name;
   int mantissa_bits = lmul::type_mantissa_bits(S::kind);
+  uint32_t bias = 0;  // lmul_bias_for_offset of the `offset` attribute or the paper's (SPEC 4)
   bool trans_a = false, trans_b = false;
   float alpha = 1.0f, beta = 1.0f;
   std::unique_ptr<const PackedB> constant_b;  // B prepared at session creation, if constant
 
   LMulKernel(const OrtKernelInfo* info) {
     node_name = Ort::ConstKernelInfo(info).GetNodeName();
-    mantissa_bits = read_mantissa_bits<S>(info);
+    read_width_and_offset<S>(info, mantissa_bits, bias);
     if (Kind == OpKind::kGemm) {
-      trans_a = read_flag(info, "transA");
-      trans_b = read_flag(info, "transB");
-      read_float(info, "alpha", alpha);
-      read_float(info, "beta", beta);
+      trans_a = lmul_ort::read_flag(info, "transA");
+      trans_b = lmul_ort::read_flag(info, "transB");
+      lmul_ort::read_float(info, "alpha", alpha);
+      lmul_ort::read_float(info, "beta", beta);
     }
     if (Kind != OpKind::kMul) PrepareConstantB(info);
   }
@@ -355,14 +274,15 @@ struct LMulKernel {
     T* py = static_cast<T*>(y.GetTensorMutableRawData());
     const size_t chunk = kMinOpsPerTask;
     const int m = mantissa_bits;
+    const uint32_t product_bias = bias;
     auto task = [&](size_t t) {
       const size_t begin = t * chunk, end = std::min(plan.total, begin + chunk);
       lmul::for_each_run(plan, begin, end,
                          [&](size_t ao, size_t bo, size_t yo, size_t length, size_t as, size_t bs) {
                            if constexpr (std::is_same<T, float>::value) {
-                             lmul::lmul_run_float32(pa + ao, as, pb + bo, bs, py + yo, length, m);
+                             lmul::lmul_run_float32(pa + ao, as, pb + bo, bs, py + yo, length, m, product_bias);
                            } else {
-                             lmul::lmul_run<S>(pa + ao, as, pb + bo, bs, py + yo, length, m);
+                             lmul::lmul_run<S>(pa + ao, as, pb + bo, bs, py + yo, length, m, product_bias);
                            }
                          });
     };
@@ -425,7 +345,6 @@ struct LMulKernel {
 
     T* py = static_cast<T*>(y.GetTensorMutableRawData());
     const T* pc = c ? static_cast<const T*>(c.GetTensorRawData()) : nullptr;
-    const uint32_t bias = lmul::lmul_bias(mantissa_bits);
 
     // Can every product be one integer add (lmul_gemm.h)?
     const size_t nr = lmul::panel_width();
@@ -527,30 +446,25 @@ struct LMulConvKernel {
 
   std::string node_name;
   int mantissa_bits = lmul::type_mantissa_bits(S::kind);
+  uint32_t bias = 0;  // the L-Mul constant of `offset` or the paper's (SPEC 4)
   lmul::ConvAttributes attributes;
   std::unique_ptr<const lmul::ConvWeights> constant_w;
 
   explicit LMulConvKernel(const OrtKernelInfo* info) {
     node_name = Ort::ConstKernelInfo(info).GetNodeName();
-    mantissa_bits = read_mantissa_bits<S>(info);
+    read_width_and_offset<S>(info, mantissa_bits, bias);
     std::string auto_pad;
-    if (read_string(info, "auto_pad", auto_pad) == AttributeState::kPresent &&
-        !lmul::parse_auto_pad(auto_pad, attributes.auto_pad)) {
+    if (lmul_ort::read_string(info, "auto_pad", auto_pad) && !lmul::parse_auto_pad(auto_pad, attributes.auto_pad)) {
       throw NodeError("attribute 'auto_pad' must be NOTSET, SAME_UPPER, SAME_LOWER or VALID, got '" + auto_pad + "'");
     }
-    if (read_int(info, "group", attributes.group) == AttributeState::kAbsent) {
-      std::vector<int64_t> as_list;
-      if (read_ints(info, "group", as_list) == AttributeState::kPresent) {
-        throw NodeError("attribute 'group' must be an int, got a list");
-      }
-    }
-    read_ints(info, "dilations", attributes.dilations);
-    read_ints(info, "kernel_shape", attributes.kernel_shape);
-    read_ints(info, "pads", attributes.pads);
-    read_ints(info, "strides", attributes.strides);
+    lmul_ort::read_int(info, "group", attributes.group);
+    lmul_ort::read_ints(info, "dilations", attributes.dilations);
+    lmul_ort::read_ints(info, "kernel_shape", attributes.kernel_shape);
+    lmul_ort::read_ints(info, "pads", attributes.pads);
+    lmul_ort::read_ints(info, "strides", attributes.strides);
     // Read for Conv too, so that check_conv_attributes refuses them there.
-    read_ints(info, "output_padding", attributes.output_padding);
-    read_ints(info, "output_shape", attributes.output_shape);
+    lmul_ort::read_ints(info, "output_padding", attributes.output_padding);
+    lmul_ort::read_ints(info, "output_shape", attributes.output_shape);
     std::string error;
     if (!lmul::check_conv_attributes(attributes, kTranspose, error)) throw NodeError(error);
     PrepareConstantW(info);
@@ -618,19 +532,18 @@ struct LMulConvKernel {
     }
     const lmul::ConvWeights& weights = per_call_w ? *per_call_w : *constant_w;
 
-    std::vector<float> bias;
+    std::vector<float> b_values;
     if (b) {
       const T* pb = static_cast<const T*>(b.GetTensorRawData());
-      bias.resize(plan.out_channels);
-      for (size_t i = 0; i < plan.out_channels; ++i) bias[i] = S::load(pb[i]);
+      b_values.resize(plan.out_channels);
+      for (size_t i = 0; i < plan.out_channels; ++i) b_values[i] = S::load(pb[i]);
     }
     T* py = static_cast<T*>(y.GetTensorMutableRawData());
     // float32 results are written in place; other types through a float32 buffer.
     constexpr bool kInPlace = std::is_same<T, float>::value;
     std::unique_ptr<float[]> scratch(kInPlace ? nullptr : new float[y_count]);
     float* out = kInPlace ? reinterpret_cast<float*>(py) : scratch.get();
-    lmul::lmul_conv(plan, weights, x_bits.get(), b ? bias.data() : nullptr, lmul::lmul_bias(mantissa_bits), out,
-                    parallel);
+    lmul::lmul_conv(plan, weights, x_bits.get(), b ? b_values.data() : nullptr, bias, out, parallel);
     if (!kInPlace) {
       parallel(ceil_div(y_count, chunk), [&](size_t t) {
         const size_t begin = t * chunk, end = std::min(y_count, begin + chunk);
@@ -700,13 +613,16 @@ struct Registry {
 }  // namespace
 
 // Test hook: the matmul variant the pre-scan picks for float32 operands rounded to m bits
-// (0 general, 1 add, 2 add-masked-a, 3 add-masked-b, 4 add-masked-ab, 5 normal; -1 for a
-// bad m). Lets tests check that data selects
-// the micro-kernel they mean to exercise.
+// with the given offset (-1: the paper's) (0 general, 1 add, 2 add-masked-a,
+// 3 add-masked-b, 4 add-masked-ab, 5 normal; -1 for a bad m or offset). Lets tests check
+// that data selects the micro-kernel they mean to exercise.
 extern "C" __attribute__((visibility("default"))) int lmul_matmul_variant(const float* a, size_t a_count,
                                                                           const float* b, size_t b_count,
-                                                                          int mantissa_bits) {
+                                                                          int mantissa_bits, int64_t offset) {
   if (mantissa_bits < 1 || mantissa_bits > lmul::kFloat32MantissaBits) return -1;
+  if (offset < -1 || offset >= lmul::kOffsetLimit) return -1;
+  const uint32_t bias = offset < 0 ? lmul::lmul_bias(mantissa_bits)
+                                   : lmul::lmul_bias_for_offset(static_cast<uint32_t>(offset));
   lmul::OperandRange ranges[2];
   const float* operands[2] = {a, b};
   const size_t counts[2] = {a_count, b_count};
@@ -718,7 +634,7 @@ extern "C" __attribute__((visibility("default"))) int lmul_matmul_variant(const 
     ranges[o].scan(bits.data(), bits.size());
   }
   return static_cast<int>(
-      lmul::choose_variant(ranges[0], ranges[1], lmul::lmul_bias(mantissa_bits), lmul::panel_width() > 0));
+      lmul::choose_variant(ranges[0], ranges[1], bias, lmul::panel_width() > 0));
 }
 
 extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL

@@ -206,13 +206,19 @@ def conv_operation_counts(
 
 
 def _operands(
-    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, group: int, mantissa_bits: int | None, transpose: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.dtype, int, int]:
-    """Arrays, dtype, ``m`` and output channels of a Conv / ConvTranspose call."""
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None,
+    group: int,
+    mantissa_bits: int | None,
+    offset: int | None,
+    transpose: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.dtype, int, int, int]:
+    """Arrays, dtype, ``m``, ``offset`` and output channels of a Conv / ConvTranspose call."""
     x, w = np.asarray(x), np.asarray(w)
     b = None if b is None else np.asarray(b)
-    dtype, m = numerics._resolve(x, w, mantissa_bits)
-    return x, w, b, dtype, m, _check_operands(x, w, b, group, transpose)
+    dtype, m, offset = numerics._resolve(x, w, mantissa_bits, offset)
+    return x, w, b, dtype, m, offset, _check_operands(x, w, b, group, transpose)
 
 
 def _check_operands(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, group: int, transpose: bool) -> int:
@@ -261,6 +267,7 @@ def lmul_conv(
     pads: Sequence[int] | None = None,
     strides: Sequence[int] | None = None,
     mantissa_bits: int | None = None,
+    offset: int | None = None,
     accumulate: type = np.float32,
 ) -> np.ndarray:
     """ONNX ``Conv`` with every product an L-Mul (the ``lmul.LMulConv`` op).
@@ -271,13 +278,17 @@ def lmul_conv(
         b: optional bias (M,).
         auto_pad, dilations, group, kernel_shape, pads, strides: as in ONNX ``Conv``.
         mantissa_bits: operand mantissa width ``m`` (default: the dtype's own width).
+        offset: the SPEC section 4 constant (default: the paper's), as in
+            :func:`lmul_onnx.numerics.lmul`.
         accumulate: ``np.float64`` returns the unrounded float64 sums (the tests' oracle).
 
     Returns:
         Y (N, M, *output_spatial): sums of exact L-Mul products (padding contributes
         zero products), rounded once to float32, plus the bias, in ``x``'s dtype.
     """
-    x, w, b, dtype, m, out_channels = _operands(x, w, b, group, mantissa_bits, transpose=False)
+    x, w, b, dtype, m, offset, out_channels = _operands(
+        x, w, b, group, mantissa_bits, offset, transpose=False
+    )
     geometry = conv_geometry(
         x.shape[2:], w.shape[2:], auto_pad=auto_pad, dilations=dilations, kernel_shape=kernel_shape,
         pads=pads, strides=strides,
@@ -289,16 +300,16 @@ def lmul_conv(
     )
     # im2col: (N, C, *kernel, *output) -> (N, group, C/group * prod(kernel), prod(output))
     columns = np.empty((batch, channels, *geometry.kernel, *geometry.output), dtype=np.float32)
-    for offset in np.ndindex(*geometry.kernel):
+    for tap in np.ndindex(*geometry.kernel):
         window = tuple(
             slice(k * d, k * d + (o - 1) * s + 1, s)
-            for k, d, o, s in zip(offset, geometry.dilations, geometry.output, geometry.strides, strict=True)
+            for k, d, o, s in zip(tap, geometry.dilations, geometry.output, geometry.strides, strict=True)
         )
-        columns[(slice(None), slice(None), *offset)] = padded[(slice(None), slice(None), *window)]
+        columns[(slice(None), slice(None), *tap)] = padded[(slice(None), slice(None), *window)]
     pixels = int(np.prod(geometry.output))
     columns = columns.reshape(batch, group, -1, pixels)
     weights = numerics._to_float32(w).reshape(group, out_channels // group, -1)
-    sums = numerics._lmul_matmul_float64(weights, columns, m)  # (N, group, M / group, pixels)
+    sums = numerics._lmul_matmul_float64(weights, columns, m, offset)  # (N, group, M / group, pixels)
     sums = sums.reshape(batch, out_channels, *geometry.output)
     return _finish(sums, b, dtype, accumulate, out_channels)
 
@@ -317,6 +328,7 @@ def lmul_conv_transpose(
     pads: Sequence[int] | None = None,
     strides: Sequence[int] | None = None,
     mantissa_bits: int | None = None,
+    offset: int | None = None,
     accumulate: type = np.float32,
 ) -> np.ndarray:
     """ONNX ``ConvTranspose`` with every product an L-Mul (the ``lmul.LMulConvTranspose`` op).
@@ -327,9 +339,9 @@ def lmul_conv_transpose(
         b: optional bias (M,).
         auto_pad, dilations, group, kernel_shape, output_padding, output_shape, pads,
             strides: as in ONNX ``ConvTranspose`` (onnxruntime's reading of them).
-        mantissa_bits, accumulate: as in :func:`lmul_conv`.
+        mantissa_bits, offset, accumulate: as in :func:`lmul_conv`.
     """
-    x, w, b, dtype, m, out_channels = _operands(x, w, b, group, mantissa_bits, transpose=True)
+    x, w, b, dtype, m, offset, out_channels = _operands(x, w, b, group, mantissa_bits, offset, transpose=True)
     geometry = conv_transpose_geometry(
         x.shape[2:], w.shape[2:], auto_pad=auto_pad, dilations=dilations, kernel_shape=kernel_shape,
         output_padding=output_padding, output_shape=output_shape, pads=pads, strides=strides,
@@ -337,12 +349,12 @@ def lmul_conv_transpose(
     batch, channels = x.shape[:2]
     in_spatial = x.shape[2:]
     per_group_in = channels // group
-    # products per (kernel offset, input pixel): W_g^T (M/g * prod(kernel), C/g) (*) X_g (C/g, pixels)
+    # products per (kernel tap, input pixel): W_g^T (M/g * prod(kernel), C/g) (*) X_g (C/g, pixels)
     weights = numerics._to_float32(w).reshape(group, per_group_in, -1).transpose(0, 2, 1)
     inputs = numerics._to_float32(x).reshape(batch, group, per_group_in, -1)
-    columns = numerics._lmul_matmul_float64(weights, inputs, m)
+    columns = numerics._lmul_matmul_float64(weights, inputs, m, offset)
     columns = columns.reshape(batch, out_channels, *geometry.kernel, *in_spatial)
-    # col2im: input pixel i and kernel offset k land on output position i*s + k*d - pad_begin.
+    # col2im: input pixel i and kernel tap k land on output position i*s + k*d - pad_begin.
     full = [
         max((i - 1) * s + (k - 1) * d + 1, p + o)
         for i, s, k, d, p, o in zip(
@@ -351,12 +363,12 @@ def lmul_conv_transpose(
         )
     ]  # fmt: skip
     canvas = np.zeros((batch, out_channels, *full), dtype=np.float64)
-    for offset in np.ndindex(*geometry.kernel):
+    for tap in np.ndindex(*geometry.kernel):
         window = tuple(
             slice(k * d, k * d + (i - 1) * s + 1, s)
-            for k, d, i, s in zip(offset, geometry.dilations, in_spatial, geometry.strides, strict=True)
+            for k, d, i, s in zip(tap, geometry.dilations, in_spatial, geometry.strides, strict=True)
         )
-        canvas[(slice(None), slice(None), *window)] += columns[(slice(None), slice(None), *offset)]
+        canvas[(slice(None), slice(None), *window)] += columns[(slice(None), slice(None), *tap)]
     crop = tuple(slice(p, p + o) for p, o in zip(geometry.pads_begin, geometry.output, strict=True))
     sums = canvas[(slice(None), slice(None), *crop)]
     return _finish(sums, b, dtype, accumulate, out_channels)

@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,15 +20,21 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
+from lmul_onnx import energy, graph
+from lmul_onnx.graph import ModelInput, ModelLoadError
 from lmul_onnx.ops import SUPPORTED_OPS
+from lmul_onnx.passes.offsets import (
+    Choice,
+    LMulOffsetPass,
+    OffsetOptions,
+    describe_offset,
+    effective_mantissa_bits,
+    offset_in_effect,
+)
 from lmul_onnx.passes.rewrite import LMulRewritePass, NodeRecord
 from lmul_onnx.passes.selection import Scope, SelectionOptions
 
-ModelInput = str | os.PathLike[str] | onnx.ModelProto | ir.Model
-
-
-class ModelLoadError(ValueError):
-    """The input is not a readable ONNX model."""
+__all__ = ["ConversionReport", "ModelLoadError", "convert", "convert_file", "convert_model"]
 
 
 @dataclass
@@ -39,6 +45,7 @@ class ConversionReport:
     output_path: str | None
     dry_run: bool
     nodes: list[NodeRecord] = field(default_factory=list)
+    energy: dict[str, Any] | None = None  # lmul_onnx.energy.count of the result (not on dry runs)
 
     @property
     def converted(self) -> list[NodeRecord]:
@@ -64,6 +71,7 @@ class ConversionReport:
             "dry_run": self.dry_run,
             "converted": len(self.converted),
             "ops": self.per_op(),
+            "offsets": self.offsets(),
             "nodes": [
                 {
                     "name": n.name,
@@ -73,11 +81,32 @@ class ConversionReport:
                     "new_op_type": n.new_op_type,
                     "element_type": n.decision.element_type,
                     "mantissa_bits": n.decision.mantissa_bits,
+                    "offset": n.decision.offset,
                     "reason": n.decision.reason or None,
+                    "key": n.key,
                 }
                 for n in self.nodes
             ],
         }
+
+    def offsets(self) -> list[dict[str, Any]]:
+        """The offsets of the converted nodes, one entry per (m, offset) with its node count:
+        ``{"mantissa_bits", "offset" (the attribute; null = the paper's), "value" (the
+        constant in effect), "choice" ("paper"/"unbiased"/"value"), "nodes"}``."""
+        counts = Counter((effective_mantissa_bits(n), n.decision.offset) for n in self.converted)
+        entries = []
+        for (bits, offset), count in sorted(counts.items(), key=lambda item: (item[0][0], item[0][1] or -1)):
+            choice, value = offset_in_effect(offset, bits)
+            entries.append(
+                {
+                    "mantissa_bits": bits,
+                    "offset": offset,
+                    "value": value,
+                    "choice": choice,
+                    "nodes": count,
+                }
+            )
+        return entries
 
     def format_table(self) -> str:
         """A summary for people: per op type, found / converted / skipped with reasons."""
@@ -87,37 +116,10 @@ class ConversionReport:
             lines.append(f"{op:<12} {entry['found']:>6} {entry['converted']:>10}  {skipped or '-'}")
         verb = "would convert" if self.dry_run else "converted"
         lines.append(f"{verb} {len(self.converted)} of {len(self.nodes)} candidate nodes")
+        for entry in self.offsets():
+            described = describe_offset(entry["offset"], entry["mantissa_bits"])
+            lines.append(f"offset m={entry['mantissa_bits']}: {described} on {entry['nodes']} node(s)")
         return "\n".join(lines)
-
-
-def _read(path_like: str | os.PathLike[str], reader: Callable[[Path], Any]) -> Any:
-    """``reader(path)`` for an existing file, every failure as one ``ModelLoadError``."""
-    path = Path(os.fspath(path_like))
-    if not path.exists():
-        raise ModelLoadError(f"{path}: no such file")
-    if not path.is_file():
-        raise ModelLoadError(f"{path}: not a file")
-    try:
-        return reader(path)
-    except Exception as error:  # protobuf and onnx-ir raise many types for a bad file
-        raise ModelLoadError(f"{path}: not a readable ONNX model ({type(error).__name__}: {error})") from None
-
-
-def load_model(model: ModelInput) -> tuple[ir.Model, str | None]:
-    """Load a path, ``ModelProto`` or ``ir.Model`` as an ``ir.Model`` (weights memory-mapped)."""
-    if isinstance(model, ir.Model):
-        return model, None
-    if isinstance(model, onnx.ModelProto):
-        return ir.from_proto(model), None
-    return _read(model, ir.load), os.fspath(model)
-
-
-def load_graph(model: str | os.PathLike[str] | onnx.ModelProto) -> tuple[onnx.ModelProto, Path | None]:
-    """A ``ModelProto`` (returned as is) or the graph of a model file, without loading its
-    external weights (they stay on disk); with the file's path, if any."""
-    if isinstance(model, onnx.ModelProto):
-        return model, None
-    return _read(model, lambda path: onnx.load(path, load_external_data=False)), Path(os.fspath(model))
 
 
 def _external_files(model: ir.Model, base: Path) -> set[Path]:
@@ -163,11 +165,23 @@ def convert_model(
     *,
     dry_run: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    types: graph.Types | None = None,
+    offsets: OffsetOptions | None = None,
 ) -> list[NodeRecord]:
-    """Rewrite ``model`` in place (unless ``dry_run``); return the per-node records."""
-    rewrite = LMulRewritePass(options, dry_run=dry_run, progress=progress)
+    """Rewrite ``model`` in place (unless ``dry_run``); return the per-node records.
+    ``types``: the model's :func:`lmul_onnx.graph.infer` result (inferred when not given)."""
+    converted: list[tuple[ir.Node, NodeRecord]] = []
+    rewrite = LMulRewritePass(
+        options,
+        dry_run=dry_run,
+        progress=progress,
+        types=types,
+        on_convert=lambda node, record: converted.append((node, record)),
+    )
     rewrite(model)
-    return rewrite.result.records
+    offset_pass = LMulOffsetPass(offsets or OffsetOptions(), converted, dry_run=dry_run)
+    offset_pass(model)
+    return offset_pass.annotate(rewrite.result.records)
 
 
 def convert_file(
@@ -177,15 +191,27 @@ def convert_file(
     *,
     dry_run: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    dims: Mapping[str, int] | None = None,
+    offsets: OffsetOptions | None = None,
 ) -> ConversionReport:
-    """Convert a model file into another file; the function behind ``lmul-onnx convert``."""
-    model, source = load_model(input_path)
+    """Convert a model file into another file; the function behind ``lmul-onnx convert``.
+
+    The input is checked first (:func:`lmul_onnx.graph.load`); its types and shapes are
+    inferred once (``dims`` binds symbolic input dimensions) and serve both the selection
+    and the energy estimate of the result (``report.energy``, not on dry runs).
+    """
+    model, _ = graph.load(input_path)
+    source = os.fspath(input_path)
     target = Path(output_path) if output_path is not None else default_output_path(input_path)
     if target.resolve() == Path(input_path).resolve():
         raise ValueError(f"refusing to write over the input model {input_path}")
-    records = convert_model(model, options, dry_run=dry_run, progress=progress)
+    types = graph.infer(model, dims or {})
+    records = convert_model(
+        model, options, dry_run=dry_run, progress=progress, types=types, offsets=offsets
+    )
     report = ConversionReport(source, None if dry_run else str(target), dry_run, records)
     if not dry_run:
+        report.energy = energy.count(model, types)
         save_model(model, target, reads_from=_external_files(model, Path(input_path).parent))
     return report
 
@@ -200,6 +226,8 @@ def convert(
     nodes_to_exclude: Sequence[str] = (),
     mantissa_bits: int | None = None,
     mantissa_bits_for: dict[str, int] | None = None,
+    offset: Choice | float = "paper",
+    offset_for: dict[str, Choice | float] | None = None,
 ) -> onnx.ModelProto:
     """Rewrite the MatMul / Gemm / Mul nodes of a model into L-Mul ops.
 
@@ -216,6 +244,11 @@ def convert(
         mantissa_bits: operand mantissa width for every converted node (``None``: the
             tensor type's full width).
         mantissa_bits_for: per-node overrides ``{regex: bits}``; the first match wins.
+        offset: the SPEC section 4 offset of every converted node: ``"paper"`` (the
+            default: no attribute), ``"unbiased"`` (the data-free constant of
+            :data:`lmul_onnx.offsets.UNBIASED_OFFSETS` for the node's ``m``), an int
+            (the attribute, 0 <= offset < 2^23) or a float fraction in [0, 1).
+        offset_for: per-node overrides ``{regex: choice}``; the first match wins.
 
     Returns:
         The converted model as an ``onnx.ModelProto``. Models with external data are
@@ -223,7 +256,8 @@ def convert(
         external).
 
     Raises:
-        ModelLoadError: the input cannot be read as ONNX.
+        ModelLoadError: the input cannot be read as ONNX, or is a model onnxruntime
+            would refuse (see :func:`lmul_onnx.graph.check`).
         ValueError: an invalid option, or an output path equal to the input.
     """
     options = SelectionOptions(
@@ -234,11 +268,12 @@ def convert(
         mantissa_bits=mantissa_bits,
         mantissa_bits_for=tuple((mantissa_bits_for or {}).items()),
     )
+    offsets = OffsetOptions(offset, tuple((offset_for or {}).items()))
     if isinstance(model, (str, os.PathLike)) and output_path is not None:
-        convert_file(model, output_path, options)
+        convert_file(model, output_path, options, offsets=offsets)
         return onnx.load(os.fspath(output_path), load_external_data=False)
-    ir_model, _ = load_model(model)  # a ModelProto is deserialised, so it stays untouched
-    convert_model(ir_model, options)
+    ir_model, _ = graph.load(model)  # a ModelProto is deserialised, so it stays untouched
+    convert_model(ir_model, options, offsets=offsets)
     if output_path is not None:
         save_model(ir_model, output_path)
     return ir.to_proto(ir_model)

@@ -1,13 +1,18 @@
 """Operation counts of MatMul / Gemm / Mul nodes, priced with an energy table.
 
-Counts come from the shapes (ONNX shape inference on a copy of the graph without its
-weights, with ``lmul`` ops seen as the standard ops they replace):
+Counts come from the shapes of :func:`lmul_onnx.graph.infer` (``lmul`` ops seen as the
+standard ops they replace), for every node :func:`lmul_onnx.graph.walk` finds:
 
 * MatMul: K multiplications and K-1 additions per output element (a dot product of
   length K); numpy matmul shape rules.
 * Gemm: the same on (M, N, K), plus one addition per output for the bias C. The
   ``alpha``/``beta`` scalings are not counted.
 * Mul: one multiplication per output element.
+* A node inside a Loop body counts once per iteration, times the trip count when it is a
+  constant (an upper bound when the loop may stop early), else it is reported "per
+  iteration"; inside a Scan body, times the scanned length when known. Both branches of an
+  If are counted (an upper bound: one runs). A model-local function body counts once per
+  call site, with that call site's shapes.
 
 Default prices (pJ, 45 nm, Horowitz 2014, as cited by the paper): float32 multiply 3.7,
 float32 add 0.9, float16 multiply 1.1, float16 add 0.4, int32 add 0.1. An L-Mul is priced
@@ -27,11 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import onnx
-from onnx import TensorProto
+import onnx_ir as ir
 
-from lmul_onnx.convert import load_graph
-from lmul_onnx.ops import DOMAIN, LMUL_TO_STANDARD, STANDARD_TO_LMUL
+from lmul_onnx import graph
+from lmul_onnx.ops import STANDARD_TO_LMUL
+from lmul_onnx.passes.selection import CONVERTIBLE_TYPES
 
 DEFAULT_TABLE_PJ: dict[str, float] = {
     "fp32_mul": 3.7,
@@ -44,11 +49,7 @@ DEFAULT_TABLE_PJ: dict[str, float] = {
     "int16_add": 0.05,
 }
 ASSUMED_ENTRIES = ("bf16_mul", "bf16_add", "int16_add")
-_TYPE_KEYS = {
-    TensorProto.FLOAT: ("fp32", "int32"),
-    TensorProto.FLOAT16: ("fp16", "int16"),
-    TensorProto.BFLOAT16: ("bf16", "int16"),
-}
+_PRICES = ("original", "lmul", "as_is")
 
 
 class EnergyError(ValueError):
@@ -57,13 +58,16 @@ class EnergyError(ValueError):
 
 @dataclass
 class NodeCount:
-    name: str
+    name: str  # qualified display name (a function body's nodes once per call site)
     op_type: str  # the standard op type
     is_lmul: bool
     element_type: str
-    multiplications: int | None
+    multiplications: int | None  # over every execution (per iteration when per_iteration)
     additions: int | None
     energy_pj: dict[str, float | None]
+    key: str = ""  # stable identity (graph.NodeEntry.key)
+    executions: int | None = 1  # times the node runs per model run; None: unknown trip count
+    per_iteration: bool = False  # inside a Loop/Scan of unknown length: counts are per iteration
 
 
 def load_table(path: str | os.PathLike[str] | None) -> dict[str, float]:
@@ -88,164 +92,139 @@ def load_table(path: str | os.PathLike[str] | None) -> dict[str, float]:
     return table
 
 
-def _prepared_copy(model: onnx.ModelProto, dims: Mapping[str, int]) -> onnx.ModelProto:
-    """A copy with bound input dimensions, no declared intermediate shapes (exporters often
-    use placeholder symbols there) and ``lmul`` ops seen as the standard ops they replace."""
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    del copy.graph.value_info[:]
-    for output in copy.graph.output:
-        output.type.tensor_type.ClearField("shape")
-    for value in copy.graph.input:
-        for dim in value.type.tensor_type.shape.dim:
-            if dim.HasField("dim_param") and dim.dim_param in dims:
-                dim.dim_value = dims[dim.dim_param]
-    for node in copy.graph.node:
-        if node.domain == DOMAIN and node.op_type in LMUL_TO_STANDARD:
-            node.domain, node.op_type = "", LMUL_TO_STANDARD[node.op_type]
-            for attribute in [a for a in node.attribute if a.name == "mantissa_bits"]:
-                node.attribute.remove(attribute)
-    return copy
-
-
-def _infer(copy: onnx.ModelProto) -> onnx.ModelProto:
-    """onnxruntime's symbolic shape inference (it follows shapes through Shape/Reshape
-    arithmetic that ONNX's own inference loses); ONNX's inference on a weight-free copy
-    when it fails (e.g. weights stored externally)."""
-    try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-        return SymbolicShapeInference.infer_shapes(copy, auto_merge=True)
-    except Exception:
-        pass
-    for initializer in copy.graph.initializer:  # keep shapes, drop data
-        if initializer.name not in {i.name for i in copy.graph.input}:
-            copy.graph.input.append(
-                onnx.helper.make_tensor_value_info(
-                    initializer.name, initializer.data_type, list(initializer.dims)
-                )
-            )
-    del copy.graph.initializer[:]
-    return onnx.shape_inference.infer_shapes(copy, strict_mode=False, data_prop=True)
-
-
-def _shape_map(model: onnx.ModelProto, dims: Mapping[str, int]) -> dict[str, tuple[list[int | None], int]]:
-    """value name -> (shape with None for unknown dims, element type)."""
-    inferred = _infer(_prepared_copy(model, dims))
-    shapes = {}
-    for info in (*inferred.graph.input, *inferred.graph.output, *inferred.graph.value_info):
-        tensor = info.type.tensor_type
-        if tensor.HasField("shape"):
-            shape = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
-            shapes[info.name] = (shape, tensor.elem_type)
-    for initializer in model.graph.initializer:
-        shapes.setdefault(initializer.name, (list(initializer.dims), initializer.data_type))
-    return shapes
-
-
-def _prod(values: list[int | None]) -> int | None:
+def _prod(values: tuple[int | None, ...]) -> int | None:
     return None if any(v is None for v in values) else math.prod(values)  # type: ignore[arg-type]
 
 
-def _count(node: onnx.NodeProto, op: str, shapes: dict) -> tuple[int | None, int | None]:
-    out = shapes.get(node.output[0], (None, 0))[0]
+def _int_attribute(node: ir.Node, name: str, default: int) -> int:
+    attribute = node.attributes.get(name)
+    return (
+        int(attribute.value)
+        if isinstance(attribute, ir.Attr) and attribute.type == ir.AttributeType.INT
+        else default
+    )
+
+
+def _count(entry: graph.NodeEntry, op: str, types: graph.Types) -> tuple[int | None, int | None]:
+    """Multiplications and additions of one execution of a MatMul/Gemm/Mul."""
+    node = entry.node
+    out = types.of(node.outputs[0] if node.outputs else None, entry.calls).shape
     if out is None:
         return None, None
     outputs = _prod(out)
     if op == "Mul":
         return outputs, 0 if outputs is not None else None
-    a = shapes.get(node.input[0], (None, 0))[0]
-    if not a:
+    a = types.of(node.inputs[0] if node.inputs else None, entry.calls).shape
+    if not a or outputs is None:
         return None, None
-    if op == "MatMul":
-        k = a[-1]
-        if outputs is None or k is None:
-            return None, None
-        return outputs * k, outputs * max(k - 1, 0)
-    trans_a = next((attr.i for attr in node.attribute if attr.name == "transA"), 0)
-    k = a[0] if trans_a else a[-1]
-    if outputs is None or k is None:
+    k = a[0] if op == "Gemm" and _int_attribute(node, "transA", 0) else a[-1]
+    if k is None:
         return None, None
-    has_bias = len(node.input) > 2 and bool(node.input[2])
+    has_bias = op == "Gemm" and len(node.inputs) > 2 and node.inputs[2] is not None
     return outputs * k, outputs * max(k - 1, 0) + (outputs if has_bias else 0)
 
 
-def _price(mults: int | None, adds: int | None, elem: int, is_lmul: bool, table: Mapping[str, float]) -> dict:
-    float_key, int_key = _TYPE_KEYS.get(elem, ("fp32", "int32"))
+def _executions(entry: graph.NodeEntry, types: graph.Types) -> int | None:
+    """How often the node runs per model run: the product of the constant trip counts
+    of the enclosing Loops and scanned lengths of the enclosing Scans; None if unknown."""
+    total = 1
+    calls: tuple[ir.Node, ...] = ()
+    for parent in entry.parents:
+        if parent in entry.calls:
+            calls = (*calls, parent)
+            continue
+        if parent.op_type == "Loop":
+            trip = graph.constant_int(parent.inputs[0] if parent.inputs else None)
+        elif parent.op_type == "Scan":
+            scanned = _int_attribute(parent, "num_scan_inputs", 0)
+            first = parent.inputs[len(parent.inputs) - scanned] if scanned else None
+            axes = parent.attributes.get("scan_input_axes")
+            axis = int(axes.value[0]) if isinstance(axes, ir.Attr) and axes.value else 0
+            shape = types.of(first, calls).shape
+            trip = shape[axis] if shape and -len(shape) <= axis < len(shape) else None
+        else:
+            continue
+        if trip is None:
+            return None
+        total *= max(trip, 0)
+    return total
+
+
+def _price_keys(dtype: ir.DataType) -> tuple[str, str]:
+    """Table keys of a float type's multiply/add and of an integer add as wide."""
+    prefix = "bf" if dtype == ir.DataType.BFLOAT16 else "fp"
+    return f"{prefix}{dtype.bitwidth}", f"int{dtype.bitwidth}"
+
+
+def _price(
+    mults: int | None, adds: int | None, dtype: ir.DataType, is_lmul: bool, table: Mapping[str, float]
+) -> dict:
+    float_key, int_key = _price_keys(dtype)
     if mults is None or adds is None:
-        return {"original": None, "lmul": None, "as_is": None}
+        return dict.fromkeys(_PRICES)
     original = mults * table[f"{float_key}_mul"] + adds * table[f"{float_key}_add"]
     lmul = mults * table[f"{int_key}_add"] + adds * table[f"{float_key}_add"]
     return {"original": original, "lmul": lmul, "as_is": lmul if is_lmul else original}
 
 
-def energy(
-    model: str | os.PathLike[str] | onnx.ModelProto,
-    *,
-    dims: Mapping[str, int] | None = None,
-    table: Mapping[str, float] | None = None,
-) -> dict[str, Any]:
-    """Count and price the products of a model (standard or converted).
+def _saving(nodes: list[NodeCount], price: str) -> float:
+    original = sum(n.energy_pj["original"] for n in nodes)
+    return 100 * (1 - sum(n.energy_pj[price] for n in nodes) / original) if original else 0.0
 
-    Returns ``{"total": {"multiplications", "additions", "energy_pj": {"original", "lmul",
-    "as_is"}, "saving_percent", "unknown_nodes"}, "nodes": [...], "table_pj": {...},
-    "assumptions": [...]}``. Nodes whose shapes stay unknown (unbound symbolic dimensions)
-    are listed with ``null`` counts and left out of the totals, never guessed.
-    """
+
+def count(model: ir.Model, types: graph.Types, table: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """The energy report of a loaded model whose types are ``types`` (see :func:`energy`)."""
     prices = dict(table or DEFAULT_TABLE_PJ)
-    proto, _ = load_graph(model)
-    shapes = _shape_map(proto, dims or {})
     nodes: list[NodeCount] = []
-
-    def visit(graph: onnx.GraphProto) -> None:
-        for node in graph.node:
-            standard = node.op_type if node.domain in ("", "ai.onnx") else None
-            is_lmul = node.domain == DOMAIN and node.op_type in LMUL_TO_STANDARD
-            op = LMUL_TO_STANDARD[node.op_type] if is_lmul else standard
-            if op in STANDARD_TO_LMUL:
-                elem = shapes.get(node.output[0], (None, TensorProto.FLOAT))[1] or TensorProto.FLOAT
-                if elem in _TYPE_KEYS:
-                    mults, adds = _count(node, op, shapes)
-                    nodes.append(
-                        NodeCount(
-                            node.name,
-                            op,
-                            is_lmul,
-                            TensorProto.DataType.Name(elem).lower(),
-                            mults,
-                            adds,
-                            _price(mults, adds, elem, is_lmul, prices),
-                        )
-                    )
-            for attribute in node.attribute:
-                if attribute.type == onnx.AttributeProto.GRAPH:
-                    visit(attribute.g)
-                for subgraph in attribute.graphs:
-                    visit(subgraph)
-
-    visit(proto.graph)
+    for entry in graph.walk(model, expand_calls=True):
+        op = graph.standard_op(entry.node)
+        if op not in STANDARD_TO_LMUL:
+            continue
+        node = entry.node
+        probes = [*node.outputs[:1], *node.inputs[:2]]
+        dtype = next(
+            (t for p in probes if (t := types.of(p, entry.calls).dtype) is not None), ir.DataType.FLOAT
+        )
+        if dtype not in CONVERTIBLE_TYPES:
+            continue
+        is_lmul = node.domain != "" and node.domain != "ai.onnx"
+        mults, adds = _count(entry, op, types)
+        executions = _executions(entry, types)
+        if mults is not None and adds is not None and executions is not None:
+            mults, adds = mults * executions, adds * executions
+        nodes.append(
+            NodeCount(
+                entry.name,
+                op,
+                is_lmul,
+                graph.dtype_name(dtype),
+                mults,
+                adds,
+                _price(mults, adds, dtype, is_lmul, prices),
+                entry.key,
+                executions,
+                executions is None,
+            )
+        )
     known = [n for n in nodes if n.multiplications is not None]
-    totals = {key: sum(n.energy_pj[key] for n in known) for key in ("original", "lmul", "as_is")}
-    saving = 100 * (1 - totals["as_is"] / totals["original"]) if totals["original"] else 0.0
+    converted = [n for n in known if n.is_lmul]
     return {
         "total": {
             "multiplications": sum(n.multiplications for n in known),
             "additions": sum(n.additions for n in known),
-            "energy_pj": totals,
-            "saving_percent": saving,
-            "lmul_saving_percent": 100 * (1 - totals["lmul"] / totals["original"])
-            if totals["original"]
-            else 0.0,
+            "energy_pj": {key: sum(n.energy_pj[key] for n in known) for key in _PRICES},
+            "saving_percent": _saving(known, "as_is"),
+            "lmul_saving_percent": _saving(known, "lmul"),
+            "converted_multiplications": sum(n.multiplications for n in converted),
+            "converted_saving_percent": _saving(converted, "lmul"),
             "unknown_nodes": len(nodes) - len(known),
+            "per_iteration_nodes": sum(1 for n in known if n.per_iteration),
         },
         "per_op": {
             op: {
                 "nodes": sum(1 for n in known if n.op_type == op),
                 "multiplications": sum(n.multiplications for n in known if n.op_type == op),
-                "energy_pj": {
-                    k: sum(n.energy_pj[k] for n in known if n.op_type == op)
-                    for k in ("original", "lmul", "as_is")
-                },
+                "energy_pj": {k: sum(n.energy_pj[k] for n in known if n.op_type == op) for k in _PRICES},
             }
             for op in STANDARD_TO_LMUL
         },
@@ -255,3 +234,28 @@ def energy(
             f"{k} = {prices[k]} pJ is an assumption, not a published measurement" for k in ASSUMED_ENTRIES
         ],
     }
+
+
+def energy(
+    model: str | os.PathLike[str] | Any,
+    *,
+    dims: Mapping[str, int] | None = None,
+    table: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
+    """Count and price the products of a model (standard or converted): a path, an
+    ``onnx.ModelProto`` or an ``onnx_ir.Model``.
+
+    Returns ``{"total": {"multiplications", "additions", "energy_pj": {"original", "lmul",
+    "as_is"}, "saving_percent" (the model as it is, over all its multiplications),
+    "lmul_saving_percent" (were every product an L-Mul), "converted_multiplications",
+    "converted_saving_percent" (over the converted products only), "unknown_nodes",
+    "per_iteration_nodes"}, "per_op": {...}, "nodes": [...], "table_pj": {...},
+    "assumptions": [...]}``. Nodes whose shapes stay unknown (unbound symbolic dimensions)
+    are listed with ``null`` counts and left out of the totals, never guessed; nodes in a
+    loop of unknown trip count are counted for one iteration and flagged ``per_iteration``.
+
+    Raises:
+        lmul_onnx.ModelLoadError: a missing, unreadable or invalid model.
+    """
+    loaded, _ = graph.load(model)
+    return count(loaded, graph.infer(loaded, dims or {}), table)

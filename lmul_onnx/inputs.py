@@ -15,16 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-_ORT_TYPES = {
-    "tensor(float)": np.float32,
-    "tensor(float16)": np.float16,
-    "tensor(double)": np.float64,
-    "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32,
-    "tensor(int8)": np.int8,
-    "tensor(uint8)": np.uint8,
-    "tensor(bool)": np.bool_,
-}
+from lmul_onnx.graph import dtype_from_ort
+
 _BATCH_LIKE = re.compile(r"^(n|b|batch.*|.*_batch|batch_size)$", re.IGNORECASE)
 DEFAULT_INT_RANGE = (0, 100)
 DEFAULT_DIM = 16
@@ -54,11 +46,12 @@ def signature(session: object) -> list[InputSignature]:
     """The inputs of an onnxruntime session as (name, numpy dtype, shape)."""
     result = []
     for arg in session.get_inputs():  # type: ignore[attr-defined]
-        if arg.type not in _ORT_TYPES:
+        dtype = dtype_from_ort(arg.type)
+        if dtype is None or dtype.kind not in "fiub":  # numpy's own numbers and booleans
             raise InputError(
                 f"input {arg.name!r} has type {arg.type}, which cannot be generated; use --inputs"
             )
-        result.append(InputSignature(arg.name, np.dtype(_ORT_TYPES[arg.type]), tuple(arg.shape)))
+        result.append(InputSignature(arg.name, dtype, tuple(arg.shape)))
     return result
 
 

@@ -15,21 +15,25 @@ from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
 from lmul_onnx import conv, numerics
-from lmul_onnx.ops import DOMAIN
+from lmul_onnx.ops import DOMAIN, check_model
 
 
 class LMul(OpRun):
     op_domain = DOMAIN
 
-    def _run(self, a: np.ndarray, b: np.ndarray, mantissa_bits: int | None = None) -> tuple[np.ndarray]:
-        return (numerics.lmul(a, b, mantissa_bits=mantissa_bits),)
+    def _run(
+        self, a: np.ndarray, b: np.ndarray, mantissa_bits: int | None = None, offset: int | None = None
+    ) -> tuple[np.ndarray]:
+        return (numerics.lmul(a, b, mantissa_bits=mantissa_bits, offset=offset),)
 
 
 class LMulMatMul(OpRun):
     op_domain = DOMAIN
 
-    def _run(self, a: np.ndarray, b: np.ndarray, mantissa_bits: int | None = None) -> tuple[np.ndarray]:
-        return (numerics.lmul_matmul(a, b, mantissa_bits=mantissa_bits),)
+    def _run(
+        self, a: np.ndarray, b: np.ndarray, mantissa_bits: int | None = None, offset: int | None = None
+    ) -> tuple[np.ndarray]:
+        return (numerics.lmul_matmul(a, b, mantissa_bits=mantissa_bits, offset=offset),)
 
 
 class LMulGemm(OpRun):
@@ -45,6 +49,7 @@ class LMulGemm(OpRun):
         transA: int = 0,
         transB: int = 0,
         mantissa_bits: int | None = None,
+        offset: int | None = None,
     ) -> tuple[np.ndarray]:
         return (
             numerics.lmul_gemm(
@@ -56,6 +61,7 @@ class LMulGemm(OpRun):
                 trans_a=bool(transA),
                 trans_b=bool(transB),
                 mantissa_bits=mantissa_bits,
+                offset=offset,
             ),
         )
 
@@ -89,5 +95,10 @@ LMUL_REFERENCE_OPS = [LMul, LMulMatMul, LMulGemm, LMulConv, LMulConvTranspose]
 
 
 def reference_evaluator(model: onnx.ModelProto | str, **kwargs: Any) -> ReferenceEvaluator:
-    """An ``onnx.reference.ReferenceEvaluator`` that also evaluates ``lmul`` ops."""
+    """An ``onnx.reference.ReferenceEvaluator`` that also evaluates ``lmul`` ops.
+
+    The model is held to the domain's rules first (:func:`lmul_onnx.ops.check_model`:
+    known attributes of the right types, ``lmul`` version 1), as the kernels are.
+    """
+    check_model(onnx.load(model, load_external_data=False) if isinstance(model, str) else model)
     return ReferenceEvaluator(model, new_ops=LMUL_REFERENCE_OPS, **kwargs)

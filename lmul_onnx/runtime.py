@@ -23,6 +23,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from lmul_onnx.ops import check_model
+
 LIBRARY_NAME = "liblmul_onnx_ops.so"
 LIBRARY_ENV = "LMUL_ONNX_LIBRARY"
 
@@ -74,6 +76,10 @@ class InferenceSession(ort.InferenceSession):
     Takes the same arguments as ``onnxruntime.InferenceSession``; the custom-op library
     is registered on the given (or default) session options. Defaults to the CPU
     provider, the only one the ``lmul`` kernels exist for.
+
+    Before onnxruntime sees the model, :func:`lmul_onnx.ops.check_model` refuses what
+    the kernels cannot (an attribute an ``lmul`` op does not define, an ``lmul`` import
+    other than version 1) with :class:`lmul_onnx.ops.DomainError`.
     """
 
     def __init__(
@@ -83,12 +89,27 @@ class InferenceSession(ort.InferenceSession):
         providers: list[Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        source = os.fspath(path_or_bytes) if isinstance(path_or_bytes, os.PathLike) else path_or_bytes
+        _check_domain(source)
         super().__init__(
-            os.fspath(path_or_bytes) if isinstance(path_or_bytes, os.PathLike) else path_or_bytes,
+            source,
             sess_options=session_options(sess_options),
             providers=providers or ["CPUExecutionProvider"],
             **kwargs,
         )
+
+
+def _check_domain(source: str | bytes) -> None:
+    """:func:`check_model` on a model file or serialised model (weights not loaded); a model
+    that does not parse is left to onnxruntime to report."""
+    try:
+        if isinstance(source, bytes):
+            model = onnx.load_from_string(source)
+        else:
+            model = onnx.load(source, load_external_data=False)
+    except Exception:  # onnxruntime gives its own error for an unreadable model
+        return
+    check_model(model)
 
 
 def _to_ort_value(array: np.ndarray) -> ort.OrtValue | np.ndarray:

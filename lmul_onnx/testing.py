@@ -6,31 +6,25 @@ and opset versions that every supported onnxruntime accepts.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+import onnx_ir as ir
+from onnx import helper
 
 from lmul_onnx.ops import DOMAIN, DOMAIN_VERSION
 
 IR_VERSION = 9
 ONNX_OPSET = 17
 
-_NUMPY_TO_ONNX = {
-    "float32": TensorProto.FLOAT,
-    "float16": TensorProto.FLOAT16,
-    "bfloat16": TensorProto.BFLOAT16,
-    "float64": TensorProto.DOUBLE,
-    "int32": TensorProto.INT32,
-    "int64": TensorProto.INT64,
-}
-
 
 def onnx_type(dtype: Any) -> int:
     """Return the ONNX element type of a numpy dtype (bfloat16 via ml_dtypes)."""
-    return _NUMPY_TO_ONNX[np.dtype(dtype).name]
+    return int(ir.DataType.from_numpy(np.dtype(dtype)))
 
 
 def single_op_model(
@@ -64,3 +58,34 @@ def single_op_model(
     if domain == DOMAIN:
         opsets.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
     return helper.make_model(graph, opset_imports=opsets, ir_version=IR_VERSION)
+
+
+# The names of the matmul variants (custom_ops/kernels/lmul_gemm.h, GemmVariant).
+MATMUL_VARIANTS = ("general", "add", "add-masked-a", "add-masked-b", "add-masked-ab", "normal")
+
+
+@functools.cache
+def _variant_hook() -> Any:
+    from lmul_onnx.runtime import get_library_path
+
+    function = ctypes.CDLL(get_library_path()).lmul_matmul_variant
+    function.restype = ctypes.c_int
+    function.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int64,
+    ]
+    return function
+
+
+def matmul_variant(a: np.ndarray, b: np.ndarray, mantissa_bits: int = 23, offset: int = -1) -> int:
+    """The index in :data:`MATMUL_VARIANTS` of the kernel the native pre-scan picks for
+    float32 operands ``a`` and ``b`` at width ``m`` and ``offset`` (-1: the paper's); -1
+    for an invalid ``m`` or offset. Tests use it to check that data selects the
+    micro-kernel they mean to exercise."""
+    a = np.ascontiguousarray(a, np.float32)
+    b = np.ascontiguousarray(b, np.float32)
+    return _variant_hook()(a.ctypes.data, a.size, b.ctypes.data, b.size, mantissa_bits, offset)

@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 
+from lmul_onnx import graph
 from lmul_onnx import inputs as model_inputs
 from lmul_onnx.baselines import operand_rounded_model
-from lmul_onnx.convert import load_graph
 from lmul_onnx.metrics import DriftAccumulator, looks_like_logits
-from lmul_onnx.ops import DOMAIN
+from lmul_onnx.ops import DOMAIN, LMUL_TO_STANDARD, check_model
 from lmul_onnx.runtime import session_options
 
 ModelSource = str | os.PathLike[str] | onnx.ModelProto
@@ -84,6 +85,11 @@ class ValidationReport:
             lines.append("")
             lines.append(f"{'converted node':<40} {'op':<11} {'cosine':>9} {'snr_db':>8} {'max_abs':>10}")
             for node in self.nodes:
+                if node["output"] is None:
+                    lines.append(
+                        f"{node['name'][-40:]:<40} {node['op_type']:<11} not measured: {node['reason']}"
+                    )
+                    continue
                 lines.append(
                     f"{node['name'][-40:]:<40} {node['op_type']:<11} {node['cosine']:>9.6f} "
                     f"{_num(node['snr_db']):>8} {node['max_abs']:>10.3g}"
@@ -101,7 +107,7 @@ def _num(value: float) -> str:
 
 
 def _session(
-    model: onnx.ModelProto,
+    model: ir.Model,
     path: Path | None,
     extra_outputs: Sequence[str] = (),
     threads: int | None = None,
@@ -110,7 +116,9 @@ def _session(
 ) -> ort.InferenceSession:
     """A session (custom ops registered) whose outputs include ``extra_outputs``.
     ``path`` is where ``model`` was read from: it is loaded from there unless
-    ``modified`` or ``extra_outputs`` ask for the changed graph."""
+    ``modified`` or ``extra_outputs`` ask for the changed graph. The ``lmul`` domain's
+    rules are checked first (:func:`lmul_onnx.ops.check_model`)."""
+    check_model(model)
     options = session_options()
     if threads:
         options.intra_op_num_threads = threads
@@ -118,24 +126,51 @@ def _session(
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if not extra_outputs and not modified and path is not None:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    graph_outputs = {o.name for o in model.graph.output}
-    if extra_outputs:
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)
-        copy.graph.output.extend(
-            onnx.helper.make_empty_tensor_value_info(n) for n in extra_outputs if n not in graph_outputs
-        )
-        model = copy
+    proto = ir.to_proto(model)
+    graph_outputs = {o.name for o in proto.graph.output}
+    proto.graph.output.extend(
+        onnx.helper.make_empty_tensor_value_info(n) for n in extra_outputs if n not in graph_outputs
+    )
     if path is None:
-        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     # External weights are found relative to the model file: write the copy beside it.
     handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".onnx", dir=path.parent)
     os.close(handle)
     try:
-        onnx.save(model, temporary)
+        onnx.save(proto, temporary)
         return ort.InferenceSession(temporary, options, providers=["CPUExecutionProvider"])
     finally:
         os.unlink(temporary)
+
+
+def converted_nodes(original: ir.Model, converted: ir.Model) -> list[graph.NodeEntry]:
+    """The ``lmul`` nodes of ``converted`` (wherever they sit), each checked against the
+    node at the same place in ``original``: the standard op it replaces."""
+    entries = [e for e in graph.walk(converted) if e.node.domain == DOMAIN]
+    originals = graph.find(original, {e.key for e in entries})
+    for entry in entries:
+        source = originals.get(entry.key)
+        expected = LMUL_TO_STANDARD.get(entry.node.op_type)
+        if source is None or graph.standard_op(source.node) != expected or source.node.domain == DOMAIN:
+            raise model_inputs.InputError(
+                f"the converted model does not match the original: its node {entry.name} "
+                f"({entry.node.op_type}) has no {expected} at the same place in the original"
+            )
+    return entries
+
+
+def _node_row(entry: graph.NodeEntry, accumulators: Mapping[str, DriftAccumulator]) -> dict[str, Any]:
+    """A per-node row: the drift at the node's output, or why it cannot be measured."""
+    row: dict[str, Any] = {"name": entry.name, "op_type": entry.node.op_type, "key": entry.key}
+    output = entry.node.outputs[0].name if entry.node.outputs else None
+    if entry.in_main_graph and output in accumulators:
+        return {**row, "output": output, **accumulators[output].result()}
+    where = (
+        f"inside function {graph.function_id(entry.function)}"
+        if entry.function is not None
+        else f"inside the body of {entry.parents[-1].op_type} {entry.name.rsplit('/', 2)[0]}"
+    )
+    return {**row, "output": None, "reason": f"{where}: its output is not a graph value"}
 
 
 def _tolerance(default: float, per_output: Mapping[str, float], names: Sequence[str]) -> dict[str, float]:
@@ -188,16 +223,16 @@ def validate(
             output names in the tolerances.
     """
     say = progress or (lambda message: None)
-    original_model, original_path = load_graph(original)
-    converted_model, converted_path = load_graph(converted)
-    lmul_nodes = [(n.name, n.op_type, n.output[0]) for n in converted_model.graph.node if n.domain == DOMAIN]
-    node_outputs = [output for _, _, output in lmul_nodes] if per_node else []
+    original_ir, original_path = graph.load(original)
+    converted_ir, converted_path = graph.load(converted)
+    lmul_nodes = converted_nodes(original_ir, converted_ir)
+    node_outputs = [n.node.outputs[0].name for n in lmul_nodes if n.in_main_graph] if per_node else []
 
     say("creating sessions")
-    reference = _session(original_model, original_path, node_outputs, threads)
-    candidate = _session(converted_model, converted_path, node_outputs, threads)
-    output_names = [o.name for o in original_model.graph.output]
-    if output_names != [o.name for o in converted_model.graph.output]:
+    reference = _session(original_ir, original_path, node_outputs, threads)
+    candidate = _session(converted_ir, converted_path, node_outputs, threads)
+    output_names = [o.name for o in original_ir.graph.outputs]
+    if output_names != [o.name for o in converted_ir.graph.outputs]:
         raise model_inputs.InputError("the two models have different graph outputs")
     specs = model_inputs.signature(reference)
     if inputs is not None:
@@ -212,10 +247,11 @@ def validate(
     rtols = _tolerance(rtol, rtol_per_output or {}, output_names)
     accumulators = {n: DriftAccumulator(atols[n], rtols[n], min_cosine=min_cosine) for n in output_names}
     node_accumulators = {output: DriftAccumulator(0.0, 0.0) for output in node_outputs}
+    original_types = graph.infer(original_ir) if compare else None
     baseline_sessions = {
         # Unoptimised: onnxruntime would fuse the Cast pair away as if it were lossless.
         kind: _session(
-            operand_rounded_model(original_model, [n for n, _, _ in lmul_nodes], kind),
+            operand_rounded_model(original_ir, [n.key for n in lmul_nodes], kind, original_types),
             original_path,
             (),
             threads,
@@ -248,11 +284,7 @@ def validate(
                 )
         del want, got
 
-    nodes = [
-        {"name": name, "op_type": op, "output": output, **node_accumulators[output].result()}
-        for name, op, output in lmul_nodes
-        if output in node_accumulators
-    ]
+    nodes = [_node_row(entry, node_accumulators) for entry in lmul_nodes] if per_node else []
     return ValidationReport(
         outputs={n: a.result() for n, a in accumulators.items()},
         atol=atols,

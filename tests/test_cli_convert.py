@@ -46,7 +46,7 @@ def test_default_output_and_summary(model_path: Path) -> None:
     assert "converted 2 of 2 candidate nodes" in output
     assert "MatMul" in output and "Mul" in output
     # 2x4 @ 4x3 (24 products, 18 additions) + 2x3 squares (6 products)
-    assert "less energy than float multiplication (30 products" in output
+    assert "the 30 converted products use" in output and "all 30 of the model's multiplications" in output
 
 
 def test_json_report(model_path: Path, tmp_path: Path) -> None:
@@ -94,6 +94,15 @@ def test_dry_run_writes_nothing(model_path: Path) -> None:
         (["{model}", "--mantissa-bits", "30"], "30"),
         (["{model}", "--scope", "everything"], "everything"),
         (["{model}", "-o", "{model}"], "refusing to write over"),
+        (["{model}", "--offset", "-1"], "offset must be in 0..8388607"),
+        (["{model}", "--offset", "8388608"], "offset must be in 0..8388607"),
+        (["{model}", "--offset", "0x800000"], "offset must be in 0..8388607"),
+        (["{model}", "--offset", "1.5"], "offset fraction must be in [0, 1)"),
+        (["{model}", "--offset", "nan"], "offset fraction must be in [0, 1)"),
+        (["{model}", "--offset", "fast"], "choose paper, unbiased"),
+        (["{model}", "--offset-for", "mm=-3"], "offset must be in 0..8388607"),
+        (["{model}", "--offset-for", "(=paper"], "invalid regular expression"),
+        (["{model}", "--offset-for", "mm"], "expects KEY=VALUE"),
     ],
 )
 def test_bad_input_exits_2_without_traceback(

@@ -7,7 +7,6 @@ each output in the same order).
 
 from __future__ import annotations
 
-import ctypes
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -15,31 +14,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import lmul_onnx
+from lmul_onnx.testing import matmul_variant
 
 GENERAL, ADD, ADD_MASKED_A, ADD_MASKED_B, ADD_MASKED_AB, NORMAL = 0, 1, 2, 3, 4, 5
 
 
 @pytest.fixture(scope="module")
-def choose() -> ctypes._CFuncPtr:
-    library = ctypes.CDLL(lmul_onnx.get_library_path())
-    function = library.lmul_matmul_variant
-    function.restype = ctypes.c_int
-    function.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    return function
+def choose() -> Callable[..., int]:
+    return matmul_variant
 
 
-def variant(choose: ctypes._CFuncPtr, a: np.ndarray, b: np.ndarray, m: int = 23) -> int:
-    a, b = np.ascontiguousarray(a, np.float32), np.ascontiguousarray(b, np.float32)
-    return choose(a.ctypes.data, a.size, b.ctypes.data, b.size, m)
+def variant(choose: Callable[..., int], a: np.ndarray, b: np.ndarray, m: int = 23, offset: int = -1) -> int:
+    return choose(a, b, m, offset)
 
 
-def has_simd(choose: ctypes._CFuncPtr) -> bool:
+def has_simd(choose: Callable[..., int]) -> bool:
     one = np.ones(4, np.float32)
     return variant(choose, one, one) == ADD
 
 
-def test_variant_selection(choose: ctypes._CFuncPtr, rng: np.random.Generator) -> None:
+def test_variant_selection(choose: Callable[..., int], rng: np.random.Generator) -> None:
     if not has_simd(choose):
         pytest.skip("no AVX2/AVX-512 on this CPU: only the portable loop exists")
     a = rng.standard_normal((64, 32)).astype(np.float32)
@@ -96,7 +90,10 @@ RUNNER = textwrap.dedent(
             inits = [numpy_helper.from_array(y, "B")] if constant else []
             if not constant:
                 inputs.append(helper.make_tensor_value_info("B", TensorProto.FLOAT, list(y.shape)))
-            for op, attrs in (("LMulMatMul", {}), ("LMulMatMul", {"mantissa_bits": 4})):
+            for op, attrs in (("LMulMatMul", {}), ("LMulMatMul", {"mantissa_bits": 4}),
+                              ("LMulMatMul", {"mantissa_bits": 3, "offset": 0}),
+                              ("LMulMatMul", {"offset": 8388607}),
+                              ("LMulMatMul", {"mantissa_bits": 4, "offset": 471942})):
                 node = helper.make_node(op, ["A", "B"], ["Y"], domain="lmul", **attrs)
                 out = helper.make_tensor_value_info("Y", 1, None)
                 graph = helper.make_graph([node], "g", inputs, [out], inits)

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from lmul_onnx import numerics
-from lmul_onnx.precision import precision_table
+from lmul_onnx.offsets import UNBIASED_OFFSETS
+from lmul_onnx.precision import precision_rows, precision_table
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,9 @@ def table() -> dict[str, float]:
 
 
 def test_keys_and_orderings(table: dict[str, float]) -> None:
-    assert list(table) == [f"lmul_m{m}" for m in (1, 2, 3, 4, 5, 6, 7, 23)] + ["fp8_e4m3", "fp8_e5m2", "bf16"]
+    assert list(table) == [f"lmul_m{m}" for m in (1, 2, 3, 4, 5, 6, 7, 23)] + [
+        f"lmul_m{m}_unbiased" for m in (3, 4, 7, 23)
+    ] + ["fp8_e4m3", "fp8_e5m2", "bf16"]
     assert table["lmul_m1"] > table["lmul_m2"] > table["lmul_m3"] > table["lmul_m5"]
     assert table["fp8_e5m2"] > table["fp8_e4m3"] > table["bf16"]
     # Rounding an operand to m bits costs at most 2^-(m+1) relative: the m=7..23 rows are
@@ -57,5 +60,22 @@ def test_cli_json() -> None:
         check=True,
     )
     data = json.loads(completed.stdout)
-    assert set(data) >= {"lmul_m1", "lmul_m7", "lmul_m23", "fp8_e4m3", "fp8_e5m2", "bf16"}
-    assert all(0 < v < 1 for v in data.values())
+    assert set(data) >= {"lmul_m1", "lmul_m7", "lmul_m23", "lmul_m4_unbiased", "fp8_e4m3", "fp8_e5m2", "bf16"}
+    assert all(0 < row["mean_abs_error"] < 1 and -1 < row["bias"] < 1 for row in data.values())
+
+
+def test_bias_column_and_unbiased_rows() -> None:
+    rows = precision_rows(pairs=200_000, seed=2)
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal(200_000).astype(np.float32)
+    b = rng.standard_normal(200_000).astype(np.float32)
+    exact = a.astype(np.float64) * b
+    keep = np.abs(exact) >= 2.0**-6
+    product = numerics.lmul(a[keep], b[keep], mantissa_bits=4, offset=UNBIASED_OFFSETS[4]).astype(np.float64)
+    assert rows["lmul_m4_unbiased"]["bias"] == pytest.approx(np.mean(product / exact[keep] - 1))
+    # the paper's offset biases every product upward; the unbiased one removes it
+    for m in (3, 4):
+        assert rows[f"lmul_m{m}"]["bias"] > 0.04
+        assert abs(rows[f"lmul_m{m}_unbiased"]["bias"]) < 0.002
+        assert rows[f"lmul_m{m}_unbiased"]["mean_abs_error"] < rows[f"lmul_m{m}"]["mean_abs_error"]
+    assert rows["lmul_m4_unbiased"]["mean_abs_error"] < rows["fp8_e4m3"]["mean_abs_error"]

@@ -59,11 +59,20 @@ inline uint32_t round_mantissa_bits(uint32_t bits, int mantissa_bits) {
   return drop == 0 ? bits : round_dropping_bits(bits, static_cast<uint32_t>(drop));
 }
 
-// The additive constant of SPEC 1, step 3, folded: r = |a| + |b| - bias, with
-// bias = 0x3F800000 - 2^(23 - l(m)). Always positive, so unsigned arithmetic works.
-constexpr uint32_t lmul_bias(int mantissa_bits) {
-  return kOneBits - (1u << (kFloat32MantissaBits - offset_exponent_bits(mantissa_bits)));
+// SPEC 4: the optional `offset` attribute, 0 <= offset < 2^23; absent = the paper's
+// 2^(23 - l(m)) (SPEC 1, step 3).
+constexpr uint32_t kOffsetLimit = 1u << kFloat32MantissaBits;
+constexpr uint32_t paper_offset(int mantissa_bits) {
+  return 1u << (kFloat32MantissaBits - offset_exponent_bits(mantissa_bits));
 }
+
+// The additive constant of SPEC 1, step 3 (SPEC 4), folded: r = |a| + |b| - bias, with
+// bias = 0x3F800000 - offset. For every offset < 2^23 it lies in (0x3F000000, 0x3F800000]:
+// positive, and bias + 0x7F800000 < 2^32, so unsigned arithmetic works.
+constexpr uint32_t lmul_bias_for_offset(uint32_t offset) { return kOneBits - offset; }
+
+// The paper's bias (no `offset` attribute).
+constexpr uint32_t lmul_bias(int mantissa_bits) { return lmul_bias_for_offset(paper_offset(mantissa_bits)); }
 
 // SPEC 1, steps 2 and 3, on operands that are already rounded to m bits. Written as
 // selects, without branches, so that compilers vectorise loops over it.
@@ -96,11 +105,17 @@ inline uint32_t lmul_normal_bits(uint32_t a, uint32_t b, uint32_t bias) {
   return result | ((a ^ b) & kSignBit);
 }
 
-// SPEC 1 in full: L-Mul of two float32 values at mantissa width m.
-inline float lmul_float(float a, float b, int mantissa_bits) {
+// SPEC 1 in full: L-Mul of two float32 values at mantissa width m, with the bias of the
+// chosen offset (lmul_bias_for_offset; SPEC 4).
+inline float lmul_float(float a, float b, int mantissa_bits, uint32_t bias) {
   const uint32_t ra = round_mantissa_bits(float_bits(a), mantissa_bits);
   const uint32_t rb = round_mantissa_bits(float_bits(b), mantissa_bits);
-  return bits_float(lmul_rounded_bits(ra, rb, lmul_bias(mantissa_bits)));
+  return bits_float(lmul_rounded_bits(ra, rb, bias));
+}
+
+// The same with the paper's offset.
+inline float lmul_float(float a, float b, int mantissa_bits) {
+  return lmul_float(a, b, mantissa_bits, lmul_bias(mantissa_bits));
 }
 
 // ---- SPEC 2: exact widening and round-to-nearest-even narrowing ----

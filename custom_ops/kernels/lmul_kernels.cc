@@ -47,8 +47,7 @@ namespace {
 // Always inlined: only then is it compiled for each target clone of its caller.
 template <bool kRound>
 __attribute__((always_inline)) inline void lmul_map(const float* __restrict a, size_t a_step, const float* __restrict b, size_t b_step,
-                     float* __restrict out, size_t length, int mantissa_bits) {
-  const uint32_t bias = lmul_bias(mantissa_bits);
+                     float* __restrict out, size_t length, int mantissa_bits, uint32_t bias) {
   const uint32_t drop = static_cast<uint32_t>(kFloat32MantissaBits - mantissa_bits);
   auto product = [bias, drop](float x, float y) {
     uint32_t xb = float_bits(x), yb = float_bits(y);
@@ -76,11 +75,11 @@ __attribute__((always_inline)) inline void lmul_map(const float* __restrict a, s
 
 LMUL_TARGET_CLONES
 void lmul_run_float32(const float* a, size_t a_step, const float* b, size_t b_step, float* out, size_t length,
-                      int mantissa_bits) {
+                      int mantissa_bits, uint32_t bias) {
   if (mantissa_bits == kFloat32MantissaBits) {
-    lmul_map<false>(a, a_step, b, b_step, out, length, mantissa_bits);
+    lmul_map<false>(a, a_step, b, b_step, out, length, mantissa_bits, bias);
   } else {
-    lmul_map<true>(a, a_step, b, b_step, out, length, mantissa_bits);
+    lmul_map<true>(a, a_step, b, b_step, out, length, mantissa_bits, bias);
   }
 }
 

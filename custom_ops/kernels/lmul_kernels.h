@@ -42,16 +42,17 @@ struct BFloat16Storage {
 };
 
 // float32 out[i] = LMul(a[i * a_step], b[i * b_step]) for i < length (steps 0 or 1),
-// vectorised; the same bits as lmul_run<Float32Storage>.
+// vectorised; the same bits as lmul_run<Float32Storage>. `bias` is lmul_bias_for_offset
+// of the node's offset (SPEC 4).
 void lmul_run_float32(const float* a, size_t a_step, const float* b, size_t b_step, float* out, size_t length,
-                      int mantissa_bits);
+                      int mantissa_bits, uint32_t bias);
 
 // out[i] = LMul(a[i * a_step], b[i * b_step]) for i < length (steps are 0 or 1).
 template <class S>
 void lmul_run(const typename S::type* a, size_t a_step, const typename S::type* b, size_t b_step,
-              typename S::type* out, size_t length, int mantissa_bits) {
+              typename S::type* out, size_t length, int mantissa_bits, uint32_t bias) {
   for (size_t i = 0; i < length; ++i) {
-    out[i] = S::store(lmul_float(S::load(a[i * a_step]), S::load(b[i * b_step]), mantissa_bits));
+    out[i] = S::store(lmul_float(S::load(a[i * a_step]), S::load(b[i * b_step]), mantissa_bits, bias));
   }
 }
 

@@ -46,6 +46,27 @@ void spec_worked_values() {
     const bool ok = row.expected == 0xFFFFFFFFu ? std::isnan(r) : lmul::float_bits(r) == row.expected;
     check(ok, "SPEC worked value", (uint64_t{row.a} << 32) | row.b);
   }
+  // SPEC 4: worked values with the offset attribute.
+  struct OffsetRow {
+    uint32_t a, b;
+    int m;
+    uint32_t offset, expected;
+  };
+  const OffsetRow offset_rows[] = {
+      {0x3FC00000, 0x3FC00000, 23, 0, 0x40000000},
+      {0x3FC00000, 0x3FC00000, 23, 0x100000, 0x40100000},
+      {0x3F8CCCCD, 0x3F8CCCCD, 4, 0x80000, 0x3FA80000},
+      {0x40400000, 0xC0000000, 23, 0x7FFFFF, 0xC13FFFFF},
+  };
+  for (const OffsetRow& row : offset_rows) {
+    const float r = lmul::lmul_float(lmul::bits_float(row.a), lmul::bits_float(row.b), row.m,
+                                     lmul::lmul_bias_for_offset(row.offset));
+    check(lmul::float_bits(r) == row.expected, "SPEC 4 worked value", (uint64_t{row.a} << 32) | row.offset);
+  }
+  // Without the attribute, the paper's offset: the same bias as before.
+  for (int m = 1; m <= 23; ++m) {
+    check(lmul::lmul_bias_for_offset(lmul::paper_offset(m)) == lmul::lmul_bias(m), "paper offset", m);
+  }
 }
 
 void conversions() {
@@ -68,14 +89,17 @@ void matmul_variants() {
   std::mt19937 rng(7);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   const size_t m = 13, k = 70, n = 150;
+  std::uniform_int_distribution<uint32_t> any_offset(0u, lmul::kOffsetLimit - 1u);
   for (int zeros = 0; zeros < 4; ++zeros) {
-    for (int bits : {23, 4}) {
+    for (int bits : {23, 4, 3}) {
       std::vector<uint32_t> a(m * k), b(k * n);
       for (auto& x : a) x = lmul::round_mantissa_bits(lmul::float_bits(normal(rng)), bits);
       for (auto& x : b) x = lmul::round_mantissa_bits(lmul::float_bits(normal(rng)), bits);
       if (zeros & 1) for (size_t i = 0; i < a.size(); i += 3) a[i] = 0;
       if (zeros & 2) for (size_t i = 0; i < b.size(); i += 5) b[i] = 0x80000000u;  // -0
-      const uint32_t bias = lmul::lmul_bias(bits);
+      // m = 3: a random offset (SPEC 4), including the extremes 0 and 2^23 - 1.
+      const uint32_t offset = bits != 3 ? lmul::paper_offset(bits) : zeros == 0 ? 0u : zeros == 1 ? lmul::kOffsetLimit - 1u : any_offset(rng);
+      const uint32_t bias = lmul::lmul_bias_for_offset(offset);
       std::vector<float> expected(m * n), got(m * n);
       lmul::lmul_matmul_rows(a.data(), b.data(), k, n, 0, m, bias, expected.data());
       lmul::OperandRange ar, br;

@@ -12,16 +12,13 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum
 
-import onnx
 import onnx_ir as ir
 
+from lmul_onnx.graph import dtype_name, mantissa_bits
 from lmul_onnx.ops import DOMAIN, LMUL_TO_STANDARD, STANDARD_TO_LMUL, SUPPORTED_OPS
 
-FLOAT_TYPES: dict[int, tuple[str, int]] = {
-    onnx.TensorProto.FLOAT: ("float32", 23),
-    onnx.TensorProto.FLOAT16: ("float16", 10),
-    onnx.TensorProto.BFLOAT16: ("bfloat16", 7),
-}
+# The element types the kernels compute on.
+CONVERTIBLE_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16})
 
 # Ops that move or re-type a tensor without computing on it: a weight seen through them
 # is still a weight.
@@ -100,6 +97,7 @@ class Decision:
     reason: str = ""
     element_type: str | None = None
     mantissa_bits: int | None = None
+    offset: int | None = None  # SPEC 4 attribute set by passes.offsets (None: the paper's)
 
 
 def is_constant(value: ir.Value | None) -> bool:
@@ -120,21 +118,28 @@ def is_constant(value: ir.Value | None) -> bool:
     return False
 
 
-def decide(node: ir.Node, options: SelectionOptions, element_type: int | None, name: str) -> Decision:
-    """Decide whether ``node`` becomes an ``lmul`` op. ``name`` is its display name."""
+def decide(
+    node: ir.Node, options: SelectionOptions, element_types: set[ir.DataType | None], name: str
+) -> Decision:
+    """Decide whether ``node`` becomes an ``lmul`` op. ``name`` is its qualified display
+    name; ``element_types`` its element type in every context (one per call signature for a
+    node of a function body)."""
     if node.domain == DOMAIN and node.op_type in LMUL_TO_STANDARD:
         return Decision(False, "already L-Mul")
     if node.domain not in ("", "ai.onnx") or node.op_type not in STANDARD_TO_LMUL:
         return Decision(False, "not a MatMul/Gemm/Mul")
     if node.op_type not in options.ops:
         return Decision(False, "op type not selected (--ops)")
-    if element_type is None:
+    known = {t for t in element_types if t is not None}
+    if len(known) > 1:
+        names = ", ".join(sorted(dtype_name(t) for t in known))
+        return Decision(False, f"function called with different element types ({names}): not specialised")
+    if not known or None in element_types:
         return Decision(False, "element type unknown")
-    if element_type not in FLOAT_TYPES:
-        return Decision(
-            False, f"{onnx.TensorProto.DataType.Name(element_type).lower()} tensors are not rewritten"
-        )
-    type_name, type_bits = FLOAT_TYPES[element_type]
+    (element_type,) = known
+    if element_type not in CONVERTIBLE_TYPES:
+        return Decision(False, f"{dtype_name(element_type)} tensors are not rewritten")
+    type_name, type_bits = dtype_name(element_type), mantissa_bits(element_type) or 0
     constant = any(is_constant(v) for v in node.inputs[:2])
     if options.scope is Scope.ATTENTION and constant:
         return Decision(False, "has a constant operand (--scope attention)", type_name)
