@@ -206,9 +206,7 @@ def convert_file(
     if target.resolve() == Path(input_path).resolve():
         raise ValueError(f"refusing to write over the input model {input_path}")
     types = graph.infer(model, dims or {})
-    records = convert_model(
-        model, options, dry_run=dry_run, progress=progress, types=types, offsets=offsets
-    )
+    records = convert_model(model, options, dry_run=dry_run, progress=progress, types=types, offsets=offsets)
     report = ConversionReport(source, None if dry_run else str(target), dry_run, records)
     if not dry_run:
         report.energy = energy.count(model, types)

@@ -128,7 +128,7 @@ def domain_problems(model: onnx.ModelProto | ir.Model) -> list[str]:
                 problems.append(
                     f"{where}: unknown attribute {attribute.name!r} (defined: {', '.join(sorted(defined))})"
                 )
-            elif isinstance(attribute, ir.Attr) and int(attribute.type) != wanted:
+            elif not attribute.is_ref() and int(attribute.type) != wanted:
                 problems.append(
                     f"{where}: attribute {attribute.name!r} must be {_type_name(wanted)}, "
                     f"got {_type_name(int(attribute.type))}"

@@ -24,15 +24,16 @@ from dataclasses import dataclass, field
 import onnx_ir as ir
 
 from lmul_onnx import numerics
+from lmul_onnx.graph import dtype_name, mantissa_bits
 from lmul_onnx.offsets import UNBIASED_OFFSETS
 from lmul_onnx.ops import OFFSET
 from lmul_onnx.passes.rewrite import NodeRecord
-from lmul_onnx.passes.selection import FLOAT_TYPES
+from lmul_onnx.passes.selection import CONVERTIBLE_TYPES
 
 PAPER = "paper"
 UNBIASED = "unbiased"
 NAMED_CHOICES = (PAPER, UNBIASED)
-TYPE_BITS = {name: bits for name, bits in FLOAT_TYPES.values()}
+TYPE_BITS = {dtype_name(t): mantissa_bits(t) or 0 for t in CONVERTIBLE_TYPES}  # "float32": 23, ...
 
 Choice = str | int  # "paper", "unbiased" or an integer offset
 
