@@ -137,6 +137,8 @@ def random_config(
                 attrs["output_shape"] = [
                     int(n * s + rng.integers(-2, 1)) for n, s in zip(spatial, strides, strict=True)
                 ]
+        if rng.random() < 0.2:  # SPEC 4's offset instead of the paper's constant
+            attrs["offset"] = int(rng.integers(0, 1 << 23))
         dtype = np.dtype(rng.choice([np.float32, np.float32, np.float16, ml_dtypes.bfloat16]))
         type_bits = {np.dtype(np.float32): 23, np.dtype(np.float16): 10}.get(dtype, 7)
         m = None if rng.random() < 0.5 else int(rng.integers(1, type_bits + 1))
@@ -157,7 +159,7 @@ def random_config(
         x, w = x.astype(dtype), w.astype(dtype)
         geometry = conv_transpose_geometry if op == "LMulConvTranspose" else conv_geometry
         try:
-            geometry(spatial, kernel, **{k: v for k, v in attrs.items() if k != "group"})
+            geometry(spatial, kernel, **{k: v for k, v in attrs.items() if k not in ("group", "offset")})
         except ValueError:
             continue
         return op, x, w, b, m, attrs
@@ -250,6 +252,8 @@ VARIANT_RUNNER = textwrap.dedent(
         "depthwise": ("LMulConv", x, dw, None, {"group": 8, "pads": [1, 1, 1, 1], "strides": [2, 2]}),
         "tiny": ("LMulConv", x * np.float32(1e-36), w, b, {"group": 2}),  # products underflow
         "m3": ("LMulConv", x, w, b, {"group": 2, "mantissa_bits": 3, "auto_pad": "SAME_UPPER"}),
+        "offset": ("LMulConv", x, w, b, {"group": 2, "pads": [1, 1, 1, 1], "offset": 0}),
+        "transpose_offset": ("LMulConvTranspose", x, wt, None, {"strides": [2, 2], "offset": 0x7FFFFF}),
         "conv1d": ("LMulConv", x[:, :, 0], w[:, :, 0], b, {"group": 2, "pads": [2, 1]}),
         "conv3d": ("LMulConv", x[:, :, None, :5], w[:, :, None], None, {"group": 2, "pads": [0, 1, 1] * 2}),
         "special": ("LMulConv", np.where(x > 2.5, np.inf, x).astype(np.float32), w, b, {"group": 2}),
@@ -303,7 +307,7 @@ ERROR_CASES = {
     "auto_pad_int": ("LMulConv", F32, {"auto_pad": 1}, [X2, W2], "create", "must be a string"),
     "strides_int": ("LMulConv", F32, {"strides": 2}, [X2, W2], "create", "must be a list of ints"),
     "group_list": ("LMulConv", F32, {"group": [1]}, [X2, W2], "create", "'group'"),
-    "conv_output_padding": ("LMulConv", F32, {"output_padding": [0, 0]}, [X2, W2], "create", "ConvTranspose"),
+    "conv_output_padding": ("LMulConv", F32, {"output_padding": [0, 0]}, [X2, W2], "create", "unknown attr"),
     "lengths_differ": ("LMulConv", F32, {"strides": [1, 1], "dilations": [1]}, [X2, W2], "create", "other"),
     "four_spatial": ("LMulConv", F32, {"kernel_shape": [1, 1, 1, 1]}, [X2, W2], "create", "1 to 3 spatial"),
     "bits": ("LMulConv", F32, {"mantissa_bits": 24}, [X2, W2], "create", "1..23"),
