@@ -27,7 +27,7 @@ from lmul_onnx.energy import EnergyError, energy, load_table
 def energy_command(
     model: Path, dim: tuple[str, ...], table_path: Path | None, as_json: bool, show_nodes: bool
 ) -> None:
-    """Count the multiplications/additions of MODEL's MatMul/Gemm/Mul nodes and price them.
+    """Count and price the multiplications/additions of MODEL's MatMul/Gemm/Mul/Conv/ConvTranspose.
 
     energy_pj.original: every product a float multiplication; lmul: every product an
     L-Mul (an integer addition of the operand width); as_is: the model as it stands.
@@ -43,22 +43,21 @@ def energy_command(
         echo_json(report)
         return
     click.echo(
-        f"{'op':<8} {'nodes':>6} {'multiplications':>16} "
+        f"{'op':<13} {'nodes':>6} {'multiplications':>16} "
         f"{'original pJ':>14} {'L-Mul pJ':>14} {'as is pJ':>14}"
     )
     for op, entry in report["per_op"].items():
         e = entry["energy_pj"]
         click.echo(
-            f"{op:<8} {entry['nodes']:>6} {entry['multiplications']:>16,} {e['original']:>14.4g} "
+            f"{op:<13} {entry['nodes']:>6} {entry['multiplications']:>16,} {e['original']:>14.4g} "
             f"{e['lmul']:>14.4g} {e['as_is']:>14.4g}"
         )
     if show_nodes:
         for node in report["nodes"]:
             mults = "unknown" if node["multiplications"] is None else f"{node['multiplications']:,}"
             mults += " per iteration" if node["per_iteration"] else ""
-            click.echo(
-                f"  {node['op_type']:<7} {'lmul ' if node['is_lmul'] else '     '}{mults:>16}  {node['name']}"
-            )
+            lmul = "lmul " if node["is_lmul"] else "     "
+            click.echo(f"  {node['op_type']:<17} {lmul}{mults:>16}  {node['name']}")
     total = report["total"]
     click.echo(
         f"total: {total['multiplications']:,} multiplications, {total['additions']:,} additions; "
