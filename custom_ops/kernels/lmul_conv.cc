@@ -99,6 +99,13 @@ void im2col(const ConvPlan& plan, const uint32_t* x, const float* x_mask, size_t
             }
             const size_t row_offset = (static_cast<size_t>(iz) * plan.in[1] + static_cast<size_t>(iy)) * plan.in[2];
             const uint32_t* in_row = plane + row_offset;
+            if (run == 1) {  // one pixel (the side strips of a border): no run arithmetic
+              const int64_t ix = static_cast<int64_t>(ox) * sx + shift_x;
+              const bool inside = ix >= 0 && ix < in2;
+              row[j] = inside ? in_row[ix] : padding;
+              if (kMasked) mask_row[j] = inside ? mask_plane[row_offset + static_cast<size_t>(ix)] : 0.0f;
+              return;
+            }
             int64_t lo = 0, hi = 0;
             const int64_t begin = static_cast<int64_t>(ox), end = begin + static_cast<int64_t>(run);
             valid_range(begin, end, sx, shift_x, in2, lo, hi);
