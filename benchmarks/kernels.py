@@ -170,7 +170,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller shapes, for a smoke run")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--model", type=Path, help="an ONNX model to time original vs converted")
-    parser.add_argument("--conv-only", action="store_true", help="only the Conv / ConvTranspose cases")
+    parser.add_argument(
+        "--conv-only", action="store_true", help="only the Conv / ConvTranspose cases (and --model)"
+    )
     parser.add_argument(
         "--cpu-time",
         action="store_true",
@@ -198,65 +200,70 @@ def main() -> None:
     for threads in [int(t) for t in args.threads.split(",")]:
         for name, op, x_shape, w_shape, attrs in CONV_CASES:
             report(name, threads, conv_case(op, x_shape, w_shape, attrs, threads, args.repeat, rng))
-        if args.conv_only:
-            continue
-        a, b = normal(size, size), normal(size, size)
-        report(f"MatMul {size}^3 N(0,1), B input", threads, matmul_case(a, b, threads, args.repeat, False))
-        report(f"MatMul {size}^3 N(0,1), B weights", threads, matmul_case(a, b, threads, args.repeat, True))
-        a2, b2 = normal(size, 768 * size // 1024), normal(768 * size // 1024, 768 * size // 1024)
-        report(
-            f"MatMul {a2.shape[0]}x{a2.shape[1]}x{b2.shape[1]} N(0,1), B weights",
-            threads,
-            matmul_case(a2, b2, threads, args.repeat, True),
-        )
-        relu = np.maximum(a, 0)
-        report(
-            f"MatMul {size}^3 half of A zero, B weights",
-            threads,
-            matmul_case(relu, b, threads, args.repeat, True),
-        )
-        wide = (np.exp(rng.uniform(-80, 80, (size, size))) * rng.choice([-1, 1], (size, size))).astype(
-            np.float32
-        )
-        report(
-            f"MatMul {size}^3 whole exponent range",
-            threads,
-            matmul_case(wide, wide.T.copy(), threads, args.repeat, False),
-        )
-        q, k = normal(12, 128, 64), normal(12, 64, 128)
-        report(
-            "MatMul attention 12x(128x64 @ 64x128)", threads, matmul_case(q, k, threads, args.repeat, False)
-        )
-        vec, w = normal(1, 4 * size), normal(4 * size, 4 * size)
-        report(
-            f"MatMul 1x{4 * size}x{4 * size} (decoding), B weights",
-            threads,
-            matmul_case(vec, w, threads, args.repeat, True),
-        )
-        gemm_b = normal(size, size)
-        feeds = {"A": a}
-        shapes = [a.shape, gemm_b.shape]
-        report(
-            f"Gemm {size}^3 transB, B weights",
-            threads,
-            ratio(
-                session(model("Gemm", "", shapes, gemm_b, transB=1), threads),
-                session(model("LMulGemm", "lmul", shapes, gemm_b, transB=1), threads),
-                feeds,
-                args.repeat,
-            ),
-        )
-        x, y = normal(4 * size * size), normal(4 * size * size)
-        report(
-            f"Mul {x.size // (1 << 20)}M elements",
-            threads,
-            ratio(
-                session(model("Mul", "", [x.shape, y.shape]), threads),
-                session(model("LMul", "lmul", [x.shape, y.shape]), threads),
-                {"A": x, "B": y},
-                args.repeat,
-            ),
-        )
+        if not args.conv_only:
+            a, b = normal(size, size), normal(size, size)
+            report(
+                f"MatMul {size}^3 N(0,1), B input", threads, matmul_case(a, b, threads, args.repeat, False)
+            )
+            report(
+                f"MatMul {size}^3 N(0,1), B weights", threads, matmul_case(a, b, threads, args.repeat, True)
+            )
+            a2, b2 = normal(size, 768 * size // 1024), normal(768 * size // 1024, 768 * size // 1024)
+            report(
+                f"MatMul {a2.shape[0]}x{a2.shape[1]}x{b2.shape[1]} N(0,1), B weights",
+                threads,
+                matmul_case(a2, b2, threads, args.repeat, True),
+            )
+            relu = np.maximum(a, 0)
+            report(
+                f"MatMul {size}^3 half of A zero, B weights",
+                threads,
+                matmul_case(relu, b, threads, args.repeat, True),
+            )
+            wide = (np.exp(rng.uniform(-80, 80, (size, size))) * rng.choice([-1, 1], (size, size))).astype(
+                np.float32
+            )
+            report(
+                f"MatMul {size}^3 whole exponent range",
+                threads,
+                matmul_case(wide, wide.T.copy(), threads, args.repeat, False),
+            )
+            q, k = normal(12, 128, 64), normal(12, 64, 128)
+            report(
+                "MatMul attention 12x(128x64 @ 64x128)",
+                threads,
+                matmul_case(q, k, threads, args.repeat, False),
+            )
+            vec, w = normal(1, 4 * size), normal(4 * size, 4 * size)
+            report(
+                f"MatMul 1x{4 * size}x{4 * size} (decoding), B weights",
+                threads,
+                matmul_case(vec, w, threads, args.repeat, True),
+            )
+            gemm_b = normal(size, size)
+            feeds = {"A": a}
+            shapes = [a.shape, gemm_b.shape]
+            report(
+                f"Gemm {size}^3 transB, B weights",
+                threads,
+                ratio(
+                    session(model("Gemm", "", shapes, gemm_b, transB=1), threads),
+                    session(model("LMulGemm", "lmul", shapes, gemm_b, transB=1), threads),
+                    feeds,
+                    args.repeat,
+                ),
+            )
+            x, y = normal(4 * size * size), normal(4 * size * size)
+            report(
+                f"Mul {x.size // (1 << 20)}M elements",
+                threads,
+                ratio(
+                    session(model("Mul", "", [x.shape, y.shape]), threads),
+                    session(model("LMul", "lmul", [x.shape, y.shape]), threads),
+                    {"A": x, "B": y},
+                    args.repeat,
+                ),
+            )
         if args.model:
             converted = lmul_onnx.convert(str(args.model))
             original = onnx.load(args.model)
@@ -272,7 +279,7 @@ def main() -> None:
                 if "mask" in arg.name:
                     feeds[arg.name] = np.ones(shape, np.int64)
             report(
-                f"model {args.model.name} (seq 128)",
+                f"model {args.model.name} (symbolic dims: batch 1, others 128)",
                 threads,
                 ratio(reference_session, session(converted.SerializeToString(), threads), feeds, args.repeat),
             )

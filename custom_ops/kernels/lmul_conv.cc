@@ -128,74 +128,78 @@ void im2col(const ConvPlan& plan, const uint32_t* x, const float* x_mask, size_t
   }
 }
 
-// One tap of a depthwise output row: acc[o] += x[o * stride + shift] (+) w for o in
-// [lo, hi), where w_prepared = w - bias and zero x entries add nothing (+-0: the same
-// sum). Only for data the one-add kernels accept.
+// One tap over a whole plane: acc[i] += x[i] (+) w for i < count, where w_prepared =
+// w - bias and zero x entries (zeros, padding) add nothing (+-0: the same sum). Only for
+// data the one-add kernels accept.
 LMUL_TARGET_CLONES
-void depthwise_tap(float* acc, const uint32_t* x_row, int64_t lo, int64_t hi, int64_t stride, int64_t shift,
-                   uint32_t w_prepared) {
-  if (stride == 1) {
-    const uint32_t* src = x_row + shift;
-    for (int64_t o = lo; o < hi; ++o) {
-      const uint32_t v = src[o];
-      const float product = bits_float(v + w_prepared);
-      acc[o] += (v & kMagnitudeMask) < kSmallestNormalBits ? 0.0f : product;
-    }
-  } else {
-    for (int64_t o = lo; o < hi; ++o) {
-      const uint32_t v = x_row[o * stride + shift];
-      const float product = bits_float(v + w_prepared);
-      acc[o] += (v & kMagnitudeMask) < kSmallestNormalBits ? 0.0f : product;
-    }
+void depthwise_tap(float* acc, const uint32_t* x, size_t count, uint32_t w_prepared) {
+  for (size_t i = 0; i < count; ++i) {
+    const uint32_t v = x[i];
+    const float product = bits_float(v + w_prepared);
+    acc[i] += (v & kMagnitudeMask) < kSmallestNormalBits ? 0.0f : product;
   }
 }
 
-// Depthwise Conv (one input channel per group) for one-add data, without im2col: each
-// output row sums its taps in kernel order, as the matrix product would; products with
-// padding or zeros are +-0 and are left out, which leaves every sum's bits unchanged.
+// Depthwise Conv (one input channel per group) for one-add data, without im2col. Each
+// input plane is padded with zeros and split into stride phases, so that a tap reads one
+// phase plane at a fixed offset: with the accumulator laid out at the phase plane's row
+// pitch, a tap is one contiguous loop over the whole output plane (the columns beyond the
+// output width are computed and dropped). Every output sums its taps in kernel order, as
+// the matrix product would; products with padding or zeros are +-0 and add nothing.
 void depthwise_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x, const float* bias,
                        uint32_t bias_bits, float* y, const ParallelFor& parallel) {
   const size_t mg = plan.out_per_group(), taps = plan.kernel_size;
-  const int64_t out2 = static_cast<int64_t>(plan.out[2]);
+  const size_t s1 = plan.stride[1], s2 = plan.stride[2];
+  // Padded extents (rows/columns any tap reads), phase planes of hq x wq (+1 spare row).
+  const size_t hp = std::max(plan.pad_begin[1] + plan.in[1], (plan.out[1] - 1) * s1 + (plan.kernel[1] - 1) * plan.dilation[1] + 1);
+  const size_t wp = std::max(plan.pad_begin[2] + plan.in[2], (plan.out[2] - 1) * s2 + (plan.kernel[2] - 1) * plan.dilation[2] + 1);
+  const size_t hq = ceil_div(hp, s1) + 1, wq = ceil_div(wp, s2);
+  const size_t phase_size = hq * wq, plane_size = s1 * s2 * phase_size;
   parallel(plan.batch * plan.group, [&](size_t t) {
     const size_t n = t / plan.group, g = t % plan.group;
-    const uint32_t* plane = x + (n * plan.in_channels + g) * plan.in_pixels;
+    const uint32_t* input = x + (n * plan.in_channels + g) * plan.in_pixels;
+    // phases[(iz * s1 + py) * s2 + px][i][j] = padded plane iz at row i*s1 + py, column j*s2 + px
+    std::vector<uint32_t> phases(plan.in[0] * plane_size, 0u);
+    for (size_t iz = 0; iz < plan.in[0]; ++iz) {
+      for (size_t iy = 0; iy < plan.in[1]; ++iy) {
+        const size_t row = iy + plan.pad_begin[1], py = row % s1, i = row / s1;
+        const uint32_t* src = input + (iz * plan.in[1] + iy) * plan.in[2];
+        for (size_t ix = 0; ix < plan.in[2]; ++ix) {
+          const size_t col = ix + plan.pad_begin[2];
+          phases[((iz * s1 + py) * s2 + col % s2) * phase_size + i * wq + col / s2] = src[ix];
+        }
+      }
+    }
+    std::vector<float> acc(plan.out[1] * wq);
     for (size_t m = 0; m < mg; ++m) {
       const size_t channel = g * mg + m;
       const uint32_t* weights = w.bits.data() + channel * taps;
       float* out = y + (n * plan.out_channels + channel) * plan.out_pixels;
-      std::fill(out, out + plan.out_pixels, 0.0f);
       for (size_t oz = 0; oz < plan.out[0]; ++oz) {
-        for (size_t oy = 0; oy < plan.out[1]; ++oy) {
-          float* acc = out + (oz * plan.out[1] + oy) * plan.out[2];
-          size_t k = 0;
-          for (size_t kz = 0; kz < plan.kernel[0]; ++kz) {
-            for (size_t ky = 0; ky < plan.kernel[1]; ++ky) {
-              for (size_t kx = 0; kx < plan.kernel[2]; ++kx, ++k) {
-                const uint32_t wk = weights[k];
-                if ((wk & kMagnitudeMask) < kSmallestNormalBits) continue;  // +-0 products
-                const int64_t iz = static_cast<int64_t>(oz * plan.stride[0] + kz * plan.dilation[0]) -
-                                   static_cast<int64_t>(plan.pad_begin[0]);
-                const int64_t iy = static_cast<int64_t>(oy * plan.stride[1] + ky * plan.dilation[1]) -
-                                   static_cast<int64_t>(plan.pad_begin[1]);
-                if (iz < 0 || iz >= static_cast<int64_t>(plan.in[0]) || iy < 0 ||
-                    iy >= static_cast<int64_t>(plan.in[1])) {
-                  continue;
-                }
-                const int64_t sx = static_cast<int64_t>(plan.stride[2]);
-                const int64_t shift = static_cast<int64_t>(kx * plan.dilation[2]) - static_cast<int64_t>(plan.pad_begin[2]);
-                int64_t lo = 0, hi = 0;
-                valid_range(0, out2, sx, shift, static_cast<int64_t>(plan.in[2]), lo, hi);
-                const uint32_t* row = plane + (static_cast<size_t>(iz) * plan.in[1] + static_cast<size_t>(iy)) * plan.in[2];
-                depthwise_tap(acc, row, lo, hi, sx, shift, wk - bias_bits);
-              }
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        size_t k = 0;
+        for (size_t kz = 0; kz < plan.kernel[0]; ++kz) {
+          const int64_t iz = static_cast<int64_t>(oz * plan.stride[0] + kz * plan.dilation[0]) -
+                             static_cast<int64_t>(plan.pad_begin[0]);
+          const bool plane_inside = iz >= 0 && iz < static_cast<int64_t>(plan.in[0]);
+          for (size_t ky = 0; ky < plan.kernel[1]; ++ky) {
+            for (size_t kx = 0; kx < plan.kernel[2]; ++kx, ++k) {
+              const uint32_t wk = weights[k];
+              // +-0 products: a zero weight, or a whole plane of depth padding
+              if (!plane_inside || (wk & kMagnitudeMask) < kSmallestNormalBits) continue;
+              const size_t dy = ky * plan.dilation[1], dx = kx * plan.dilation[2];
+              const uint32_t* phase =
+                  phases.data() + ((static_cast<size_t>(iz) * s1 + dy % s1) * s2 + dx % s2) * phase_size;
+              depthwise_tap(acc.data(), phase + (dy / s1) * wq + dx / s2, acc.size(), wk - bias_bits);
             }
           }
         }
-      }
-      if (bias) {
-        const float b = bias[channel];
-        for (size_t i = 0; i < plan.out_pixels; ++i) out[i] += b;
+        const float b = bias ? bias[channel] : 0.0f;
+        for (size_t oy = 0; oy < plan.out[1]; ++oy) {
+          float* dst = out + (oz * plan.out[1] + oy) * plan.out[2];
+          const float* src = acc.data() + oy * wq;
+          for (size_t ox = 0; ox < plan.out[2]; ++ox) dst[ox] = bias ? src[ox] + b : src[ox];
+        }
       }
     }
   });
