@@ -164,9 +164,18 @@ void depthwise_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_
       for (size_t iy = 0; iy < plan.in[1]; ++iy) {
         const size_t row = iy + plan.pad_begin[1], py = row % s1, i = row / s1;
         const uint32_t* src = input + (iz * plan.in[1] + iy) * plan.in[2];
+        uint32_t* dst = phases.data() + (iz * s1 + py) * s2 * phase_size + i * wq;
+        if (s2 == 1) {
+          std::copy(src, src + plan.in[2], dst + plan.pad_begin[2]);
+          continue;
+        }
+        size_t px = plan.pad_begin[2] % s2, j = plan.pad_begin[2] / s2;  // column ix + pad = j * s2 + px
         for (size_t ix = 0; ix < plan.in[2]; ++ix) {
-          const size_t col = ix + plan.pad_begin[2];
-          phases[((iz * s1 + py) * s2 + col % s2) * phase_size + i * wq + col / s2] = src[ix];
+          dst[px * phase_size + j] = src[ix];
+          if (++px == s2) {
+            px = 0;
+            ++j;
+          }
         }
       }
     }
