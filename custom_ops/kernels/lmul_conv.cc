@@ -474,14 +474,16 @@ void conv_transpose_forward(const ConvPlan& plan, const ConvWeights& w, const ui
         product(a_rows, x_n + g * cg * in_pixels, depth, in_pixels, 0, r1 - r0, bias_bits, out);
       }
     });
-    // Phase 2, col2im: each output channel adds its columns in kernel-offset order.
+    // Phase 2, col2im: each output channel adds its columns in kernel-offset order. The
+    // sums are kept split by output column phase (ox mod stride), where a column's
+    // contributions to one output row are consecutive: contiguous loops whatever the stride.
+    const size_t sx = plan.stride[2], wj = ceil_div(plan.out[2], sx);
+    const size_t phase_rows = plan.out[0] * plan.out[1];
     parallel(plan.out_channels, [&](size_t channel) {
       const size_t g = channel / mg, m = channel % mg;
-      float* out = y + (n * plan.out_channels + channel) * out_pixels;
-      std::fill(out, out + out_pixels, 0.0f);
+      std::vector<float> acc(sx * phase_rows * wj, 0.0f);  // [phase][oz][oy][ox / stride]
       const float* col = cols.get() + (g * rows + m * plan.kernel_size) * in_pixels;
       const int64_t out1 = static_cast<int64_t>(plan.out[1]), out2 = static_cast<int64_t>(plan.out[2]);
-      const int64_t sx = static_cast<int64_t>(plan.stride[2]);
       for (size_t kz = 0; kz < plan.kernel[0]; ++kz) {
         for (size_t ky = 0; ky < plan.kernel[1]; ++ky) {
           for (size_t kx = 0; kx < plan.kernel[2]; ++kx, col += in_pixels) {
@@ -489,7 +491,12 @@ void conv_transpose_forward(const ConvPlan& plan, const ConvWeights& w, const ui
             const int64_t shift_y = static_cast<int64_t>(ky * plan.dilation[1]) - static_cast<int64_t>(plan.pad_begin[1]);
             const int64_t shift_x = static_cast<int64_t>(kx * plan.dilation[2]) - static_cast<int64_t>(plan.pad_begin[2]);
             int64_t lo = 0, hi = 0;
-            valid_range(0, static_cast<int64_t>(plan.in[2]), sx, shift_x, out2, lo, hi);
+            valid_range(0, static_cast<int64_t>(plan.in[2]), static_cast<int64_t>(sx), shift_x, out2, lo, hi);
+            if (lo == hi) continue;
+            // ox = ix * stride + shift_x = (ix + q) * stride + phase
+            const int64_t stride = static_cast<int64_t>(sx);
+            const int64_t phase = ((shift_x % stride) + stride) % stride, q = (shift_x - phase) / stride;
+            float* acc_phase = acc.data() + static_cast<size_t>(phase) * phase_rows * wj;
             for (size_t iz = 0; iz < plan.in[0]; ++iz) {
               const int64_t oz = static_cast<int64_t>(iz * plan.stride[0]) + shift_z;
               if (oz < 0 || oz >= static_cast<int64_t>(plan.out[0])) continue;
@@ -497,16 +504,27 @@ void conv_transpose_forward(const ConvPlan& plan, const ConvWeights& w, const ui
                 const int64_t oy = static_cast<int64_t>(iy * plan.stride[1]) + shift_y;
                 if (oy < 0 || oy >= out1) continue;
                 const float* src = col + (iz * plan.in[1] + iy) * plan.in[2];
-                float* dst = out + (static_cast<size_t>(oz) * plan.out[1] + static_cast<size_t>(oy)) * plan.out[2];
-                for (int64_t ix = lo; ix < hi; ++ix) dst[ix * sx + shift_x] += src[ix];
+                float* dst = acc_phase + (static_cast<size_t>(oz) * plan.out[1] + static_cast<size_t>(oy)) * wj;
+                const size_t begin = static_cast<size_t>(lo), end = static_cast<size_t>(hi);
+                const size_t offset = static_cast<size_t>(lo + q);  // dst index of ix = lo
+                for (size_t ix = begin; ix < end; ++ix) dst[offset + (ix - begin)] += src[ix];
               }
             }
           }
         }
       }
-      if (bias) {
-        const float b = bias[channel];
-        for (size_t i = 0; i < out_pixels; ++i) out[i] += b;
+      float* out = y + (n * plan.out_channels + channel) * out_pixels;
+      const float b = bias ? bias[channel] : 0.0f;
+      for (size_t r = 0; r < phase_rows; ++r) {
+        float* dst = out + r * plan.out[2];
+        for (size_t ox = 0, j = 0, phase = 0; ox < plan.out[2]; ++ox) {
+          const float sum = acc[(phase * phase_rows + r) * wj + j];
+          dst[ox] = bias ? sum + b : sum;
+          if (++phase == sx) {
+            phase = 0;
+            ++j;
+          }
+        }
       }
     });
   }
