@@ -206,6 +206,12 @@ def check(model: ir.Model, path: Path | None = None, proto: onnx.ModelProto | No
             f"{where}: opset {opset} is older than {MIN_OPSET}, the oldest onnxruntime runs; "
             "upgrade it first (onnx.version_converter)"
         )
+    # Dims and initializer sizes first: their messages name the value, the checker's may not.
+    for graph in (model.graph, *model.functions.values()):
+        _check_dims(graph, where)
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            _check_initializer(value, where)
     if proto is None:
         proto = onnx.load(path, load_external_data=False) if path is not None else ir.to_proto(model)
     checkable = _checkable(proto, path is not None)
@@ -216,11 +222,6 @@ def check(model: ir.Model, path: Path | None = None, proto: onnx.ModelProto | No
             onnx.checker.check_model(checkable, full_check=True)
     except Exception as error:  # ValidationError, InferenceError, protobuf errors
         raise ModelLoadError(f"{where}: invalid model: {_one_line(str(error))}") from None
-    for graph in (model.graph, *model.functions.values()):
-        _check_dims(graph, where)
-    for graph in model.graphs():
-        for value in graph.initializers.values():
-            _check_initializer(value, where)
 
 
 def load(model: ModelInput, *, validate: bool = True) -> tuple[ir.Model, Path | None]:

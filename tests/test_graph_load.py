@@ -68,7 +68,7 @@ BAD: dict[str, tuple[Callable[[], bytes], str]] = {
         ),
         "-2",
     ),
-    "lying-dims": (_lying, "tensor name: W"),
+    "lying-dims": (_lying, "initializer 'W' holds 32 bytes, its dims [4, 4] need 64"),
     "not-onnx": (lambda: b"\x00\xff" * 64, "not a readable ONNX model"),
 }
 

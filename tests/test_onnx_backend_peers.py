@@ -48,9 +48,11 @@ CASES = _cases()
 
 def test_peer_suite_is_not_empty() -> None:
     assert len([n for n in CASES if n.startswith("test_gemm")]) >= 10
-    assert len([n for n in CASES if n.startswith("test_matmul")]) >= 7
+    # onnx 1.18 (the oldest supported) ships 3 float MatMul cases, newer releases more.
+    assert len([n for n in CASES if n.startswith("test_matmul")]) >= 3
+    # Conv: 6 cases; ConvTranspose: 9 (the group_2 cases came later).
     assert len([n for n in CASES if CASES[n].model.graph.node[0].op_type == "Conv"]) >= 6
-    assert len([n for n in CASES if n.startswith("test_convtranspose")]) >= 11
+    assert len([n for n in CASES if n.startswith("test_convtranspose")]) >= 9
 
 
 def _is_float(name: str) -> bool:
