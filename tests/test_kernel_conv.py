@@ -302,6 +302,8 @@ ERROR_CASES = {
     "pads_negative": ("LMulConv", F32, {"pads": [-1, 0, 0, 0]}, [X2, W2], "create", ">= 0"),
     "stride_zero": ("LMulConv", F32, {"strides": [0, 1]}, [X2, W2], "create", ">= 1"),
     "dilation_zero": ("LMulConv", F32, {"dilations": [1, 0]}, [X2, W2], "create", ">= 1"),
+    "dilation_huge": ("LMulConv", F32, {"dilations": [1, 1 << 62]}, [X2, W2], "create", "< 2^31"),
+    "group_huge": ("LMulConvTranspose", F32, {"group": 1 << 40}, [XT, WT], "create", "< 2^31"),
     "group_zero": ("LMulConv", F32, {"group": 0}, [X2, W2], "create", "'group' must be >= 1"),
     "auto_pad_value": ("LMulConv", F32, {"auto_pad": "SAME"}, [X2, W2], "create", "SAME_UPPER, SAME_LOWER"),
     "auto_pad_int": ("LMulConv", F32, {"auto_pad": 1}, [X2, W2], "create", "must be a string"),

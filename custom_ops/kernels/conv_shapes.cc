@@ -66,7 +66,17 @@ bool check_conv_attributes(const ConvAttributes& a, bool transpose, std::string&
   const Rule rules[] = {{"dilations", &a.dilations, 1},         {"kernel_shape", &a.kernel_shape, 1},
                         {"pads", &a.pads, 0},                   {"strides", &a.strides, 1},
                         {"output_padding", &a.output_padding, 0}, {"output_shape", &a.output_shape, 1}};
+  // Sizes beyond 2^31 cannot describe a real tensor and would overflow the index arithmetic.
+  constexpr int64_t kLimit = int64_t{1} << 31;
+  if (a.group >= kLimit) {
+    error = "attribute 'group' must be < 2^31, got " + std::to_string(a.group);
+    return false;
+  }
   for (const Rule& rule : rules) {
+    if (std::any_of(rule.values->begin(), rule.values->end(), [](int64_t v) { return v >= kLimit; })) {
+      error = std::string("attribute '") + rule.name + "' values must be < 2^31, got " + list_to_string(*rule.values);
+      return false;
+    }
     if (!all_at_least(*rule.values, rule.minimum)) {
       error = std::string("attribute '") + rule.name + "' values must be >= " + std::to_string(rule.minimum) +
               ", got " + list_to_string(*rule.values);
