@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import helper, numpy_helper
+from onnx import helper
 
 import lmul_onnx
 import lmul_onnx.runtime
@@ -48,7 +48,9 @@ def conv_model(
     node = helper.make_node(op, names, ["Y"], name="conv_node", domain="lmul", **attributes)
     graph_inputs = [n for n in names if not (constant_w and n == "W")]
     inputs = [helper.make_tensor_value_info(n, onnx_type(dtype), None) for n in graph_inputs]
-    initializers = [numpy_helper.from_array(w, "W")] if constant_w else []
+    # raw bytes: onnx 1.18's numpy_helper does not know ml_dtypes' bfloat16
+    weights = helper.make_tensor("W", onnx_type(dtype), w.shape, w.tobytes(), raw=True)
+    initializers = [weights] if constant_w else []
     graph = helper.make_graph(
         [node], "conv", inputs, [helper.make_tensor_value_info("Y", onnx_type(dtype), None)], initializers
     )
