@@ -352,7 +352,7 @@ void conv_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x,
     const size_t p0 = piece.p0, count = piece.count;
     const GemmVariant variant = box.padded ? border : interior;
     const bool fast = is_one_add(variant), mask_b = masks_b(variant);
-    const ZeroRule rule{fast, fast ? zero_stand_in_b(x_range) : 0u};
+    const uint32_t padding = zero_stand_in_b(x_range);  // what masked panels hold at padding
     const size_t x_offset = (n * plan.in_channels + g * cg) * plan.in_pixels;
     const uint32_t* a_rows = (fast ? prepared.bits.data() : w.bits.data()) + (g * mg + r0) * depth;
     float* y_rows = y + (n * plan.out_channels + g * mg + r0) * pixels;
@@ -375,7 +375,7 @@ void conv_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x,
         uint32_t* panel = col.get() + q * depth * nr;
         float* panel_mask = col_mask ? col_mask.get() + q * depth * nr : nullptr;
         if (mask_b) {
-          im2col<true>(plan, x_masked + x_offset, x_mask.get() + x_offset, cg, box, p0 + q * nr, width, rule.stand_in,
+          im2col<true>(plan, x_masked + x_offset, x_mask.get() + x_offset, cg, box, p0 + q * nr, width, padding,
                        panel, panel_mask, nr);
         } else {
           im2col<false>(plan, x + x_offset, nullptr, cg, box, p0 + q * nr, width, 0u, panel, nullptr, nr);
@@ -412,7 +412,16 @@ void conv_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x,
   });
 }
 
-// cols (rows x in pixels) of one group for rows [r0, r1): the products of the transpose.
+// The matmul variant for these weights and X; padding zeros count as zero operands.
+GemmVariant conv_variant(const ConvPlan& plan, const ConvWeights& weights, const OperandRange& x_range,
+                         uint32_t bias_bits) {
+  OperandRange b = x_range;
+  if (plan.uses_padding) b.has_zero = true;  // padding zeros are operands too
+  return choose_variant(weights.range, b, bias_bits, panel_width() > 0);
+}
+
+// ConvTranspose: per image, the columns W_g^T (*) X_g of every group (phase 1), then
+// col2im per output channel (phase 2).
 void conv_transpose_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x,
                             const OperandRange& x_range, const float* bias, uint32_t bias_bits, float* y,
                             const ParallelFor& parallel) {
@@ -542,12 +551,6 @@ OperandRange scan_range(const uint32_t* bits, size_t count, const ParallelFor& p
   return range;
 }
 
-GemmVariant conv_variant(const ConvPlan& plan, const ConvWeights& weights, const OperandRange& x_range,
-                         uint32_t bias_bits) {
-  OperandRange b = x_range;
-  if (plan.uses_padding) b.has_zero = true;  // padding zeros are operands too
-  return choose_variant(weights.range, b, bias_bits, panel_width() > 0);
-}
 
 void lmul_conv(const ConvPlan& plan, const ConvWeights& weights, const uint32_t* x, const float* bias,
                uint32_t bias_bits, float* y, const ParallelFor& parallel) {

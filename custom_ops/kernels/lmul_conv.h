@@ -79,8 +79,4 @@ void round_conv_weights(const typename S::type* w, const Shape& shape, size_t gr
 void lmul_conv(const ConvPlan& plan, const ConvWeights& weights, const uint32_t* x, const float* bias,
                uint32_t bias_bits, float* y, const ParallelFor& parallel);
 
-// The matmul variant lmul_conv uses for this X (exposed for the tests).
-GemmVariant conv_variant(const ConvPlan& plan, const ConvWeights& weights, const OperandRange& x_range,
-                         uint32_t bias_bits);
-
 }  // namespace lmul
