@@ -2,21 +2,29 @@
 
 Every figure is a ratio native time / L-Mul time (higher is better, 1.0 = as fast as the
 float op), measured side by side in this process on the same shapes, data and thread
-count, as the median of several runs. Thread spinning is disabled in both runtimes, so
-that two threads on a small machine do not steal each other's core.
+count: the best of 3 interleaved rounds, each the median (or, with --statistic min, the
+fastest) of --repeat runs (40 times as many for runs under a millisecond). On a shared,
+loaded machine the fastest run is the steadier figure: load only ever adds time. Thread
+spinning is disabled in both runtimes, so that two threads on a small machine do not
+steal each other's core.
 
-    python benchmarks/kernels.py [--threads 1,2] [--repeat 7] [--quick] [--conv-only] [--cpu-time]
-        [--json out.json]
+    python benchmarks/kernels.py [--threads 1,2] [--repeat 7] [--statistic min] [--quick] [--only TEXT]
+                                 [--cpu-time] [--model MODEL] [--json out.json]
+
+``--only Conv`` runs the Conv / ConvTranspose cases; ``--cpu-time`` times with the CPU
+time of this process instead of wall time (on a loaded machine, with 1 thread).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -68,33 +76,44 @@ def session(data: bytes | str, threads: int) -> ort.InferenceSession:
     return lmul_onnx.InferenceSession(data, options)
 
 
-# The clock of every timing: wall time, or with --cpu-time the CPU time of this process
-# (all its threads), which other processes on a shared machine do not inflate.
-CLOCK: list[Callable[[], float]] = [time.perf_counter]
+STATISTICS: dict[str, Callable[[list[float]], float]] = {"median": statistics.median, "min": min}
 
 
-def median_time(run: Callable[[], object], repeat: int) -> float:
+@dataclass(frozen=True)
+class Timing:
+    """How each side is timed: `repeat` runs (40 times as many under 1 ms), summarised,
+    on `clock` (wall time, or the CPU time of this process, which other processes on a
+    shared machine do not inflate)."""
+
+    repeat: int
+    statistic: Callable[[list[float]], float]
+    clock: Callable[[], float] = time.perf_counter
+
+
+def typical_time(run: Callable[[], object], timing: Timing) -> float:
+    clock = timing.clock
+    start = clock()
     run()
+    repeat = timing.repeat * (40 if clock() - start < 1e-3 else 1)
     times = []
-    clock = CLOCK[0]
     for _ in range(repeat):
         start = clock()
         run()
         times.append(clock() - start)
-    return statistics.median(times)
+    return timing.statistic(times)
 
 
-def ratio(native: ort.InferenceSession, lmul: ort.InferenceSession, feeds: dict, repeat: int) -> dict:
+def ratio(native: ort.InferenceSession, lmul: ort.InferenceSession, feeds: dict, timing: Timing) -> dict:
     # Interleave the two so that clock or load drift hits both alike.
     t_native, t_lmul = [], []
     for _ in range(3):
-        t_native.append(median_time(lambda: native.run(None, feeds), repeat))
-        t_lmul.append(median_time(lambda: lmul.run(None, feeds), repeat))
+        t_native.append(typical_time(lambda: native.run(None, feeds), timing))
+        t_lmul.append(typical_time(lambda: lmul.run(None, feeds), timing))
     n, m = min(t_native), min(t_lmul)
     return {"native_ms": 1e3 * n, "lmul_ms": 1e3 * m, "ratio": n / m}
 
 
-def matmul_case(a: np.ndarray, b: np.ndarray, threads: int, repeat: int, constant: bool) -> dict:
+def matmul_case(a: np.ndarray, b: np.ndarray, threads: int, timing: Timing, constant: bool) -> dict:
     shapes = [a.shape, b.shape]
     feeds = {"A": a} if constant else {"A": a, "B": b}
     const = b if constant else None
@@ -102,7 +121,7 @@ def matmul_case(a: np.ndarray, b: np.ndarray, threads: int, repeat: int, constan
         session(model("MatMul", "", shapes, const), threads),
         session(model("LMulMatMul", "lmul", shapes, const), threads),
         feeds,
-        repeat,
+        timing,
     )
 
 
@@ -113,14 +132,14 @@ CONV_CASES: list[tuple[str, str, tuple[int, ...], tuple[int, ...], dict]] = [
     ("Conv 1x1 1x24x56x56 -> 144 (EffNet expand)", "Conv", (1, 24, 56, 56), (144, 24, 1, 1), {}),
     ("Conv 1x1 1x192x14x14 -> 1152 (EffNet)", "Conv", (1, 192, 14, 14), (1152, 192, 1, 1), {}),
     (
-        "depthwise 3x3 1x144x56x56 (EffNet)",
+        "Conv depthwise 3x3 1x144x56x56 (EffNet)",
         "Conv",
         (1, 144, 56, 56),
         (144, 1, 3, 3),
         {"group": 144, "pads": [1, 1, 1, 1]},
     ),
     (
-        "depthwise 3x3 s2 1x96x112x112 (EffNet)",
+        "Conv depthwise 3x3 s2 1x96x112x112 (EffNet)",
         "Conv",
         (1, 96, 112, 112),
         (96, 1, 3, 3),
@@ -145,7 +164,13 @@ CONV_CASES: list[tuple[str, str, tuple[int, ...], tuple[int, ...], dict]] = [
 
 
 def conv_case(
-    op: str, x_shape: tuple, w_shape: tuple, attrs: dict, threads: int, repeat: int, rng: np.random.Generator
+    op: str,
+    x_shape: tuple,
+    w_shape: tuple,
+    attrs: dict,
+    threads: int,
+    timing: Timing,
+    rng: np.random.Generator,
 ) -> dict:
     """Standard op against its lmul op; weights are initializers, X and the bias inputs."""
     x = rng.standard_normal(x_shape).astype(np.float32)
@@ -157,7 +182,7 @@ def conv_case(
         session(model(op, "", shapes, w, **attrs), threads),
         session(model(f"LMul{op}", "lmul", shapes, w, **attrs), threads),
         {"A": x, "C": bias},
-        repeat,
+        timing,
     )
 
 
@@ -169,18 +194,15 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="smaller shapes, for a smoke run")
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--model", type=Path, help="an ONNX model to time original vs converted")
-    parser.add_argument(
-        "--conv-only", action="store_true", help="only the Conv / ConvTranspose cases (and --model)"
-    )
+    parser.add_argument("--model", type=Path, help="an ONNX model to time original vs converted (always run)")
+    parser.add_argument("--only", default="", help="run only the cases whose name contains this text")
+    parser.add_argument("--statistic", choices=sorted(STATISTICS), default="median")
     parser.add_argument(
         "--cpu-time",
         action="store_true",
         help="time with this process's CPU time instead of wall time (for a loaded machine)",
     )
     args = parser.parse_args()
-    if args.cpu_time:
-        CLOCK[0] = time.process_time
     rng = np.random.default_rng(0)
     size = 256 if args.quick else 1024
     results = []
@@ -193,99 +215,117 @@ def main() -> None:
             flush=True,
         )
 
-    clock = "CPU time of the process" if args.cpu_time else "wall time"
-    print(f"CPU: {cpu_name()}; onnxruntime {ort.__version__}; lmul-onnx {lmul_onnx.__version__}; {clock}")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(
+        f"CPU: {cpu_name()}; onnxruntime {ort.__version__}; lmul-onnx {lmul_onnx.__version__}; "
+        f"load {load:.1f}; {args.statistic} of runs; {'CPU time' if args.cpu_time else 'wall time'}"
+    )
     print(f"{'case':<46} {'th':>2}  {'native':>12}  {'L-Mul':>12}  native/L-Mul")
     normal = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+    timing = Timing(
+        args.repeat, STATISTICS[args.statistic], time.process_time if args.cpu_time else time.perf_counter
+    )
+
+    def product(a_shape: tuple[int, ...], b_shape: tuple[int, ...], constant: bool) -> Callable[[int], dict]:
+        return lambda threads: matmul_case(normal(*a_shape), normal(*b_shape), threads, timing, constant)
+
+    def relu_product(threads: int) -> dict:
+        return matmul_case(np.maximum(normal(size, size), 0), normal(size, size), threads, timing, True)
+
+    def wide_product(threads: int) -> dict:
+        signs = rng.choice([-1, 1], (size, size))
+        wide = (np.exp(rng.uniform(-80, 80, (size, size))) * signs).astype(np.float32)
+        return matmul_case(wide, wide.T.copy(), threads, timing, False)
+
+    def gemm(threads: int) -> dict:
+        a, b = normal(size, size), normal(size, size)
+        shapes = [a.shape, b.shape]
+        return ratio(
+            session(model("Gemm", "", shapes, b, transB=1), threads),
+            session(model("LMulGemm", "lmul", shapes, b, transB=1), threads),
+            {"A": a},
+            timing,
+        )
+
+    def mul(threads: int) -> dict:
+        x, y = normal(4 * size * size), normal(4 * size * size)
+        return ratio(
+            session(model("Mul", "", [x.shape, y.shape]), threads),
+            session(model("LMul", "lmul", [x.shape, y.shape]), threads),
+            {"A": x, "B": y},
+            timing,
+        )
+
+    def whole_model(threads: int) -> dict:
+        converted = lmul_onnx.convert(str(args.model))
+        reference_session = session(onnx.load(args.model).SerializeToString(), threads)
+        feeds = {}
+        for arg in reference_session.get_inputs():
+            shape = [d if isinstance(d, int) else (1 if "batch" in str(d) else 128) for d in arg.shape]
+            feeds[arg.name] = (
+                rng.integers(1000, 3000, shape).astype(np.int64)
+                if "int" in arg.type
+                else rng.standard_normal(shape).astype(np.float32)
+            )
+            if "mask" in arg.name:
+                feeds[arg.name] = np.ones(shape, np.int64)
+        return ratio(reference_session, session(converted.SerializeToString(), threads), feeds, timing)
+
+    wide_k = 768 * size // 1024
+    big = 4 * size
+    heads, context = 12, 2 * size
+    cases: list[tuple[str, Callable[[int], dict]]] = [
+        (f"MatMul {size}^3 N(0,1), B input", product((size, size), (size, size), False)),
+        (f"MatMul {size}^3 N(0,1), B weights", product((size, size), (size, size), True)),
+        (
+            f"MatMul {size}x{wide_k}x{wide_k} N(0,1), B weights",
+            product((size, wide_k), (wide_k, wide_k), True),
+        ),
+        (f"MatMul {size}^3 half of A zero, B weights", relu_product),
+        (f"MatMul {size}^3 whole exponent range", wide_product),
+        ("MatMul attention 12x(128x64 @ 64x128)", product((12, 128, 64), (12, 64, 128), False)),
+        (f"MatMul 1x{big}x{big} (decoding), B weights", product((1, big), (big, big), True)),
+        # Decoding against a per-call B (a KV cache): the small-M kernel, B never packed.
+        (f"MatMul 1x{big}x{big}, B input", product((1, big), (big, big), False)),
+        (f"MatMul 1x64x{context} (q.K^T), B input", product((1, 64), (64, context), False)),
+        (f"MatMul 1x{context}x64 (p.V), B input", product((1, context), (context, 64), False)),
+        (
+            f"MatMul {heads}x(1x64 @ 64x{context}), B input",
+            product((heads, 1, 64), (heads, 64, context), False),
+        ),
+        (
+            f"MatMul {heads}x(1x{context} @ {context}x64), B input",
+            product((heads, 1, context), (heads, context, 64), False),
+        ),
+        (f"MatMul 8x{big}x{big}, B input", product((8, big), (big, big), False)),
+        (f"Gemm {size}^3 transB, B weights", gemm),
+        (f"Mul {4 * size * size / (1 << 20):g}M elements", mul),
+    ]
+    for name, op, x_shape, w_shape, attrs in CONV_CASES:
+        cases.append(
+            (name, lambda threads, c=(op, x_shape, w_shape, attrs): conv_case(*c, threads, timing, rng))
+        )
     for threads in [int(t) for t in args.threads.split(",")]:
-        for name, op, x_shape, w_shape, attrs in CONV_CASES:
-            report(name, threads, conv_case(op, x_shape, w_shape, attrs, threads, args.repeat, rng))
-        if not args.conv_only:
-            a, b = normal(size, size), normal(size, size)
+        for name, run in cases:
+            if args.only in name:
+                report(name, threads, run(threads))
+        if args.model:  # whatever --only says
             report(
-                f"MatMul {size}^3 N(0,1), B input", threads, matmul_case(a, b, threads, args.repeat, False)
-            )
-            report(
-                f"MatMul {size}^3 N(0,1), B weights", threads, matmul_case(a, b, threads, args.repeat, True)
-            )
-            a2, b2 = normal(size, 768 * size // 1024), normal(768 * size // 1024, 768 * size // 1024)
-            report(
-                f"MatMul {a2.shape[0]}x{a2.shape[1]}x{b2.shape[1]} N(0,1), B weights",
-                threads,
-                matmul_case(a2, b2, threads, args.repeat, True),
-            )
-            relu = np.maximum(a, 0)
-            report(
-                f"MatMul {size}^3 half of A zero, B weights",
-                threads,
-                matmul_case(relu, b, threads, args.repeat, True),
-            )
-            wide = (np.exp(rng.uniform(-80, 80, (size, size))) * rng.choice([-1, 1], (size, size))).astype(
-                np.float32
-            )
-            report(
-                f"MatMul {size}^3 whole exponent range",
-                threads,
-                matmul_case(wide, wide.T.copy(), threads, args.repeat, False),
-            )
-            q, k = normal(12, 128, 64), normal(12, 64, 128)
-            report(
-                "MatMul attention 12x(128x64 @ 64x128)",
-                threads,
-                matmul_case(q, k, threads, args.repeat, False),
-            )
-            vec, w = normal(1, 4 * size), normal(4 * size, 4 * size)
-            report(
-                f"MatMul 1x{4 * size}x{4 * size} (decoding), B weights",
-                threads,
-                matmul_case(vec, w, threads, args.repeat, True),
-            )
-            gemm_b = normal(size, size)
-            feeds = {"A": a}
-            shapes = [a.shape, gemm_b.shape]
-            report(
-                f"Gemm {size}^3 transB, B weights",
-                threads,
-                ratio(
-                    session(model("Gemm", "", shapes, gemm_b, transB=1), threads),
-                    session(model("LMulGemm", "lmul", shapes, gemm_b, transB=1), threads),
-                    feeds,
-                    args.repeat,
-                ),
-            )
-            x, y = normal(4 * size * size), normal(4 * size * size)
-            report(
-                f"Mul {x.size // (1 << 20)}M elements",
-                threads,
-                ratio(
-                    session(model("Mul", "", [x.shape, y.shape]), threads),
-                    session(model("LMul", "lmul", [x.shape, y.shape]), threads),
-                    {"A": x, "B": y},
-                    args.repeat,
-                ),
-            )
-        if args.model:
-            converted = lmul_onnx.convert(str(args.model))
-            original = onnx.load(args.model)
-            reference_session = session(original.SerializeToString(), threads)
-            feeds = {}
-            for arg in reference_session.get_inputs():
-                shape = [d if isinstance(d, int) else (1 if "batch" in str(d) else 128) for d in arg.shape]
-                feeds[arg.name] = (
-                    rng.integers(1000, 3000, shape).astype(np.int64)
-                    if "int" in arg.type
-                    else rng.standard_normal(shape).astype(np.float32)
-                )
-                if "mask" in arg.name:
-                    feeds[arg.name] = np.ones(shape, np.int64)
-            report(
-                f"model {args.model.name} (symbolic dims: batch 1, others 128)",
-                threads,
-                ratio(reference_session, session(converted.SerializeToString(), threads), feeds, args.repeat),
+                f"model {args.model.name} (symbolic dims: batch 1, others 128)", threads, whole_model(threads)
             )
     if args.json:
         args.json.write_text(
-            json.dumps({"cpu": cpu_name(), "onnxruntime": ort.__version__, "results": results}, indent=2)
+            json.dumps(
+                {
+                    "cpu": cpu_name(),
+                    "onnxruntime": ort.__version__,
+                    "statistic": args.statistic,
+                    "load_before": load,
+                    "load_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+                    "results": results,
+                },
+                indent=2,
+            )
         )
 
 

@@ -12,6 +12,19 @@ from lmul_onnx.convert import ModelLoadError, convert_file
 from lmul_onnx.ops import SUPPORTED_OPS
 from lmul_onnx.passes.offsets import OffsetOptions
 from lmul_onnx.passes.selection import Scope, SelectionOptions
+from lmul_onnx.plan import PlanError, load_plan
+
+_SELECTION_OPTIONS = (
+    "ops",
+    "scope",
+    "include",
+    "exclude",
+    "mantissa_bits",
+    "mantissa_bits_for",
+    "offset",
+    "offset_for",
+    "every_product",
+)
 
 
 def _split_ops(text: str) -> tuple[str, ...]:
@@ -76,6 +89,18 @@ def _split_ops(text: str) -> tuple[str, ...]:
     metavar="NAME=N",
     help="Bind a symbolic input dimension for the energy estimate (repeatable).",
 )
+@click.option(
+    "--every-product",
+    is_flag=True,
+    help="Also convert products whose constant operand is exactly 0, ±2^k or a 0/1 mask "
+    "(the paper's 'every multiplication'; by default they stay exact: L-Mul only adds error there).",
+)
+@click.option(
+    "--plan",
+    "plan_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Apply a plan written by 'lmul-onnx tune --plan-out' (replaces the selection options).",
+)
 @click.option("--dry-run", is_flag=True, help="List what would change; write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
@@ -91,6 +116,8 @@ def convert(
     offset: str,
     offset_for: tuple[str, ...],
     dim: tuple[str, ...],
+    every_product: bool,
+    plan_path: Path | None,
     dry_run: bool,
     as_json: bool,
     quiet: bool,
@@ -105,17 +132,29 @@ def convert(
     overrides = tuple(parse_key_value("--mantissa-bits-for", item, int) for item in mantissa_bits_for)
     offset_overrides = tuple(parse_key_value("--offset-for", item) for item in offset_for)
     dims = dict(parse_key_value("--dim", item, int) for item in dim)
+    selection_given = [
+        f"--{name.replace('_', '-')}"
+        for name in _SELECTION_OPTIONS
+        if click.get_current_context().get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+    ]
+    if plan_path is not None and selection_given:
+        raise InputError(f"--plan replaces the selection options; drop {', '.join(selection_given)}")
     try:
-        options = SelectionOptions(
-            ops=_split_ops(ops),
-            scope=Scope(scope),
-            include=include,
-            exclude=exclude,
-            mantissa_bits=mantissa_bits,
-            mantissa_bits_for=overrides,
-        )
-        offsets = OffsetOptions(offset, offset_overrides)
-    except ValueError as error:
+        if plan_path is not None:
+            plan = load_plan(plan_path)
+            options, offsets = plan.selection_options(), plan.offset_options()
+        else:
+            options = SelectionOptions(
+                ops=_split_ops(ops),
+                scope=Scope(scope),
+                include=include,
+                exclude=exclude,
+                mantissa_bits=mantissa_bits,
+                mantissa_bits_for=overrides,
+                every_product=every_product,
+            )
+            offsets = OffsetOptions(offset, offset_overrides)
+    except (PlanError, ValueError) as error:
         raise InputError(str(error)) from None
 
     quiet = quiet or as_json

@@ -57,7 +57,8 @@ def energy_command(
             mults = "unknown" if node["multiplications"] is None else f"{node['multiplications']:,}"
             mults += " per iteration" if node["per_iteration"] else ""
             lmul = "lmul " if node["is_lmul"] else "     "
-            click.echo(f"  {node['op_type']:<17} {lmul}{mults:>16}  {node['name']}")
+            exact = f"  ({node['exact']})" if node["exact"] else ""
+            click.echo(f"  {node['op_type']:<17} {lmul}{mults:>16}  {node['name']}{exact}")
     total = report["total"]
     click.echo(
         f"total: {total['multiplications']:,} multiplications, {total['additions']:,} additions; "
@@ -68,6 +69,13 @@ def energy_command(
         click.echo(
             f"converted: {total['converted_multiplications']:,} products, "
             f"{total['converted_saving_percent']:.1f} % less energy than float multiplication"
+        )
+    exact = total["exact_products"]
+    if exact["nodes"]:
+        click.echo(
+            f"{exact['nodes']} of them ({exact['multiplications']:,} multiplications) multiply by exact "
+            "powers of two or 0/1 masks: they need no multiplier and stay exact unless converted "
+            "with --every-product"
         )
     if total["per_iteration_nodes"]:
         click.echo(

@@ -13,6 +13,7 @@ from lmul_onnx.cli.convert import convert as convert_command
 from lmul_onnx.cli.energy import energy_command
 from lmul_onnx.cli.models import models
 from lmul_onnx.cli.precision import precision_command
+from lmul_onnx.cli.tune import tune_command
 from lmul_onnx.cli.validate import validate_command
 
 
@@ -48,6 +49,7 @@ def main() -> None:
     Typical use:
       lmul-onnx convert model.onnx            # writes model.lmul.onnx
       lmul-onnx validate model.onnx model.lmul.onnx
+      lmul-onnx tune model.onnx --min-cosine 0.99 --plan-out plan.json
     """
 
 
@@ -67,6 +69,7 @@ main.add_command(validate_command, name="validate")
 main.add_command(models)
 main.add_command(energy_command)
 main.add_command(precision_command)
+main.add_command(tune_command)
 
 if __name__ == "__main__":
     main()

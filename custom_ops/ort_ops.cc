@@ -1,16 +1,16 @@
 // The onnxruntime binding of the `lmul` op domain (docs/SPEC.md section 3).
 //
 // This file knows onnxruntime and nothing about the arithmetic: it reads attributes,
-// validates shapes, allocates outputs, splits the work over onnxruntime's intra-op
-// thread pool and calls the kernels in kernels/. Every failure becomes an OrtStatus that
-// names the node; no exception crosses the C boundary.
+// validates shapes, allocates outputs and calls the kernels in kernels/ (lmul_matmul.h)
+// with onnxruntime's intra-op thread pool as their ParallelFor. Every failure becomes an
+// OrtStatus that names the node; no exception crosses the C boundary.
 #include "ort_attributes.h"  // includes onnxruntime_cxx_api.h with ORT_API_MANUAL_INIT
 
 #include <algorithm>
 #include <atomic>
 #include <cstring>
-#include <functional>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <new>
 #include <string>
@@ -20,6 +20,7 @@
 #include "kernels/lmul_conv.h"
 #include "kernels/lmul_gemm.h"
 #include "kernels/lmul_kernels.h"
+#include "kernels/lmul_matmul.h"
 #include "kernels/shapes.h"
 
 namespace {
@@ -36,8 +37,6 @@ constexpr uint32_t kOrtApiVersion = 21;
 static_assert(ORT_API_VERSION >= kOrtApiVersion, "onnxruntime headers older than API 21");
 constexpr const char* kMantissaBitsAttribute = "mantissa_bits";
 constexpr const char* kOffsetAttribute = "offset";
-// Work below this many scalar operations is not worth handing to another thread.
-constexpr size_t kMinOpsPerTask = size_t{1} << 16;
 
 enum class OpKind { kMul, kMatMul, kGemm, kConv, kConvTranspose };
 
@@ -88,39 +87,22 @@ void read_width_and_offset(const OrtKernelInfo* info, int& mantissa_bits, uint32
   bias = lmul::lmul_bias_for_offset(static_cast<uint32_t>(offset));
 }
 
-// Hands `tasks` independent calls task(i) to onnxruntime's intra-op thread pool.
-template <class Task>
-void parallel_for(const Ort::KernelContext& context, size_t tasks, Task& task) {
-  if (tasks == 0) return;
-  if (tasks == 1) {
-    task(size_t{0});
-    return;
-  }
-  context.ParallelFor([](void* data, size_t i) { (*static_cast<Task*>(data))(i); }, tasks, 0, &task);
+// The kernels' ParallelFor on onnxruntime's intra-op thread pool of this call.
+lmul::ParallelFor pool_of(const Ort::KernelContext& context) {
+  return [&context](size_t tasks, const std::function<void(size_t)>& task) {
+    if (tasks == 0) return;
+    if (tasks == 1) {
+      task(size_t{0});
+      return;
+    }
+    auto run = [](void* data, size_t i) { (*static_cast<const std::function<void(size_t)>*>(data))(i); };
+    context.ParallelFor(run, tasks, 0, const_cast<std::function<void(size_t)>*>(&task));
+  };
 }
-
-size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
 
 lmul::Shape shape_of(const Ort::ConstValue& value) {
   return value.GetTensorTypeAndShapeInfo().GetShape();
 }
-
-// Runs fn(i) for i < tasks, serially (used at session creation, without a thread pool).
-struct SerialRunner {
-  template <class Fn>
-  void operator()(size_t tasks, Fn&& fn) const {
-    for (size_t i = 0; i < tasks; ++i) fn(i);
-  }
-};
-
-// Runs fn(i) for i < tasks on onnxruntime's intra-op thread pool.
-struct PoolRunner {
-  const Ort::KernelContext& context;
-  template <class Fn>
-  void operator()(size_t tasks, Fn&& fn) const {
-    parallel_for(context, tasks, fn);
-  }
-};
 
 // Runs body(), turning any exception into a status that names the op and the node.
 template <OpKind Kind, class Body>
@@ -143,64 +125,6 @@ OrtStatusPtr guarded(const std::string& node, Body&& body) noexcept {
   }
 }
 
-// B of a matrix product, rounded, analysed and packed into the fast kernels' panels:
-// per call, or once when B is a constant initializer (weights). Without SIMD, it keeps
-// row-major rounded B for the portable loop instead.
-struct PackedB {
-  lmul::Shape shape;
-  lmul::OperandRange range;
-  std::vector<uint32_t> rounded;  // row-major K x N per matrix, only without SIMD
-  std::unique_ptr<uint32_t[]> panels;
-  std::unique_ptr<float[]> masks;  // 0/1 per panel entry, when B has zeros
-  size_t panels_per_matrix = 0;
-
-  // Each K x N matrix of B rounded into row-major order (what the portable loops read).
-  template <class S, class Run>
-  static std::vector<uint32_t> round_row_major(const typename S::type* data, size_t matrices, size_t k, size_t n,
-                                               bool transposed, int mantissa_bits, Run&& run) {
-    std::vector<uint32_t> rounded(matrices * k * n);
-    run(matrices, [&](size_t i) {
-      lmul::pack_rounded<S>(data + i * k * n, k, n, transposed ? 1 : n, transposed ? k : 1, mantissa_bits,
-                            rounded.data() + i * k * n);
-    });
-    return rounded;
-  }
-
-  template <class S, class Run>
-  static std::unique_ptr<const PackedB> from(const typename S::type* data, const lmul::Shape& shape, size_t matrices,
-                                             size_t k, size_t n, bool transposed, int mantissa_bits, Run&& run) {
-    auto b = std::make_unique<PackedB>();
-    b->shape = shape;
-    const size_t row_stride = transposed ? 1 : n, col_stride = transposed ? k : 1;
-    // Scan in chunks of rows, in parallel, then merge.
-    constexpr size_t kRowsPerChunk = 64;
-    const size_t chunks = ceil_div(std::max<size_t>(k, 1), kRowsPerChunk);
-    std::vector<lmul::OperandRange> ranges(matrices * chunks);
-    run(matrices * chunks, [&](size_t t) {
-      const size_t i = t / chunks, r0 = (t % chunks) * kRowsPerChunk, r1 = std::min(k, r0 + kRowsPerChunk);
-      lmul::scan_rounded<S>(data + i * k * n, r0, r1, n, row_stride, col_stride, mantissa_bits, ranges[t]);
-    });
-    for (const lmul::OperandRange& part : ranges) b->range.merge(part);
-    const size_t nr = lmul::panel_width();
-    if (nr == 0) {
-      b->rounded = round_row_major<S>(data, matrices, k, n, transposed, mantissa_bits, run);
-      return b;
-    }
-    b->panels_per_matrix = ceil_div(n, nr);
-    const size_t per_matrix = b->panels_per_matrix * k * nr;
-    b->panels.reset(new uint32_t[matrices * per_matrix]);
-    if (b->range.has_zero) b->masks.reset(new float[matrices * per_matrix]);
-    const uint32_t stand_in = lmul::zero_stand_in_b(b->range);
-    run(matrices * b->panels_per_matrix, [&](size_t t) {
-      const size_t i = t / b->panels_per_matrix, panel = t % b->panels_per_matrix;
-      lmul::pack_panels_rounded<S>(data + i * k * n, k, n, row_stride, col_stride, mantissa_bits, nr, stand_in, panel,
-                                   panel + 1, b->panels.get() + i * per_matrix,
-                                   b->masks ? b->masks.get() + i * per_matrix : nullptr);
-    });
-    return b;
-  }
-};
-
 template <OpKind Kind, class S>
 struct LMulKernel {
   using T = typename S::type;
@@ -210,7 +134,7 @@ struct LMulKernel {
   uint32_t bias = 0;  // lmul_bias_for_offset of the `offset` attribute or the paper's (SPEC 4)
   bool trans_a = false, trans_b = false;
   float alpha = 1.0f, beta = 1.0f;
-  std::unique_ptr<const PackedB> constant_b;  // B prepared at session creation, if constant
+  std::unique_ptr<const lmul::PackedB> constant_b;  // B prepared at session creation, if constant
 
   LMulKernel(const OrtKernelInfo* info) {
     node_name = Ort::ConstKernelInfo(info).GetNodeName();
@@ -247,8 +171,8 @@ struct LMulKernel {
     } else {
       return;
     }
-    constant_b = PackedB::from<S>(static_cast<const T*>(b.GetTensorRawData()), shape, matrices, k, n, trans_b,
-                                  mantissa_bits, SerialRunner{});
+    constant_b = lmul::pack_b<S>(static_cast<const T*>(b.GetTensorRawData()), shape, matrices, k, n, trans_b,
+                                 mantissa_bits, lmul::run_serially);
   }
 
   OrtStatusPtr ComputeV2(OrtKernelContext* raw_context) noexcept { return guarded<Kind>(node_name, [&] { Compute(raw_context); }); }
@@ -269,28 +193,12 @@ struct LMulKernel {
     if (!lmul::make_broadcast_plan(shape_of(a), shape_of(b), plan, error)) throw NodeError(error);
     Ort::UnownedValue y = context.GetOutput(0, plan.out_shape);
     if (plan.total == 0) return;
-    const T* pa = static_cast<const T*>(a.GetTensorRawData());
-    const T* pb = static_cast<const T*>(b.GetTensorRawData());
-    T* py = static_cast<T*>(y.GetTensorMutableRawData());
-    const size_t chunk = kMinOpsPerTask;
-    const int m = mantissa_bits;
-    const uint32_t product_bias = bias;
-    auto task = [&](size_t t) {
-      const size_t begin = t * chunk, end = std::min(plan.total, begin + chunk);
-      lmul::for_each_run(plan, begin, end,
-                         [&](size_t ao, size_t bo, size_t yo, size_t length, size_t as, size_t bs) {
-                           if constexpr (std::is_same<T, float>::value) {
-                             lmul::lmul_run_float32(pa + ao, as, pb + bo, bs, py + yo, length, m, product_bias);
-                           } else {
-                             lmul::lmul_run<S>(pa + ao, as, pb + bo, bs, py + yo, length, m, product_bias);
-                           }
-                         });
-    };
-    parallel_for(context, ceil_div(plan.total, chunk), task);
+    lmul::lmul_elementwise<S>(plan, static_cast<const T*>(a.GetTensorRawData()),
+                              static_cast<const T*>(b.GetTensorRawData()), static_cast<T*>(y.GetTensorMutableRawData()),
+                              mantissa_bits, bias, pool_of(context));
   }
 
-  // LMulMatMul and LMulGemm: round and scan the operands once, pick the fastest exact
-  // variant (lmul_gemm.h), then compute independent (batch, row block, panel) tasks.
+  // LMulMatMul and LMulGemm: shapes and attributes here, the product in lmul_matmul.h.
   void ComputeMatrixProduct(Ort::KernelContext& context) const {
     const Ort::ConstValue a = context.GetInput(0), b = context.GetInput(1);
     const lmul::Shape a_shape = shape_of(a), b_shape = shape_of(b);
@@ -315,126 +223,39 @@ struct LMulKernel {
       mm.a_matrix = mm.b_matrix = {0};
     }
     Ort::UnownedValue y = context.GetOutput(0, mm.out_shape);
-    const size_t m = mm.m, k = mm.k, n = mm.n, batches = mm.a_matrix.size();
-    if (m == 0 || n == 0 || batches == 0) return;
-
-    const T* pa = static_cast<const T*>(a.GetTensorRawData());
-    const T* pb = static_cast<const T*>(b.GetTensorRawData());
-    const PoolRunner pool{context};
-    // A rounded once (not once per product) and scanned, in parallel row chunks.
-    constexpr size_t kRowsPerChunk = 64;
-    const size_t a_chunks = ceil_div(m, kRowsPerChunk);
-    std::unique_ptr<uint32_t[]> a_packed(new uint32_t[std::max<size_t>(1, mm.a_matrices * m * k)]);
-    std::vector<lmul::OperandRange> a_ranges(mm.a_matrices * a_chunks);
-    const size_t a_row_stride = trans_a ? 1 : k, a_col_stride = trans_a ? m : 1;
-    pool(mm.a_matrices * a_chunks, [&](size_t t) {
-      const size_t i = t / a_chunks, r0 = (t % a_chunks) * kRowsPerChunk, r1 = std::min(m, r0 + kRowsPerChunk);
-      uint32_t* rows = a_packed.get() + i * m * k + r0 * k;
-      lmul::pack_rounded<S>(pa + i * m * k + r0 * a_row_stride, r1 - r0, k, a_row_stride, a_col_stride, mantissa_bits,
-                            rows);
-      a_ranges[t].scan(rows, (r1 - r0) * k);
-    });
-    lmul::OperandRange a_range;
-    for (const lmul::OperandRange& part : a_ranges) a_range.merge(part);
-
-    std::unique_ptr<const PackedB> per_call_b;
-    if (!(constant_b && constant_b->shape == b_shape)) {
-      per_call_b = PackedB::from<S>(pb, b_shape, mm.b_matrices, k, n, trans_b, mantissa_bits, pool);
+    lmul::ProductOperands<S> operands;
+    operands.a = static_cast<const T*>(a.GetTensorRawData());
+    operands.b = static_cast<const T*>(b.GetTensorRawData());
+    operands.trans_a = trans_a;
+    operands.trans_b = trans_b;
+    if (constant_b && constant_b->shape == b_shape) operands.prepared_b = constant_b.get();
+    lmul::GemmTerms<S> terms;
+    terms.alpha = alpha;
+    terms.beta = beta;
+    if (c) {
+      terms.c = static_cast<const T*>(c.GetTensorRawData());
+      terms.c_row_stride = gemm.c_row_stride;
+      terms.c_col_stride = gemm.c_col_stride;
     }
-    const PackedB& packed_b = per_call_b ? *per_call_b : *constant_b;
-
-    T* py = static_cast<T*>(y.GetTensorMutableRawData());
-    const T* pc = c ? static_cast<const T*>(c.GetTensorRawData()) : nullptr;
-
-    // Can every product be one integer add (lmul_gemm.h)?
-    const size_t nr = lmul::panel_width();
-    const lmul::GemmVariant variant = lmul::choose_variant(a_range, packed_b.range, bias, packed_b.panels != nullptr);
-    const bool fast = lmul::is_one_add(variant);
-    const size_t panels = fast ? packed_b.panels_per_matrix : 1;
-    // The portable loop needs row-major rounded B, which packed panels do not keep.
-    std::vector<uint32_t> b_rounded;
-    if (!fast && packed_b.rounded.empty()) {
-      b_rounded = PackedB::round_row_major<S>(pb, mm.b_matrices, k, n, trans_b, mantissa_bits, pool);
-    }
-    const uint32_t* b_row_major = packed_b.rounded.empty() ? b_rounded.data() : packed_b.rounded.data();
-    std::unique_ptr<float[]> a_mask(lmul::masks_a(variant) ? new float[mm.a_matrices * m * k] : nullptr);
-    const float* b_masks = lmul::masks_b(variant) ? packed_b.masks.get() : nullptr;
-    if (fast) {
-      const uint32_t stand_in = lmul::zero_stand_in_a(packed_b.range);
-      pool(mm.a_matrices * a_chunks, [&](size_t t) {
-        const size_t i = t / a_chunks, r0 = (t % a_chunks) * kRowsPerChunk, r1 = std::min(m, r0 + kRowsPerChunk);
-        const size_t offset = i * m * k + r0 * k;
-        lmul::prepare_a(a_packed.get() + offset, a_mask ? a_mask.get() + offset : nullptr, (r1 - r0) * k, variant,
-                        bias, stand_in);
-      });
-    }
-
-    // float32 results are summed in place; other types go through a float32 scratch buffer.
-    constexpr bool kInPlace = std::is_same<T, float>::value && Kind == OpKind::kMatMul;
-    const size_t row_ops = std::max<size_t>(1, k * n);
-    const size_t rows_per_task = std::min(m, std::max<size_t>(fast ? 48 : 1, kMinOpsPerTask / row_ops));
-    const size_t row_blocks = ceil_div(m, rows_per_task);
-    // Few rows (e.g. matrix-vector): split the columns too, so that every thread gets work.
-    const size_t panel_ops = std::max<size_t>(1, rows_per_task * k * (fast ? nr : n));
-    const size_t panels_per_task = fast ? std::max<size_t>(1, (kMinOpsPerTask * 4) / panel_ops) : 1;
-    const size_t panel_blocks = fast ? ceil_div(panels, panels_per_task) : 1;
-    std::unique_ptr<float[]> scratch(kInPlace ? nullptr : new float[batches * m * n]);
-
-    auto task = [&](size_t t) {
-      const size_t batch = t / (row_blocks * panel_blocks), rest = t % (row_blocks * panel_blocks);
-      const size_t r0 = (rest / panel_blocks) * rows_per_task, r1 = std::min(m, r0 + rows_per_task);
-      float* acc = kInPlace ? reinterpret_cast<float*>(py) + batch * m * n : scratch.get() + batch * m * n;
-      const uint32_t* a_matrix = a_packed.get() + mm.a_matrix[batch] * m * k;
-      size_t j0 = 0, j1 = n;
-      if (fast) {
-        const size_t p0 = (rest % panel_blocks) * panels_per_task, p1 = std::min(panels, p0 + panels_per_task);
-        j0 = p0 * nr;
-        j1 = std::min(n, p1 * nr);
-        const size_t b_offset = mm.b_matrix[batch] * panels * k * nr;
-        lmul::lmul_gemm_fast(variant, a_matrix, a_mask ? a_mask.get() + mm.a_matrix[batch] * m * k : nullptr,
-                             packed_b.panels.get() + b_offset, b_masks ? b_masks + b_offset : nullptr, k, n, r0, r1,
-                             p0, p1, acc, n);
-      } else {
-        const auto rows = variant == lmul::GemmVariant::kNormal ? lmul::lmul_matmul_rows_normal : lmul::lmul_matmul_rows;
-        rows(a_matrix, b_row_major + mm.b_matrix[batch] * k * n, k, n, r0, r1, bias, acc + r0 * n);
-      }
-      if (kInPlace) return;
-      for (size_t r = r0; r < r1; ++r) {
-        const float* s = acc + r * n;
-        T* out = py + batch * m * n + r * n;
-        for (size_t j = j0; j < j1; ++j) {
-          float value = s[j];
-          if (Kind == OpKind::kGemm) {
-            value = alpha * value;  // ordinary float32 scalings (SPEC 3)
-            if (pc) value += beta * S::load(pc[r * gemm.c_row_stride + j * gemm.c_col_stride]);
-          }
-          out[j] = S::store(value);
-        }
-      }
-    };
-    parallel_for(context, batches * row_blocks * panel_blocks, task);
+    lmul::lmul_matrix_product<S>(mm, operands, mantissa_bits, bias, Kind == OpKind::kGemm ? &terms : nullptr,
+                                 static_cast<T*>(y.GetTensorMutableRawData()), pool_of(context));
   }
 };
 
 // onnxruntime's thread pool as the kernels' ParallelFor. A task that throws (out of
 // memory) must not unwind through onnxruntime's threads: the failure is rethrown here.
 lmul::ParallelFor pool_parallel_for(const Ort::KernelContext& context) {
-  return [&context](size_t tasks, const std::function<void(size_t)>& task) {
+  return [pool = pool_of(context)](size_t tasks, const std::function<void(size_t)>& task) {
     std::atomic<bool> failed{false};
-    std::function<void(size_t)> safe = [&](size_t i) {
+    pool(tasks, [&](size_t i) {
       try {
         task(i);
       } catch (...) {
         failed = true;
       }
-    };
-    parallel_for(context, tasks, safe);
+    });
     if (failed) throw std::bad_alloc();
   };
-}
-
-void serial_for(size_t tasks, const std::function<void(size_t)>& task) {
-  for (size_t i = 0; i < tasks; ++i) task(i);
 }
 
 // LMulConv and LMulConvTranspose: attributes checked when the session is created,
@@ -481,7 +302,7 @@ struct LMulConvKernel {
     if (!WeightsUsable(shape)) return;  // Compute reports the error
     auto prepared = std::make_unique<lmul::ConvWeights>();
     lmul::round_conv_weights<S>(static_cast<const T*>(w.GetTensorRawData()), shape,
-                                static_cast<size_t>(attributes.group), kTranspose, mantissa_bits, serial_for,
+                                static_cast<size_t>(attributes.group), kTranspose, mantissa_bits, lmul::run_serially,
                                 *prepared);
     constant_w = std::move(prepared);
   }
@@ -518,8 +339,8 @@ struct LMulConvKernel {
     const size_t x_count = plan.batch * plan.in_channels * plan.in_pixels;
     std::unique_ptr<uint32_t[]> x_bits(new uint32_t[std::max<size_t>(1, x_count)]);
     const T* px = static_cast<const T*>(x.GetTensorRawData());
-    const size_t chunk = kMinOpsPerTask;
-    parallel(ceil_div(x_count, chunk), [&](size_t t) {
+    constexpr size_t chunk = size_t{1} << 16;  // elements per task of the conversions
+    parallel((x_count + chunk - 1) / chunk, [&](size_t t) {
       const size_t begin = t * chunk, count = std::min(chunk, x_count - begin);
       lmul::pack_rounded<S>(px + begin, 1, count, 0, 1, mantissa_bits, x_bits.get() + begin);
     });
@@ -545,7 +366,7 @@ struct LMulConvKernel {
     float* out = kInPlace ? reinterpret_cast<float*>(py) : scratch.get();
     lmul::lmul_conv(plan, weights, x_bits.get(), b ? b_values.data() : nullptr, bias, out, parallel);
     if (!kInPlace) {
-      parallel(ceil_div(y_count, chunk), [&](size_t t) {
+      parallel((y_count + chunk - 1) / chunk, [&](size_t t) {
         const size_t begin = t * chunk, end = std::min(y_count, begin + chunk);
         for (size_t i = begin; i < end; ++i) py[i] = S::store(out[i]);
       });

@@ -15,7 +15,9 @@ from lmul_onnx.numerics import (
     round_mantissa,
 )
 from lmul_onnx.ops import DOMAIN, DOMAIN_VERSION
+from lmul_onnx.plan import Plan, load_plan
 from lmul_onnx.runtime import InferenceSession, LibraryNotFoundError, get_library_path, session_options
+from lmul_onnx.tune import Budget, TuneResult, tune
 from lmul_onnx.validate import ValidationReport, validate
 
 __version__ = "0.1.0"
@@ -23,10 +25,13 @@ __version__ = "0.1.0"
 __all__ = [
     "DOMAIN",
     "DOMAIN_VERSION",
+    "Budget",
     "ConversionReport",
     "InferenceSession",
     "LibraryNotFoundError",
     "ModelLoadError",
+    "Plan",
+    "TuneResult",
     "ValidationReport",
     "convert",
     "convert_file",
@@ -36,8 +41,10 @@ __all__ = [
     "lmul_conv_transpose",
     "lmul_gemm",
     "lmul_matmul",
+    "load_plan",
     "offset_exponent_bits",
     "round_mantissa",
     "session_options",
+    "tune",
     "validate",
 ]

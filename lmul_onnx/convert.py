@@ -33,6 +33,7 @@ from lmul_onnx.passes.offsets import (
 )
 from lmul_onnx.passes.rewrite import LMulRewritePass, NodeRecord
 from lmul_onnx.passes.selection import Scope, SelectionOptions
+from lmul_onnx.plan import Plan, load_plan
 
 __all__ = ["ConversionReport", "ModelLoadError", "convert", "convert_file", "convert_model"]
 
@@ -214,6 +215,28 @@ def convert_file(
     return report
 
 
+def selection_options(
+    *,
+    op_types_to_quantize: Sequence[str] = SUPPORTED_OPS,
+    scope: str | Scope = Scope.ALL,
+    nodes_to_include: Sequence[str] = (),
+    nodes_to_exclude: Sequence[str] = (),
+    mantissa_bits: int | None = None,
+    mantissa_bits_for: dict[str, int] | None = None,
+    every_product: bool = False,
+) -> SelectionOptions:
+    """The :class:`SelectionOptions` of :func:`convert`'s keyword arguments (same meanings)."""
+    return SelectionOptions(
+        ops=tuple(op_types_to_quantize),
+        scope=Scope(scope),
+        include=tuple(nodes_to_include),
+        exclude=tuple(nodes_to_exclude),
+        mantissa_bits=mantissa_bits,
+        mantissa_bits_for=tuple((mantissa_bits_for or {}).items()),
+        every_product=every_product,
+    )
+
+
 def convert(
     model: ModelInput,
     output_path: str | os.PathLike[str] | None = None,
@@ -226,6 +249,8 @@ def convert(
     mantissa_bits_for: dict[str, int] | None = None,
     offset: Choice | float = "paper",
     offset_for: dict[str, Choice | float] | None = None,
+    every_product: bool = False,
+    plan: str | os.PathLike[str] | Plan | None = None,
 ) -> onnx.ModelProto:
     """Rewrite the MatMul / Gemm / Mul / Conv / ConvTranspose nodes of a model into L-Mul ops.
 
@@ -247,6 +272,11 @@ def convert(
             :data:`lmul_onnx.offsets.UNBIASED_OFFSETS` for the node's ``m``), an int
             (the attribute, 0 <= offset < 2^23) or a float fraction in [0, 1).
         offset_for: per-node overrides ``{regex: choice}``; the first match wins.
+        every_product: also convert products whose constant operand is exactly 0, ±2^k or
+            a 0/1 mask (left exact by default: L-Mul would only add error to them).
+        plan: a plan from :func:`lmul_onnx.tune` (a path or a ``Plan``): convert exactly
+            the nodes it converts, at its widths and offsets; the selection and offset
+            options are then ignored.
 
     Returns:
         The converted model as an ``onnx.ModelProto``. Models with external data are
@@ -257,16 +287,22 @@ def convert(
         ModelLoadError: the input cannot be read as ONNX, or is a model onnxruntime
             would refuse (see :func:`lmul_onnx.graph.check`).
         ValueError: an invalid option, or an output path equal to the input.
+        lmul_onnx.plan.PlanError: an unreadable plan.
     """
-    options = SelectionOptions(
-        ops=tuple(op_types_to_quantize),
-        scope=Scope(scope),
-        include=tuple(nodes_to_include),
-        exclude=tuple(nodes_to_exclude),
-        mantissa_bits=mantissa_bits,
-        mantissa_bits_for=tuple((mantissa_bits_for or {}).items()),
-    )
-    offsets = OffsetOptions(offset, tuple((offset_for or {}).items()))
+    if plan is not None:
+        loaded = plan if isinstance(plan, Plan) else load_plan(plan)
+        options, offsets = loaded.selection_options(), loaded.offset_options()
+    else:
+        options = selection_options(
+            op_types_to_quantize=op_types_to_quantize,
+            scope=scope,
+            nodes_to_include=nodes_to_include,
+            nodes_to_exclude=nodes_to_exclude,
+            mantissa_bits=mantissa_bits,
+            mantissa_bits_for=mantissa_bits_for,
+            every_product=every_product,
+        )
+        offsets = OffsetOptions(offset, tuple((offset_for or {}).items()))
     if isinstance(model, (str, os.PathLike)) and output_path is not None:
         convert_file(model, output_path, options, offsets=offsets)
         return onnx.load(os.fspath(output_path), load_external_data=False)

@@ -25,6 +25,11 @@ as one integer addition as wide as the operands: int32 for float32. Assumptions 
 that source, labelled as such in every report): bfloat16 costs what float16 costs, and a
 16-bit integer add costs 0.05 pJ (half of int32, between the source's 8- and 32-bit
 adds). Summation stays in floating point in both cases, as in the paper's analysis.
+
+Products whose constant operand is exactly 0, ±2^k or a 0/1 mask
+(:mod:`lmul_onnx.passes.exact_products`) need no multiplier at all; they are marked
+(``exact``: the reason) and totalled separately under ``exact_products``, priced like
+the others so that the totals stay comparable.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import onnx_ir as ir
 from lmul_onnx import graph
 from lmul_onnx.conv import conv_operation_counts
 from lmul_onnx.ops import STANDARD_TO_LMUL
+from lmul_onnx.passes.exact_products import exact_product_reason
 from lmul_onnx.passes.selection import CONVERTIBLE_TYPES
 
 DEFAULT_TABLE_PJ: dict[str, float] = {
@@ -74,6 +80,7 @@ class NodeCount:
     key: str = ""  # stable identity (graph.NodeEntry.key)
     executions: int | None = 1  # times the node runs per model run; None: unknown trip count
     per_iteration: bool = False  # inside a Loop/Scan of unknown length: counts are per iteration
+    exact: str | None = None  # why the product needs no multiplier (exact_products), if it does not
 
 
 def load_table(path: str | os.PathLike[str] | None) -> dict[str, float]:
@@ -215,10 +222,12 @@ def count(model: ir.Model, types: graph.Types, table: Mapping[str, float] | None
                 entry.key,
                 executions,
                 executions is None,
+                exact_product_reason(node),
             )
         )
     known = [n for n in nodes if n.multiplications is not None]
     converted = [n for n in known if n.is_lmul]
+    exact = [n for n in known if n.exact]
     return {
         "total": {
             "multiplications": sum(n.multiplications for n in known),
@@ -230,6 +239,11 @@ def count(model: ir.Model, types: graph.Types, table: Mapping[str, float] | None
             "converted_saving_percent": _saving(converted, "lmul"),
             "unknown_nodes": len(nodes) - len(known),
             "per_iteration_nodes": sum(1 for n in known if n.per_iteration),
+            "exact_products": {
+                "nodes": len(exact),
+                "multiplications": sum(n.multiplications for n in exact),
+                "energy_pj": {key: sum(n.energy_pj[key] for n in exact) for key in _PRICES},
+            },
         },
         "per_op": {
             op: {

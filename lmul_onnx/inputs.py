@@ -92,6 +92,16 @@ def generate(specs: list[InputSignature], options: InputOptions, sample: int = 0
     return feeds
 
 
+def samples_for(
+    specs: list[InputSignature], inputs: str | Path | None, samples: int, options: InputOptions
+) -> list[dict[str, np.ndarray]]:
+    """The inputs of a run: the samples of an ``.npz`` when given, else ``samples``
+    generated ones (what ``validate`` and ``tune`` both use)."""
+    if inputs is not None:
+        return load_npz(inputs, specs)
+    return [generate(specs, options, i) for i in range(samples)]
+
+
 def load_npz(path: str | Path, specs: list[InputSignature]) -> list[dict[str, np.ndarray]]:
     """Samples from an ``.npz``: keys ``NAME`` (one sample) or ``I/NAME`` (sample I)."""
     try:

@@ -235,11 +235,8 @@ def validate(
     if output_names != [o.name for o in converted_ir.graph.outputs]:
         raise model_inputs.InputError("the two models have different graph outputs")
     specs = model_inputs.signature(reference)
-    if inputs is not None:
-        feeds_list = model_inputs.load_npz(inputs, specs)
-    else:
-        options = model_inputs.InputOptions(dims=dict(dims or {}), ranges=dict(input_ranges or {}), seed=seed)
-        feeds_list = [model_inputs.generate(specs, options, i) for i in range(samples)]
+    options = model_inputs.InputOptions(dims=dict(dims or {}), ranges=dict(input_ranges or {}), seed=seed)
+    feeds_list = model_inputs.samples_for(specs, inputs, samples, options)
     if save_inputs is not None:
         model_inputs.save_npz(save_inputs, feeds_list)
 

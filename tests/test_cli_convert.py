@@ -18,7 +18,7 @@ from lmul_onnx.cli.main import main
 
 @pytest.fixture
 def model_path(tmp_path: Path) -> Path:
-    w = numpy_helper.from_array(np.ones((4, 3), np.float32), "W")
+    w = numpy_helper.from_array(np.full((4, 3), 0.75, np.float32), "W")  # not a power of two
     graph = helper.make_graph(
         [
             helper.make_node("MatMul", ["x", "W"], ["h"], name="mm"),

@@ -109,3 +109,25 @@ def test_lmul_broadcasting(
     assert_same_bits(
         run_op("LMul", [b, a], threads=threads, mantissa_bits=3), expected.reshape(expected.shape)
     )
+
+
+@pytest.mark.parametrize("m", [1, 4, 7, 23])
+@pytest.mark.parametrize("offset", [None, 0, (1 << 23) - 1])
+def test_lmul_float32_one_add_pass(
+    m: int, offset: int | None, rng: np.random.Generator, run_op: Callable
+) -> None:
+    # Data whose products are each one integer add take lmul_run_float32's first pass
+    # (zeros and subnormals included); one infinity, an overflow or a value that saturates
+    # when rounded sends its run (of up to 65536 elements) back to the full product.
+    a = rng.standard_normal(70000).astype(np.float32)
+    b = rng.standard_normal(70000).astype(np.float32)
+    a[::7], a[3::11], b[5::13], b[6::17] = 0.0, -0.0, np.float32(1e-41), np.float32(-1e-41)
+    cases = {"in range": (a, b)}
+    for name, index, value in (("inf", 100, np.inf), ("overflow", 202, 3e38), ("nan", 66000, np.nan)):
+        x = a.copy()
+        x[index] = value
+        cases[name] = (x, b * np.float32(1e10) if name == "overflow" else b)
+    for x, y in cases.values():
+        attrs = {"mantissa_bits": m} if offset is None else {"mantissa_bits": m, "offset": offset}
+        expected = numerics.lmul(x, y, mantissa_bits=m, offset=offset)
+        assert_same_bits(run_op("LMul", [x, y], **attrs), expected)

@@ -7,6 +7,7 @@ compared with a tolerance proportional to K * 2^-23 * sum(|products|).
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import product
 
 import ml_dtypes
 import numpy as np
@@ -162,3 +163,21 @@ def test_gemm_half_types(dtype: type, rng: np.random.Generator, run_op: Callable
     expected = numerics.lmul_gemm(a, b, c, alpha=1.5, beta=0.25, trans_b=True, accumulate=np.float64)
     tolerance = 1.5 * sum_tolerance(a, b.T, None, 10) + 2.0**-22 * np.abs(expected) + 2.0**-22
     assert_close_to_reference(result, expected, tolerance)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5, 8])
+def test_small_m_special_values(rows: int, rng: np.random.Generator, run_op: Callable) -> None:
+    # Few rows against a per-call B take the small-M kernel (no packing); with K = 2 the
+    # float32 sum is the correctly rounded sum, so the reference matches bit for bit.
+    values = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, 1e-41, 3e38, 1e-30, 1.5, -2.0], np.float32)
+    b = rng.choice(values, (2, 37)).astype(np.float32)
+    b[:, :20] = rng.standard_normal((2, 20))  # some columns with a one-add-exact B
+    for a, m in product((rng.choice(values, (rows, 2)), rng.standard_normal((rows, 2))), (None, 4)):
+        a = a.astype(np.float32)
+        attrs = {} if m is None else {"mantissa_bits": m}
+        result = run_op("LMulMatMul", [a, b], **attrs)
+        with np.errstate(invalid="ignore", over="ignore"):  # inf - inf in the reference's sums
+            expected = numerics.lmul_matmul(a, b, mantissa_bits=m)
+        assert np.array_equal(np.isnan(result), np.isnan(expected))
+        finite = ~np.isnan(expected)
+        assert np.array_equal(result[finite].view(np.uint32), expected[finite].view(np.uint32))

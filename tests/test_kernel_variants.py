@@ -67,6 +67,7 @@ RUNNER = textwrap.dedent(
     import sys
     import numpy as np
     import onnx
+    import onnxruntime
     from onnx import TensorProto, helper, numpy_helper
     import lmul_onnx
 
@@ -83,6 +84,24 @@ RUNNER = textwrap.dedent(
         "batched": (rng.standard_normal((3, 9, 70)).astype(np.float32), b),
         "wide": (a * np.float32(1e18), b * np.float32(1e19)),
     }
+    # Small M against a per-call B (custom_ops/kernels/lmul_small_m.h): every M up to 8,
+    # N off the vector width, heads, and each special value.
+    specials = {"inf": np.inf, "nan": np.nan, "zero": 0.0, "subnormal": 1e-41, "huge": 3e38}
+    for rows in range(1, 10):
+        cases[f"m{rows}"] = (a[:rows], b)
+    for name, value in specials.items():
+        x, y = a[:2].copy(), b.copy()
+        y[5, 7] = value
+        cases[f"m2_b_{name}"] = (x, y)
+        x, y = a[:1].copy(), b.copy()
+        x[0, 9] = value
+        cases[f"m1_a_{name}"] = (x, y)
+    cases["m3_zeros"] = (np.maximum(a[:3], 0), np.where(np.abs(b) < 0.3, -0.0, b).astype(np.float32))
+    cases["m1_overflow"] = (a[:1] * np.float32(1e20), b * np.float32(1e20))
+    cases["heads"] = (rng.standard_normal((12, 1, 70)).astype(np.float32),
+                      rng.standard_normal((12, 70, 37)).astype(np.float32))
+    cases["long_rows"] = (rng.standard_normal((2, 70)).astype(np.float32),
+                          rng.standard_normal((70, 700)).astype(np.float32))
     results = {}
     for name, (x, y) in cases.items():
         for constant in (False, True):
@@ -91,6 +110,7 @@ RUNNER = textwrap.dedent(
             if not constant:
                 inputs.append(helper.make_tensor_value_info("B", TensorProto.FLOAT, list(y.shape)))
             for op, attrs in (("LMulMatMul", {}), ("LMulMatMul", {"mantissa_bits": 4}),
+                              ("LMulMatMul", {"mantissa_bits": 1}),
                               ("LMulMatMul", {"mantissa_bits": 3, "offset": 0}),
                               ("LMulMatMul", {"offset": 8388607}),
                               ("LMulMatMul", {"mantissa_bits": 4, "offset": 471942})):
@@ -100,8 +120,11 @@ RUNNER = textwrap.dedent(
                 model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
                                           helper.make_opsetid("lmul", 1)], ir_version=9)
                 feeds = {"A": x} if constant else {"A": x, "B": y}
-                session = lmul_onnx.InferenceSession(model.SerializeToString())
-                results[f"{name}_{constant}_{attrs}"] = session.run(None, feeds)[0]
+                for threads in (1, 2) if not attrs else (1,):
+                    options = onnxruntime.SessionOptions()
+                    options.intra_op_num_threads = threads
+                    session = lmul_onnx.InferenceSession(model.SerializeToString(), options)
+                    results[f"{name}_{constant}_{attrs}_{threads}"] = session.run(None, feeds)[0]
     gemm_b = rng.standard_normal((133, 70)).astype(np.float32)
     node = helper.make_node("LMulGemm", ["A", "B", "C"], ["Y"], domain="lmul", transB=1, alpha=0.5)
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("A", 1, [37, 70])],

@@ -54,3 +54,5 @@ def test_readme_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     exec(compile(example.group(1), "README.md", "exec"), namespace)
     assert (tmp_path / "model.lmul.onnx").is_file()
     assert namespace["report"].outputs and namespace["so"] is not None
+    assert namespace["result"].passed
+    assert (tmp_path / "model.tuned.onnx").read_bytes() == (tmp_path / "again.onnx").read_bytes()

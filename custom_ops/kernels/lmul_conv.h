@@ -23,11 +23,9 @@
 #include "conv_shapes.h"
 #include "lmul_gemm.h"
 #include "lmul_kernels.h"
+#include "lmul_matmul.h"  // ParallelFor
 
 namespace lmul {
-
-// Runs task(i) for i < tasks, in any order, possibly concurrently.
-using ParallelFor = std::function<void(size_t tasks, const std::function<void(size_t)>& task)>;
 
 // The weights as the A operand, rounded: per group a `rows` x `depth` row-major matrix.
 //   Conv:          rows = M/group (output channels), depth = C/group * kernel size

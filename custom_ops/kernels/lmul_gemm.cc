@@ -6,11 +6,8 @@
 
 #include "lmul_arith.h"
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#if LMUL_HAVE_X86_SIMD
 #include <immintrin.h>
-#define LMUL_HAVE_X86_SIMD 1
-#else
-#define LMUL_HAVE_X86_SIMD 0
 #endif
 
 namespace lmul {

@@ -18,6 +18,16 @@
 //
 // Every variant sums each output element over k = 0..K-1 in order, in float32, exactly
 // like the portable loop in lmul_kernels.cc, so all variants give identical bits.
+//
+// Using the kernels (lmul_matmul.cc does this for LMulMatMul / LMulGemm):
+//   1. round both operands to m bits and scan them: OperandRange::scan, or scan_rounded
+//      straight from a tensor;
+//   2. choose_variant(a_range, b_range, lmul_bias(m), panel_width() > 0); if it is not
+//      is_one_add, use lmul_matmul_rows / lmul_matmul_rows_normal (lmul_kernels.h);
+//   3. pack B into panels of panel_width() columns with pack_panels_rounded, zeros
+//      replaced by zero_stand_in_b(b_range) (masks needed when b_range.has_zero);
+//   4. prepare A in place with prepare_a (and its masks when masks_a(variant));
+//   5. lmul_gemm_fast over any split of rows and panels (calls never share output).
 #pragma once
 
 #include <cstddef>

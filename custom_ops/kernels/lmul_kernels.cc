@@ -58,7 +58,36 @@ __attribute__((always_inline)) inline void lmul_map(const float* __restrict a, s
     return bits_float(lmul_rounded_bits(xb, yb, bias));
   };
   if (a_step == 1 && b_step == 1) {
-    for (size_t i = 0; i < length; ++i) out[i] = product(a[i], b[i]);
+    // First as one integer add per product (lmul_gemm.h), zeros (and subnormals) giving
+    // +-0, while recording both operands' range of non-zero magnitudes; when the range
+    // shows that some product was not one add (a special value, an underflow or
+    // overflow), the run is redone in full. Runs are short (the binding's tasks), so the
+    // redo reads from cache.
+    uint32_t a_min = 0xFFFFFFFFu, a_max = 0, b_min = 0xFFFFFFFFu, b_max = 0;
+    for (size_t i = 0; i < length; ++i) {
+      uint32_t xb = float_bits(a[i]), yb = float_bits(b[i]);
+      if (kRound) {
+        xb = round_dropping_bits(xb, drop);
+        yb = round_dropping_bits(yb, drop);
+      }
+      const uint32_t xm = xb & kMagnitudeMask, ym = yb & kMagnitudeMask;
+      // All ones for a zero: excluded from the minima, and a select for the product.
+      const uint32_t x_zero = static_cast<uint32_t>(static_cast<int32_t>(xm - kSmallestNormalBits) >> 31);
+      const uint32_t y_zero = static_cast<uint32_t>(static_cast<int32_t>(ym - kSmallestNormalBits) >> 31);
+      a_min = std::min(a_min, xm | x_zero);
+      a_max = std::max(a_max, xm);
+      b_min = std::min(b_min, ym | y_zero);
+      b_max = std::max(b_max, ym);
+      const uint32_t zero = x_zero | y_zero;
+      out[i] = bits_float(((xb - bias + yb) & ~zero) | ((xb ^ yb) & kSignBit & zero));
+    }
+    const bool any_product = a_min != 0xFFFFFFFFu && b_min != 0xFFFFFFFFu;
+    const bool one_add = a_max < kInfBits && b_max < kInfBits &&
+                         (!any_product || (uint64_t{a_min} + b_min >= uint64_t{bias} + kSmallestNormalBits &&
+                                           uint64_t{a_max} + b_max < uint64_t{bias} + kInfBits));
+    if (!one_add) {
+      for (size_t i = 0; i < length; ++i) out[i] = product(a[i], b[i]);
+    }
   } else if (a_step == 1) {
     const float y = b[0];
     for (size_t i = 0; i < length; ++i) out[i] = product(a[i], y);

@@ -19,6 +19,13 @@
 #define LMUL_TARGET_CLONES
 #endif
 
+// Whether the x86 SIMD kernels (AVX2, AVX-512 intrinsics) are compiled in.
+#if defined(__x86_64__) && defined(__GNUC__)
+#define LMUL_HAVE_X86_SIMD 1
+#else
+#define LMUL_HAVE_X86_SIMD 0
+#endif
+
 namespace lmul {
 
 // Storage traits: how an element type is kept in memory and widened/narrowed.

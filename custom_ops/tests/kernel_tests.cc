@@ -1,16 +1,23 @@
 // Stand-alone tests of the C++ arithmetic, without onnxruntime: SPEC worked values, the
-// float16/bfloat16 conversions, and every matmul variant against the portable loop.
+// float16/bfloat16 conversions, every matmul variant against the portable loop, and whole
+// products (packing, scheduling, the small-M kernel) against a scalar reference.
 // Built by tests/test_cpp_kernels.py (or CMake with -DLMUL_BUILD_TESTS=ON); prints
 // "N passed, M failed" and exits non-zero on a failure.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <atomic>
+#include <limits>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include "lmul_arith.h"
 #include "lmul_gemm.h"
 #include "lmul_kernels.h"
+#include "lmul_matmul.h"
+#include "lmul_small_m.h"
+#include "shapes.h"
 
 namespace {
 
@@ -155,12 +162,218 @@ void matmul_variants() {
   check(differ == 0, "normal-operand loop", differ);
 }
 
+
+// A ParallelFor on two threads that take tasks in turn (what onnxruntime's pool may do).
+void two_threads(size_t tasks, const std::function<void(size_t)>& task) {
+  std::atomic<size_t> next{0};
+  auto worker = [&] {
+    for (size_t i = next++; i < tasks; i = next++) task(i);
+  };
+  std::thread other(worker);
+  worker();
+  other.join();
+}
+
+// The scalar reference of a product: SPEC 1 per product, float32 sums in k order.
+std::vector<float> reference_product(const std::vector<float>& a, const std::vector<float>& b, size_t batches,
+                                     size_t m, size_t k, size_t n, bool b_batched, int bits,
+                                     uint32_t bias = 0) {
+  if (bias == 0) bias = lmul::lmul_bias(bits);
+  std::vector<float> y(batches * m * n);
+  for (size_t i = 0; i < batches; ++i) {
+    const float* bm = b.data() + (b_batched ? i * k * n : 0);
+    for (size_t r = 0; r < m; ++r) {
+      for (size_t j = 0; j < n; ++j) {
+        float sum = 0.0f;
+        for (size_t p = 0; p < k; ++p) sum += lmul::lmul_float(a[i * m * k + r * k + p], bm[p * n + j], bits, bias);
+        y[i * m * n + r * n + j] = sum;
+      }
+    }
+  }
+  return y;
+}
+
+size_t differing_bits(const std::vector<float>& got, const std::vector<float>& expected) {
+  size_t differ = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const bool both_nan = std::isnan(got[i]) && std::isnan(expected[i]);
+    differ += !both_nan && lmul::float_bits(got[i]) != lmul::float_bits(expected[i]);
+  }
+  return differ;
+}
+
+// Data of one kind for a product's operands.
+std::vector<float> operand(std::mt19937& rng, size_t count, int kind) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::uniform_real_distribution<float> exponent(-80.0f, 80.0f);
+  std::vector<float> v(count);
+  for (size_t i = 0; i < count; ++i) {
+    float x = normal(rng);
+    switch (kind) {
+      case 1: x = i % 3 == 0 ? (i % 2 ? -0.0f : 0.0f) : x; break;          // zeros of both signs
+      case 2: x = i % 7 == 0 ? 1e-41f : x; break;                           // subnormals (zeros in SPEC)
+      case 3: x = i == count / 2 ? std::numeric_limits<float>::infinity() : x; break;
+      case 4: x = i == count / 3 ? std::numeric_limits<float>::quiet_NaN() : x; break;
+      case 5: x *= std::exp(exponent(rng)); break;                          // whole exponent range
+      case 6: x *= 1e19f; break;                                            // products overflow
+      case 7: x = i % 5 == 0 ? 3.4e38f : x; break;                          // saturates when rounded
+      default: break;
+    }
+    v[i] = x;
+  }
+  return v;
+}
+
+// lmul_matrix_product (packing, scheduling, every kernel) equals the scalar reference, for
+// every M from 1 to 8 (the small-M kernel) and beyond, N off the vector width, batched and
+// broadcast B, special values, and any ParallelFor.
+void matrix_products() {
+  std::mt19937 rng(11);
+  const lmul::ParallelFor schedules[] = {lmul::run_serially, two_threads};
+  struct Shape3 {
+    size_t batches, m, k, n;
+    bool b_batched;
+  };
+  // b_batched: one B matrix per batch (attention) rather than one B for all. The last
+  // two take several passes over B, the last one a B too large to stay in cache.
+  const Shape3 shapes[] = {{1, 1, 64, 80, false},  {1, 2, 33, 16, false}, {1, 3, 17, 47, false},
+                           {1, 4, 5, 130, false},  {1, 5, 70, 64, false}, {1, 6, 9, 7, false},
+                           {1, 7, 40, 150, false}, {1, 8, 64, 96, false}, {3, 1, 64, 33, false},
+                           {12, 1, 20, 70, true},  {2, 8, 3, 17, true},   {1, 13, 70, 150, false},
+                           {1, 1, 0, 20, false},   {2, 9, 31, 65, true},  {1, 1, 200, 100, false},
+                           {1, 2, 300, 530, false}};
+  for (const Shape3& s : shapes) {
+    for (int kind_a : {0, 1, 2, 3, 4, 5, 6}) {
+      for (int kind_b : {0, 1, 2, 3, 4, 5, 6, 7}) {
+        if (kind_a != 0 && kind_b != 0 && kind_a != kind_b) continue;
+        for (int bits : {23, 4, 1}) {
+          // The paper's offset, and the smallest and largest `offset` (SPEC 4).
+          const uint32_t biases[] = {lmul::lmul_bias(bits), lmul::lmul_bias_for_offset(0),
+                                     lmul::lmul_bias_for_offset(lmul::kOffsetLimit - 1)};
+          const uint32_t bias = biases[(kind_a + kind_b) % 3];
+          const std::vector<float> a = operand(rng, s.batches * s.m * s.k, kind_a);
+          const std::vector<float> b = operand(rng, (s.b_batched ? s.batches : 1) * s.k * s.n, kind_b);
+          const std::vector<float> expected =
+              reference_product(a, b, s.batches, s.m, s.k, s.n, s.b_batched, bits, bias);
+          lmul::MatMulPlan plan;
+          std::string error;
+          const lmul::Shape a_shape{int64_t(s.batches), int64_t(s.m), int64_t(s.k)};
+          const lmul::Shape b_shape = s.b_batched ? lmul::Shape{int64_t(s.batches), int64_t(s.k), int64_t(s.n)}
+                                                  : lmul::Shape{int64_t(s.k), int64_t(s.n)};
+          check(lmul::make_matmul_plan(a_shape, b_shape, plan, error), "matmul plan");
+          for (const lmul::ParallelFor& schedule : schedules) {
+            lmul::ProductOperands<lmul::Float32Storage> operands;
+            operands.a = a.data();
+            operands.b = b.data();
+            std::vector<float> got(expected.size(), -1.0f);
+            lmul::lmul_matrix_product<lmul::Float32Storage>(plan, operands, bits, bias, nullptr, got.data(), schedule);
+            check(differing_bits(got, expected) == 0, "matrix product, B per call",
+                  (uint64_t{s.m} << 32) | (uint64_t(kind_a) << 16) | (uint64_t(kind_b) << 8) | uint64_t(bits));
+            // The same B packed beforehand, as constant weights are.
+            const auto packed = lmul::pack_b<lmul::Float32Storage>(b.data(), b_shape, plan.b_matrices, s.k, s.n,
+                                                                   false, bits, schedule);
+            operands.prepared_b = packed.get();
+            std::fill(got.begin(), got.end(), -1.0f);
+            lmul::lmul_matrix_product<lmul::Float32Storage>(plan, operands, bits, bias, nullptr, got.data(), schedule);
+            check(differing_bits(got, expected) == 0, "matrix product, B packed",
+                  (uint64_t{s.m} << 32) | (uint64_t(kind_a) << 16) | (uint64_t(kind_b) << 8) | uint64_t(bits));
+          }
+        }
+      }
+    }
+  }
+}
+
+// The small-M kernel takes its one-add pass on data where that is exact, and hands the
+// block to the portable loop where it is not.
+void small_m_paths() {
+  std::mt19937 rng(5);
+  const size_t k = 24, n = 64;
+  auto run = [&](int kind_a, int kind_b, int bits) {
+    const std::vector<float> a = operand(rng, 2 * k, kind_a), b = operand(rng, k * n, kind_b);
+    std::vector<uint32_t> rounded(a.size());
+    for (size_t i = 0; i < a.size(); ++i) rounded[i] = lmul::round_mantissa_bits(lmul::float_bits(a[i]), bits);
+    lmul::OperandRange range;
+    range.scan(rounded.data(), rounded.size());
+    std::vector<float> c(2 * n);
+    const bool fast = lmul::lmul_small_m(rounded.data(), 2, k, range, b.data(), n, 0, n, bits, lmul::lmul_bias(bits), c.data(),
+                                             n);
+    check(differing_bits(c, reference_product(a, b, 1, 2, k, n, false, bits)) == 0, "small-M block");
+    return fast;
+  };
+  if (lmul::simd_lanes() > 0) {
+    check(run(0, 0, 23), "small M: one-add pass on normal data");
+    check(run(1, 1, 4), "small M: one-add pass with zeros");
+    check(run(2, 2, 23), "small M: one-add pass with subnormals");
+  }
+  check(!run(0, 3, 23), "small M: infinity in B goes to the portable loop");
+  check(!run(4, 0, 23), "small M: NaN in A goes to the portable loop");
+  check(!run(6, 6, 23), "small M: overflow goes to the portable loop");
+  check(!run(0, 7, 1), "small M: saturation goes to the portable loop");
+}
+
+// Gemm's terms and the 16-bit storage types go through the same driver.
+void gemm_terms_and_storage() {
+  std::mt19937 rng(3);
+  const size_t m = 3, k = 10, n = 21;
+  const std::vector<float> a = operand(rng, m * k, 0), b = operand(rng, k * n, 0), c = operand(rng, n, 0);
+  lmul::MatMulPlan plan;
+  std::string error;
+  check(lmul::make_matmul_plan({int64_t(m), int64_t(k)}, {int64_t(k), int64_t(n)}, plan, error), "plan");
+  std::vector<float> expected = reference_product(a, b, 1, m, k, n, false, 7);
+  for (size_t r = 0; r < m; ++r)
+    for (size_t j = 0; j < n; ++j) expected[r * n + j] = 0.5f * expected[r * n + j] + 2.0f * c[j];
+  lmul::GemmTerms<lmul::Float32Storage> terms;
+  terms.alpha = 0.5f;
+  terms.beta = 2.0f;
+  terms.c = c.data();
+  terms.c_col_stride = 1;
+  lmul::ProductOperands<lmul::Float32Storage> operands;
+  operands.a = a.data();
+  operands.b = b.data();
+  std::vector<float> got(m * n);
+  lmul::lmul_matrix_product<lmul::Float32Storage>(plan, operands, 7, lmul::lmul_bias(7), &terms, got.data(), lmul::run_serially);
+  check(differing_bits(got, expected) == 0, "Gemm terms");
+  // bfloat16: the operands widened exactly, the float32 result rounded to bfloat16.
+  std::vector<uint16_t> a16(a.size()), b16(b.size()), y16(m * n);
+  std::vector<float> a_wide(a.size()), b_wide(b.size());
+  for (size_t i = 0; i < a.size(); ++i) a_wide[i] = lmul::bfloat16_to_float(a16[i] = lmul::float_to_bfloat16(a[i]));
+  for (size_t i = 0; i < b.size(); ++i) b_wide[i] = lmul::bfloat16_to_float(b16[i] = lmul::float_to_bfloat16(b[i]));
+  const std::vector<float> wide = reference_product(a_wide, b_wide, 1, m, k, n, false, 7);
+  lmul::ProductOperands<lmul::BFloat16Storage> operands16;
+  operands16.a = a16.data();
+  operands16.b = b16.data();
+  lmul::lmul_matrix_product<lmul::BFloat16Storage>(plan, operands16, 7, lmul::lmul_bias(7), nullptr, y16.data(), two_threads);
+  size_t differ = 0;
+  for (size_t i = 0; i < wide.size(); ++i) differ += y16[i] != lmul::float_to_bfloat16(wide[i]);
+  check(differ == 0, "bfloat16 product", differ);
+}
+
+// The element-wise map's one-add first pass (and its fall-back) equal the scalar product.
+void elementwise_pass() {
+  std::mt19937 rng(9);
+  for (int kind : {0, 1, 2, 3, 4, 6, 7}) {
+    for (int bits : {23, 4, 1}) {
+      const std::vector<float> a = operand(rng, 1000, kind), b = operand(rng, 1000, kind == 6 ? 6 : 0);
+      const uint32_t bias = lmul::lmul_bias_for_offset(static_cast<uint32_t>(kind) * 1000003u % lmul::kOffsetLimit);
+      std::vector<float> fast(a.size()), scalar(a.size());
+      lmul::lmul_run_float32(a.data(), 1, b.data(), 1, fast.data(), a.size(), bits, bias);
+      lmul::lmul_run<lmul::Float32Storage>(a.data(), 1, b.data(), 1, scalar.data(), a.size(), bits, bias);
+      check(differing_bits(fast, scalar) == 0, "element-wise pass", (uint64_t(kind) << 8) | uint64_t(bits));
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
   spec_worked_values();
   conversions();
   matmul_variants();
+  matrix_products();
+  small_m_paths();
+  gemm_terms_and_storage();
+  elementwise_pass();
   std::printf("%d passed, %d failed\n", passed, failed);
   return failed == 0 ? 0 : 1;
 }

@@ -92,10 +92,12 @@ def describe_offset(offset: int | None, mantissa_bits: int) -> str:
 
 @dataclass(frozen=True)
 class OffsetOptions:
-    """The default choice and per-node overrides ``((regex, choice), ...)``; first match wins."""
+    """The default choice and per-node overrides ``((regex, choice), ...)``; first match wins.
+    ``by_key`` (a plan's per-node offsets, by node key) comes before both."""
 
     default: Choice = PAPER
     per_node: tuple[tuple[str, Choice], ...] = ()
+    by_key: tuple[tuple[str, Choice], ...] = ()
     _patterns: dict[str, re.Pattern[str]] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -108,16 +110,21 @@ class OffsetOptions:
                 raise ValueError(f"invalid regular expression {pattern!r}: {error}") from None
             parsed.append((pattern, parse_offset(choice)))
         object.__setattr__(self, "per_node", tuple(parsed))
+        object.__setattr__(self, "by_key", tuple((key, parse_offset(c)) for key, c in self.by_key))
 
-    def choice_for(self, name: str) -> Choice:
+    def choice_for(self, name: str, key: str | None = None) -> Choice:
+        for node_key, choice in self.by_key:
+            if node_key == key:
+                return choice
         for pattern, choice in self.per_node:
             if self._patterns[pattern].search(name):
                 return choice
         return self.default
 
-    def offset_for(self, name: str, mantissa_bits: int) -> int | None:
-        """The ``offset`` attribute of node ``name`` at width ``m`` (None: none, the paper's)."""
-        choice = self.choice_for(name)
+    def offset_for(self, name: str, mantissa_bits: int, key: str | None = None) -> int | None:
+        """The ``offset`` attribute of node ``name`` (identity ``key``) at width ``m`` (None:
+        none, the paper's)."""
+        choice = self.choice_for(name, key)
         if choice == PAPER:
             return None
         if choice == UNBIASED:
@@ -153,7 +160,7 @@ class LMulOffsetPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         modified = False
         for node, record in self.converted:
-            offset = self.options.offset_for(record.name, effective_mantissa_bits(record))
+            offset = self.options.offset_for(record.name, effective_mantissa_bits(record), record.key)
             self.offsets[id(record)] = offset
             if offset is not None and not self.dry_run:
                 node.attributes[OFFSET] = ir.AttrInt64(OFFSET, offset)

@@ -30,7 +30,7 @@ class NodeRecord:
     location: str  # "graph", "graph/<node>/<attribute>" for subgraphs, "function:<domain.name>"
     decision: Decision
     new_op_type: str | None = None
-    key: str = ""  # stable identity (graph.NodeEntry.key)
+    key: str = ""  # stable identity (graph.NodeEntry.key): a plan's node identity
 
 
 @dataclass
@@ -87,7 +87,7 @@ class LMulRewritePass(ir.passes.InPlacePass):
             node = entry.node
             if node.op_type not in STANDARD_TO_LMUL and node.domain != DOMAIN:
                 continue
-            decision = decide(node, self.options, element_types(entry, types), entry.name)
+            decision = decide(node, self.options, element_types(entry, types), entry.name, entry.key)
             new_op = STANDARD_TO_LMUL.get(node.op_type) if decision.convert else None
             record = NodeRecord(entry.name, node.op_type, entry.location, decision, new_op, entry.key)
             self.result.records.append(record)
@@ -98,6 +98,12 @@ class LMulRewritePass(ir.passes.InPlacePass):
                 node.op_type = STANDARD_TO_LMUL[node.op_type]
                 if decision.mantissa_bits is not None:
                     node.attributes[MANTISSA_BITS] = ir.AttrInt64(MANTISSA_BITS, decision.mantissa_bits)
+        if self.options.plan is not None:
+            unknown = sorted(set(self.options.planned()) - {r.key for r in self.result.records})
+            if unknown:
+                raise ValueError(
+                    f"the plan converts {len(unknown)} node(s) this model does not have, e.g. {unknown[0]!r}"
+                )
         modified = bool(self.result.converted) and not self.dry_run
         if modified:
             model.opset_imports[DOMAIN] = DOMAIN_VERSION

@@ -2,8 +2,10 @@
 
 A node is converted when it is a MatMul/Gemm/Mul/Conv/ConvTranspose of the default domain chosen by
 ``ops``, works on float32/float16/bfloat16, falls in the ``scope``, and passes the
-``include``/``exclude`` name filters. Every other node gets a reason, so the summary can
-say why it stayed.
+``include``/``exclude`` name filters, and has no constant operand of exact powers of two
+(:mod:`exact_products`; ``every_product`` converts those too). A ``plan`` (from ``lmul-onnx
+tune``) replaces these choices: exactly the nodes it names are converted, at its widths.
+Every other node gets a reason, so the summary can say why it stayed.
 """
 
 from __future__ import annotations
@@ -16,28 +18,15 @@ import onnx_ir as ir
 
 from lmul_onnx.graph import dtype_name, mantissa_bits
 from lmul_onnx.ops import DOMAIN, LMUL_TO_STANDARD, STANDARD_TO_LMUL, SUPPORTED_OPS
+from lmul_onnx.passes.exact_products import VALUE_PRESERVING_OPS, exact_product_reason
 
 # The element types the kernels compute on.
 CONVERTIBLE_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16})
 
 # Ops that move or re-type a tensor without computing on it: a weight seen through them
 # is still a weight.
-PLUMBING_OPS = frozenset(
-    {
-        "Transpose",
-        "Cast",
-        "CastLike",
-        "Reshape",
-        "Flatten",
-        "Squeeze",
-        "Unsqueeze",
-        "Identity",
-        "Expand",
-        "DequantizeLinear",
-        "Tile",
-        "Slice",
-    }
-)
+PLUMBING_OPS = VALUE_PRESERVING_OPS | {"DequantizeLinear"}
+LEFT_BY_PLAN = "left exact by the plan"
 
 
 class Scope(str, Enum):
@@ -58,6 +47,8 @@ class SelectionOptions:
     exclude: tuple[str, ...] = ()
     mantissa_bits: int | None = None
     mantissa_bits_for: tuple[tuple[str, int], ...] = ()
+    every_product: bool = False  # also convert products by exact powers of two / 0-1 masks
+    plan: tuple[tuple[str, str, int | None], ...] | None = None  # (key, name, bits) to convert
     _patterns: dict[str, re.Pattern[str]] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -74,9 +65,15 @@ class SelectionOptions:
                 self._patterns[pattern] = re.compile(pattern)
             except re.error as error:
                 raise ValueError(f"invalid regular expression {pattern!r}: {error}") from None
-        for bits in (self.mantissa_bits, *(b for _, b in self.mantissa_bits_for)):
+        planned = tuple(b for _, _, b in self.plan or ())
+        for bits in (self.mantissa_bits, *(b for _, b in self.mantissa_bits_for), *planned):
             if bits is not None and not 1 <= bits <= 23:
                 raise ValueError(f"mantissa bits must be in 1..23, got {bits}")
+
+    def planned(self) -> dict[str, tuple[str, int | None]]:
+        """``{node key: (name, mantissa bits)}`` of the plan's converted nodes (empty without
+        a plan)."""
+        return {key: (name, bits) for key, name, bits in self.plan or ()}
 
     def matches(self, pattern: str, name: str) -> bool:
         return self._patterns[pattern].search(name) is not None
@@ -119,11 +116,15 @@ def is_constant(value: ir.Value | None) -> bool:
 
 
 def decide(
-    node: ir.Node, options: SelectionOptions, element_types: set[ir.DataType | None], name: str
+    node: ir.Node,
+    options: SelectionOptions,
+    element_types: set[ir.DataType | None],
+    name: str,
+    key: str | None = None,
 ) -> Decision:
     """Decide whether ``node`` becomes an ``lmul`` op. ``name`` is its qualified display
     name; ``element_types`` its element type in every context (one per call signature for a
-    node of a function body)."""
+    node of a function body); ``key`` its identity in a plan (:attr:`graph.NodeEntry.key`)."""
     if node.domain == DOMAIN and node.op_type in LMUL_TO_STANDARD:
         return Decision(False, "already L-Mul")
     if node.domain not in ("", "ai.onnx") or node.op_type not in STANDARD_TO_LMUL:
@@ -140,6 +141,16 @@ def decide(
     if element_type not in CONVERTIBLE_TYPES:
         return Decision(False, f"{dtype_name(element_type)} tensors are not rewritten")
     type_name, type_bits = dtype_name(element_type), mantissa_bits(element_type) or 0
+    if options.plan is not None:
+        planned = options.planned().get(key or name)
+        if planned is None:
+            return Decision(False, LEFT_BY_PLAN, type_name)
+        if planned[0] != name:
+            raise ValueError(
+                f"the plan's node {key!r} is {planned[0]!r}, this model's is {name!r}: "
+                "a plan for another model?"
+            )
+        return _checked(Decision(True, "", type_name, planned[1]), name, type_bits)
     constant = any(is_constant(v) for v in node.inputs[:2])
     if options.scope is Scope.ATTENTION and constant:
         return Decision(False, "has a constant operand (--scope attention)", type_name)
@@ -149,9 +160,19 @@ def decide(
         return Decision(False, "not matched by --include", type_name)
     if any(options.matches(p, name) for p in options.exclude):
         return Decision(False, "matched by --exclude", type_name)
-    bits = options.bits_for(name)
+    if not options.every_product:
+        exact = exact_product_reason(node)
+        if exact is not None:
+            return Decision(False, exact, type_name)
+    return _checked(Decision(True, "", type_name, options.bits_for(name)), name, type_bits)
+
+
+def _checked(decision: Decision, name: str, type_bits: int) -> Decision:
+    """``decision``, unless its mantissa width exceeds the node's type."""
+    bits = decision.mantissa_bits
     if bits is not None and bits > type_bits:
         raise ValueError(
-            f"node {name!r} is {type_name} ({type_bits} mantissa bits): cannot use {bits} mantissa bits"
+            f"node {name!r} is {decision.element_type} ({type_bits} mantissa bits): "
+            f"cannot use {bits} mantissa bits"
         )
-    return Decision(True, "", type_name, bits)
+    return decision

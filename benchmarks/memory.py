@@ -1,0 +1,106 @@
+"""Resident memory of a model before and after conversion to L-Mul ops.
+
+Builds a synthetic decoder-like stack of ``--layers`` MatMuls against constant
+``--size`` x ``--size`` float32 weights (or uses ``--model``), converts it, and runs each
+model once in a fresh process: the figure is the resident set size after the first run,
+minus that of the same process before the session was created (onnxruntime and numpy
+already imported). Weights of the converted model are packed by the lmul kernels when
+the session is created, next to onnxruntime's own copy of the initializers.
+
+    python benchmarks/memory.py [--layers 8] [--size 2048] [--mantissa-bits 4] [--model m.onnx]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+import lmul_onnx
+
+# Run in a child process: prints the resident memory the session added, in bytes.
+CHILD = """
+import sys
+import numpy as np
+import onnxruntime
+import lmul_onnx
+
+def resident() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * 4096
+
+before = resident()
+options = onnxruntime.SessionOptions()
+options.intra_op_num_threads = 1
+session = lmul_onnx.InferenceSession(sys.argv[1], options)
+feeds = {}
+for arg in session.get_inputs():
+    shape = [d if isinstance(d, int) else 1 for d in arg.shape]
+    feeds[arg.name] = (np.ones(shape, np.int64) if "int" in arg.type
+                       else np.random.default_rng(0).standard_normal(shape).astype(np.float32))
+session.run(None, feeds)
+print(resident() - before)
+"""
+
+
+def synthetic_model(layers: int, size: int) -> onnx.ModelProto:
+    """``layers`` MatMuls in a chain, each against its own constant size x size weight."""
+    rng = np.random.default_rng(0)
+    nodes, initializers = [], []
+    for i in range(layers):
+        weight = (rng.standard_normal((size, size)) / np.sqrt(size)).astype(np.float32)
+        initializers.append(numpy_helper.from_array(weight, f"W{i}"))
+        nodes.append(helper.make_node("MatMul", [f"X{i}", f"W{i}"], [f"X{i + 1}"], name=f"matmul{i}"))
+    graph = helper.make_graph(
+        nodes,
+        "stack",
+        [helper.make_tensor_value_info("X0", TensorProto.FLOAT, [1, size])],
+        [helper.make_tensor_value_info(f"X{layers}", TensorProto.FLOAT, [1, size])],
+        initializers,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def resident_after_first_run(path: Path) -> int:
+    """Bytes of resident memory a session of ``path`` adds, after one run."""
+    completed = subprocess.run(
+        [sys.executable, "-c", CHILD, str(path)], check=True, capture_output=True, text=True
+    )
+    return int(completed.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--size", type=int, default=2048)
+    parser.add_argument("--mantissa-bits", type=int, default=None)
+    parser.add_argument("--model", type=Path, help="an ONNX model instead of the synthetic stack")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        original = Path(tmp) / "original.onnx"
+        converted = Path(tmp) / "converted.onnx"
+        if args.model:
+            original = args.model
+        else:
+            onnx.save(synthetic_model(args.layers, args.size), original)
+        lmul_onnx.convert(str(original), converted, mantissa_bits=args.mantissa_bits)
+        initializers = onnx.load(original, load_external_data=True).graph.initializer
+        weights = sum(numpy_helper.to_array(t).nbytes for t in initializers)
+        name = args.model.name if args.model else f"{args.layers} x MatMul {args.size}x{args.size}"
+        base = resident_after_first_run(original)
+        lmul = resident_after_first_run(converted)
+        print(f"model: {name}; initializers {weights / 2**20:.1f} MiB; m = {args.mantissa_bits or 'full'}")
+        print(f"onnxruntime: {base / 2**20:.1f} MiB resident after the first run")
+        print(f"L-Mul:       {lmul / 2**20:.1f} MiB resident after the first run ({lmul / base:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+// Whole L-Mul operations over tensors: operand preparation (rounding, pre-scan, packing
+// of B) and the scheduling of the work into independent tasks, without onnxruntime types.
+//
+// The caller (the onnxruntime binding, the C++ tests, a benchmark) validates shapes with
+// shapes.h, allocates the output and passes a ParallelFor: the only thing it knows about
+// threads. Everything here is deterministic: the split into tasks never changes a bit of
+// the result (each output element is summed over k in order by exactly one task).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+
+#include "lmul_gemm.h"
+#include "lmul_kernels.h"
+#include "shapes.h"
+
+namespace lmul {
+
+// Runs task(i) for every i < tasks, in any order and possibly concurrently, and returns
+// when all have finished. Tasks never write to the same memory.
+using ParallelFor = std::function<void(size_t tasks, const std::function<void(size_t)>& task)>;
+
+// A ParallelFor that runs the tasks one after the other on the calling thread.
+void run_serially(size_t tasks, const std::function<void(size_t)>& task);
+
+// Work below this many scalar operations is not worth handing to another thread.
+constexpr size_t kMinOpsPerTask = size_t{1} << 16;
+
+// B of a matrix product, rounded, analysed and packed into the one-add kernels' panels
+// (lmul_gemm.h): per call, or once when B is a constant initializer (weights). Without
+// SIMD it keeps row-major rounded B for the portable loop instead.
+struct PackedB {
+  Shape shape;  // the tensor shape it was packed from (a constant B is reused only for it)
+  OperandRange range;
+  std::unique_ptr<uint32_t[]> rounded;  // row-major K x N per matrix, only without SIMD
+  std::unique_ptr<uint32_t[]> panels;   // panels_per_matrix panels of K x panel_width() each
+  std::unique_ptr<float[]> masks;       // 0/1 per panel entry, when B has zeros
+  size_t panels_per_matrix = 0;
+};
+
+// Packs `matrices` K x N matrices of B (each stored N x K when `transposed`), consecutive
+// in `data`, rounded to `mantissa_bits`.
+template <class S>
+std::unique_ptr<const PackedB> pack_b(const typename S::type* data, const Shape& shape, size_t matrices, size_t k,
+                                      size_t n, bool transposed, int mantissa_bits, const ParallelFor& parallel_for);
+
+// Gemm's ordinary float32 terms (SPEC 3): y = alpha * (A (*) B) + beta * C, C read through
+// strides (0 along broadcast dimensions); c may be null.
+template <class S>
+struct GemmTerms {
+  float alpha = 1.0f, beta = 1.0f;
+  const typename S::type* c = nullptr;
+  size_t c_row_stride = 0, c_col_stride = 0;
+};
+
+// The operands of one LMulMatMul / LMulGemm call. A holds plan.a_matrices M x K matrices
+// (K x M when trans_a), B plan.b_matrices K x N matrices (N x K when trans_b).
+template <class S>
+struct ProductOperands {
+  const typename S::type* a = nullptr;
+  const typename S::type* b = nullptr;
+  bool trans_a = false, trans_b = false;
+  // B packed beforehand by pack_b from this same tensor (constant weights), or null: then
+  // B is read, and packed if that pays, on every call.
+  const PackedB* prepared_b = nullptr;
+};
+
+// y (plan.out_shape, row-major) = A (*) B per batch of `plan`, every product an L-Mul at
+// `mantissa_bits` (the operands' own precision at most) with SPEC 1's additive constant
+// `bias` (lmul_bias, or lmul_bias_for_offset of a node's `offset`: SPEC 4), sums in float32 in k order, then the Gemm terms when `gemm` is not
+// null. Picks the fastest exact kernel for the data.
+template <class S>
+void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& operands, int mantissa_bits, uint32_t bias,
+                         const GemmTerms<S>* gemm, typename S::type* y, const ParallelFor& parallel_for);
+
+// y (plan.out_shape) = LMul(a, b) element-wise with numpy broadcasting, with SPEC 1's
+// additive constant `bias`.
+template <class S>
+void lmul_elementwise(const BroadcastPlan& plan, const typename S::type* a, const typename S::type* b,
+                      typename S::type* y, int mantissa_bits, uint32_t bias, const ParallelFor& parallel_for);
+
+}  // namespace lmul
