@@ -1,12 +1,30 @@
-"""Helpers shared by the commands: errors with exit code 2, JSON output, key=value options."""
+"""Helpers shared by the commands: errors with exit code 2, JSON output, option parsing.
+
+Conventions of every verb (documented once, in the README's "Command-line conventions"):
+
+* ``--json PATH`` writes the report as JSON to PATH, ``--json -`` to stdout (people's
+  text then goes to stderr or is left out). Non-finite numbers become ``null`` and are
+  named in a ``"nonfinite": {key: "inf" | "-inf" | "nan"}`` entry beside them.
+* An option that takes several values is repeated (``--dim a=1 --dim b=2``); options
+  whose values are plain names (``--ops``, ``--compare``, ``--logits``) also take a
+  comma-separated list.
+* Bad input: exit 2 and one line; accuracy failure: exit 1; success: 0.
+
+Only click and the standard library are imported here, so ``--help`` and usage errors
+answer without loading numpy, onnx or onnxruntime.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import sys
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import click
+
+T = TypeVar("T")
 
 
 class InputError(click.ClickException):
@@ -15,26 +33,127 @@ class InputError(click.ClickException):
     exit_code = 2
 
 
-def echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
+def json_safe(data: Any) -> Any:
+    """``data`` with every non-finite float replaced by ``None``; each dict holding one
+    gets ``"nonfinite": {key: "inf" | "-inf" | "nan"}``."""
+    if isinstance(data, dict):
+        result: dict[str, Any] = {}
+        flags: dict[str, str] = {}
+        for key, value in data.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                flags[str(key)] = "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+                result[key] = None
+            else:
+                result[key] = json_safe(value)
+        if flags:
+            result["nonfinite"] = flags
+        return result
+    if isinstance(data, list | tuple):
+        return [None if isinstance(v, float) and not math.isfinite(v) else json_safe(v) for v in data]
+    return data
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(json_safe(data), indent=2, default=str, allow_nan=False)
+
+
+def emit_json(path: str, data: Any) -> None:
+    """``--json PATH``: to stdout for ``-``, else atomically to the file."""
+    if path == "-":
+        click.echo(dumps(data))
+        return
+    from lmul_onnx.output_paths import OutputPathError, atomic_write_text
+
+    try:
+        atomic_write_text(path, dumps(data) + "\n", option="--json")
+    except OutputPathError as error:
+        raise InputError(str(error)) from None
+    except OSError as error:
+        raise InputError(f"--json {path}: cannot write ({error.strerror or error})") from None
+
+
+JSON_HELP = "Write the report as JSON to PATH ('-' for stdout)."
+
+
+def check_outputs(*outputs: tuple[str, object], reads: Iterable[object] = ()) -> None:
+    """Before any work: refuse report/input output paths (``(option, path)``; None and
+    ``-`` skipped) that are one of the files the command reads, a symbolic link, a
+    folder or in a place that cannot be written."""
+    from pathlib import Path
+
+    from lmul_onnx.output_paths import OutputPathError, check_output
+
+    protected = [(Path(str(p)).absolute(), "a file this command reads") for p in reads if p is not None]
+    try:
+        for option, path in outputs:
+            if path is not None and str(path) != "-":
+                check_output(str(path), protected=protected, overwrite=True, option=option)
+    except OutputPathError as error:
+        raise InputError(str(error)) from None
 
 
 def status(message: str, quiet: bool = False) -> None:
-    """Progress for people, on stderr, so stdout stays parseable."""
-    if not quiet:
+    """Progress for people: on stderr (stdout stays parseable), and only on a terminal
+    (a log or a CI job sees the result and, on failure, one error line)."""
+    if not quiet and is_tty():
         click.echo(message, err=True)
 
 
-def parse_key_value(option: str, text: str, convert: type = str) -> tuple[str, Any]:
-    """Split ``KEY=VALUE`` (split at the last ``=``, so a regex key may contain ``=``)."""
+def parse_key_value(option: str, text: str, convert: Callable[[str], T]) -> tuple[str, T]:
+    """Split ``KEY=VALUE`` (split at the last ``=``, so a regex key may contain ``=``);
+    ``convert`` raises ``ValueError`` with a message for people."""
     key, sep, value = text.rpartition("=")
     if not sep or not key:
         raise InputError(f"{option} expects KEY=VALUE, got {text!r}")
     try:
         return key, convert(value)
+    except ValueError as error:
+        raise InputError(f"{option} {text!r}: {error}") from None
+
+
+def parse_bindings(option: str, items: Iterable[str], convert: Callable[[str], T]) -> dict[str, T]:
+    """Repeated ``--option KEY=VALUE`` into a dict; a key given twice is an error."""
+    result: dict[str, T] = {}
+    for item in items:
+        key, value = parse_key_value(option, item, convert)
+        if key in result:
+            raise InputError(f"{option} {key} is given twice")
+        result[key] = value
+    return result
+
+
+def integer(text: str) -> int:
+    try:
+        return int(text)
     except ValueError:
-        raise InputError(f"{option} {text!r}: {value!r} is not a valid {convert.__name__}") from None
+        raise ValueError(f"{text!r} is not an integer") from None
+
+
+def positive_dim(text: str) -> int:
+    """A dimension value: an integer >= 1."""
+    value = integer(text)
+    if value < 1:
+        raise ValueError(f"a dimension must be at least 1, got {value}")
+    return value
+
+
+def split_names(values: Iterable[str]) -> list[str]:
+    """A repeated option whose values may also be comma-separated lists of names."""
+    return [name.strip() for value in values for name in value.split(",") if name.strip()]
 
 
 def is_tty() -> bool:
     return sys.stderr.isatty()
+
+
+def quiet_libraries() -> None:
+    """``-q``: silence the warnings libraries print (onnxruntime's shape inference and
+    session logs, onnxscript's notes)."""
+    import logging
+    import warnings
+
+    logging.disable(logging.WARNING)
+    warnings.filterwarnings("ignore")
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)

@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
-from lmul_onnx.cli.common import InputError, echo_json, is_tty, parse_key_value, status
-from lmul_onnx.convert import ModelLoadError, convert_file
+from lmul_onnx.choices import Scope
+from lmul_onnx.cli.common import (
+    JSON_HELP,
+    InputError,
+    check_outputs,
+    emit_json,
+    integer,
+    is_tty,
+    parse_bindings,
+    positive_dim,
+    quiet_libraries,
+    split_names,
+    status,
+)
 from lmul_onnx.ops import SUPPORTED_OPS
-from lmul_onnx.passes.offsets import OffsetOptions
-from lmul_onnx.passes.selection import Scope, SelectionOptions
-from lmul_onnx.plan import PlanError, load_plan
 
 _SELECTION_OPTIONS = (
     "ops",
@@ -27,10 +37,6 @@ _SELECTION_OPTIONS = (
 )
 
 
-def _split_ops(text: str) -> tuple[str, ...]:
-    return tuple(op.strip() for op in text.split(",") if op.strip())
-
-
 @click.command()
 @click.argument("input_model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
@@ -40,7 +46,13 @@ def _split_ops(text: str) -> tuple[str, ...]:
     help="Output model. Default: <input stem>.lmul.onnx beside the input.",
 )
 @click.option(
-    "--ops", default=",".join(SUPPORTED_OPS), show_default=True, help="Comma-separated op types to rewrite."
+    "--overwrite", is_flag=True, help="Replace an existing output file (and its <output>.data file)."
+)
+@click.option(
+    "--ops",
+    multiple=True,
+    metavar="OP[,OP]",
+    help=f"Op types to rewrite (repeatable) [default: {','.join(SUPPORTED_OPS)}].",
 )
 @click.option(
     "--scope",
@@ -102,12 +114,13 @@ def _split_ops(text: str) -> tuple[str, ...]:
     help="Apply a plan written by 'lmul-onnx tune --plan-out' (replaces the selection options).",
 )
 @click.option("--dry-run", is_flag=True, help="List what would change; write nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
+@click.option("--json", "json_path", metavar="PATH", help=JSON_HELP)
+@click.option("-q", "--quiet", is_flag=True, help="No progress messages, no library warnings.")
 def convert(
     input_model: Path,
     output: Path | None,
-    ops: str,
+    overwrite: bool,
+    ops: tuple[str, ...],
     scope: str,
     include: tuple[str, ...],
     exclude: tuple[str, ...],
@@ -119,7 +132,7 @@ def convert(
     every_product: bool,
     plan_path: Path | None,
     dry_run: bool,
-    as_json: bool,
+    json_path: str | None,
     quiet: bool,
 ) -> None:
     """Rewrite MatMul/Gemm/Mul/Conv/ConvTranspose nodes of INPUT_MODEL into the `lmul` op domain.
@@ -127,11 +140,16 @@ def convert(
     Only float32/float16/bfloat16 nodes are rewritten; node names, inputs, outputs,
     initializers, metadata, IR and opset versions stay as exported. Subgraphs
     (If/Loop/Scan) and model-local functions are walked. Converting twice changes
-    nothing.
+    nothing. The output is never the input or a file it reads; an existing output is
+    replaced only with --overwrite; every file written is named.
     """
-    overrides = tuple(parse_key_value("--mantissa-bits-for", item, int) for item in mantissa_bits_for)
-    offset_overrides = tuple(parse_key_value("--offset-for", item) for item in offset_for)
-    dims = dict(parse_key_value("--dim", item, int) for item in dim)
+    overrides = tuple(parse_bindings("--mantissa-bits-for", mantissa_bits_for, integer).items())
+    offset_overrides = tuple(parse_bindings("--offset-for", offset_for, str).items())
+    dims = parse_bindings("--dim", dim, positive_dim)
+    check_outputs(("--json", json_path), reads=(input_model, output, plan_path))
+    quiet = quiet or json_path == "-"
+    if quiet:
+        quiet_libraries()
     selection_given = [
         f"--{name.replace('_', '-')}"
         for name in _SELECTION_OPTIONS
@@ -139,13 +157,22 @@ def convert(
     ]
     if plan_path is not None and selection_given:
         raise InputError(f"--plan replaces the selection options; drop {', '.join(selection_given)}")
+
+    from lmul_onnx.convert import ModelLoadError, convert_file
+    from lmul_onnx.output_paths import OutputPathError
+    from lmul_onnx.passes.offsets import OffsetOptions
+    from lmul_onnx.passes.selection import SelectionOptions
+    from lmul_onnx.plan import PlanError, load_plan
+
+    if ops and not split_names(ops):
+        raise InputError("--ops: no op type given")
     try:
         if plan_path is not None:
             plan = load_plan(plan_path)
             options, offsets = plan.selection_options(), plan.offset_options()
         else:
             options = SelectionOptions(
-                ops=_split_ops(ops),
+                ops=tuple(split_names(ops)) or SUPPORTED_OPS,
                 scope=Scope(scope),
                 include=include,
                 exclude=exclude,
@@ -157,7 +184,6 @@ def convert(
     except (PlanError, ValueError) as error:
         raise InputError(str(error)) from None
 
-    quiet = quiet or as_json
     shown = {"last": 0.0}
 
     def progress(done: int, total: int) -> None:
@@ -170,14 +196,24 @@ def convert(
     start = time.monotonic()
     try:
         report = convert_file(
-            input_model, output, options, dry_run=dry_run, progress=progress, dims=dims, offsets=offsets
+            input_model,
+            output,
+            options,
+            dry_run=dry_run,
+            progress=progress,
+            dims=dims,
+            offsets=offsets,
+            overwrite=overwrite,
         )
-    except (ModelLoadError, ValueError) as error:
+    except (ModelLoadError, OutputPathError, ValueError) as error:
         raise InputError(str(error)) from None
+    except OSError as error:
+        raise InputError(f"cannot write {output or 'the output'}: {error.strerror or error}") from None
     estimate = report.energy
-    if as_json:
-        echo_json({**report.to_dict(), "energy": estimate and estimate["total"]})
-        return
+    if json_path is not None:
+        emit_json(json_path, {**report.to_dict(), "energy": _energy_json(estimate)})
+        if json_path == "-":
+            return
     click.echo(report.format_table())
     if dry_run:
         for record in report.converted:
@@ -187,16 +223,24 @@ def convert(
                 f"  {record.op_type} -> {record.new_op_type}{bits}  {record.name}  [{record.location}]"
             )
     else:
-        click.echo(f"wrote {report.output_path} ({time.monotonic() - start:.1f} s)")
-        click.echo(_energy_line(estimate))
+        click.echo(f"wrote {', '.join(report.written)} ({time.monotonic() - start:.1f} s)")
+    if not dry_run:
+        click.echo(_energy_line(report, estimate))
 
 
-def _energy_line(estimate: dict | None) -> str:
+def _energy_json(estimate: dict | None) -> dict | None:
+    return None if estimate is None else {**estimate["total"], "unbound_dims": estimate["unbound_dims"]}
+
+
+def _energy_line(report: Any, estimate: dict | None) -> str:
+    if not report.converted:
+        return "energy: nothing converted, nothing saved"
     if estimate is None:
         return "energy: no estimate (shape inference failed)"
     total = estimate["total"]
-    if total["multiplications"] == 0:
-        return "energy: no estimate (shapes unknown: bind symbolic dimensions with --dim NAME=N)"
+    if total["multiplications"] == 0 and total["unknown_nodes"]:
+        unbound = ", ".join(estimate["unbound_dims"]) or "of the model's inputs"
+        return f"energy: no estimate: the shapes depend on dimensions {unbound}; bind them with --dim NAME=N"
     unknown = (
         f"; {total['unknown_nodes']} node(s) of unknown shape left out" if total["unknown_nodes"] else ""
     )

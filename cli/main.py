@@ -1,12 +1,16 @@
-"""Entry point of the ``lmul-onnx`` command."""
+"""Entry point of the ``lmul-onnx`` command.
+
+Nothing heavy is imported here or by the command modules at import time, so ``--help``
+and usage errors answer at once; each verb imports what it needs when it runs.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
 import click
-import onnxruntime
 
 import lmul_onnx
 from lmul_onnx.cli.convert import convert as convert_command
@@ -16,9 +20,14 @@ from lmul_onnx.cli.precision import precision_command
 from lmul_onnx.cli.tune import tune_command
 from lmul_onnx.cli.validate import validate_command
 
+DEBUG_ENV = "LMUL_ONNX_DEBUG"
+INTERNAL_ERROR = 3
+
 
 class OneLineErrors(click.Group):
-    """A group whose usage errors print as one line (with where to get help), exit 2."""
+    """A group whose errors print as one line: usage errors and bad input exit 2 (with
+    where to get help), an unexpected error (a bug) exits 3 naming it; ``--debug`` (or
+    ``LMUL_ONNX_DEBUG=1``) shows its traceback instead."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
@@ -29,19 +38,42 @@ class OneLineErrors(click.Group):
             click.echo(f"Error: {error.format_message()} (see '{where} --help')", err=True)
             sys.exit(error.exit_code)
         except click.ClickException as error:
-            error.show()
+            click.echo(f"Error: {' '.join(error.format_message().split())}", err=True)
             sys.exit(error.exit_code)
         except click.exceptions.Exit as done:
             sys.exit(done.exit_code)
-        except click.exceptions.Abort:
+        except (click.exceptions.Abort, KeyboardInterrupt):
             click.echo("Aborted!", err=True)
-            sys.exit(1)
+            sys.exit(130)
+        except Exception as error:
+            if os.environ.get(DEBUG_ENV):
+                raise
+            message = " ".join(str(error).split())[:300]
+            click.echo(
+                f"Error: internal error {type(error).__name__}: {message} "
+                f"(a bug: please report it; --debug shows the traceback)",
+                err=True,
+            )
+            sys.exit(INTERNAL_ERROR)
+
+
+def _debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        os.environ[DEBUG_ENV] = "1"
 
 
 @click.group(
     cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
 )
 @click.version_option(lmul_onnx.__version__, prog_name="lmul-onnx")
+@click.option(
+    "--debug",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_debug,
+    help="Show the Python traceback of an unexpected error.",
+)
 def main() -> None:
     """Rewrite ONNX models to L-Mul, run them in onnxruntime, measure the drift.
 
@@ -50,17 +82,27 @@ def main() -> None:
       lmul-onnx convert model.onnx            # writes model.lmul.onnx
       lmul-onnx validate model.onnx model.lmul.onnx
       lmul-onnx tune model.onnx --min-cosine 0.99 --plan-out plan.json
+
+    \b
+    Conventions: --json PATH writes a verb's report as JSON ('-': stdout); an option
+    taking several values is repeated (--dim a=1 --dim b=2), name lists may also be
+    comma-separated (--compare fp8-e4m3,bf16). Exit status 0 success, 1 accuracy
+    failure, 2 bad input, 3 internal error.
     """
 
 
 @main.command()
 def info() -> None:
     """Print the versions and the path of the native custom-op library."""
+    import onnxruntime
+
+    from lmul_onnx.runtime import LibraryNotFoundError, get_library_path
+
     click.echo(f"lmul-onnx     {lmul_onnx.__version__}")
     click.echo(f"onnxruntime   {onnxruntime.__version__}")
     try:
-        click.echo(f"library       {lmul_onnx.get_library_path()}")
-    except lmul_onnx.LibraryNotFoundError as error:
+        click.echo(f"library       {get_library_path()}")
+    except LibraryNotFoundError as error:
         raise click.ClickException(str(error)) from error
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from lmul_onnx import zoo
 from lmul_onnx.cli.common import InputError
 
 
@@ -16,6 +15,8 @@ def models() -> None:
 @models.command("list")
 def list_models() -> None:
     """List the known models and whether they are installed."""
+    from lmul_onnx import zoo
+
     for name, model in zoo.MODELS.items():
         try:
             where = str(zoo.path(name))
@@ -28,6 +29,8 @@ def list_models() -> None:
 @click.argument("name")
 def model_path(name: str) -> None:
     """Print the file of model NAME (for use in scripts)."""
+    from lmul_onnx import zoo
+
     try:
         click.echo(zoo.path(name))
     except (KeyError, zoo.ModelNotInstalledError) as error:

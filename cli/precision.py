@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-from lmul_onnx.cli.common import echo_json
-from lmul_onnx.precision import precision_rows
+from lmul_onnx.cli.common import check_outputs, emit_json
 
 
 @click.command("precision")
@@ -19,11 +18,11 @@ from lmul_onnx.precision import precision_rows
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--json",
-    "as_json",
-    is_flag=True,
-    help='Print {row: {"mean_abs_error", "bias"}} as JSON (fractions).',
+    "json_path",
+    metavar="PATH",
+    help='Write {row: {"mean_abs_error", "bias"}} (fractions) as JSON to PATH (\'-\' for stdout).',
 )
-def precision_command(pairs: int, seed: int, as_json: bool) -> None:
+def precision_command(pairs: int, seed: int, json_path: str | None) -> None:
     """Mean |relative error| and mean signed error (bias) of a single product, per arithmetic.
 
     Pairs whose exact (float64) product is below 2^-6 in magnitude are not counted.
@@ -31,10 +30,14 @@ def precision_command(pairs: int, seed: int, as_json: bool) -> None:
     the unbiased offset (SPEC §4); fp8 and bf16 rows round the operands and the product
     to the format.
     """
+    check_outputs(("--json", json_path))
+    from lmul_onnx.precision import precision_rows
+
     table = precision_rows(pairs, seed)
-    if as_json:
-        echo_json(table)
-        return
+    if json_path is not None:
+        emit_json(json_path, table)
+        if json_path == "-":
+            return
     click.echo(f"{'arithmetic':<18} {'mean |rel. error|':>18} {'bias':>9}")
     for name, row in table.items():
         click.echo(f"{name:<18} {100 * row['mean_abs_error']:>17.3f}% {100 * row['bias']:>+8.3f}%")

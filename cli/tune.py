@@ -6,18 +6,26 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from lmul_onnx.cli.common import InputError, echo_json, is_tty, parse_key_value
-from lmul_onnx.cli.convert import _split_ops
+from lmul_onnx.choices import Scope
+from lmul_onnx.cli.common import (
+    JSON_HELP,
+    InputError,
+    check_outputs,
+    emit_json,
+    is_tty,
+    parse_bindings,
+    positive_dim,
+    split_names,
+)
 from lmul_onnx.cli.validate import _range, _tolerances
-from lmul_onnx.convert import ModelLoadError, default_output_path
-from lmul_onnx.energy import EnergyError
-from lmul_onnx.inputs import InputError as ModelInputError
 from lmul_onnx.ops import SUPPORTED_OPS
-from lmul_onnx.passes.selection import Scope
-from lmul_onnx.tune import Budget, TuneError, TuneResult, tune
+
+if TYPE_CHECKING:
+    from lmul_onnx.tune import TuneResult
 
 
 def _widths(text: str) -> tuple[int | None, ...]:
@@ -170,7 +178,7 @@ def _plot(result: TuneResult, path: Path) -> None:
 @click.option(
     "--plot", type=click.Path(dir_okay=False, path_type=Path), help="Plot the search (needs matplotlib)."
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.option("--json", "json_path", metavar="PATH", help=JSON_HELP)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def tune_command(
     model: Path,
@@ -197,7 +205,7 @@ def tune_command(
     jobs: int | None,
     threads: int | None,
     plot: Path | None,
-    as_json: bool,
+    json_path: str | None,
     quiet: bool,
 ) -> None:
     """Convert as many products of MODEL to L-Mul as its quality budget allows.
@@ -210,8 +218,15 @@ def tune_command(
     """
     atol_default, atol_per_output = _tolerances("--atol", atol, None)  # type: ignore[arg-type]
     rtol_default, rtol_per_output = _tolerances("--rtol", rtol, None)  # type: ignore[arg-type]
-    dims = dict(parse_key_value("--dim", item, int) for item in dim)
-    ranges = dict(parse_key_value("--input-range", item, _range) for item in input_range)
+    dims = parse_bindings("--dim", dim, positive_dim)
+    ranges = parse_bindings("--input-range", input_range, _range)
+    check_outputs(("--json", json_path), reads=(model, inputs, output, plan_out))
+    as_json = json_path == "-"
+    from lmul_onnx.convert import ModelLoadError, default_output_path
+    from lmul_onnx.energy import EnergyError
+    from lmul_onnx.inputs import InputError as ModelInputError
+    from lmul_onnx.tune import Budget, TuneError, tune
+
     widths = _widths(mantissa_bits)
     if plot is not None:
         try:
@@ -245,7 +260,7 @@ def tune_command(
             input_ranges=ranges,
             mantissa_bits=widths,
             offsets=[o.strip() for o in offsets.split(",") if o.strip()],
-            op_types=_split_ops(ops),
+            op_types=tuple(split_names([ops])),
             scope=scope,
             nodes_to_include=include,
             nodes_to_exclude=exclude,
@@ -260,9 +275,9 @@ def tune_command(
     bar.close()
     if plot is not None:
         _plot(result, plot)
-    if as_json:
-        echo_json(result.to_dict())
-    else:
+    if json_path is not None:
+        emit_json(json_path, result.to_dict())
+    if not as_json:
         click.echo(result.format_table())
         click.echo(f"wrote {result.output_path}" + (f" and the plan {plan_out}" if plan_out else ""))
     sys.exit(0 if result.passed else 1)

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import sys
+import time
 from pathlib import Path
 
 import click
 
-from lmul_onnx.baselines import BASELINES, BaselineError
-from lmul_onnx.cli.common import InputError, parse_key_value, status
-from lmul_onnx.convert import ModelLoadError
-from lmul_onnx.inputs import InputError as ModelInputError
-from lmul_onnx.ops import DomainError
-from lmul_onnx.validate import DEFAULT_ATOL, DEFAULT_RTOL, validate
+from lmul_onnx.choices import BASELINE_TYPES, DEFAULT_ATOL, DEFAULT_RTOL
+from lmul_onnx.cli.common import (
+    JSON_HELP,
+    InputError,
+    check_outputs,
+    emit_json,
+    is_tty,
+    parse_bindings,
+    positive_dim,
+    quiet_libraries,
+    split_names,
+)
 
 
 def _tolerances(option: str, values: tuple[str, ...], default: float) -> tuple[float, dict[str, float]]:
@@ -25,6 +31,8 @@ def _tolerances(option: str, values: tuple[str, ...], default: float) -> tuple[f
             parsed = float(number)
         except ValueError:
             raise InputError(f"{option} {value!r}: {number!r} is not a number") from None
+        if not parsed >= 0 or parsed == float("inf"):
+            raise InputError(f"{option} {value!r}: a tolerance must be a finite number >= 0")
         if sep:
             per_output[name] = parsed
         else:
@@ -34,9 +42,35 @@ def _tolerances(option: str, values: tuple[str, ...], default: float) -> tuple[f
 
 def _range(text: str) -> tuple[float, float]:
     low, sep, high = text.partition(":")
-    if not sep:
-        raise ValueError(text)
-    return float(low), float(high)
+    try:
+        if not sep:
+            raise ValueError
+        return float(low), float(high)
+    except ValueError:
+        raise ValueError(f"{text!r} is not LO:HI") from None
+
+
+class Progress:
+    """On a terminal's stderr only: phases as lines, samples as a progress bar redrawn in
+    place (at most five times a second)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.shown = 0.0
+
+    def __call__(self, message: str, done: int | None = None, total: int | None = None) -> None:
+        if self.quiet or not is_tty():
+            return
+        if done is None or total is None:
+            click.echo(message, err=True)
+            return
+        now = time.monotonic()
+        if total > 1 and (now - self.shown > 0.2 or done == total):
+            self.shown = now
+            filled = 30 * done // total
+            click.echo(
+                f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} samples", err=True, nl=done == total
+            )
 
 
 @click.command()
@@ -52,7 +86,7 @@ def _range(text: str) -> tuple[float, float]:
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="Generated input samples (ignored with --inputs).",
+    help="Generated input samples, made one at a time (ignored with --inputs).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated inputs.")
 @click.option(
@@ -74,13 +108,23 @@ def _range(text: str) -> tuple[float, float]:
     help="Also fail an output whose cosine similarity to the original is below this.",
 )
 @click.option(
-    "--dim", multiple=True, metavar="NAME=N", help="Value of a symbolic input dimension (repeatable)."
+    "--dim",
+    multiple=True,
+    metavar="NAME=N",
+    help="Value of a symbolic input dimension (repeatable) [default: 1 for batch-like names, else 16].",
 )
 @click.option(
     "--input-range",
     multiple=True,
     metavar="NAME=LO:HI",
-    help="Range of a generated input, e.g. input_ids=0:30000 (repeatable).",
+    help="Range of a generated input, e.g. input_ids=0:30000 (repeatable) [default: integers 0:100].",
+)
+@click.option(
+    "--logits",
+    multiple=True,
+    metavar="NAME[,NAME]",
+    help="Outputs that are class scores: report top-1 agreement for them [default: float outputs "
+    "named *logit*, *prob*, *score* or *class*].",
 )
 @click.option("--per-node", is_flag=True, help="Also report the drift at every converted node's output.")
 @click.option(
@@ -88,25 +132,20 @@ def _range(text: str) -> tuple[float, float]:
     type=click.Choice(["graph", "worst"]),
     default="graph",
     show_default=True,
-    help="Order of the --per-node list (worst = lowest cosine first).",
+    help="Order of the --per-node list (worst = lowest SNR first, NaN first of all).",
 )
 @click.option(
     "--compare",
-    default="",
+    multiple=True,
     metavar="KIND[,KIND]",
-    help=f"Baselines on the same nodes, from: {', '.join(BASELINES)}.",
+    help=f"Baselines on the same nodes (repeatable), from: {', '.join(BASELINE_TYPES)}.",
 )
 @click.option(
     "--save-inputs", type=click.Path(dir_okay=False, path_type=Path), help="Save the inputs used (.npz)."
 )
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads per session.")
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False, allow_dash=True),
-    help="Write the report as JSON to this file ('-' for stdout).",
-)
-@click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
+@click.option("--json", "json_path", metavar="PATH", help=JSON_HELP)
+@click.option("-q", "--quiet", is_flag=True, help="No progress messages, no library warnings.")
 def validate_command(
     original: Path,
     converted: Path,
@@ -118,9 +157,10 @@ def validate_command(
     min_cosine: float | None,
     dim: tuple[str, ...],
     input_range: tuple[str, ...],
+    logits: tuple[str, ...],
     per_node: bool,
     sort: str,
-    compare: str,
+    compare: tuple[str, ...],
     save_inputs: Path | None,
     threads: int | None,
     json_path: str | None,
@@ -129,21 +169,31 @@ def validate_command(
     """Measure the drift of CONVERTED against ORIGINAL on the same inputs.
 
     Per output: max_abs, mean_abs, max_rel, rmse, snr_db, cosine, top1_agreement (for
-    logit-like outputs) and the fraction of elements outside atol + rtol*|original|.
-    Exit status: 0 when every output is within tolerance, 1 when one is not, 2 for bad
-    input.
+    class-score outputs) and the fraction of elements outside atol + rtol*|original|.
+    Per node (--per-node): the same drift metrics, for diagnosis only (no tolerance).
+    Exit status: 0 when every output is within tolerance, 1 when one is not or the
+    converted model fails at run time, 2 for bad input.
     """
     atol_default, atol_per_output = _tolerances("--atol", atol, DEFAULT_ATOL)
     rtol_default, rtol_per_output = _tolerances("--rtol", rtol, DEFAULT_RTOL)
-    dims = dict(parse_key_value("--dim", item, int) for item in dim)
-    ranges = dict(parse_key_value("--input-range", item, _range) for item in input_range)
-    kinds = [k.strip() for k in compare.split(",") if k.strip()]
-    unknown = [k for k in kinds if k not in BASELINES]
+    dims = parse_bindings("--dim", dim, positive_dim)
+    ranges = parse_bindings("--input-range", input_range, _range)
+    kinds = split_names(compare)
+    unknown = [k for k in kinds if k not in BASELINE_TYPES]
     if unknown:
         raise InputError(
-            f"--compare: unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(BASELINES)}"
+            f"--compare: unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(BASELINE_TYPES)}"
         )
     quiet = quiet or json_path == "-"
+    if quiet:
+        quiet_libraries()
+    check_outputs(("--json", json_path), ("--save-inputs", save_inputs), reads=(original, converted, inputs))
+    from lmul_onnx.baselines import BaselineError
+    from lmul_onnx.convert import ModelLoadError
+    from lmul_onnx.inputs import InputError as ModelInputError
+    from lmul_onnx.output_paths import OutputPathError
+    from lmul_onnx.validate import validate
+
     try:
         report = validate(
             original,
@@ -159,19 +209,19 @@ def validate_command(
             dims=dims,
             input_ranges=ranges,
             per_node=per_node,
-            compare=kinds,
+            compare=list(dict.fromkeys(kinds)),
+            logits=split_names(logits) or None,
             save_inputs=save_inputs,
             threads=threads,
-            progress=lambda message: status(message, quiet),
+            progress=Progress(quiet),
         )
-    except (ModelLoadError, ModelInputError, BaselineError, DomainError) as error:
+    except (ModelLoadError, ModelInputError, BaselineError, OutputPathError) as error:
         raise InputError(str(error)) from None
-    if sort == "worst":
-        report.nodes.sort(key=lambda node: node["cosine"])
-    if json_path == "-":
-        click.echo(json.dumps(report.to_dict(), indent=2))
-    else:
+    except OSError as error:
+        raise InputError(f"{error.filename or 'file'}: {error.strerror or error}") from None
+    report.sort_nodes(sort)
+    if json_path is not None:
+        emit_json(json_path, report.to_dict())
+    if json_path != "-":
         click.echo(report.format_table())
-        if json_path:
-            Path(json_path).write_text(json.dumps(report.to_dict(), indent=2))
     sys.exit(0 if report.passed else 1)

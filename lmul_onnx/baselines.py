@@ -12,17 +12,18 @@ version converter (which works on onnx-ir and falls back to onnx's own).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import logging
+from collections.abc import Iterable, Iterator
 
 import onnx_ir as ir
 import onnxscript.version_converter
 
 from lmul_onnx import graph
+from lmul_onnx.choices import BASELINE_TYPES
 
 BASELINES: dict[str, ir.DataType] = {
-    "fp8-e4m3": ir.DataType.FLOAT8E4M3FN,
-    "fp8-e5m2": ir.DataType.FLOAT8E5M2,
-    "bf16": ir.DataType.BFLOAT16,
+    kind: getattr(ir.DataType, name) for kind, name in BASELINE_TYPES.items()
 }
 FP8_OPSET = 19
 
@@ -31,13 +32,28 @@ class BaselineError(ValueError):
     """A baseline cannot be built for this model."""
 
 
+@contextlib.contextmanager
+def _quiet_converter() -> Iterator[None]:
+    """Silence the version converter's notes ("... target version: 19"), which it logs
+    on every call; the outcome is checked (and reported) by the caller."""
+    logger = logging.getLogger("onnxscript")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with contextlib.redirect_stdout(None), contextlib.redirect_stderr(None):  # type: ignore[type-var]
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def _default_opset(model: ir.Model | ir.Function) -> int:
     return next((v for d, v in model.opset_imports.items() if d in ("", "ai.onnx")), 1)
 
 
 def _raise_opset(model: ir.Model, kind: str) -> None:
     try:
-        onnxscript.version_converter.convert_version(model, FP8_OPSET, fallback=True)
+        with _quiet_converter():
+            onnxscript.version_converter.convert_version(model, FP8_OPSET, fallback=True)
     except Exception as error:
         raise BaselineError(f"{kind} needs opset {FP8_OPSET}; converting the model failed: {error}") from None
     if _default_opset(model) < FP8_OPSET:

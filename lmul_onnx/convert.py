@@ -9,8 +9,6 @@ input is never modified.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +21,7 @@ import onnx_ir as ir
 from lmul_onnx import energy, graph
 from lmul_onnx.graph import ModelInput, ModelLoadError
 from lmul_onnx.ops import SUPPORTED_OPS
+from lmul_onnx.output_paths import check_output, staged_files
 from lmul_onnx.passes.offsets import (
     Choice,
     LMulOffsetPass,
@@ -47,6 +46,7 @@ class ConversionReport:
     dry_run: bool
     nodes: list[NodeRecord] = field(default_factory=list)
     energy: dict[str, Any] | None = None  # lmul_onnx.energy.count of the result (not on dry runs)
+    written: list[str] = field(default_factory=list)
 
     @property
     def converted(self) -> list[NodeRecord]:
@@ -69,6 +69,7 @@ class ConversionReport:
         return {
             "input": self.input_path,
             "output": self.output_path,
+            "written": self.written,
             "dry_run": self.dry_run,
             "converted": len(self.converted),
             "ops": self.per_op(),
@@ -123,35 +124,69 @@ class ConversionReport:
         return "\n".join(lines)
 
 
-def _external_files(model: ir.Model, base: Path) -> set[Path]:
-    """The external-data files the model's initializers read from."""
-    files = set()
-    for value in model.graph.initializers.values():
-        tensor = value.const_value
+def referenced_files(model: ir.Model, base: Path) -> set[Path]:
+    """The external-data files the model reads (initializers of every graph and subgraph,
+    tensor attributes of every node, functions included), as absolute paths."""
+    files: set[Path] = set()
+
+    def note(tensor: object) -> None:
         if isinstance(tensor, ir.ExternalTensor):
-            files.add((Path(tensor.base_dir or base) / tensor.location).resolve())
+            files.add(Path(os.path.abspath(Path(tensor.base_dir or base) / tensor.location)))
+
+    for each in model.graphs():
+        for value in each.initializers.values():
+            note(value.const_value)
+    for entry in graph.walk(model):
+        for attribute in entry.node.attributes.values():
+            if isinstance(attribute, ir.Attr) and attribute.type == ir.AttributeType.TENSOR:
+                note(attribute.value)
+            elif isinstance(attribute, ir.Attr) and attribute.type == ir.AttributeType.TENSORS:
+                for tensor in attribute.value:
+                    note(tensor)
     return files
 
 
-def save_model(model: ir.Model, output: str | os.PathLike[str], *, reads_from: Iterable[Path] = ()) -> None:
-    """Write ``model`` atomically. Weights stored externally in the input get a new
-    external-data file ``<output name>.data``; it must not be one the model reads from."""
-    output = Path(output).resolve()
+def output_files(
+    output: str | os.PathLike[str],
+    *,
+    input_path: str | os.PathLike[str] | None = None,
+    reads_from: Iterable[Path] = (),
+    overwrite: bool = False,
+) -> list[Path]:
+    """The files a conversion writes: the model and, when the input has external data,
+    ``<output>.data`` beside it; each checked by :func:`output_paths.check_output`
+    against the input and every file it reads."""
     external = set(reads_from)
-    data_name = f"{output.name}.data" if external else None
-    if data_name and (output.parent / data_name).resolve() in external:
-        raise ValueError(
-            f"{output.parent / data_name} is the input's external data; choose another output name"
+    protected = [(Path(p), "the external data of the input model") for p in sorted(external)]
+    if input_path is not None:
+        protected.insert(0, (Path(os.path.abspath(input_path)), "the input model"))
+    model_file = check_output(output, protected=protected, overwrite=overwrite)
+    files = [model_file]
+    if external:
+        data_file = model_file.with_name(f"{model_file.name}.data")
+        files.append(
+            check_output(data_file, protected=protected, overwrite=overwrite, option="external data")
         )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
-        ir.save(model, staging / output.name, external_data=data_name)
-        if data_name:
-            os.replace(staging / data_name, output.parent / data_name)
-        os.replace(staging / output.name, output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    return files
+
+
+def save_model(
+    model: ir.Model,
+    output: str | os.PathLike[str],
+    *,
+    reads_from: Iterable[Path] = (),
+    overwrite: bool = True,
+    input_path: str | os.PathLike[str] | None = None,
+) -> list[Path]:
+    """Write ``model`` atomically; return the files written. Weights stored externally in
+    the input go to a new external-data file ``<output name>.data``, which must not be one
+    the model reads from; nothing is written when a check fails."""
+    files = output_files(output, input_path=input_path, reads_from=reads_from, overwrite=overwrite)
+    data_name = files[1].name if len(files) > 1 else None
+    # The data file is moved into place before the model that names it.
+    with staged_files(files[::-1]) as staged:
+        ir.save(model, staged[files[0]], external_data=data_name)
+    return files
 
 
 def default_output_path(input_path: str | os.PathLike[str]) -> Path:
@@ -193,25 +228,32 @@ def convert_file(
     dry_run: bool = False,
     progress: Callable[[int, int], None] | None = None,
     dims: Mapping[str, int] | None = None,
+    overwrite: bool = False,
     offsets: OffsetOptions | None = None,
 ) -> ConversionReport:
     """Convert a model file into another file; the function behind ``lmul-onnx convert``.
 
-    The input is checked first (:func:`lmul_onnx.graph.load`); its types and shapes are
-    inferred once (``dims`` binds symbolic input dimensions) and serve both the selection
-    and the energy estimate of the result (``report.energy``, not on dry runs).
+    The input is checked first (:func:`lmul_onnx.graph.load`), then the output paths
+    (see :mod:`lmul_onnx.output_paths`: never the input or a file it reads; an existing
+    file is replaced only with ``overwrite``) and the names in ``dims``; its types and
+    shapes are inferred once (``dims`` binds symbolic input dimensions) and serve both
+    the selection and the energy estimate of the result (``report.energy``, not on dry
+    runs). ``report.written`` names the files written.
     """
     model, _ = graph.load(input_path)
     source = os.fspath(input_path)
     target = Path(output_path) if output_path is not None else default_output_path(input_path)
-    if target.resolve() == Path(input_path).resolve():
-        raise ValueError(f"refusing to write over the input model {input_path}")
+    reads_from = referenced_files(model, Path(input_path).parent)
+    if not dry_run:
+        output_files(target, input_path=input_path, reads_from=reads_from, overwrite=overwrite)
+    energy.unbound_dims(model, dims or {})
     types = graph.infer(model, dims or {})
     records = convert_model(model, options, dry_run=dry_run, progress=progress, types=types, offsets=offsets)
     report = ConversionReport(source, None if dry_run else str(target), dry_run, records)
     if not dry_run:
-        report.energy = energy.count(model, types)
-        save_model(model, target, reads_from=_external_files(model, Path(input_path).parent))
+        report.energy = energy.count(model, types, dims=dims)
+        written = save_model(model, target, reads_from=reads_from, overwrite=overwrite, input_path=input_path)
+        report.written = [str(path) for path in written]
     return report
 
 
@@ -247,6 +289,7 @@ def convert(
     nodes_to_exclude: Sequence[str] = (),
     mantissa_bits: int | None = None,
     mantissa_bits_for: dict[str, int] | None = None,
+    overwrite: bool = True,
     offset: Choice | float = "paper",
     offset_for: dict[str, Choice | float] | None = None,
     every_product: bool = False,
@@ -267,6 +310,7 @@ def convert(
         mantissa_bits: operand mantissa width for every converted node (``None``: the
             tensor type's full width).
         mantissa_bits_for: per-node overrides ``{regex: bits}``; the first match wins.
+        overwrite: replace an existing output file (the CLI asks for ``--overwrite``).
         offset: the SPEC section 4 offset of every converted node: ``"paper"`` (the
             default: no attribute), ``"unbiased"`` (the data-free constant of
             :data:`lmul_onnx.offsets.UNBIASED_OFFSETS` for the node's ``m``), an int
@@ -286,7 +330,9 @@ def convert(
     Raises:
         ModelLoadError: the input cannot be read as ONNX, or is a model onnxruntime
             would refuse (see :func:`lmul_onnx.graph.check`).
-        ValueError: an invalid option, or an output path equal to the input.
+        ValueError: an invalid option.
+        lmul_onnx.output_paths.OutputPathError: an output path that is the input, a file
+            the input reads, a symbolic link, or (without ``overwrite``) an existing file.
         lmul_onnx.plan.PlanError: an unreadable plan.
     """
     if plan is not None:
@@ -304,10 +350,10 @@ def convert(
         )
         offsets = OffsetOptions(offset, tuple((offset_for or {}).items()))
     if isinstance(model, (str, os.PathLike)) and output_path is not None:
-        convert_file(model, output_path, options, offsets=offsets)
+        convert_file(model, output_path, options, offsets=offsets, overwrite=overwrite)
         return onnx.load(os.fspath(output_path), load_external_data=False)
     ir_model, _ = graph.load(model)  # a ModelProto is deserialised, so it stays untouched
     convert_model(ir_model, options, offsets=offsets)
     if output_path is not None:
-        save_model(ir_model, output_path)
+        save_model(ir_model, output_path, overwrite=overwrite)
     return ir.to_proto(ir_model)

@@ -21,10 +21,15 @@ standard ops they replace), for every node :func:`lmul_onnx.graph.walk` finds:
 
 Default prices (pJ, 45 nm, Horowitz 2014, as cited by the paper): float32 multiply 3.7,
 float32 add 0.9, float16 multiply 1.1, float16 add 0.4, int32 add 0.1. An L-Mul is priced
-as one integer addition as wide as the operands: int32 for float32. Assumptions (not in
-that source, labelled as such in every report): bfloat16 costs what float16 costs, and a
-16-bit integer add costs 0.05 pJ (half of int32, between the source's 8- and 32-bit
-adds). Summation stays in floating point in both cases, as in the paper's analysis.
+as one integer addition as wide as the bits it adds, sign + exponent + ``m`` mantissa bits
+(32 for float32 at m = 23, 16 for float16 at m = 10, 12 for float32 at m = 3), at
+``int32_add * width / 32`` (an adder's energy grows linearly with its width; the source
+gives 0.03 pJ for 8 bits and 0.1 pJ for 32). ``m`` is the node's ``mantissa_bits`` (for an
+``lmul`` node) or the ``mantissa_bits`` argument (for the "L-Mul everywhere" column of
+standard nodes), else the type's own width. Assumptions (not in that source, labelled as
+such in a report whose figures use them): bfloat16 costs what float16 costs, and the
+linear width rule below 32 bits. Summation stays in floating point in both cases, as in
+the paper's analysis.
 
 Products whose constant operand is exactly 0, ±2^k or a 0/1 mask
 (:mod:`lmul_onnx.passes.exact_products`) need no multiplier at all; they are marked
@@ -46,7 +51,7 @@ import onnx_ir as ir
 
 from lmul_onnx import graph
 from lmul_onnx.conv import conv_operation_counts
-from lmul_onnx.ops import STANDARD_TO_LMUL
+from lmul_onnx.ops import MANTISSA_BITS, STANDARD_TO_LMUL
 from lmul_onnx.passes.exact_products import exact_product_reason
 from lmul_onnx.passes.selection import CONVERTIBLE_TYPES
 
@@ -58,9 +63,9 @@ DEFAULT_TABLE_PJ: dict[str, float] = {
     "bf16_mul": 1.1,
     "bf16_add": 0.4,
     "int32_add": 0.1,
-    "int16_add": 0.05,
 }
-ASSUMED_ENTRIES = ("bf16_mul", "bf16_add", "int16_add")
+ASSUMED_ENTRIES = ("bf16_mul", "bf16_add")
+_EXPONENT_BITS = {ir.DataType.FLOAT: 8, ir.DataType.FLOAT16: 5, ir.DataType.BFLOAT16: 8}
 _PRICES = ("original", "lmul", "as_is")
 
 
@@ -81,6 +86,7 @@ class NodeCount:
     executions: int | None = 1  # times the node runs per model run; None: unknown trip count
     per_iteration: bool = False  # inside a Loop/Scan of unknown length: counts are per iteration
     exact: str | None = None  # why the product needs no multiplier (exact_products), if it does not
+    lmul_width: int = 32  # bits of the integer addition its L-Mul costs
 
 
 def load_table(path: str | os.PathLike[str] | None) -> dict[str, float]:
@@ -88,7 +94,10 @@ def load_table(path: str | os.PathLike[str] | None) -> dict[str, float]:
     table = dict(DEFAULT_TABLE_PJ)
     if path is None:
         return table
-    text = Path(path).read_text()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise EnergyError(f"{path}: cannot read the table ({error})") from None
     try:
         if str(path).endswith(".toml"):
             import tomllib
@@ -98,10 +107,15 @@ def load_table(path: str | os.PathLike[str] | None) -> dict[str, float]:
             data = json.loads(text)
     except Exception as error:
         raise EnergyError(f"{path}: not a valid table ({error})") from None
+    if not isinstance(data, dict):
+        raise EnergyError(f"{path}: not a valid table (expected {{entry: pJ}}, got {type(data).__name__})")
     unknown = sorted(set(data) - set(table))
     if unknown:
         raise EnergyError(f"{path}: unknown entries {unknown}; known: {sorted(table)}")
-    table.update({k: float(v) for k, v in data.items()})
+    for key, value in data.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+            raise EnergyError(f"{path}: {key} must be a non-negative number of pJ, got {value!r}")
+        table[key] = float(value)
     return table
 
 
@@ -168,21 +182,65 @@ def _executions(entry: graph.NodeEntry, types: graph.Types) -> int | None:
     return total
 
 
-def _price_keys(dtype: ir.DataType) -> tuple[str, str]:
-    """Table keys of a float type's multiply/add and of an integer add as wide."""
-    prefix = "bf" if dtype == ir.DataType.BFLOAT16 else "fp"
-    return f"{prefix}{dtype.bitwidth}", f"int{dtype.bitwidth}"
+def lmul_add_width(dtype: ir.DataType, bits: int | None) -> int:
+    """Bits of the integer addition one L-Mul costs: sign + exponent + m mantissa bits."""
+    own = graph.mantissa_bits(dtype) or 23
+    return 1 + _EXPONENT_BITS.get(dtype, 8) + (own if bits is None else min(bits, own))
 
 
 def _price(
-    mults: int | None, adds: int | None, dtype: ir.DataType, is_lmul: bool, table: Mapping[str, float]
+    mults: int | None,
+    adds: int | None,
+    dtype: ir.DataType,
+    width: int,
+    is_lmul: bool,
+    table: Mapping[str, float],
 ) -> dict:
-    float_key, int_key = _price_keys(dtype)
+    float_key = f"{'bf' if dtype == ir.DataType.BFLOAT16 else 'fp'}{dtype.bitwidth}"
     if mults is None or adds is None:
         return dict.fromkeys(_PRICES)
     original = mults * table[f"{float_key}_mul"] + adds * table[f"{float_key}_add"]
-    lmul = mults * table[f"{int_key}_add"] + adds * table[f"{float_key}_add"]
+    lmul = mults * table["int32_add"] * width / 32 + adds * table[f"{float_key}_add"]
     return {"original": original, "lmul": lmul, "as_is": lmul if is_lmul else original}
+
+
+def unbound_dims(model: ir.Model, dims: Mapping[str, int]) -> list[str]:
+    """The symbolic dimensions of the graph inputs not bound by ``dims``, in order.
+
+    Raises:
+        EnergyError: a name in ``dims`` that is not a symbolic input dimension.
+    """
+    names: list[str] = []
+    for value in model.graph.inputs:
+        if value.is_initializer() or value.shape is None:
+            continue
+        for dim in value.shape:
+            if isinstance(dim, ir.SymbolicDim) and dim.value and dim.value not in names:
+                names.append(dim.value)
+    unknown = sorted(set(dims) - set(names))
+    if unknown:
+        raise EnergyError(
+            f"--dim {', '.join(unknown)}: no such symbolic input dimension; "
+            f"the model's are {', '.join(names) or 'none'}"
+        )
+    return [name for name in names if name not in dims]
+
+
+def _assumptions(nodes: list[NodeCount], prices: Mapping[str, float]) -> list[str]:
+    """The labelled assumptions this report's figures rest on (none for a float32 model
+    priced at full width)."""
+    notes = []
+    if any(n.element_type == "bfloat16" for n in nodes):
+        notes += [
+            f"{k} = {prices[k]} pJ is an assumption, not a published measurement" for k in ASSUMED_ENTRIES
+        ]
+    narrow = sorted({n.lmul_width for n in nodes if n.lmul_width != 32})
+    if narrow:
+        notes.append(
+            f"an L-Mul of {', '.join(map(str, narrow))} bits is priced at int32_add x width / 32 "
+            "(linear in the adder's width), an assumption"
+        )
+    return notes
 
 
 def _saving(nodes: list[NodeCount], price: str) -> float:
@@ -190,7 +248,14 @@ def _saving(nodes: list[NodeCount], price: str) -> float:
     return 100 * (1 - sum(n.energy_pj[price] for n in nodes) / original) if original else 0.0
 
 
-def count(model: ir.Model, types: graph.Types, table: Mapping[str, float] | None = None) -> dict[str, Any]:
+def count(
+    model: ir.Model,
+    types: graph.Types,
+    table: Mapping[str, float] | None = None,
+    *,
+    dims: Mapping[str, int] | None = None,
+    mantissa_bits: int | None = None,
+) -> dict[str, Any]:
     """The energy report of a loaded model whose types are ``types`` (see :func:`energy`)."""
     prices = dict(table or DEFAULT_TABLE_PJ)
     nodes: list[NodeCount] = []
@@ -207,6 +272,9 @@ def count(model: ir.Model, types: graph.Types, table: Mapping[str, float] | None
             continue
         is_lmul = node.domain != "" and node.domain != "ai.onnx"
         mults, adds = _count(entry, op, types)
+        own = node.attributes.get(MANTISSA_BITS)
+        own_bits = int(own.value) if isinstance(own, ir.Attr) and own.type == ir.AttributeType.INT else None
+        width = lmul_add_width(dtype, own_bits if is_lmul else mantissa_bits)
         executions = _executions(entry, types)
         if mults is not None and adds is not None and executions is not None:
             mults, adds = mults * executions, adds * executions
@@ -218,11 +286,12 @@ def count(model: ir.Model, types: graph.Types, table: Mapping[str, float] | None
                 graph.dtype_name(dtype),
                 mults,
                 adds,
-                _price(mults, adds, dtype, is_lmul, prices),
+                _price(mults, adds, dtype, width, is_lmul, prices),
                 entry.key,
                 executions,
                 executions is None,
                 exact_product_reason(node),
+                width,
             )
         )
     known = [n for n in nodes if n.multiplications is not None]
@@ -255,9 +324,8 @@ def count(model: ir.Model, types: graph.Types, table: Mapping[str, float] | None
         },
         "nodes": [n.__dict__ for n in nodes],
         "table_pj": prices,
-        "assumptions": [
-            f"{k} = {prices[k]} pJ is an assumption, not a published measurement" for k in ASSUMED_ENTRIES
-        ],
+        "assumptions": _assumptions(nodes, prices),
+        "unbound_dims": unbound_dims(model, dims or {}),
     }
 
 
@@ -266,6 +334,7 @@ def energy(
     *,
     dims: Mapping[str, int] | None = None,
     table: Mapping[str, float] | None = None,
+    mantissa_bits: int | None = None,
 ) -> dict[str, Any]:
     """Count and price the products of a model (standard or converted): a path, an
     ``onnx.ModelProto`` or an ``onnx_ir.Model``.
@@ -275,12 +344,17 @@ def energy(
     "lmul_saving_percent" (were every product an L-Mul), "converted_multiplications",
     "converted_saving_percent" (over the converted products only), "unknown_nodes",
     "per_iteration_nodes"}, "per_op": {...}, "nodes": [...], "table_pj": {...},
-    "assumptions": [...]}``. Nodes whose shapes stay unknown (unbound symbolic dimensions)
-    are listed with ``null`` counts and left out of the totals, never guessed; nodes in a
-    loop of unknown trip count are counted for one iteration and flagged ``per_iteration``.
+    "assumptions": [...], "unbound_dims": [...]}``. Nodes whose shapes stay unknown
+    (unbound symbolic dimensions, named in ``unbound_dims``) are listed with ``null``
+    counts and left out of the totals, never guessed; nodes in a loop of unknown trip count
+    are counted for one iteration and flagged ``per_iteration``. ``mantissa_bits`` prices
+    the "L-Mul everywhere" column of standard nodes at that width (``lmul`` nodes use their
+    own ``mantissa_bits``); ``assumptions`` names the assumptions the figures rest on.
 
     Raises:
         lmul_onnx.ModelLoadError: a missing, unreadable or invalid model.
+        EnergyError: a name in ``dims`` that is not a symbolic input dimension.
     """
     loaded, _ = graph.load(model)
-    return count(loaded, graph.infer(loaded, dims or {}), table)
+    unbound_dims(loaded, dims or {})
+    return count(loaded, graph.infer(loaded, dims or {}), table, dims=dims, mantissa_bits=mantissa_bits)

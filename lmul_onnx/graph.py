@@ -129,6 +129,10 @@ def _check_initializer(value: ir.Value, where: str) -> None:
             size = file.stat().st_size
         except OSError:
             raise ModelLoadError(f"{where}: initializer {value.name!r}: cannot read {file}") from None
+        if (tensor.offset or 0) < 0 or (length is not None and length < 0):
+            raise ModelLoadError(
+                f"{where}: initializer {value.name!r}: negative external-data offset or length"
+            )
         available = size - (tensor.offset or 0)
         if expected is not None and ((length is not None and length != expected) or available < expected):
             raise ModelLoadError(

@@ -10,9 +10,11 @@ arrays themselves. Definitions, with o the original and c the converted values:
 * ``snr_db`` = 10 log10(sum o^2 / sum (c - o)^2)  (inf when identical)
 * ``cosine`` = sum c*o / (||c|| ||o||), over the flattened output
 * ``top1_agreement`` = fraction of positions whose argmax over the last axis agrees
-  (reported for outputs that look like class logits, see :func:`looks_like_logits`)
+  (reported for class-score outputs only: named by validate's ``--logits``, else by
+  the rule of :func:`looks_like_logits`)
 * ``nan_mismatches`` = elements that are NaN in one output only (cosine and SNR are
-  then NaN)
+  then NaN); ``new_nonfinite`` = elements NaN or infinite in the converted output where
+  the original is finite
 * ``mismatches`` = fraction of elements outside ``atol + rtol * |o|`` (numpy allclose)
 
 An output passes when it has no mismatch (NaN where the original has none counts as
@@ -29,14 +31,19 @@ from typing import Any
 import numpy as np
 
 CHUNK = 1 << 20
-_LOGIT_NAME = re.compile(r"logit|prob|score|class|pred", re.IGNORECASE)
+_LOGIT_NAME = re.compile(r"logit|prob|score|class", re.IGNORECASE)
 
 
-def looks_like_logits(name: str, shape: tuple[int, ...]) -> bool:
-    """Class-logit-like: named so (logits, probs, scores...), or a 2-D (batch, classes) output."""
-    if len(shape) < 1 or shape[-1] < 2:
-        return False
-    return bool(_LOGIT_NAME.search(name)) or len(shape) == 2
+def looks_like_logits(name: str, array: np.ndarray) -> bool:
+    """The default rule for class scores: a floating-point output with at least two
+    values on its last axis whose name contains ``logit``, ``prob``, ``score`` or
+    ``class`` (case-insensitive). Embeddings, hidden states and integer outputs are not."""
+    return (
+        array.dtype.kind == "f"
+        and array.ndim >= 1
+        and array.shape[-1] >= 2
+        and bool(_LOGIT_NAME.search(name))
+    )
 
 
 @dataclass
@@ -56,6 +63,7 @@ class DriftAccumulator:
     dot: float = 0.0
     mismatches: int = 0
     nan_mismatches: int = 0
+    new_nonfinite: int = 0
     top1_total: int = 0
     top1_agree: int = 0
     logits: bool = False
@@ -77,6 +85,7 @@ class DriftAccumulator:
             self.top1_agree += int(np.count_nonzero(rows_o.argmax(-1) == rows_c.argmax(-1)))
 
     def _add_chunk(self, o: np.ndarray, c: np.ndarray) -> None:
+        self.new_nonfinite += int(np.count_nonzero(np.isfinite(o) & ~np.isfinite(c)))
         o_nan, c_nan = np.isnan(o), np.isnan(c)
         self.nan_mismatches += int(np.count_nonzero(o_nan != c_nan))
         both = ~(o_nan | c_nan)
@@ -127,6 +136,7 @@ class DriftAccumulator:
             "cosine": cosine,
             "mismatches": (self.mismatches + self.nan_mismatches) / n,
             "nan_mismatches": self.nan_mismatches,
+            "new_nonfinite": self.new_nonfinite,
             "passed": self.passed,
         }
         if self.logits:

@@ -6,25 +6,28 @@ the portable reference, the tests) takes these names from here, and
 paragraph) where the native kernels cannot: onnxruntime's C API (version <= 21) reads a
 node's attributes only by name, so the kernels refuse wrongly typed attributes
 themselves but cannot see an attribute the op does not define.
+
+Only the standard library is imported at module level (the command line reads these
+names before it needs onnx); :func:`domain_problems` imports onnx and onnx-ir.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import onnx
-import onnx_ir as ir
+if TYPE_CHECKING:
+    import onnx
+    import onnx_ir as ir
 
 DOMAIN = "lmul"
 DOMAIN_VERSION = 1
 MANTISSA_BITS = "mantissa_bits"
 OFFSET = "offset"  # SPEC section 4
 
-_INT = onnx.AttributeProto.INT
-_INTS = onnx.AttributeProto.INTS
-_FLOAT = onnx.AttributeProto.FLOAT
-_STRING = onnx.AttributeProto.STRING
+# onnx.AttributeProto.AttributeType values (the same numbers as onnx_ir.AttributeType).
+_FLOAT, _INT, _STRING, _TENSOR, _FLOATS, _INTS = 1, 2, 3, 4, 6, 7
 
 # Attributes every lmul op takes (SPEC sections 3 and 4), with their types.
 COMMON_ATTRIBUTES: Mapping[str, int] = {MANTISSA_BITS: _INT, OFFSET: _INT}
@@ -80,17 +83,19 @@ class DomainError(ValueError):
 
 
 _TYPE_NAMES = {
-    onnx.AttributeProto.INT: "an int",
-    onnx.AttributeProto.FLOAT: "a float",
-    onnx.AttributeProto.STRING: "a string",
-    onnx.AttributeProto.INTS: "a list of ints",
-    onnx.AttributeProto.FLOATS: "a list of floats",
-    onnx.AttributeProto.TENSOR: "a tensor",
+    _INT: "an int",
+    _FLOAT: "a float",
+    _STRING: "a string",
+    _INTS: "a list of ints",
+    _FLOATS: "a list of floats",
+    _TENSOR: "a tensor",
 }
 
 
-def _type_name(attribute_type: int) -> str:
+def type_name(attribute_type: int) -> str:
     """``"an int"``, ``"a list of ints"``, ... (the kernels' wording)."""
+    import onnx
+
     name = _TYPE_NAMES.get(attribute_type)
     return name or f"a {onnx.AttributeProto.AttributeType.Name(attribute_type).lower()}"
 
@@ -103,6 +108,9 @@ def domain_problems(model: onnx.ModelProto | ir.Model) -> list[str]:
     :data:`ATTRIBUTES` lists, each of its type. Value ranges (``mantissa_bits``,
     ``offset``, ...) are the kernels' to check.
     """
+    import onnx
+    import onnx_ir as ir
+
     from lmul_onnx import graph  # graph imports this module: import when called
 
     if isinstance(model, onnx.ModelProto):
@@ -130,8 +138,8 @@ def domain_problems(model: onnx.ModelProto | ir.Model) -> list[str]:
                 )
             elif not attribute.is_ref() and int(attribute.type) != wanted:
                 problems.append(
-                    f"{where}: attribute {attribute.name!r} must be {_type_name(wanted)}, "
-                    f"got {_type_name(int(attribute.type))}"
+                    f"{where}: attribute {attribute.name!r} must be {type_name(wanted)}, "
+                    f"got {type_name(int(attribute.type))}"
                 )
     return problems
 

@@ -63,10 +63,22 @@ def get_library_path() -> str:
     )
 
 
+_REGISTERED = "lmul_onnx.custom_ops_library"
+
+
 def session_options(options: ort.SessionOptions | None = None) -> ort.SessionOptions:
-    """Return ``options`` (or new ``SessionOptions``) with the ``lmul`` ops registered."""
+    """Return ``options`` (or new ``SessionOptions``) with the ``lmul`` ops registered.
+
+    Registering twice is harmless: the options remember the library (in a session
+    config entry), so ``InferenceSession(model, session_options())`` works.
+    """
     options = options if options is not None else ort.SessionOptions()
-    options.register_custom_ops_library(get_library_path())
+    try:
+        options.get_session_config_entry(_REGISTERED)
+    except RuntimeError:  # not registered yet
+        library = get_library_path()
+        options.register_custom_ops_library(library)
+        options.add_session_config_entry(_REGISTERED, library)
     return options
 
 

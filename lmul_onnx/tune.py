@@ -323,9 +323,7 @@ class Evaluator:
         }
         for want, got in zip(work.reference, converted, strict=True):
             for name in work.output_names:
-                accumulators[name].add(
-                    want[name], got[name], logits=looks_like_logits(name, want[name].shape)
-                )
+                accumulators[name].add(want[name], got[name], logits=looks_like_logits(name, want[name]))
         outputs = {name: a.result() for name, a in accumulators.items()}
         passed = all(m["passed"] for m in outputs.values())
         if budget.min_snr_db is not None:

@@ -107,7 +107,7 @@ def test_cli_summary_json_and_dry_run(model: onnx.ModelProto, tmp_path: Path) ->
     assert result.exit_code == 0, result.output
     assert f"offset m=4: paper {numerics.paper_offset(4):#08x} (0.12500) on 1 node(s)" in result.output
     assert f"offset m=4: unbiased {UNBIASED_OFFSETS[4]:#08x} (0.05626) on 1 node(s)" in result.output
-    result = runner.invoke(main, [*args, "--offset", "0.0625", "--json"])
+    result = runner.invoke(main, [*args, "--offset", "0.0625", "--json", "-", "--overwrite"])
     report = json.loads(result.output)
     assert report["offsets"] == [
         {"mantissa_bits": 4, "offset": 0x80000, "value": 0x80000, "choice": "value", "nodes": 2}

@@ -95,6 +95,7 @@ def test_converted_model_as_is_and_cli(tmp_path: Path) -> None:
             "--table",
             str(table),
             "--json",
+            "-",
         ],
         capture_output=True,
         text=True,

@@ -54,7 +54,11 @@ def test_top1_and_streaming() -> None:
 
 
 def test_logit_heuristic() -> None:
-    assert looks_like_logits("logits", (1, 7, 50000))
-    assert looks_like_logits("output", (8, 10))
-    assert not looks_like_logits("last_hidden_state", (1, 7, 384))
-    assert not looks_like_logits("score", (4, 1))
+    assert looks_like_logits("logits", np.zeros((1, 7, 50), np.float32))
+    assert looks_like_logits("class_probs", np.zeros((8, 10), np.float16))
+    # the rule is the name: a 2-D embedding, an int64 pass-through and one score are not
+    assert not looks_like_logits("output", np.zeros((8, 10), np.float32))
+    assert not looks_like_logits("sentence_embedding", np.zeros((1, 384), np.float32))
+    assert not looks_like_logits("last_hidden_state", np.zeros((1, 7, 384), np.float32))
+    assert not looks_like_logits("score", np.zeros((4, 1), np.float32))
+    assert not looks_like_logits("logits_shape", np.zeros((3,), np.int64))

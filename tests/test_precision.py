@@ -54,7 +54,7 @@ def test_rows_against_a_direct_computation() -> None:
 
 def test_cli_json() -> None:
     completed = subprocess.run(
-        [str(Path(sys.executable).with_name("lmul-onnx")), "precision", "--pairs", "20000", "--json"],
+        [str(Path(sys.executable).with_name("lmul-onnx")), "precision", "--pairs", "20000", "--json", "-"],
         capture_output=True,
         text=True,
         check=True,

@@ -135,7 +135,7 @@ def test_cli_exit_codes_and_json(branches: Path, tmp_path: Path) -> None:
         (["{m}", "{m}", "--atol", "nothere:1"], "unknown output"),
         (["{m}", "{m}", "--compare", "fp4"], "unknown baseline"),
         (["{m}", "{m}", "--dim", "batch"], "KEY=VALUE"),
-        (["{m}", "{m}", "--input-range", "x=1"], "not a valid"),
+        (["{m}", "{m}", "--input-range", "x=1"], "is not LO:HI"),
         (["{m}", "{m}", "--inputs", "{garbage}"], "cannot read inputs"),
     ],
 )

@@ -2,22 +2,24 @@
 
 A node is converted when it is a MatMul/Gemm/Mul/Conv/ConvTranspose of the default domain chosen by
 ``ops``, works on float32/float16/bfloat16, falls in the ``scope``, and passes the
-``include``/``exclude`` name filters, and has no constant operand of exact powers of two
-(:mod:`exact_products`; ``every_product`` converts those too). A ``plan`` (from ``lmul-onnx
-tune``) replaces these choices: exactly the nodes it names are converted, at its widths.
-Every other node gets a reason, so the summary can say why it stayed.
+``include``/``exclude`` name filters, carries only the attributes its ``lmul`` op takes,
+correctly typed (``ALLOWED_ATTRIBUTES``), and has no constant operand of exact powers of
+two (:mod:`exact_products`; ``every_product`` converts those too). A ``plan`` (from
+``lmul-onnx tune``) replaces these choices: exactly the nodes it names are converted, at
+its widths. Every other node gets a reason, so the summary can say why it stayed.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
 
 import onnx_ir as ir
 
+from lmul_onnx.choices import Scope
 from lmul_onnx.graph import dtype_name, mantissa_bits
-from lmul_onnx.ops import DOMAIN, LMUL_TO_STANDARD, STANDARD_TO_LMUL, SUPPORTED_OPS
+from lmul_onnx.ops import DOMAIN, LMUL_TO_STANDARD, OP_MAPPINGS, STANDARD_TO_LMUL, SUPPORTED_OPS, type_name
 from lmul_onnx.passes.exact_products import VALUE_PRESERVING_OPS, exact_product_reason
 
 # The element types the kernels compute on.
@@ -27,14 +29,6 @@ CONVERTIBLE_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataTy
 # is still a weight.
 PLUMBING_OPS = VALUE_PRESERVING_OPS | {"DequantizeLinear"}
 LEFT_BY_PLAN = "left exact by the plan"
-
-
-class Scope(str, Enum):
-    """Which products to convert, by where their operands come from."""
-
-    ALL = "all"
-    ATTENTION = "attention"  # products of two activations (Q·Kᵀ, probabilities·V)
-    WEIGHTS = "weights"  # products with a constant operand (initializer or Constant)
 
 
 @dataclass(frozen=True)
@@ -86,6 +80,31 @@ class SelectionOptions:
         return self.mantissa_bits
 
 
+# The attributes a standard op may carry for its `lmul` replacement to compute the same
+# thing: the `lmul` op's own (ops.OP_MAPPINGS, opset >= 7 forms), each of its type. Legacy
+# forms — Mul/Gemm `broadcast`/`axis` (opset < 7), Mul `consumed_inputs` (opset 1) — and
+# attributes onnxruntime itself would refuse (a wrongly typed alpha, an unknown name)
+# leave the node as it is, with the reason.
+ALLOWED_ATTRIBUTES: dict[str, Mapping[str, int]] = {m.standard: m.attributes for m in OP_MAPPINGS}
+_LEGACY = ("broadcast", "axis", "consumed_inputs")
+
+
+def attribute_problem(node: ir.Node) -> str | None:
+    """Why ``node``'s attributes keep it from being rewritten, or None."""
+    allowed = ALLOWED_ATTRIBUTES.get(node.op_type, {})
+    for name, attribute in node.attributes.items():
+        if name in _LEGACY and name not in allowed:
+            return f"legacy {node.op_type} attribute {name!r} (opset < 7 semantics)"
+        if name not in allowed:
+            return f"unknown {node.op_type} attribute {name!r}"
+        if not attribute.is_ref() and int(attribute.type) != allowed[name]:
+            return (
+                f"{node.op_type} attribute {name!r} is {type_name(int(attribute.type))}, "
+                f"not {type_name(allowed[name])}"
+            )
+    return None
+
+
 @dataclass(frozen=True)
 class Decision:
     """The verdict on one node."""
@@ -131,6 +150,9 @@ def decide(
         return Decision(False, "not a MatMul/Gemm/Mul/Conv/ConvTranspose")
     if node.op_type not in options.ops:
         return Decision(False, "op type not selected (--ops)")
+    problem = attribute_problem(node)
+    if problem is not None:
+        return Decision(False, problem)
     known = {t for t in element_types if t is not None}
     if len(known) > 1:
         names = ", ".join(sorted(dtype_name(t) for t in known))
