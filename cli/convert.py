@@ -102,6 +102,12 @@ _SELECTION_OPTIONS = (
     help="Bind a symbolic input dimension for the energy estimate (repeatable).",
 )
 @click.option(
+    "--portable",
+    is_flag=True,
+    help="Also write each lmul op's body in standard ONNX ops (opset 26), so that onnxruntime >= 1.30 "
+    "runs the model without the custom-op library.",
+)
+@click.option(
     "--every-product",
     is_flag=True,
     help="Also convert products whose constant operand is exactly 0, ±2^k or a 0/1 mask "
@@ -129,6 +135,7 @@ def convert(
     offset: str,
     offset_for: tuple[str, ...],
     dim: tuple[str, ...],
+    portable: bool,
     every_product: bool,
     plan_path: Path | None,
     dry_run: bool,
@@ -203,6 +210,7 @@ def convert(
             progress=progress,
             dims=dims,
             offsets=offsets,
+            portable=portable,
             overwrite=overwrite,
         )
     except (ModelLoadError, OutputPathError, ValueError) as error:
@@ -223,6 +231,8 @@ def convert(
                 f"  {record.op_type} -> {record.new_op_type}{bits}  {record.name}  [{record.location}]"
             )
     else:
+        if report.portable:
+            click.echo(f"portable: {report.portable}")
         click.echo(f"wrote {', '.join(report.written)} ({time.monotonic() - start:.1f} s)")
     if not dry_run:
         click.echo(_energy_line(report, estimate))

@@ -14,6 +14,7 @@ import click
 
 import lmul_onnx
 from lmul_onnx.cli.convert import convert as convert_command
+from lmul_onnx.cli.deploy import doctor_command, library_path_command
 from lmul_onnx.cli.energy import energy_command
 from lmul_onnx.cli.models import models
 from lmul_onnx.cli.precision import precision_command
@@ -112,6 +113,8 @@ main.add_command(models)
 main.add_command(energy_command)
 main.add_command(precision_command)
 main.add_command(tune_command)
+main.add_command(library_path_command)
+main.add_command(doctor_command)
 
 if __name__ == "__main__":
     main()

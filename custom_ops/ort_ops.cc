@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "api_version.h"
 #include "kernels/conv_shapes.h"
 #include "kernels/lmul_conv.h"
 #include "kernels/lmul_gemm.h"
@@ -30,10 +31,7 @@ using lmul::Float16Storage;
 using lmul::Float32Storage;
 
 constexpr const char* kDomain = "lmul";
-// The C API version this library asks for: onnxruntime 1.21's, whatever headers it is built
-// against, so that a build against newer headers still runs on every onnxruntime >= 1.21
-// (pyproject's floor). Only functions of API <= 21 may be used.
-constexpr uint32_t kOrtApiVersion = 21;
+using lmul::kOrtApiVersion;  // api_version.h
 static_assert(ORT_API_VERSION >= kOrtApiVersion, "onnxruntime headers older than API 21");
 constexpr const char* kMantissaBitsAttribute = "mantissa_bits";
 constexpr const char* kOffsetAttribute = "offset";

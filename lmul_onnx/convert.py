@@ -33,6 +33,7 @@ from lmul_onnx.passes.offsets import (
 from lmul_onnx.passes.rewrite import LMulRewritePass, NodeRecord
 from lmul_onnx.passes.selection import Scope, SelectionOptions
 from lmul_onnx.plan import Plan, load_plan
+from lmul_onnx.portable import make_portable
 
 __all__ = ["ConversionReport", "ModelLoadError", "convert", "convert_file", "convert_model"]
 
@@ -47,6 +48,7 @@ class ConversionReport:
     nodes: list[NodeRecord] = field(default_factory=list)
     energy: dict[str, Any] | None = None  # lmul_onnx.energy.count of the result (not on dry runs)
     written: list[str] = field(default_factory=list)
+    portable: str | None = None  # what --portable changed (lmul_onnx.portable)
 
     @property
     def converted(self) -> list[NodeRecord]:
@@ -72,6 +74,7 @@ class ConversionReport:
             "written": self.written,
             "dry_run": self.dry_run,
             "converted": len(self.converted),
+            "portable": self.portable,
             "ops": self.per_op(),
             "offsets": self.offsets(),
             "nodes": [
@@ -230,6 +233,7 @@ def convert_file(
     dims: Mapping[str, int] | None = None,
     overwrite: bool = False,
     offsets: OffsetOptions | None = None,
+    portable: bool = False,
 ) -> ConversionReport:
     """Convert a model file into another file; the function behind ``lmul-onnx convert``.
 
@@ -239,6 +243,7 @@ def convert_file(
     shapes are inferred once (``dims`` binds symbolic input dimensions) and serve both
     the selection and the energy estimate of the result (``report.energy``, not on dry
     runs). ``report.written`` names the files written.
+    ``portable`` adds the standard-op bodies of :mod:`lmul_onnx.portable`.
     """
     model, _ = graph.load(input_path)
     source = os.fspath(input_path)
@@ -252,6 +257,9 @@ def convert_file(
     report = ConversionReport(source, None if dry_run else str(target), dry_run, records)
     if not dry_run:
         report.energy = energy.count(model, types, dims=dims)
+        if portable:
+            model, added = make_portable(model, base_dir=Path(input_path).parent)
+            report.portable = added.describe()
         written = save_model(model, target, reads_from=reads_from, overwrite=overwrite, input_path=input_path)
         report.written = [str(path) for path in written]
     return report
@@ -294,6 +302,7 @@ def convert(
     offset_for: dict[str, Choice | float] | None = None,
     every_product: bool = False,
     plan: str | os.PathLike[str] | Plan | None = None,
+    portable: bool = False,
 ) -> onnx.ModelProto:
     """Rewrite the MatMul / Gemm / Mul / Conv / ConvTranspose nodes of a model into L-Mul ops.
 
@@ -316,6 +325,9 @@ def convert(
             :data:`lmul_onnx.offsets.UNBIASED_OFFSETS` for the node's ``m``), an int
             (the attribute, 0 <= offset < 2^23) or a float fraction in [0, 1).
         offset_for: per-node overrides ``{regex: choice}``; the first match wins.
+        portable: also write each ``lmul`` op's body as a model-local function of standard
+            ops (:mod:`lmul_onnx.portable`), so that onnxruntime >= 1.30 runs the model
+            without the custom-op library.
         every_product: also convert products whose constant operand is exactly 0, ±2^k or
             a 0/1 mask (left exact by default: L-Mul would only add error to them).
         plan: a plan from :func:`lmul_onnx.tune` (a path or a ``Plan``): convert exactly
@@ -333,6 +345,7 @@ def convert(
         ValueError: an invalid option.
         lmul_onnx.output_paths.OutputPathError: an output path that is the input, a file
             the input reads, a symbolic link, or (without ``overwrite``) an existing file.
+        PortableError: ``portable`` and the model cannot hold the portable bodies.
         lmul_onnx.plan.PlanError: an unreadable plan.
     """
     if plan is not None:
@@ -350,10 +363,12 @@ def convert(
         )
         offsets = OffsetOptions(offset, tuple((offset_for or {}).items()))
     if isinstance(model, (str, os.PathLike)) and output_path is not None:
-        convert_file(model, output_path, options, offsets=offsets, overwrite=overwrite)
+        convert_file(model, output_path, options, offsets=offsets, overwrite=overwrite, portable=portable)
         return onnx.load(os.fspath(output_path), load_external_data=False)
     ir_model, _ = graph.load(model)  # a ModelProto is deserialised, so it stays untouched
     convert_model(ir_model, options, offsets=offsets)
+    if portable:
+        ir_model, _ = make_portable(ir_model)
     if output_path is not None:
         save_model(ir_model, output_path, overwrite=overwrite)
     return ir.to_proto(ir_model)

@@ -284,6 +284,12 @@ class NodeEntry:
         return not self.parents and self.function is None
 
 
+def user_functions(model: ir.Model) -> dict[ir.OperatorIdentifier, ir.Function]:
+    """The model's own functions: those of the ``lmul`` domain are the portable bodies of
+    the ``lmul`` ops (:mod:`lmul_onnx.portable`), definitions of ops, never walked."""
+    return {key: f for key, f in model.functions.items() if f.domain != DOMAIN}
+
+
 def function_id(function: ir.Function) -> str:
     return f"{function.domain}.{function.name}" + (f":{function.overload}" if function.overload else "")
 
@@ -348,11 +354,11 @@ def walk(model: ir.Model, *, expand_calls: bool = False) -> Iterator[NodeEntry]:
     their own but below each call site (a body called twice appears twice, with
     ``calls`` naming the call site; recursion stops at a function already being expanded).
     """
-    functions = dict(model.functions) if expand_calls else None
+    functions = user_functions(model) if expand_calls else None
     yield from _walk_graph(model.graph, "", "", None, (), (), functions)
     if expand_calls:
         return
-    for function in model.functions.values():
+    for function in user_functions(model).values():
         key = f"{function.domain}::{function.name}" + (f"::{function.overload}" if function.overload else "")
         yield from _walk_graph(function, key, function_id(function), function, (), (), None)
 
@@ -496,20 +502,20 @@ def _as_standard(node: onnx.NodeProto, opset: int) -> None:
         node.attribute.extend(kept)
 
 
-def _proto_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+def proto_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
     """``graph`` and its subgraphs at any depth."""
     yield graph
     for node in graph.node:
         for attribute in node.attribute:
             if attribute.type == onnx.AttributeProto.GRAPH:
-                yield from _proto_graphs(attribute.g)
+                yield from proto_graphs(attribute.g)
             for subgraph in attribute.graphs:
-                yield from _proto_graphs(subgraph)
+                yield from proto_graphs(subgraph)
 
 
 def _proto_nodes(proto: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
     """Every node of a ModelProto: graphs, subgraphs, function bodies (and theirs)."""
-    for graph in _proto_graphs(proto.graph):
+    for graph in proto_graphs(proto.graph):
         yield from graph.node
     for function in proto.functions:
         for node in function.node:
@@ -517,7 +523,7 @@ def _proto_nodes(proto: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
             for attribute in node.attribute:
                 subgraphs = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs
                 for subgraph in subgraphs:
-                    for inner in _proto_graphs(subgraph):
+                    for inner in proto_graphs(subgraph):
                         yield from inner.node
 
 
@@ -532,7 +538,7 @@ def _prepare(proto: onnx.ModelProto, dims: Mapping[str, int]) -> None:
     """In place: lmul ops as standard ops, declared intermediate shapes dropped (exporters
     often write placeholder symbols), symbolic input dims bound."""
     _standard_view(proto)
-    for graph in _proto_graphs(proto.graph):
+    for graph in proto_graphs(proto.graph):
         del graph.value_info[:]
     for output in proto.graph.output:
         output.type.tensor_type.ClearField("shape")
@@ -710,10 +716,11 @@ def infer(model: ir.Model, dims: Mapping[str, int] | None = None) -> Types:
     _assign(model.graph, "", _infer_proto(skeleton), types.values)
     protos = {(f.domain, f.name, getattr(f, "overload", "")): f for f in skeleton.functions}
     cache: dict[tuple, _Scoped] = {}
+    functions = user_functions(model)
 
     def type_calls(graph_entries: list[NodeEntry], calls: tuple[ir.Node, ...]) -> None:
         for entry in graph_entries:
-            function = model.functions.get((entry.node.domain, entry.node.op_type, entry.node.overload))
+            function = functions.get((entry.node.domain, entry.node.op_type, entry.node.overload))
             if function is None or len(calls) >= _MAX_CALL_DEPTH:
                 continue
             if any(_local_of(c, function) for c in calls):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -64,6 +65,38 @@ def get_library_path() -> str:
 
 
 _REGISTERED = "lmul_onnx.custom_ops_library"
+
+
+def _library() -> ctypes.CDLL:
+    return ctypes.CDLL(get_library_path())
+
+
+def simd_level() -> str:
+    """The SIMD level the matrix-product kernels use on this CPU: ``"avx512f"``, ``"avx2"``
+    or ``"none"`` (the portable loops), after the ``LMUL_SIMD`` cap in the environment."""
+    function = _library().lmul_simd_level
+    function.restype = ctypes.c_char_p
+    function.argtypes = []
+    return function().decode()
+
+
+def library_api_version() -> int:
+    """The onnxruntime C API version the library asks for (it runs on onnxruntime >= 1.<that>)."""
+    function = _library().lmul_ort_api_version
+    function.restype = ctypes.c_uint32
+    function.argtypes = []
+    return int(function())
+
+
+def cpu_name() -> str:
+    """This machine's CPU model, as benchmark figures and bug reports must name it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def session_options(options: ort.SessionOptions | None = None) -> ort.SessionOptions:

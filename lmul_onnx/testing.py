@@ -1,7 +1,9 @@
-"""Small-model builders for tests, examples and bug reports.
+"""Small-model builders and SPEC assertions for tests, examples and bug reports.
 
-They build one-node models in the ``lmul`` domain (or the standard one) with explicit IR
-and opset versions that every supported onnxruntime accepts.
+The builders make one-node models in the ``lmul`` domain (or the standard one) with
+explicit IR and opset versions that every supported onnxruntime accepts; the assertions
+compare any implementation (kernels, portable bodies) with :mod:`lmul_onnx.numerics`:
+element-wise products bit for bit, sums within SPEC section 3's tolerance.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 import onnx
 import onnx_ir as ir
 from onnx import helper
 
+from lmul_onnx import numerics
 from lmul_onnx.ops import DOMAIN, DOMAIN_VERSION
 
 IR_VERSION = 9
@@ -89,3 +93,88 @@ def matmul_variant(a: np.ndarray, b: np.ndarray, mantissa_bits: int = 23, offset
     a = np.ascontiguousarray(a, np.float32)
     b = np.ascontiguousarray(b, np.float32)
     return _variant_hook()(a.ctypes.data, a.size, b.ctypes.data, b.size, mantissa_bits, offset)
+
+
+# Corner cases of SPEC section 1: signed zeros, subnormals, the smallest normal, +-1, the
+# largest finite values, infinities, NaNs, the worked examples and rounding edges.
+SPECIAL_BITS = [
+    0x00000000,
+    0x80000000,
+    0x00000001,
+    0x807FFFFF,
+    0x00800000,
+    0x3F800000,
+    0xBF800000,
+    0x7F7FFFFF,
+    0xFF7FFFFF,
+    0x7F800000,
+    0xFF800000,
+    0x7FC00000,
+    0xFFC00001,
+    0x7F800001,
+    0x0DA24260,
+    0x1E3CE508,
+    0x3F800001,
+    0x3FFFFFFF,
+    0x7F7FFFF0,
+    0x00FFFFFF,
+]
+
+
+def random_bits(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Bit patterns over every exponent, plus zeros, subnormals, infinities and NaNs."""
+    bits = rng.integers(0, 2**32, size=n, dtype=np.uint64).astype(np.uint32)
+    specials = np.array(SPECIAL_BITS, dtype=np.uint32)
+    return np.concatenate([specials, bits, rng.choice(specials, size=n // 8)])
+
+
+def assert_same_bits(result: np.ndarray, expected: np.ndarray) -> None:
+    """Equal bit patterns, except that any NaN matches any NaN (SPEC: payloads excepted)."""
+    assert result.shape == expected.shape and result.dtype == expected.dtype
+    r_nan = np.isnan(result.astype(np.float32))
+    e_nan = np.isnan(expected.astype(np.float32))
+    assert np.array_equal(r_nan, e_nan), f"NaN positions differ at {np.argwhere(r_nan != e_nan)[:5]}"
+    view = np.uint32 if result.dtype == np.float32 else np.uint16
+    r, e = result.view(view)[~r_nan], expected.view(view)[~e_nan]
+    mismatch = np.flatnonzero(r != e)
+    assert mismatch.size == 0, (
+        f"{mismatch.size} elements differ, first: {r[mismatch[:3]]} vs {e[mismatch[:3]]}"
+    )
+
+
+# Rounding of the final value to the tensor type: half an ulp, relative.
+TYPE_ROUNDING = {
+    np.dtype(np.float32): 2.0**-24,
+    np.dtype(np.float16): 2.0**-11,
+    np.dtype(ml_dtypes.bfloat16): 2.0**-8,
+}
+
+
+def sum_tolerance(a: np.ndarray, b: np.ndarray, m: int | None, inner: int) -> np.ndarray:
+    """K * 2^-23 * sum|products|: |L-Mul(a, b)| = L-Mul(|a|, |b|), so the sum of the
+    magnitudes is the L-Mul matmul of the magnitudes."""
+    magnitudes = numerics.lmul_matmul(np.abs(a), np.abs(b), mantissa_bits=m, accumulate=np.float64)
+    return max(inner, 1) * 2.0**-23 * magnitudes
+
+
+def assert_close_to_reference(result: np.ndarray, expected64: np.ndarray, tolerance: np.ndarray) -> None:
+    assert result.shape == expected64.shape, (result.shape, expected64.shape)
+    rounding = TYPE_ROUNDING[result.dtype] * np.abs(expected64)
+    error = np.abs(result.astype(np.float64) - expected64)
+    bound = tolerance + rounding + 1e-30
+    assert np.all(error <= bound), f"max error/bound {np.max(error / bound):.3g}"
+
+
+def portable_unsupported() -> str | None:
+    """Why portable models cannot be written and run here (None when they can): they need
+    onnx with opset 26 and onnxruntime >= 1.30 (BitCast)."""
+    import onnxruntime
+
+    from lmul_onnx.portable import PORTABLE_ONNXRUNTIME, PORTABLE_OPSET
+
+    if onnx.defs.onnx_opset_version() < PORTABLE_OPSET:
+        return f"portable models need onnx >= 1.21 (opset {PORTABLE_OPSET}); installed {onnx.__version__}"
+    release = tuple(int(part) for part in onnxruntime.__version__.split(".")[:2])
+    if release < PORTABLE_ONNXRUNTIME:
+        return f"portable models need onnxruntime >= 1.30 (BitCast); installed {onnxruntime.__version__}"
+    return None

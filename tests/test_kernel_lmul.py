@@ -9,50 +9,7 @@ import numpy as np
 import pytest
 
 from lmul_onnx import numerics
-
-SPECIAL_BITS = [
-    0x00000000,
-    0x80000000,
-    0x00000001,
-    0x807FFFFF,
-    0x00800000,
-    0x3F800000,
-    0xBF800000,
-    0x7F7FFFFF,
-    0xFF7FFFFF,
-    0x7F800000,
-    0xFF800000,
-    0x7FC00000,
-    0xFFC00001,
-    0x7F800001,
-    0x0DA24260,
-    0x1E3CE508,
-    0x3F800001,
-    0x3FFFFFFF,
-    0x7F7FFFF0,
-    0x00FFFFFF,
-]
-
-
-def random_bits(rng: np.random.Generator, n: int) -> np.ndarray:
-    """Bit patterns over every exponent, plus zeros, subnormals, infinities and NaNs."""
-    bits = rng.integers(0, 2**32, size=n, dtype=np.uint64).astype(np.uint32)
-    specials = np.array(SPECIAL_BITS, dtype=np.uint32)
-    return np.concatenate([specials, bits, rng.choice(specials, size=n // 8)])
-
-
-def assert_same_bits(result: np.ndarray, expected: np.ndarray) -> None:
-    """Equal bit patterns, except that any NaN matches any NaN (SPEC: payloads excepted)."""
-    assert result.shape == expected.shape and result.dtype == expected.dtype
-    r_nan = np.isnan(result.astype(np.float32))
-    e_nan = np.isnan(expected.astype(np.float32))
-    assert np.array_equal(r_nan, e_nan), f"NaN positions differ at {np.argwhere(r_nan != e_nan)[:5]}"
-    view = np.uint32 if result.dtype == np.float32 else np.uint16
-    r, e = result.view(view)[~r_nan], expected.view(view)[~e_nan]
-    mismatch = np.flatnonzero(r != e)
-    assert mismatch.size == 0, (
-        f"{mismatch.size} elements differ, first: {r[mismatch[:3]]} vs {e[mismatch[:3]]}"
-    )
+from lmul_onnx.testing import SPECIAL_BITS, assert_same_bits, random_bits
 
 
 @pytest.mark.parametrize("m", range(1, 24))

@@ -14,29 +14,7 @@ import numpy as np
 import pytest
 
 from lmul_onnx import numerics
-
-# Rounding of the final value to the tensor type: half an ulp, relative.
-TYPE_ROUNDING = {
-    np.dtype(np.float32): 2.0**-24,
-    np.dtype(np.float16): 2.0**-11,
-    np.dtype(ml_dtypes.bfloat16): 2.0**-8,
-}
-
-
-def sum_tolerance(a: np.ndarray, b: np.ndarray, m: int | None, inner: int) -> np.ndarray:
-    """K * 2^-23 * sum|products|: |L-Mul(a, b)| = L-Mul(|a|, |b|), so the sum of the
-    magnitudes is the L-Mul matmul of the magnitudes."""
-    magnitudes = numerics.lmul_matmul(np.abs(a), np.abs(b), mantissa_bits=m, accumulate=np.float64)
-    return max(inner, 1) * 2.0**-23 * magnitudes
-
-
-def assert_close_to_reference(result: np.ndarray, expected64: np.ndarray, tolerance: np.ndarray) -> None:
-    assert result.shape == expected64.shape, (result.shape, expected64.shape)
-    rounding = TYPE_ROUNDING[result.dtype] * np.abs(expected64)
-    error = np.abs(result.astype(np.float64) - expected64)
-    bound = tolerance + rounding + 1e-30
-    assert np.all(error <= bound), f"max error/bound {np.max(error / bound):.3g}"
-
+from lmul_onnx.testing import assert_close_to_reference, sum_tolerance
 
 MATMUL_SHAPES = [
     ((4, 5), (5, 3)),
