@@ -3,7 +3,7 @@
 Each real model (exported by ``models/export.py``) is run in these configurations:
 
 * ``original`` -- the exported float32 model;
-* ``lmul-all-m23``, ``lmul-all-m4``, ``lmul-all-m3`` -- every MatMul/Gemm/Mul as L-Mul;
+* ``lmul-all-m23``, ``lmul-all-m4``, ``lmul-all-m3`` -- every MatMul/Gemm/Mul/Conv/ConvTranspose as L-Mul;
 * ``lmul-matmul-m23``, ``lmul-matmul-m4`` -- every MatMul/Gemm, but no Mul (normalisation
   scales, rotary embeddings and gates stay exact);
 * ``lmul-attention-m23``, ``lmul-attention-m3`` -- only the MatMuls of two activations

@@ -1,4 +1,4 @@
-"""Kernel speed: the lmul ops against onnxruntime's own MatMul / Gemm / Mul.
+"""Kernel speed: the lmul ops against onnxruntime's own MatMul / Gemm / Mul / Conv / ConvTranspose.
 
 Every figure is a ratio native time / L-Mul time (higher is better, 1.0 = as fast as the
 float op), measured side by side in this process on the same shapes, data and thread
@@ -9,7 +9,10 @@ spinning is disabled in both runtimes, so that two threads on a small machine do
 steal each other's core.
 
     python benchmarks/kernels.py [--threads 1,2] [--repeat 7] [--statistic min] [--quick] [--only TEXT]
-                                 [--json out.json]
+                                 [--cpu-time] [--model MODEL] [--json out.json]
+
+``--only Conv`` runs the Conv / ConvTranspose cases; ``--cpu-time`` times with the CPU
+time of this process instead of wall time (on a loaded machine, with 1 thread).
 """
 
 from __future__ import annotations
@@ -68,21 +71,25 @@ STATISTICS: dict[str, Callable[[list[float]], float]] = {"median": statistics.me
 
 @dataclass(frozen=True)
 class Timing:
-    """How each side is timed: `repeat` runs (40 times as many under 1 ms), summarised."""
+    """How each side is timed: `repeat` runs (40 times as many under 1 ms), summarised,
+    on `clock` (wall time, or the CPU time of this process, which other processes on a
+    shared machine do not inflate)."""
 
     repeat: int
     statistic: Callable[[list[float]], float]
+    clock: Callable[[], float] = time.perf_counter
 
 
 def typical_time(run: Callable[[], object], timing: Timing) -> float:
-    start = time.perf_counter()
+    clock = timing.clock
+    start = clock()
     run()
-    repeat = timing.repeat * (40 if time.perf_counter() - start < 1e-3 else 1)
+    repeat = timing.repeat * (40 if clock() - start < 1e-3 else 1)
     times = []
     for _ in range(repeat):
-        start = time.perf_counter()
+        start = clock()
         run()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return timing.statistic(times)
 
 
@@ -108,6 +115,67 @@ def matmul_case(a: np.ndarray, b: np.ndarray, threads: int, timing: Timing, cons
     )
 
 
+# (name, op, X shape, W shape, attributes): a dense 3x3 Conv, EfficientNet-Lite0's pointwise
+# and depthwise shapes, a speech front-end's 1-D Conv (Whisper's first layer), upsamplers.
+CONV_CASES: list[tuple[str, str, tuple[int, ...], tuple[int, ...], dict]] = [
+    ("Conv 3x3 1x64x56x56 -> 64, pads 1", "Conv", (1, 64, 56, 56), (64, 64, 3, 3), {"pads": [1, 1, 1, 1]}),
+    ("Conv 1x1 1x24x56x56 -> 144 (EffNet expand)", "Conv", (1, 24, 56, 56), (144, 24, 1, 1), {}),
+    ("Conv 1x1 1x192x14x14 -> 1152 (EffNet)", "Conv", (1, 192, 14, 14), (1152, 192, 1, 1), {}),
+    (
+        "Conv depthwise 3x3 1x144x56x56 (EffNet)",
+        "Conv",
+        (1, 144, 56, 56),
+        (144, 1, 3, 3),
+        {"group": 144, "pads": [1, 1, 1, 1]},
+    ),
+    (
+        "Conv depthwise 3x3 s2 1x96x112x112 (EffNet)",
+        "Conv",
+        (1, 96, 112, 112),
+        (96, 1, 3, 3),
+        {"group": 96, "pads": [0, 0, 1, 1], "strides": [2, 2]},
+    ),
+    ("Conv1d 1x80x3000 -> 384, k3 (speech)", "Conv", (1, 80, 3000), (384, 80, 3), {"pads": [1, 1]}),
+    (
+        "ConvTranspose1d 1x512x100 -> 256, k16 s8",
+        "ConvTranspose",
+        (1, 512, 100),
+        (512, 256, 16),
+        {"strides": [8], "pads": [4, 4]},
+    ),
+    (
+        "ConvTranspose 4x4 s2 1x64x56x56 -> 32",
+        "ConvTranspose",
+        (1, 64, 56, 56),
+        (64, 32, 4, 4),
+        {"strides": [2, 2], "pads": [1, 1, 1, 1]},
+    ),
+]
+
+
+def conv_case(
+    op: str,
+    x_shape: tuple,
+    w_shape: tuple,
+    attrs: dict,
+    threads: int,
+    timing: Timing,
+    rng: np.random.Generator,
+) -> dict:
+    """Standard op against its lmul op; weights are initializers, X and the bias inputs."""
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = (rng.standard_normal(w_shape) / np.sqrt(np.prod(w_shape[1:]))).astype(np.float32)
+    channels = w_shape[1] * attrs.get("group", 1) if op == "ConvTranspose" else w_shape[0]
+    bias = rng.standard_normal(channels).astype(np.float32)
+    shapes = [x_shape, w_shape, bias.shape]
+    return ratio(
+        session(model(op, "", shapes, w, **attrs), threads),
+        session(model(f"LMul{op}", "lmul", shapes, w, **attrs), threads),
+        {"A": x, "C": bias},
+        timing,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -116,9 +184,14 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="smaller shapes, for a smoke run")
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--model", type=Path, help="an ONNX model to time original vs converted")
+    parser.add_argument("--model", type=Path, help="an ONNX model to time original vs converted (always run)")
     parser.add_argument("--only", default="", help="run only the cases whose name contains this text")
     parser.add_argument("--statistic", choices=sorted(STATISTICS), default="median")
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time with this process's CPU time instead of wall time (for a loaded machine)",
+    )
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     size = 256 if args.quick else 1024
@@ -135,11 +208,13 @@ def main() -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
         f"CPU: {cpu_name()}; onnxruntime {ort.__version__}; lmul-onnx {lmul_onnx.__version__}; "
-        f"load {load:.1f}; {args.statistic} of runs"
+        f"load {load:.1f}; {args.statistic} of runs; {'CPU time' if args.cpu_time else 'wall time'}"
     )
     print(f"{'case':<46} {'th':>2}  {'native':>12}  {'L-Mul':>12}  native/L-Mul")
     normal = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
-    timing = Timing(args.repeat, STATISTICS[args.statistic])
+    timing = Timing(
+        args.repeat, STATISTICS[args.statistic], time.process_time if args.cpu_time else time.perf_counter
+    )
 
     def product(a_shape: tuple[int, ...], b_shape: tuple[int, ...], constant: bool) -> Callable[[int], dict]:
         return lambda threads: matmul_case(normal(*a_shape), normal(*b_shape), threads, timing, constant)
@@ -216,12 +291,18 @@ def main() -> None:
         (f"Gemm {size}^3 transB, B weights", gemm),
         (f"Mul {4 * size * size / (1 << 20):g}M elements", mul),
     ]
-    if args.model:
-        cases.append((f"model {args.model.name} (seq 128)", whole_model))
+    for name, op, x_shape, w_shape, attrs in CONV_CASES:
+        cases.append(
+            (name, lambda threads, c=(op, x_shape, w_shape, attrs): conv_case(*c, threads, timing, rng))
+        )
     for threads in [int(t) for t in args.threads.split(",")]:
         for name, run in cases:
             if args.only in name:
                 report(name, threads, run(threads))
+        if args.model:  # whatever --only says
+            report(
+                f"model {args.model.name} (symbolic dims: batch 1, others 128)", threads, whole_model(threads)
+            )
     if args.json:
         args.json.write_text(
             json.dumps(

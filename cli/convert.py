@@ -171,7 +171,7 @@ def convert(
     json_path: str | None,
     quiet: bool,
 ) -> None:
-    """Rewrite MatMul/Gemm/Mul nodes of INPUT_MODEL into the `lmul` op domain.
+    """Rewrite MatMul/Gemm/Mul/Conv/ConvTranspose nodes of INPUT_MODEL into the `lmul` op domain.
 
     Only float32/float16/bfloat16 nodes are rewritten; node names, inputs, outputs,
     initializers, metadata, IR and opset versions stay as exported. Subgraphs

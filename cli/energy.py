@@ -43,7 +43,7 @@ def energy_command(
     json_path: str | None,
     show_nodes: bool,
 ) -> None:
-    """Count the multiplications/additions of MODEL's MatMul/Gemm/Mul nodes and price them.
+    """Count and price the multiplications/additions of MODEL's MatMul/Gemm/Mul/Conv/ConvTranspose.
 
     energy_pj.original: every product a float multiplication; lmul: every product an
     L-Mul (an integer addition as wide as sign + exponent + mantissa bits); as_is: the
@@ -72,23 +72,22 @@ def energy_command(
         hint = f"bind {unbound} with --dim NAME=N" if unbound else "the model's shapes could not be inferred"
         raise InputError(f"{total['unknown_nodes']} node(s), all of unknown shape: {hint}")
     click.echo(
-        f"{'op':<8} {'nodes':>6} {'multiplications':>16} "
+        f"{'op':<13} {'nodes':>6} {'multiplications':>16} "
         f"{'original pJ':>14} {'L-Mul pJ':>14} {'as is pJ':>14}"
     )
     for op, entry in report["per_op"].items():
         e = entry["energy_pj"]
         click.echo(
-            f"{op:<8} {entry['nodes']:>6} {entry['multiplications']:>16,} {e['original']:>14.4g} "
+            f"{op:<13} {entry['nodes']:>6} {entry['multiplications']:>16,} {e['original']:>14.4g} "
             f"{e['lmul']:>14.4g} {e['as_is']:>14.4g}"
         )
     if show_nodes:
         for node in report["nodes"]:
             mults = "unknown" if node["multiplications"] is None else f"{node['multiplications']:,}"
             mults += " per iteration" if node["per_iteration"] else ""
-            click.echo(
-                f"  {node['op_type']:<7} {'lmul ' if node['is_lmul'] else '     '}{mults:>16}  {node['name']}"
-                + (f"  ({node['exact']})" if node["exact"] else "")
-            )
+            lmul = "lmul " if node["is_lmul"] else "     "
+            exact = f"  ({node['exact']})" if node["exact"] else ""
+            click.echo(f"  {node['op_type']:<17} {lmul}{mults:>16}  {node['name']}{exact}")
     click.echo(
         f"total: {total['multiplications']:,} multiplications, {total['additions']:,} additions; "
         f"L-Mul everywhere saves {total['lmul_saving_percent']:.1f} % of their energy, "

@@ -7,6 +7,7 @@
 #include "ort_attributes.h"  // includes onnxruntime_cxx_api.h with ORT_API_MANUAL_INIT
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <exception>
 #include <functional>
@@ -16,6 +17,8 @@
 #include <vector>
 
 #include "api_version.h"
+#include "kernels/conv_shapes.h"
+#include "kernels/lmul_conv.h"
 #include "kernels/lmul_gemm.h"
 #include "kernels/lmul_kernels.h"
 #include "kernels/lmul_matmul.h"
@@ -33,10 +36,14 @@ static_assert(ORT_API_VERSION >= kOrtApiVersion, "onnxruntime headers older than
 constexpr const char* kMantissaBitsAttribute = "mantissa_bits";
 constexpr const char* kOffsetAttribute = "offset";
 
-enum class OpKind { kMul, kMatMul, kGemm };
+enum class OpKind { kMul, kMatMul, kGemm, kConv, kConvTranspose };
 
 constexpr const char* op_name(OpKind kind) {
-  return kind == OpKind::kMul ? "LMul" : kind == OpKind::kMatMul ? "LMulMatMul" : "LMulGemm";
+  return kind == OpKind::kMul             ? "LMul"
+         : kind == OpKind::kMatMul        ? "LMulMatMul"
+         : kind == OpKind::kGemm          ? "LMulGemm"
+         : kind == OpKind::kConv          ? "LMulConv"
+                                          : "LMulConvTranspose";
 }
 
 template <class S>
@@ -55,6 +62,29 @@ constexpr const char* type_name() {
 
 using lmul_ort::NodeError;
 
+// The `mantissa_bits` attribute (1..the type's width; absent = the type's width) and the
+// L-Mul constant of the `offset` attribute (SPEC 4; absent = the paper's), as every op
+// of the domain reads them.
+template <class S>
+void read_width_and_offset(const OrtKernelInfo* info, int& mantissa_bits, uint32_t& bias) {
+  int64_t bits = 0;
+  const int limit = lmul::type_mantissa_bits(S::kind);
+  mantissa_bits = limit;
+  if (lmul_ort::read_int(info, kMantissaBitsAttribute, bits)) {
+    if (bits < 1 || bits > limit) {
+      throw NodeError("attribute 'mantissa_bits' must be in 1.." + std::to_string(limit) + " for " +
+                      type_name<S>() + " inputs, got " + std::to_string(bits));
+    }
+    mantissa_bits = static_cast<int>(bits);
+  }
+  int64_t offset = lmul::paper_offset(mantissa_bits);
+  if (lmul_ort::read_int(info, kOffsetAttribute, offset) && (offset < 0 || offset >= lmul::kOffsetLimit)) {
+    throw NodeError("attribute 'offset' must be in 0.." + std::to_string(lmul::kOffsetLimit - 1) +
+                    " (0 <= offset < 2^23), got " + std::to_string(offset));
+  }
+  bias = lmul::lmul_bias_for_offset(static_cast<uint32_t>(offset));
+}
+
 // The kernels' ParallelFor on onnxruntime's intra-op thread pool of this call.
 lmul::ParallelFor pool_of(const Ort::KernelContext& context) {
   return [&context](size_t tasks, const std::function<void(size_t)>& task) {
@@ -72,6 +102,27 @@ lmul::Shape shape_of(const Ort::ConstValue& value) {
   return value.GetTensorTypeAndShapeInfo().GetShape();
 }
 
+// Runs body(), turning any exception into a status that names the op and the node.
+template <OpKind Kind, class Body>
+OrtStatusPtr guarded(const std::string& node, Body&& body) noexcept {
+  auto fail = [&node](OrtErrorCode code, const char* what) {
+    const std::string message = std::string(kDomain) + "." + op_name(Kind) + " node '" + node + "': " + what;
+    return Ort::GetApi().CreateStatus(code, message.c_str());
+  };
+  try {
+    body();
+    return nullptr;
+  } catch (const NodeError& e) {
+    return fail(ORT_INVALID_ARGUMENT, e.what());
+  } catch (const std::bad_alloc&) {
+    return fail(ORT_FAIL, "out of memory");
+  } catch (const std::exception& e) {
+    return fail(ORT_FAIL, e.what());
+  } catch (...) {
+    return fail(ORT_FAIL, "unknown error");
+  }
+}
+
 template <OpKind Kind, class S>
 struct LMulKernel {
   using T = typename S::type;
@@ -85,21 +136,7 @@ struct LMulKernel {
 
   LMulKernel(const OrtKernelInfo* info) {
     node_name = Ort::ConstKernelInfo(info).GetNodeName();
-    int64_t bits = 0;
-    if (lmul_ort::read_int(info, kMantissaBitsAttribute, bits)) {
-      const int limit = lmul::type_mantissa_bits(S::kind);
-      if (bits < 1 || bits > limit) {
-        throw NodeError("attribute 'mantissa_bits' must be in 1.." + std::to_string(limit) + " for " +
-                        type_name<S>() + " inputs, got " + std::to_string(bits));
-      }
-      mantissa_bits = static_cast<int>(bits);
-    }
-    int64_t offset = lmul::paper_offset(mantissa_bits);
-    if (lmul_ort::read_int(info, kOffsetAttribute, offset) && (offset < 0 || offset >= lmul::kOffsetLimit)) {
-      throw NodeError("attribute 'offset' must be in 0.." + std::to_string(lmul::kOffsetLimit - 1) +
-                      " (0 <= offset < 2^23), got " + std::to_string(offset));
-    }
-    bias = lmul::lmul_bias_for_offset(static_cast<uint32_t>(offset));
+    read_width_and_offset<S>(info, mantissa_bits, bias);
     if (Kind == OpKind::kGemm) {
       trans_a = lmul_ort::read_flag(info, "transA");
       trans_b = lmul_ort::read_flag(info, "transB");
@@ -136,28 +173,7 @@ struct LMulKernel {
                                  mantissa_bits, lmul::run_serially);
   }
 
-  OrtStatusPtr ComputeV2(OrtKernelContext* raw_context) noexcept { return guarded(node_name, [&] { Compute(raw_context); }); }
-
-  // Runs body(), turning any exception into a status that names the op and the node.
-  template <class Body>
-  static OrtStatusPtr guarded(const std::string& node, Body&& body) noexcept {
-    auto fail = [&node](OrtErrorCode code, const char* what) {
-      const std::string message = std::string(kDomain) + "." + op_name(Kind) + " node '" + node + "': " + what;
-      return Ort::GetApi().CreateStatus(code, message.c_str());
-    };
-    try {
-      body();
-      return nullptr;
-    } catch (const NodeError& e) {
-      return fail(ORT_INVALID_ARGUMENT, e.what());
-    } catch (const std::bad_alloc&) {
-      return fail(ORT_FAIL, "out of memory");
-    } catch (const std::exception& e) {
-      return fail(ORT_FAIL, e.what());
-    } catch (...) {
-      return fail(ORT_FAIL, "unknown error");
-    }
-  }
+  OrtStatusPtr ComputeV2(OrtKernelContext* raw_context) noexcept { return guarded<Kind>(node_name, [&] { Compute(raw_context); }); }
 
   void Compute(OrtKernelContext* raw_context) const {
     Ort::KernelContext context(raw_context);
@@ -224,13 +240,150 @@ struct LMulKernel {
   }
 };
 
+// onnxruntime's thread pool as the kernels' ParallelFor. A task that throws (out of
+// memory) must not unwind through onnxruntime's threads: the failure is rethrown here.
+lmul::ParallelFor pool_parallel_for(const Ort::KernelContext& context) {
+  return [pool = pool_of(context)](size_t tasks, const std::function<void(size_t)>& task) {
+    std::atomic<bool> failed{false};
+    pool(tasks, [&](size_t i) {
+      try {
+        task(i);
+      } catch (...) {
+        failed = true;
+      }
+    });
+    if (failed) throw std::bad_alloc();
+  };
+}
+
+// LMulConv and LMulConvTranspose: attributes checked when the session is created,
+// constant weights rounded and scanned then, the rest in kernels/lmul_conv.h.
 template <OpKind Kind, class S>
-struct LMulOp : Ort::CustomOpBase<LMulOp<Kind, S>, LMulKernel<Kind, S>, /*WithStatus=*/true> {
+struct LMulConvKernel {
+  using T = typename S::type;
+  static constexpr bool kTranspose = Kind == OpKind::kConvTranspose;
+
+  std::string node_name;
+  int mantissa_bits = lmul::type_mantissa_bits(S::kind);
+  uint32_t bias = 0;  // the L-Mul constant of `offset` or the paper's (SPEC 4)
+  lmul::ConvAttributes attributes;
+  std::unique_ptr<const lmul::ConvWeights> constant_w;
+
+  explicit LMulConvKernel(const OrtKernelInfo* info) {
+    node_name = Ort::ConstKernelInfo(info).GetNodeName();
+    read_width_and_offset<S>(info, mantissa_bits, bias);
+    std::string auto_pad;
+    if (lmul_ort::read_string(info, "auto_pad", auto_pad) && !lmul::parse_auto_pad(auto_pad, attributes.auto_pad)) {
+      throw NodeError("attribute 'auto_pad' must be NOTSET, SAME_UPPER, SAME_LOWER or VALID, got '" + auto_pad + "'");
+    }
+    lmul_ort::read_int(info, "group", attributes.group);
+    lmul_ort::read_ints(info, "dilations", attributes.dilations);
+    lmul_ort::read_ints(info, "kernel_shape", attributes.kernel_shape);
+    lmul_ort::read_ints(info, "pads", attributes.pads);
+    lmul_ort::read_ints(info, "strides", attributes.strides);
+    // Read for Conv too, so that check_conv_attributes refuses them there.
+    lmul_ort::read_ints(info, "output_padding", attributes.output_padding);
+    lmul_ort::read_ints(info, "output_shape", attributes.output_shape);
+    std::string error;
+    if (!lmul::check_conv_attributes(attributes, kTranspose, error)) throw NodeError(error);
+    PrepareConstantW(info);
+  }
+
+  // Weights are constant: round and scan them once, here.
+  void PrepareConstantW(const OrtKernelInfo* info) {
+    int is_constant = 0;
+    const Ort::ConstValue w = Ort::ConstKernelInfo(info).GetTensorConstantInput(1, &is_constant);
+    if (!is_constant || !w || !w.IsTensor()) return;
+    const Ort::TensorTypeAndShapeInfo type_shape = w.GetTensorTypeAndShapeInfo();
+    if (type_shape.GetElementType() != onnx_type<S>()) return;
+    const lmul::Shape shape = type_shape.GetShape();
+    if (!WeightsUsable(shape)) return;  // Compute reports the error
+    auto prepared = std::make_unique<lmul::ConvWeights>();
+    lmul::round_conv_weights<S>(static_cast<const T*>(w.GetTensorRawData()), shape,
+                                static_cast<size_t>(attributes.group), kTranspose, mantissa_bits, lmul::run_serially,
+                                *prepared);
+    constant_w = std::move(prepared);
+  }
+
+  bool WeightsUsable(const lmul::Shape& shape) const {
+    size_t count = 0;
+    if (shape.size() < 3 || !lmul::element_count(shape, count)) return false;
+    return static_cast<size_t>(shape[0]) % static_cast<size_t>(attributes.group) == 0;
+  }
+
+  OrtStatusPtr ComputeV2(OrtKernelContext* raw_context) noexcept {
+    return guarded<Kind>(node_name, [&] { Compute(raw_context); });
+  }
+
+  void Compute(OrtKernelContext* raw_context) const {
+    Ort::KernelContext context(raw_context);
+    const Ort::ConstValue x = context.GetInput(0), w = context.GetInput(1);
+    Ort::ConstValue b{nullptr};
+    if (context.GetInputCount() > 2) b = context.GetInput(2);
+    const lmul::Shape x_shape = shape_of(x), w_shape = shape_of(w);
+    lmul::Shape b_shape;
+    if (b) b_shape = shape_of(b);
+    lmul::ConvPlan plan;
+    std::string error;
+    if (!lmul::make_conv_plan(x_shape, w_shape, b ? &b_shape : nullptr, attributes, kTranspose, plan, error)) {
+      throw NodeError(error);
+    }
+    Ort::UnownedValue y = context.GetOutput(0, plan.out_shape);
+    const size_t y_count = plan.batch * plan.out_channels * plan.out_pixels;
+    if (y_count == 0) return;
+    const lmul::ParallelFor parallel = pool_parallel_for(context);
+
+    // X rounded once, in parallel chunks.
+    const size_t x_count = plan.batch * plan.in_channels * plan.in_pixels;
+    std::unique_ptr<uint32_t[]> x_bits(new uint32_t[std::max<size_t>(1, x_count)]);
+    const T* px = static_cast<const T*>(x.GetTensorRawData());
+    constexpr size_t chunk = size_t{1} << 16;  // elements per task of the conversions
+    parallel((x_count + chunk - 1) / chunk, [&](size_t t) {
+      const size_t begin = t * chunk, count = std::min(chunk, x_count - begin);
+      lmul::pack_rounded<S>(px + begin, 1, count, 0, 1, mantissa_bits, x_bits.get() + begin);
+    });
+
+    std::unique_ptr<lmul::ConvWeights> per_call_w;
+    if (!(constant_w && constant_w->matches(w_shape, plan))) {
+      per_call_w = std::make_unique<lmul::ConvWeights>();
+      lmul::round_conv_weights<S>(static_cast<const T*>(w.GetTensorRawData()), w_shape, plan.group, kTranspose,
+                                  mantissa_bits, parallel, *per_call_w);
+    }
+    const lmul::ConvWeights& weights = per_call_w ? *per_call_w : *constant_w;
+
+    std::vector<float> b_values;
+    if (b) {
+      const T* pb = static_cast<const T*>(b.GetTensorRawData());
+      b_values.resize(plan.out_channels);
+      for (size_t i = 0; i < plan.out_channels; ++i) b_values[i] = S::load(pb[i]);
+    }
+    T* py = static_cast<T*>(y.GetTensorMutableRawData());
+    // float32 results are written in place; other types through a float32 buffer.
+    constexpr bool kInPlace = std::is_same<T, float>::value;
+    std::unique_ptr<float[]> scratch(kInPlace ? nullptr : new float[y_count]);
+    float* out = kInPlace ? reinterpret_cast<float*>(py) : scratch.get();
+    lmul::lmul_conv(plan, weights, x_bits.get(), b ? b_values.data() : nullptr, bias, out, parallel);
+    if (!kInPlace) {
+      parallel((y_count + chunk - 1) / chunk, [&](size_t t) {
+        const size_t begin = t * chunk, end = std::min(y_count, begin + chunk);
+        for (size_t i = begin; i < end; ++i) py[i] = S::store(out[i]);
+      });
+    }
+  }
+};
+
+template <OpKind Kind, class S>
+using KernelFor = typename std::conditional<Kind == OpKind::kConv || Kind == OpKind::kConvTranspose,
+                                            LMulConvKernel<Kind, S>, LMulKernel<Kind, S>>::type;
+
+template <OpKind Kind, class S>
+struct LMulOp : Ort::CustomOpBase<LMulOp<Kind, S>, KernelFor<Kind, S>, /*WithStatus=*/true> {
   const char* GetName() const { return op_name(Kind); }
-  size_t GetInputTypeCount() const { return Kind == OpKind::kGemm ? 3 : 2; }
+  static constexpr bool kOptionalThird = Kind == OpKind::kGemm || Kind == OpKind::kConv || Kind == OpKind::kConvTranspose;
+  size_t GetInputTypeCount() const { return kOptionalThird ? 3 : 2; }
   ONNXTensorElementDataType GetInputType(size_t) const { return onnx_type<S>(); }
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
-    return Kind == OpKind::kGemm && index == 2 ? OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL
+    return kOptionalThird && index == 2 ? OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL
                                                : OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED;
   }
   size_t GetOutputTypeCount() const { return 1; }
@@ -239,9 +392,9 @@ struct LMulOp : Ort::CustomOpBase<LMulOp<Kind, S>, LMulKernel<Kind, S>, /*WithSt
   // Attributes are checked here, so a bad value fails when the session is created.
   OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const noexcept {
     std::string node;
-    return LMulKernel<Kind, S>::guarded(node, [&] {
+    return guarded<Kind>(node, [&] {
       node = Ort::ConstKernelInfo(info).GetNodeName();
-      *kernel = new LMulKernel<Kind, S>(info);
+      *kernel = new KernelFor<Kind, S>(info);
     });
   }
 };
@@ -259,11 +412,18 @@ struct Registry {
   LMulOp<OpKind::kGemm, Float32Storage> gemm_f32;
   LMulOp<OpKind::kGemm, Float16Storage> gemm_f16;
   LMulOp<OpKind::kGemm, BFloat16Storage> gemm_bf16;
+  LMulOp<OpKind::kConv, Float32Storage> conv_f32;
+  LMulOp<OpKind::kConv, Float16Storage> conv_f16;
+  LMulOp<OpKind::kConv, BFloat16Storage> conv_bf16;
+  LMulOp<OpKind::kConvTranspose, Float32Storage> conv_transpose_f32;
+  LMulOp<OpKind::kConvTranspose, Float16Storage> conv_transpose_f16;
+  LMulOp<OpKind::kConvTranspose, BFloat16Storage> conv_transpose_bf16;
 
   Registry() {
-    for (OrtCustomOp* op : std::initializer_list<OrtCustomOp*>{&mul_f32, &mul_f16, &mul_bf16, &matmul_f32,
-                                                               &matmul_f16, &matmul_bf16, &gemm_f32,
-                                                               &gemm_f16, &gemm_bf16}) {
+    for (OrtCustomOp* op : std::initializer_list<OrtCustomOp*>{
+             &mul_f32, &mul_f16, &mul_bf16, &matmul_f32, &matmul_f16, &matmul_bf16, &gemm_f32, &gemm_f16,
+             &gemm_bf16, &conv_f32, &conv_f16, &conv_bf16, &conv_transpose_f32, &conv_transpose_f16,
+             &conv_transpose_bf16}) {
       domain.Add(op);
     }
   }

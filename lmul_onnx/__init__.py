@@ -1,6 +1,7 @@
 """lmul-onnx: run ONNX models with L-Mul (linear-complexity multiplication).
 
-The arithmetic (``lmul``, ``lmul_matmul``, ``lmul_gemm``) follows ``SPEC.md`` bit for
+The arithmetic (``lmul``, ``lmul_matmul``, ``lmul_gemm``, ``lmul_conv``,
+``lmul_conv_transpose``) follows ``SPEC.md`` bit for
 bit; the native custom-op library makes onnxruntime run the ``lmul`` op domain.
 
 The public names below are imported on first use (PEP 562), so ``import lmul_onnx`` —
@@ -23,6 +24,8 @@ _WHERE: dict[str, str] = {
     "convert": "lmul_onnx.convert",
     "convert_file": "lmul_onnx.convert",
     "lmul": "lmul_onnx.numerics",
+    "lmul_conv": "lmul_onnx.conv",
+    "lmul_conv_transpose": "lmul_onnx.conv",
     "lmul_gemm": "lmul_onnx.numerics",
     "lmul_matmul": "lmul_onnx.numerics",
     "offset_exponent_bits": "lmul_onnx.numerics",
@@ -45,6 +48,7 @@ _WHERE: dict[str, str] = {
 __all__ = sorted(_WHERE)
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports on use
+    from lmul_onnx.conv import lmul_conv, lmul_conv_transpose  # noqa: F401
     from lmul_onnx.convert import ConversionReport, ModelLoadError, convert, convert_file  # noqa: F401
     from lmul_onnx.numerics import lmul, lmul_gemm, lmul_matmul, offset_exponent_bits, round_mantissa  # noqa: F401
     from lmul_onnx.ops import DOMAIN, DOMAIN_VERSION  # noqa: F401

@@ -353,14 +353,14 @@ def convert(
     plan: str | os.PathLike[str] | Plan | None = None,
     portable: bool = False,
 ) -> onnx.ModelProto:
-    """Rewrite the MatMul / Gemm / Mul nodes of a model into L-Mul ops.
+    """Rewrite the MatMul / Gemm / Mul / Conv / ConvTranspose nodes of a model into L-Mul ops.
 
     Args:
         model: a path, an ``onnx.ModelProto`` or an ``onnx_ir.Model`` (never modified
             when it is a path or a ``ModelProto``).
         output_path: where to write the result (atomically); ``None`` writes nothing.
         op_types_to_quantize: the standard op types to rewrite (named as in
-            ``onnxruntime.quantization.quantize_dynamic``); default all three.
+            ``onnxruntime.quantization.quantize_dynamic``); default all five.
         scope: ``"all"``, ``"attention"`` (products of two activations) or
             ``"weights"`` (products with a constant operand).
         nodes_to_include: regular expressions; when given, only matching node names.

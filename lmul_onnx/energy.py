@@ -1,4 +1,4 @@
-"""Operation counts of MatMul / Gemm / Mul nodes, priced with an energy table.
+"""Operation counts of MatMul / Gemm / Mul / Conv / ConvTranspose nodes, priced with an energy table.
 
 Counts come from the shapes of :func:`lmul_onnx.graph.infer` (``lmul`` ops seen as the
 standard ops they replace), for every node :func:`lmul_onnx.graph.walk` finds:
@@ -8,6 +8,11 @@ standard ops they replace), for every node :func:`lmul_onnx.graph.walk` finds:
 * Gemm: the same on (M, N, K), plus one addition per output for the bias C. The
   ``alpha``/``beta`` scalings are not counted.
 * Mul: one multiplication per output element.
+* Conv: C/group * prod(kernel) multiplications per output element (padding included, as
+  an im2col product computes them) and one addition fewer, plus one per output for the
+  bias. ConvTranspose: every input element times the M/group * prod(kernel) weights of
+  its group, each product added once, plus the bias
+  (:func:`lmul_onnx.conv.conv_operation_counts`).
 * A node inside a Loop body counts once per iteration, times the trip count when it is a
   constant (an upper bound when the loop may stop early), else it is reported "per
   iteration"; inside a Scan body, times the scanned length when known. Both branches of an
@@ -45,6 +50,7 @@ from typing import Any
 import onnx_ir as ir
 
 from lmul_onnx import graph
+from lmul_onnx.conv import conv_operation_counts
 from lmul_onnx.ops import MANTISSA_BITS, STANDARD_TO_LMUL
 from lmul_onnx.passes.exact_products import exact_product_reason
 from lmul_onnx.passes.selection import CONVERTIBLE_TYPES
@@ -127,7 +133,7 @@ def _int_attribute(node: ir.Node, name: str, default: int) -> int:
 
 
 def _count(entry: graph.NodeEntry, op: str, types: graph.Types) -> tuple[int | None, int | None]:
-    """Multiplications and additions of one execution of a MatMul/Gemm/Mul."""
+    """Multiplications and additions of one execution of a MatMul/Gemm/Mul/Conv/ConvTranspose."""
     node = entry.node
     out = types.of(node.outputs[0] if node.outputs else None, entry.calls).shape
     if out is None:
@@ -138,10 +144,15 @@ def _count(entry: graph.NodeEntry, op: str, types: graph.Types) -> tuple[int | N
     a = types.of(node.inputs[0] if node.inputs else None, entry.calls).shape
     if not a or outputs is None:
         return None, None
+    has_bias = op != "MatMul" and len(node.inputs) > 2 and node.inputs[2] is not None
+    if op in ("Conv", "ConvTranspose"):
+        w = types.of(node.inputs[1] if len(node.inputs) > 1 else None, entry.calls).shape
+        if not w or _prod(a) is None or _prod(w) is None:
+            return None, None
+        return conv_operation_counts(a, w, out, bias=has_bias, transpose=op == "ConvTranspose")
     k = a[0] if op == "Gemm" and _int_attribute(node, "transA", 0) else a[-1]
     if k is None:
         return None, None
-    has_bias = op == "Gemm" and len(node.inputs) > 2 and node.inputs[2] is not None
     return outputs * k, outputs * max(k - 1, 0) + (outputs if has_bias else 0)
 
 

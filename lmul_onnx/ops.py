@@ -43,6 +43,16 @@ class OpMapping:
     attributes: Mapping[str, int] = field(default_factory=dict)  # the op's own, beside COMMON_ATTRIBUTES
 
 
+# ONNX Conv's attributes (ConvTranspose adds output_padding and output_shape).
+_CONV_ATTRIBUTES: Mapping[str, int] = {
+    "auto_pad": _STRING,
+    "dilations": _INTS,
+    "group": _INT,
+    "kernel_shape": _INTS,
+    "pads": _INTS,
+    "strides": _INTS,
+}
+
 OP_MAPPINGS: tuple[OpMapping, ...] = (
     OpMapping("MatMul", "LMulMatMul", "numpy matmul, every product an L-Mul"),
     OpMapping(
@@ -52,6 +62,13 @@ OP_MAPPINGS: tuple[OpMapping, ...] = (
         {"alpha": _FLOAT, "beta": _FLOAT, "transA": _INT, "transB": _INT},
     ),
     OpMapping("Mul", "LMul", "element-wise L-Mul with numpy broadcasting"),
+    OpMapping("Conv", "LMulConv", "ONNX Conv (1-D to 3-D, groups), products by L-Mul", _CONV_ATTRIBUTES),
+    OpMapping(
+        "ConvTranspose",
+        "LMulConvTranspose",
+        "ONNX ConvTranspose, products by L-Mul",
+        {**_CONV_ATTRIBUTES, "output_padding": _INTS, "output_shape": _INTS},
+    ),
 )
 
 STANDARD_TO_LMUL: dict[str, str] = {m.standard: m.lmul for m in OP_MAPPINGS}

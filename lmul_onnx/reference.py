@@ -1,5 +1,5 @@
 """Evaluate ``lmul`` models without the native library: ``onnx.reference`` plus the numpy
-oracle of :mod:`lmul_onnx.numerics` for the three ``lmul`` ops.
+oracle of :mod:`lmul_onnx.numerics` and :mod:`lmul_onnx.conv` for the ``lmul`` ops.
 
 Slow, but independent of the C++ kernels: the tests compare the two, and users can check
 a converted model on a machine without the custom-op library.
@@ -14,7 +14,7 @@ import onnx
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
-from lmul_onnx import numerics
+from lmul_onnx import conv, numerics
 from lmul_onnx.ops import DOMAIN, check_model
 
 
@@ -66,7 +66,32 @@ class LMulGemm(OpRun):
         )
 
 
-LMUL_REFERENCE_OPS = [LMul, LMulMatMul, LMulGemm]
+def _conv_attributes(attributes: dict[str, Any]) -> dict[str, Any]:
+    """Node attributes as :mod:`lmul_onnx.conv` keywords (unknown ones make it raise)."""
+    if isinstance(attributes.get("auto_pad"), bytes):
+        attributes["auto_pad"] = attributes["auto_pad"].decode()
+    return {name: value for name, value in attributes.items() if value is not None}
+
+
+class LMulConv(OpRun):
+    op_domain = DOMAIN
+
+    def _run(
+        self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, **attributes: Any
+    ) -> tuple[np.ndarray]:
+        return (conv.lmul_conv(x, w, b, **_conv_attributes(attributes)),)
+
+
+class LMulConvTranspose(OpRun):
+    op_domain = DOMAIN
+
+    def _run(
+        self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, **attributes: Any
+    ) -> tuple[np.ndarray]:
+        return (conv.lmul_conv_transpose(x, w, b, **_conv_attributes(attributes)),)
+
+
+LMUL_REFERENCE_OPS = [LMul, LMulMatMul, LMulGemm, LMulConv, LMulConvTranspose]
 
 
 def reference_evaluator(model: onnx.ModelProto | str, **kwargs: Any) -> ReferenceEvaluator:

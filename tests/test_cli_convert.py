@@ -88,7 +88,7 @@ def test_dry_run_writes_nothing(model_path: Path) -> None:
         (["{dir}"], "is a directory"),
         (["{garbage}"], "not a readable ONNX model"),
         (["{truncated}"], "not a readable ONNX model"),
-        (["{model}", "--ops", "MatMul,Conv"], "unsupported op"),
+        (["{model}", "--ops", "MatMul,Softmax"], "unsupported op"),
         (["{model}", "--include", "("], "invalid regular expression"),
         (["{model}", "--mantissa-bits-for", "mm"], "expects KEY=VALUE"),
         (["{model}", "--mantissa-bits-for", "mm=x"], "not an integer"),

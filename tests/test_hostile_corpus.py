@@ -263,8 +263,8 @@ def _cases() -> list[Case]:
         ]
     # 3. convert: option values.
     convert_options = [
-        ["--ops", "Conv"],
-        ["--ops", "MatMul,Conv"],
+        ["--ops", "Softmax"],
+        ["--ops", "MatMul,Softmax"],
         ["--ops", ","],
         ["--ops", "matmul"],
         ["--scope", "everything"],

@@ -3,34 +3,9 @@ crash. Each case runs in its own process: a crash fails that test, not the whole
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import textwrap
+from collections.abc import Callable
 
 import pytest
-
-CASE_RUNNER = textwrap.dedent(
-    """
-    import json, sys
-    import numpy as np
-    import onnxruntime as ort
-    import lmul_onnx, lmul_onnx.runtime
-    from lmul_onnx.testing import single_op_model
-
-    op, dtypes, attrs, shapes = json.loads(sys.argv[1])
-    stage = "create"
-    try:
-        model = single_op_model(op, [np.dtype(d) for d in dtypes], node_name="bad_node", **attrs)
-        session = lmul_onnx.InferenceSession(model.SerializeToString())
-        stage = "run"
-        feeds = {f"in{i}": np.ones(s, dtype=d) for i, (s, d) in enumerate(zip(shapes, dtypes))}
-        session.run(None, feeds)
-        print(json.dumps({"stage": "ok", "error": ""}))
-    except Exception as error:
-        print(json.dumps({"stage": stage, "error": str(error)}))
-    """
-)
 
 CASES = {
     # name: (op, dtypes, attributes, input shapes, failing stage, message fragment)
@@ -112,17 +87,9 @@ CASES = {
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_bad_input_is_an_error_not_a_crash(name: str) -> None:
-    op, dtypes, attrs, shapes, stage, fragment = CASES[name]
-    completed = subprocess.run(
-        [sys.executable, "-c", CASE_RUNNER, json.dumps([op, dtypes, attrs, shapes])],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert completed.returncode == 0, f"process died ({completed.returncode}): {completed.stderr[-2000:]}"
-    outcome = json.loads(completed.stdout.strip().splitlines()[-1])
+def test_bad_input_is_an_error_not_a_crash(name: str, run_bad_cases: Callable) -> None:
+    *case, stage, fragment = CASES[name]
+    outcome = run_bad_cases({name: case})[name]
     assert outcome["stage"] == stage, outcome
     assert fragment in outcome["error"], outcome["error"]
     if stage == "run" or name.startswith(("bits_", "gemm_")):

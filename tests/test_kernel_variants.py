@@ -7,9 +7,6 @@ each output in the same order).
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -141,22 +138,10 @@ RUNNER = textwrap.dedent(
 )
 
 
-def run_with_simd(setting: str | None, out: Path) -> dict[str, np.ndarray]:
-    env = dict(os.environ)
-    env.pop("LMUL_SIMD", None)
-    if setting:
-        env["LMUL_SIMD"] = setting
-    subprocess.run(
-        [sys.executable, "-c", RUNNER, str(out)], env=env, check=True, capture_output=True, text=True
-    )
-    with np.load(out) as archive:
-        return {k: archive[k] for k in archive.files}
-
-
-def test_every_simd_path_gives_the_portable_bits(tmp_path: Path) -> None:
-    portable = run_with_simd("none", tmp_path / "none.npz")
+def test_every_simd_path_gives_the_portable_bits(tmp_path: Path, run_with_simd: Callable) -> None:
+    portable = run_with_simd("none", tmp_path / "none.npz", RUNNER)
     for setting in ("avx2", None):
-        fast = run_with_simd(setting, tmp_path / f"{setting}.npz")
+        fast = run_with_simd(setting, tmp_path / f"{setting}.npz", RUNNER)
         assert fast.keys() == portable.keys()
         for key, expected in portable.items():
             assert np.array_equal(fast[key].view(np.uint32), expected.view(np.uint32)), (setting, key)

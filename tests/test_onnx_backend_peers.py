@@ -1,4 +1,4 @@
-"""Peer suite: ONNX's own backend test models for MatMul / Gemm / Mul.
+"""Peer suite: ONNX's own backend test models for MatMul / Gemm / Mul / Conv / ConvTranspose.
 
 Each model is converted, run in onnxruntime with the custom-op library, and compared
 with an evaluation of the *converted* graph by ``onnx.reference`` using the numpy oracle
@@ -16,6 +16,17 @@ from onnx.backend.test.case.node import collect_testcases
 import lmul_onnx
 from lmul_onnx.reference import reference_evaluator
 
+# Single-node models of the converted op types (Conv's are named test_basic_conv_* and
+# test_conv_with_*; ConvInteger, QLinearConv and DeformConv are other ops).
+PREFIXES = (
+    "test_matmul_",
+    "test_gemm_",
+    "test_mul",
+    "test_basic_conv_",
+    "test_conv_with_",
+    "test_convtranspose",
+)
+
 
 def _cases() -> dict[str, object]:
     with warnings.catch_warnings():
@@ -28,8 +39,7 @@ def _cases() -> dict[str, object]:
     return {
         c.name: c
         for c in cases
-        if c.name.startswith(("test_matmul_", "test_gemm_", "test_mul"))
-        and not c.name.startswith("test_matmulinteger")
+        if c.name.startswith(PREFIXES) and not c.name.startswith("test_matmulinteger")
     }
 
 
@@ -40,6 +50,9 @@ def test_peer_suite_is_not_empty() -> None:
     assert len([n for n in CASES if n.startswith("test_gemm")]) >= 10
     # onnx 1.18 (the oldest supported) ships 3 float MatMul cases, newer releases more.
     assert len([n for n in CASES if n.startswith("test_matmul")]) >= 3
+    # Conv: 6 cases; ConvTranspose: 9 (the group_2 cases came later).
+    assert len([n for n in CASES if CASES[n].model.graph.node[0].op_type == "Conv"]) >= 6
+    assert len([n for n in CASES if n.startswith("test_convtranspose")]) >= 9
 
 
 def _is_float(name: str) -> bool:

@@ -52,6 +52,16 @@ KERNEL_CASES: dict[str, tuple[str, dict[str, Any], str]] = {
     "alpha_floats": ("LMulGemm", {"alpha": [2.0]}, "'alpha' must be a float, got a list of floats"),
     "transA_ints": ("LMulGemm", {"transA": [1]}, "'transA' must be an int, got a list of ints"),
     "transB_float": ("LMulGemm", {"transB": 1.0}, "'transB' must be an int, got a float"),
+    "auto_pad_int": ("LMulConv", {"auto_pad": 1}, "'auto_pad' must be a string, got an int"),
+    "strides_int": ("LMulConv", {"strides": 2}, "'strides' must be a list of ints, got an int"),
+    "pads_floats": ("LMulConv", {"pads": [1.0, 1.0]}, "'pads' must be a list of ints, got a list of floats"),
+    "group_ints": ("LMulConvTranspose", {"group": [1]}, "'group' must be an int, got a list of ints"),
+    "output_shape_string": (
+        "LMulConvTranspose",
+        {"output_shape": "4"},
+        "'output_shape' must be a list of ints, got a string",
+    ),
+    "conv_offset_float": ("LMulConv", {"offset": 0.5}, "'offset' must be an int, got a float"),
 }
 
 

@@ -196,7 +196,7 @@ def test_budget_met_on_minilm(tmp_path: Path) -> None:
         (("--min-cosine", "0.9", "--mantissa-bits", "3,x"), "'x' is not an integer"),
         (("--min-cosine", "0.9", "--mantissa-bits", "30"), "30 is outside 1..23"),
         (("--min-cosine", "0.9", "--atol", "nope:1"), "unknown output(s) ['nope']"),
-        (("--min-cosine", "0.9", "--ops", "Conv"), "unsupported op type"),
+        (("--min-cosine", "0.9", "--ops", "Softmax"), "unsupported op type"),
     ],
 )
 def test_bad_budgets_and_metrics_exit_2_with_one_line(

@@ -1,7 +1,7 @@
 """Rewrite passes, one concern per module (onnx-ir style); the model layer they work on
 (walk, types and shapes) is :mod:`lmul_onnx.graph`:
 
-* :mod:`selection` -- which MatMul/Gemm/Mul nodes to convert, and why the others stay.
+* :mod:`selection` -- which MatMul/Gemm/Mul/Conv/ConvTranspose nodes to convert, and why the others stay.
 * :mod:`exact_products` -- the rule that leaves products by exact powers of two and 0/1
   masks exact (they need no multiplier; L-Mul would only add error).
 * :mod:`rewrite` -- the in-place pass that swaps selected nodes into the ``lmul`` domain,

@@ -1,4 +1,4 @@
-"""The in-place pass that turns selected MatMul/Gemm/Mul nodes into ``lmul`` ops.
+"""The in-place pass that turns selected MatMul/Gemm/Mul/Conv/ConvTranspose nodes into ``lmul`` ops.
 
 A 1:1 swap: the node keeps its name, inputs, outputs and attributes; only its domain
 and op type change (plus ``mantissa_bits`` when one is asked for). Every node that

@@ -1,6 +1,6 @@
 """Which nodes become L-Mul: the selection rules of ``lmul-onnx convert``.
 
-A node is converted when it is a MatMul/Gemm/Mul of the default domain chosen by
+A node is converted when it is a MatMul/Gemm/Mul/Conv/ConvTranspose of the default domain chosen by
 ``ops``, works on float32/float16/bfloat16, falls in the ``scope``, and passes the
 ``include``/``exclude`` name filters, carries only the attributes its ``lmul`` op takes,
 correctly typed (``ALLOWED_ATTRIBUTES``), and has no constant operand of exact powers of
@@ -147,7 +147,7 @@ def decide(
     if node.domain == DOMAIN and node.op_type in LMUL_TO_STANDARD:
         return Decision(False, "already L-Mul")
     if node.domain not in ("", "ai.onnx") or node.op_type not in STANDARD_TO_LMUL:
-        return Decision(False, "not a MatMul/Gemm/Mul")
+        return Decision(False, "not a MatMul/Gemm/Mul/Conv/ConvTranspose")
     if node.op_type not in options.ops:
         return Decision(False, "op type not selected (--ops)")
     problem = attribute_problem(node)

@@ -1,0 +1,566 @@
+#include "lmul_conv.h"
+
+#include <algorithm>
+#include <memory>
+
+#include "lmul_arith.h"
+
+namespace lmul {
+
+namespace {
+
+size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
+
+// How the im2col / panel writers treat zero operands and padding.
+struct ZeroRule {
+  bool replace = false;  // one-add kernels: zeros become `stand_in` (mask 0 when masks exist)
+  uint32_t stand_in = 0;
+};
+
+// Writes entry (value) or a padding entry at row[j] / mask_row[j].
+inline void put(uint32_t value, const ZeroRule& rule, uint32_t* row, float* mask_row, size_t j) {
+  const bool zero = (value & kMagnitudeMask) < kSmallestNormalBits;
+  row[j] = (rule.replace && zero) ? rule.stand_in : value;
+  if (mask_row) mask_row[j] = zero ? 0.0f : 1.0f;
+}
+
+inline void put_padding(const ZeroRule& rule, uint32_t* row, float* mask_row, size_t j) {
+  row[j] = rule.replace ? rule.stand_in : 0u;
+  if (mask_row) mask_row[j] = 0.0f;
+}
+
+// First and one-past-last o in [o_begin, o_end) with 0 <= o * stride + shift < limit.
+inline void valid_range(int64_t o_begin, int64_t o_end, int64_t stride, int64_t shift, int64_t limit,
+                        int64_t& lo, int64_t& hi) {
+  // o * stride >= -shift  and  o * stride < limit - shift
+  lo = -shift <= 0 ? 0 : (-shift + stride - 1) / stride;
+  hi = limit - shift <= 0 ? 0 : (limit - shift + stride - 1) / stride;
+  lo = std::min(std::max(lo, o_begin), o_end);
+  hi = std::max(std::min(hi, o_end), lo);
+}
+
+// A box of output positions, [begin, begin + extent) per spatial dimension; its pixels
+// are numbered row-major inside the box.
+struct Box {
+  size_t begin[kMaxSpatial] = {0, 0, 0}, extent[kMaxSpatial] = {1, 1, 1};
+  bool padded = false;  // some product of its outputs may meet padding
+  size_t pixels() const { return extent[0] * extent[1] * extent[2]; }
+};
+
+// Calls fn(j, oz, oy, ox, run) for box pixels [p0, p0 + count), one call per stretch of
+// `run` pixels along the innermost dimension (j counts from 0 at p0).
+template <class Fn>
+void for_each_run(const Box& box, size_t p0, size_t count, Fn&& fn) {
+  size_t ox = p0 % box.extent[2], oy = (p0 / box.extent[2]) % box.extent[1], oz = p0 / (box.extent[2] * box.extent[1]);
+  for (size_t j = 0; j < count;) {
+    const size_t run = std::min(count - j, box.extent[2] - ox);
+    fn(j, box.begin[0] + oz, box.begin[1] + oy, box.begin[2] + ox, run);
+    j += run;
+    ox = 0;
+    if (++oy == box.extent[1]) {
+      oy = 0;
+      ++oz;
+    }
+  }
+}
+
+// Rows k = (channel, kz, ky, kx) of the im2col matrix of `channels` input planes (x: the
+// first plane) for output pixels [p0, p0 + count): row k at dst + k * ld, columns
+// [count, ld) left alone. Entries are copies of x (and of x_mask, when masked);
+// padding positions get `padding` (and mask 0).
+template <bool kMasked>
+void im2col(const ConvPlan& plan, const uint32_t* x, const float* x_mask, size_t channels, const Box& box, size_t p0,
+            size_t count, uint32_t padding, uint32_t* dst, float* mask, size_t ld) {
+  const int64_t in0 = static_cast<int64_t>(plan.in[0]), in1 = static_cast<int64_t>(plan.in[1]),
+                in2 = static_cast<int64_t>(plan.in[2]);
+  size_t k = 0;
+  for (size_t c = 0; c < channels; ++c) {
+    const uint32_t* plane = x + c * plan.in_pixels;
+    const float* mask_plane = kMasked ? x_mask + c * plan.in_pixels : nullptr;
+    for (size_t kz = 0; kz < plan.kernel[0]; ++kz) {
+      for (size_t ky = 0; ky < plan.kernel[1]; ++ky) {
+        for (size_t kx = 0; kx < plan.kernel[2]; ++kx, ++k) {
+          uint32_t* row = dst + k * ld;
+          float* mask_row = kMasked ? mask + k * ld : nullptr;
+          auto fill = [&](size_t begin, size_t end) {
+            std::fill(row + begin, row + end, padding);
+            if (kMasked) std::fill(mask_row + begin, mask_row + end, 0.0f);
+          };
+          const int64_t shift_z = static_cast<int64_t>(kz * plan.dilation[0]) - static_cast<int64_t>(plan.pad_begin[0]);
+          const int64_t shift_y = static_cast<int64_t>(ky * plan.dilation[1]) - static_cast<int64_t>(plan.pad_begin[1]);
+          const int64_t shift_x = static_cast<int64_t>(kx * plan.dilation[2]) - static_cast<int64_t>(plan.pad_begin[2]);
+          const int64_t sx = static_cast<int64_t>(plan.stride[2]);
+          for_each_run(box, p0, count, [&](size_t j, size_t oz, size_t oy, size_t ox, size_t run) {
+            const int64_t iz = static_cast<int64_t>(oz * plan.stride[0]) + shift_z;
+            const int64_t iy = static_cast<int64_t>(oy * plan.stride[1]) + shift_y;
+            if (iz < 0 || iz >= in0 || iy < 0 || iy >= in1) {
+              fill(j, j + run);
+              return;
+            }
+            const size_t row_offset = (static_cast<size_t>(iz) * plan.in[1] + static_cast<size_t>(iy)) * plan.in[2];
+            const uint32_t* in_row = plane + row_offset;
+            if (run == 1) {  // one pixel (the side strips of a border): no run arithmetic
+              const int64_t ix = static_cast<int64_t>(ox) * sx + shift_x;
+              const bool inside = ix >= 0 && ix < in2;
+              row[j] = inside ? in_row[ix] : padding;
+              if (kMasked) mask_row[j] = inside ? mask_plane[row_offset + static_cast<size_t>(ix)] : 0.0f;
+              return;
+            }
+            int64_t lo = 0, hi = 0;
+            const int64_t begin = static_cast<int64_t>(ox), end = begin + static_cast<int64_t>(run);
+            valid_range(begin, end, sx, shift_x, in2, lo, hi);
+            const size_t first = j + static_cast<size_t>(lo - begin), last = j + static_cast<size_t>(hi - begin);
+            fill(j, first);
+            if (sx == 1) {
+              std::copy(in_row + lo + shift_x, in_row + hi + shift_x, row + first);
+              if (kMasked) std::copy(mask_plane + row_offset + lo + shift_x, mask_plane + row_offset + hi + shift_x, mask_row + first);
+            } else {
+              for (int64_t o = lo; o < hi; ++o) row[first + (o - lo)] = in_row[o * sx + shift_x];
+              if (kMasked) {
+                for (int64_t o = lo; o < hi; ++o) mask_row[first + (o - lo)] = mask_plane[row_offset + o * sx + shift_x];
+              }
+            }
+            fill(last, j + run);
+          });
+        }
+      }
+    }
+  }
+}
+
+// One tap over a whole plane: acc[i] += x[i] (+) w for i < count, where w_prepared =
+// w - bias and zero x entries (zeros, padding) add nothing (+-0: the same sum). Only for
+// data the one-add kernels accept.
+LMUL_TARGET_CLONES
+void depthwise_tap(float* acc, const uint32_t* x, size_t count, uint32_t w_prepared) {
+  for (size_t i = 0; i < count; ++i) {
+    const uint32_t v = x[i];
+    const float product = bits_float(v + w_prepared);
+    acc[i] += (v & kMagnitudeMask) < kSmallestNormalBits ? 0.0f : product;
+  }
+}
+
+// Depthwise Conv (one input channel per group) for one-add data, without im2col. Each
+// input plane is padded with zeros and split into stride phases, so that a tap reads one
+// phase plane at a fixed offset: with the accumulator laid out at the phase plane's row
+// pitch, a tap is one contiguous loop over the whole output plane (the columns beyond the
+// output width are computed and dropped). Every output sums its taps in kernel order, as
+// the matrix product would; products with padding or zeros are +-0 and add nothing.
+void depthwise_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x, const float* bias,
+                       uint32_t bias_bits, float* y, const ParallelFor& parallel) {
+  const size_t mg = plan.out_per_group(), taps = plan.kernel_size;
+  const size_t s1 = plan.stride[1], s2 = plan.stride[2];
+  // Padded extents (rows/columns any tap reads), phase planes of hq x wq (+1 spare row).
+  const size_t hp = std::max(plan.pad_begin[1] + plan.in[1], (plan.out[1] - 1) * s1 + (plan.kernel[1] - 1) * plan.dilation[1] + 1);
+  const size_t wp = std::max(plan.pad_begin[2] + plan.in[2], (plan.out[2] - 1) * s2 + (plan.kernel[2] - 1) * plan.dilation[2] + 1);
+  const size_t hq = ceil_div(hp, s1) + 1, wq = ceil_div(wp, s2);
+  const size_t phase_size = hq * wq, plane_size = s1 * s2 * phase_size;
+  parallel(plan.batch * plan.group, [&](size_t t) {
+    const size_t n = t / plan.group, g = t % plan.group;
+    const uint32_t* input = x + (n * plan.in_channels + g) * plan.in_pixels;
+    // phases[(iz * s1 + py) * s2 + px][i][j] = padded plane iz at row i*s1 + py, column j*s2 + px
+    std::vector<uint32_t> phases(plan.in[0] * plane_size, 0u);
+    for (size_t iz = 0; iz < plan.in[0]; ++iz) {
+      for (size_t iy = 0; iy < plan.in[1]; ++iy) {
+        const size_t row = iy + plan.pad_begin[1], py = row % s1, i = row / s1;
+        const uint32_t* src = input + (iz * plan.in[1] + iy) * plan.in[2];
+        uint32_t* dst = phases.data() + (iz * s1 + py) * s2 * phase_size + i * wq;
+        if (s2 == 1) {
+          std::copy(src, src + plan.in[2], dst + plan.pad_begin[2]);
+          continue;
+        }
+        size_t px = plan.pad_begin[2] % s2, j = plan.pad_begin[2] / s2;  // column ix + pad = j * s2 + px
+        for (size_t ix = 0; ix < plan.in[2]; ++ix) {
+          dst[px * phase_size + j] = src[ix];
+          if (++px == s2) {
+            px = 0;
+            ++j;
+          }
+        }
+      }
+    }
+    std::vector<float> acc(plan.out[1] * wq);
+    for (size_t m = 0; m < mg; ++m) {
+      const size_t channel = g * mg + m;
+      const uint32_t* weights = w.bits.data() + channel * taps;
+      float* out = y + (n * plan.out_channels + channel) * plan.out_pixels;
+      for (size_t oz = 0; oz < plan.out[0]; ++oz) {
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        size_t k = 0;
+        for (size_t kz = 0; kz < plan.kernel[0]; ++kz) {
+          const int64_t iz = static_cast<int64_t>(oz * plan.stride[0] + kz * plan.dilation[0]) -
+                             static_cast<int64_t>(plan.pad_begin[0]);
+          const bool plane_inside = iz >= 0 && iz < static_cast<int64_t>(plan.in[0]);
+          for (size_t ky = 0; ky < plan.kernel[1]; ++ky) {
+            for (size_t kx = 0; kx < plan.kernel[2]; ++kx, ++k) {
+              const uint32_t wk = weights[k];
+              // +-0 products: a zero weight, or a whole plane of depth padding
+              if (!plane_inside || (wk & kMagnitudeMask) < kSmallestNormalBits) continue;
+              const size_t dy = ky * plan.dilation[1], dx = kx * plan.dilation[2];
+              const uint32_t* phase =
+                  phases.data() + ((static_cast<size_t>(iz) * s1 + dy % s1) * s2 + dx % s2) * phase_size;
+              depthwise_tap(acc.data(), phase + (dy / s1) * wq + dx / s2, acc.size(), wk - bias_bits);
+            }
+          }
+        }
+        const float b = bias ? bias[channel] : 0.0f;
+        for (size_t oy = 0; oy < plan.out[1]; ++oy) {
+          float* dst = out + (oz * plan.out[1] + oy) * plan.out[2];
+          const float* src = acc.data() + oy * wq;
+          for (size_t ox = 0; ox < plan.out[2]; ++ox) dst[ox] = bias ? src[ox] + b : src[ox];
+        }
+      }
+    }
+  });
+}
+
+// The weights as the one-add kernels read A: a -> a - bias, zeros -> stand-in (with a
+// 0/1 mask when W has zeros). One-add variants differ only in B's masks, so one
+// preparation serves every box of a call.
+struct PreparedWeights {
+  std::vector<uint32_t> bits;
+  std::unique_ptr<float[]> mask;
+
+  void prepare(const ConvWeights& w, GemmVariant variant, const OperandRange& x_range, uint32_t bias_bits,
+               const ParallelFor& parallel) {
+    bits = w.bits;
+    if (masks_a(variant)) mask.reset(new float[bits.size()]);
+    const size_t per_group = w.rows * w.depth;
+    parallel(w.group, [&](size_t g) {
+      const size_t offset = g * per_group;
+      prepare_a(bits.data() + offset, mask ? mask.get() + offset : nullptr, per_group, variant, bias_bits,
+                zero_stand_in_a(x_range));
+    });
+  }
+};
+
+// The output split into boxes: when padding is involved, the interior (outputs whose
+// windows lie inside the input, computed without masks) and the border around it.
+std::vector<Box> output_boxes(const ConvPlan& plan) {
+  Box full;
+  for (size_t d = 0; d < kMaxSpatial; ++d) full.extent[d] = plan.out[d];
+  if (!plan.uses_padding) return {full};
+  size_t lo[kMaxSpatial], hi[kMaxSpatial];
+  for (size_t d = 0; d < kMaxSpatial; ++d) {
+    const size_t s = plan.stride[d], pad = plan.pad_begin[d];
+    const size_t reach = (plan.kernel[d] - 1) * plan.dilation[d];  // window extent - 1
+    lo[d] = std::min(plan.out[d], (pad + s - 1) / s);
+    hi[d] = plan.in[d] + pad >= reach + 1 ? std::min(plan.out[d], (plan.in[d] + pad - reach - 1) / s + 1) : 0;
+    hi[d] = std::max(hi[d], lo[d]);
+  }
+  std::vector<Box> boxes;
+  auto add = [&](const size_t (&b)[kMaxSpatial], const size_t (&e)[kMaxSpatial], bool padded) {
+    Box box;
+    for (size_t d = 0; d < kMaxSpatial; ++d) box.begin[d] = b[d], box.extent[d] = e[d];
+    box.padded = padded;
+    if (box.pixels() > 0) boxes.push_back(box);
+  };
+  add({lo[0], lo[1], lo[2]}, {hi[0] - lo[0], hi[1] - lo[1], hi[2] - lo[2]}, false);
+  // Below and above the interior along dimension d, inside it along the dimensions before d.
+  for (size_t d = 0; d < kMaxSpatial; ++d) {
+    size_t b[kMaxSpatial], e_low[kMaxSpatial], b_high[kMaxSpatial], e_high[kMaxSpatial];
+    for (size_t i = 0; i < kMaxSpatial; ++i) {
+      const bool inside = i < d;
+      b[i] = inside ? lo[i] : 0;
+      e_low[i] = inside ? hi[i] - lo[i] : plan.out[i];
+      b_high[i] = b[i];
+      e_high[i] = e_low[i];
+    }
+    e_low[d] = lo[d];
+    b_high[d] = hi[d];
+    e_high[d] = plan.out[d] - hi[d];
+    add(b, e_low, true);
+    add(b_high, e_high, true);
+  }
+  return boxes;
+}
+
+void conv_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x, const OperandRange& x_range,
+                  const float* bias, uint32_t bias_bits, float* y, const ParallelFor& parallel) {
+  const size_t groups = plan.group, cg = plan.in_per_group(), mg = plan.out_per_group();
+  const size_t depth = w.depth, pixels = plan.out_pixels;
+  OperandRange padded_range = x_range;
+  padded_range.has_zero = true;  // padding zeros are operands too
+  const bool simd = panel_width() > 0;
+  const GemmVariant interior = choose_variant(w.range, x_range, bias_bits, simd);
+  const GemmVariant border = plan.uses_padding ? choose_variant(w.range, padded_range, bias_bits, simd) : interior;
+  if (is_one_add(border) && cg == 1 && mg <= 4) {  // depthwise (small channel multiplier)
+    depthwise_forward(plan, w, x, bias, bias_bits, y, parallel);
+    return;
+  }
+  // Splitting off the interior pays when it then needs no masks and the boxes' partial
+  // panels waste little (not for small images); otherwise one box, masked if padded.
+  std::vector<Box> boxes = output_boxes(plan);
+  if (boxes.size() > 1) {
+    const size_t unit = simd ? panel_width() : 1;
+    size_t split_panels = 0;
+    for (const Box& box : boxes) split_panels += ceil_div(box.pixels(), unit);
+    if (masks_b(interior) || 8 * split_panels > 9 * ceil_div(pixels, unit)) {
+      Box full;
+      for (size_t d = 0; d < kMaxSpatial; ++d) full.extent[d] = plan.out[d];
+      full.padded = true;
+      boxes = {full};
+    }
+  }
+  const bool any_fast = is_one_add(interior) || is_one_add(border);
+  const size_t nr = simd ? panel_width() : 0;
+
+  PreparedWeights prepared;
+  if (any_fast) prepared.prepare(w, is_one_add(interior) ? interior : border, x_range, bias_bits, parallel);
+  const float* a_mask = prepared.mask.get();
+
+  // X with zeros replaced by the stand-in, and its 0/1 mask, once, for the boxes that mask B.
+  std::vector<uint32_t> x_masked_bits;
+  std::unique_ptr<float[]> x_mask;
+  if (masks_b(interior) || masks_b(border)) {
+    const size_t count = plan.batch * plan.in_channels * plan.in_pixels;
+    x_masked_bits.resize(count);
+    x_mask.reset(new float[count]);
+    const ZeroRule rule{true, zero_stand_in_b(x_range)};
+    constexpr size_t kChunk = size_t{1} << 16;
+    parallel(ceil_div(count, kChunk), [&](size_t c) {
+      for (size_t i = c * kChunk; i < std::min(count, (c + 1) * kChunk); ++i) {
+        put(x[i], rule, x_masked_bits.data(), x_mask.get(), i);
+      }
+    });
+  }
+  const uint32_t* x_masked = x_masked_bits.data();
+
+  // Pieces: chunks of each box's pixels whose im2col matrix fits in about 128 KiB.
+  const size_t unit = simd ? nr : 8;
+  const size_t chunk = unit * std::max<size_t>(1, (size_t{32} << 10) / std::max<size_t>(1, depth * unit));
+  struct Piece {
+    size_t box, p0, count;
+  };
+  std::vector<Piece> pieces;
+  for (size_t b = 0; b < boxes.size(); ++b) {
+    for (size_t p0 = 0; p0 < boxes[b].pixels(); p0 += chunk) pieces.push_back({b, p0, std::min(chunk, boxes[b].pixels() - p0)});
+  }
+  // Few pieces (small images, deep layers): split the output channels too.
+  size_t rows_per_task = mg;
+  while (plan.batch * groups * pieces.size() * ceil_div(mg, rows_per_task) < 16 && rows_per_task > 48) {
+    rows_per_task = std::max<size_t>(48, ceil_div(rows_per_task, 2));
+  }
+  const size_t row_blocks = ceil_div(mg, rows_per_task), per_image = groups * pieces.size() * row_blocks;
+
+  parallel(plan.batch * per_image, [&](size_t t) {
+    const size_t n = t / per_image, rest = t % per_image;
+    const size_t g = rest / (pieces.size() * row_blocks), piece_index = (rest / row_blocks) % pieces.size();
+    const size_t r0 = (rest % row_blocks) * rows_per_task, rows = std::min(mg, r0 + rows_per_task) - r0;
+    const Piece& piece = pieces[piece_index];
+    const Box& box = boxes[piece.box];
+    const size_t p0 = piece.p0, count = piece.count;
+    const GemmVariant variant = box.padded ? border : interior;
+    const bool fast = is_one_add(variant), mask_b = masks_b(variant);
+    const uint32_t padding = zero_stand_in_b(x_range);  // what masked panels hold at padding
+    const size_t x_offset = (n * plan.in_channels + g * cg) * plan.in_pixels;
+    const uint32_t* a_rows = (fast ? prepared.bits.data() : w.bits.data()) + (g * mg + r0) * depth;
+    float* y_rows = y + (n * plan.out_channels + g * mg + r0) * pixels;
+    // Pixels that are consecutive in Y (the whole output; a row; full-width bands) are
+    // written in place, others through a buffer.
+    const bool consecutive = (box.extent[2] == plan.out[2] || (box.extent[1] == 1 && box.extent[0] == 1)) &&
+                             (box.extent[1] == plan.out[1] || box.extent[0] == 1);
+    const bool direct = fast && consecutive;
+    size_t first = 0;  // Y position of pixel p0
+    for_each_run(box, p0, 1, [&](size_t, size_t oz, size_t oy, size_t ox, size_t) {
+      first = (oz * plan.out[1] + oy) * plan.out[2] + ox;
+    });
+    std::unique_ptr<float[]> sums(direct ? nullptr : new float[rows * count]);
+    if (fast) {
+      const size_t panels = ceil_div(count, nr);
+      std::unique_ptr<uint32_t[]> col(new uint32_t[panels * depth * nr]);
+      std::unique_ptr<float[]> col_mask(mask_b ? new float[panels * depth * nr] : nullptr);
+      for (size_t q = 0; q < panels; ++q) {
+        const size_t width = std::min(nr, count - q * nr);
+        uint32_t* panel = col.get() + q * depth * nr;
+        float* panel_mask = col_mask ? col_mask.get() + q * depth * nr : nullptr;
+        if (mask_b) {
+          im2col<true>(plan, x_masked + x_offset, x_mask.get() + x_offset, cg, box, p0 + q * nr, width, padding,
+                       panel, panel_mask, nr);
+        } else {
+          im2col<false>(plan, x + x_offset, nullptr, cg, box, p0 + q * nr, width, 0u, panel, nullptr, nr);
+        }
+        for (size_t k = 0; k < depth && width < nr; ++k) {  // padding columns: zeros, masked
+          std::fill(panel + k * nr + width, panel + (k + 1) * nr, 0u);
+          if (panel_mask) std::fill(panel_mask + k * nr + width, panel_mask + (k + 1) * nr, 0.0f);
+        }
+      }
+      lmul_gemm_fast(variant, a_rows, a_mask ? a_mask + (g * mg + r0) * depth : nullptr, col.get(),
+                     col_mask.get(), depth, count, 0, rows, 0, panels, direct ? y_rows + first : sums.get(),
+                     direct ? pixels : count);
+    } else {
+      std::unique_ptr<uint32_t[]> col(new uint32_t[depth * count]);
+      im2col<false>(plan, x + x_offset, nullptr, cg, box, p0, count, 0u, col.get(), nullptr, count);
+      const auto product = variant == GemmVariant::kNormal ? lmul_matmul_rows_normal : lmul_matmul_rows;
+      product(a_rows, col.get(), depth, count, 0, rows, bias_bits, sums.get());
+    }
+    for (size_t r = 0; r < rows; ++r) {
+      const float b = bias ? bias[g * mg + r0 + r] : 0.0f;
+      float* out = y_rows + r * pixels;
+      if (direct) {
+        if (bias) {
+          for (size_t j = 0; j < count; ++j) out[first + j] += b;
+        }
+        continue;
+      }
+      const float* s = sums.get() + r * count;
+      for_each_run(box, p0, count, [&](size_t j, size_t oz, size_t oy, size_t ox, size_t run) {
+        float* dst = out + (oz * plan.out[1] + oy) * plan.out[2] + ox;
+        for (size_t i = 0; i < run; ++i) dst[i] = bias ? s[j + i] + b : s[j + i];
+      });
+    }
+  });
+}
+
+// The matmul variant for these weights and X; padding zeros count as zero operands.
+GemmVariant conv_variant(const ConvPlan& plan, const ConvWeights& weights, const OperandRange& x_range,
+                         uint32_t bias_bits) {
+  OperandRange b = x_range;
+  if (plan.uses_padding) b.has_zero = true;  // padding zeros are operands too
+  return choose_variant(weights.range, b, bias_bits, panel_width() > 0);
+}
+
+// ConvTranspose: per image, the columns W_g^T (*) X_g of every group (phase 1), then
+// col2im per output channel (phase 2).
+void conv_transpose_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x,
+                            const OperandRange& x_range, const float* bias, uint32_t bias_bits, float* y,
+                            const ParallelFor& parallel) {
+  const size_t groups = plan.group, cg = plan.in_per_group(), mg = plan.out_per_group();
+  const size_t rows = w.rows, depth = w.depth, in_pixels = plan.in_pixels, out_pixels = plan.out_pixels;
+  const GemmVariant variant = conv_variant(plan, w, x_range, bias_bits);
+  const bool fast = is_one_add(variant);
+  const size_t nr = fast ? panel_width() : 0;
+
+  PreparedWeights prepared;
+  if (fast) prepared.prepare(w, variant, x_range, bias_bits, parallel);
+  const uint32_t* a = fast ? prepared.bits.data() : w.bits.data();
+  const float* a_mask = prepared.mask.get();
+  const ZeroRule rule{fast, fast ? zero_stand_in_b(x_range) : 0u};
+  const bool mask_b = masks_b(variant);
+  const size_t panels = fast ? ceil_div(in_pixels, nr) : 0;
+  const size_t panel_entries = panels * depth * nr;  // per group
+  std::unique_ptr<uint32_t[]> x_panels(fast ? new uint32_t[groups * panel_entries] : nullptr);
+  std::unique_ptr<float[]> x_masks(mask_b ? new float[groups * panel_entries] : nullptr);
+  std::unique_ptr<float[]> cols(new float[std::max<size_t>(1, groups * rows * in_pixels)]);
+
+  // Phase 1 blocking, as for MatMul: row blocks x panel blocks.
+  const size_t rows_per_task = std::min<size_t>(rows, 96);
+  const size_t row_blocks = ceil_div(rows, rows_per_task);
+  const size_t column_unit = fast ? nr : in_pixels;
+  const size_t units = fast ? panels : 1;
+  const size_t units_per_task =
+      std::max<size_t>(1, (size_t{1} << 18) / std::max<size_t>(1, rows_per_task * depth * column_unit));
+  const size_t unit_blocks = ceil_div(units, units_per_task);
+
+  for (size_t n = 0; n < plan.batch; ++n) {
+    const uint32_t* x_n = x + n * plan.in_channels * in_pixels;
+    if (fast) {  // X_g (C/g x in pixels) into column panels
+      parallel(groups * panels, [&](size_t t) {
+        const size_t g = t / panels, q = t % panels, j0 = q * nr, width = std::min(nr, in_pixels - j0);
+        uint32_t* panel = x_panels.get() + g * panel_entries + q * depth * nr;
+        float* panel_mask = x_masks ? x_masks.get() + g * panel_entries + q * depth * nr : nullptr;
+        const uint32_t* src = x_n + g * cg * in_pixels + j0;
+        for (size_t k = 0; k < depth; ++k) {
+          uint32_t* row = panel + k * nr;
+          float* mask_row = panel_mask ? panel_mask + k * nr : nullptr;
+          for (size_t j = 0; j < width; ++j) put(src[k * in_pixels + j], rule, row, mask_row, j);
+          for (size_t j = width; j < nr; ++j) put_padding(ZeroRule{}, row, mask_row, j);
+        }
+      });
+    }
+    parallel(groups * row_blocks * unit_blocks, [&](size_t t) {
+      const size_t ub = t % unit_blocks, rb = (t / unit_blocks) % row_blocks, g = t / (unit_blocks * row_blocks);
+      const size_t r0 = rb * rows_per_task, r1 = std::min(rows, r0 + rows_per_task);
+      const uint32_t* a_rows = a + (g * rows + r0) * depth;
+      float* out = cols.get() + (g * rows + r0) * in_pixels;
+      if (fast) {
+        const size_t q0 = ub * units_per_task, q1 = std::min(panels, q0 + units_per_task);
+        lmul_gemm_fast(variant, a_rows, a_mask ? a_mask + (g * rows + r0) * depth : nullptr,
+                       x_panels.get() + g * panel_entries, x_masks ? x_masks.get() + g * panel_entries : nullptr,
+                       depth, in_pixels, 0, r1 - r0, q0, q1, out, in_pixels);
+      } else {
+        const auto product = variant == GemmVariant::kNormal ? lmul_matmul_rows_normal : lmul_matmul_rows;
+        product(a_rows, x_n + g * cg * in_pixels, depth, in_pixels, 0, r1 - r0, bias_bits, out);
+      }
+    });
+    // Phase 2, col2im: each output channel adds its columns in kernel-offset order. The
+    // sums are kept split by output column phase (ox mod stride), where a column's
+    // contributions to one output row are consecutive: contiguous loops whatever the stride.
+    const size_t sx = plan.stride[2], wj = ceil_div(plan.out[2], sx);
+    const size_t phase_rows = plan.out[0] * plan.out[1];
+    parallel(plan.out_channels, [&](size_t channel) {
+      const size_t g = channel / mg, m = channel % mg;
+      std::vector<float> acc(sx * phase_rows * wj, 0.0f);  // [phase][oz][oy][ox / stride]
+      const float* col = cols.get() + (g * rows + m * plan.kernel_size) * in_pixels;
+      const int64_t out1 = static_cast<int64_t>(plan.out[1]), out2 = static_cast<int64_t>(plan.out[2]);
+      for (size_t kz = 0; kz < plan.kernel[0]; ++kz) {
+        for (size_t ky = 0; ky < plan.kernel[1]; ++ky) {
+          for (size_t kx = 0; kx < plan.kernel[2]; ++kx, col += in_pixels) {
+            const int64_t shift_z = static_cast<int64_t>(kz * plan.dilation[0]) - static_cast<int64_t>(plan.pad_begin[0]);
+            const int64_t shift_y = static_cast<int64_t>(ky * plan.dilation[1]) - static_cast<int64_t>(plan.pad_begin[1]);
+            const int64_t shift_x = static_cast<int64_t>(kx * plan.dilation[2]) - static_cast<int64_t>(plan.pad_begin[2]);
+            int64_t lo = 0, hi = 0;
+            valid_range(0, static_cast<int64_t>(plan.in[2]), static_cast<int64_t>(sx), shift_x, out2, lo, hi);
+            if (lo == hi) continue;
+            // ox = ix * stride + shift_x = (ix + q) * stride + phase
+            const int64_t stride = static_cast<int64_t>(sx);
+            const int64_t phase = ((shift_x % stride) + stride) % stride, q = (shift_x - phase) / stride;
+            float* acc_phase = acc.data() + static_cast<size_t>(phase) * phase_rows * wj;
+            for (size_t iz = 0; iz < plan.in[0]; ++iz) {
+              const int64_t oz = static_cast<int64_t>(iz * plan.stride[0]) + shift_z;
+              if (oz < 0 || oz >= static_cast<int64_t>(plan.out[0])) continue;
+              for (size_t iy = 0; iy < plan.in[1]; ++iy) {
+                const int64_t oy = static_cast<int64_t>(iy * plan.stride[1]) + shift_y;
+                if (oy < 0 || oy >= out1) continue;
+                const float* src = col + (iz * plan.in[1] + iy) * plan.in[2];
+                float* dst = acc_phase + (static_cast<size_t>(oz) * plan.out[1] + static_cast<size_t>(oy)) * wj;
+                const size_t begin = static_cast<size_t>(lo), end = static_cast<size_t>(hi);
+                const size_t offset = static_cast<size_t>(lo + q);  // dst index of ix = lo
+                for (size_t ix = begin; ix < end; ++ix) dst[offset + (ix - begin)] += src[ix];
+              }
+            }
+          }
+        }
+      }
+      float* out = y + (n * plan.out_channels + channel) * out_pixels;
+      const float b = bias ? bias[channel] : 0.0f;
+      for (size_t r = 0; r < phase_rows; ++r) {
+        float* dst = out + r * plan.out[2];
+        for (size_t ox = 0, j = 0, phase = 0; ox < plan.out[2]; ++ox) {
+          const float sum = acc[(phase * phase_rows + r) * wj + j];
+          dst[ox] = bias ? sum + b : sum;
+          if (++phase == sx) {
+            phase = 0;
+            ++j;
+          }
+        }
+      }
+    });
+  }
+}
+
+}  // namespace
+
+OperandRange scan_range(const uint32_t* bits, size_t count, const ParallelFor& parallel) {
+  constexpr size_t kChunk = size_t{1} << 16;
+  const size_t chunks = ceil_div(count, kChunk);
+  std::vector<OperandRange> parts(chunks);
+  parallel(chunks, [&](size_t c) { parts[c].scan(bits + c * kChunk, std::min(kChunk, count - c * kChunk)); });
+  OperandRange range;
+  for (const OperandRange& part : parts) range.merge(part);
+  return range;
+}
+
+
+void lmul_conv(const ConvPlan& plan, const ConvWeights& weights, const uint32_t* x, const float* bias,
+               uint32_t bias_bits, float* y, const ParallelFor& parallel) {
+  if (plan.batch == 0 || plan.out_channels == 0 || plan.out_pixels == 0) return;
+  const OperandRange x_range = scan_range(x, plan.batch * plan.in_channels * plan.in_pixels, parallel);
+  if (plan.transpose) {
+    conv_transpose_forward(plan, weights, x, x_range, bias, bias_bits, y, parallel);
+  } else {
+    conv_forward(plan, weights, x, x_range, bias, bias_bits, y, parallel);
+  }
+}
+
+}  // namespace lmul
