@@ -13,6 +13,8 @@ Each real model (exported by ``models/export.py``) is run in these configuration
   the evaluation where the model allows: see ``calibration_inputs``); ``...-auto-output``
   calibrates by the output-bias criterion instead of the product-bias one (the comparison
   behind ``auto``'s choice);
+* ``lmul-conv-m23``, ``lmul-conv-m4-auto``, ... -- every product, ``Conv`` /
+  ``ConvTranspose`` included (MNIST and EfficientNet-Lite0), with ``fp8-*-conv``;
 * ``fp8-e4m3-all``, ``fp8-e5m2-all``, ``fp8-e4m3-matmul``, ``fp8-e5m2-matmul`` -- the
   original model with the operands of the same nodes as ``lmul-all`` / ``lmul-matmul``
   rounded to fp8 (standard ONNX Casts).
@@ -93,6 +95,8 @@ CONFIGS: dict[str, dict] = {
 }
 if "Conv" in SUPPORTED_OPS:  # every product, convolutions included (MNIST, EfficientNet-Lite0)
     CONFIGS["lmul-conv-m23"] = {"mantissa_bits": None, **CONV}
+    CONFIGS["lmul-conv-m4"] = {"mantissa_bits": 4, **CONV}
+    CONFIGS["lmul-conv-m3"] = {"mantissa_bits": 3, **CONV}
     CONFIGS.update(
         {
             f"lmul-conv-m{bits}-{offset}": {"mantissa_bits": bits, "offset": offset, **CONV}
