@@ -123,6 +123,9 @@ def _plot(result: TuneResult, path: Path) -> None:
 @click.option(
     "--plan-out", type=click.Path(dir_okay=False, path_type=Path), help="Write the plan (JSON) here."
 )
+@click.option(
+    "--overwrite", is_flag=True, help="Replace an existing output model (and its .data file) or plan."
+)
 @click.option("--min-cosine", type=float, default=None, help="Budget: every output's cosine to the original.")
 @click.option("--min-snr", type=float, default=None, help="Budget: every output's SNR in dB.")
 @click.option("--atol", multiple=True, metavar="[NAME:]X", help="Budget: absolute tolerance, as in validate.")
@@ -184,6 +187,7 @@ def tune_command(
     model: Path,
     output: Path | None,
     plan_out: Path | None,
+    overwrite: bool,
     min_cosine: float | None,
     min_snr: float | None,
     atol: tuple[str, ...],
@@ -268,6 +272,7 @@ def tune_command(
             jobs=jobs or os.cpu_count() or 1,
             threads=threads,
             progress=bar,
+            overwrite=overwrite,
         )
     except (TuneError, ModelLoadError, ModelInputError, EnergyError, ValueError) as error:
         bar.close()

@@ -74,10 +74,9 @@ class Plan:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the plan as JSON (atomically: a temporary file moved into place)."""
-        target = Path(path)
-        staging = target.with_name(f".{target.name}.tmp")
-        staging.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=True) + "\n")
-        os.replace(staging, target)
+        from lmul_onnx.output_paths import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, allow_nan=True) + "\n", option="plan")
 
 
 def _check_entry(index: int, entry: Any) -> dict[str, Any]:

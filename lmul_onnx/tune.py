@@ -51,12 +51,15 @@ from lmul_onnx.convert import (
     ModelInput,
     convert_file,
     convert_model,
+    output_files,
+    referenced_files,
     save_model,
     selection_options,
 )
 from lmul_onnx.energy import energy
 from lmul_onnx.metrics import DriftAccumulator, looks_like_logits
 from lmul_onnx.ops import DOMAIN, STANDARD_TO_LMUL, SUPPORTED_OPS
+from lmul_onnx.output_paths import check_output
 from lmul_onnx.passes.offsets import PAPER, TYPE_BITS, Choice, OffsetOptions, parse_offset
 from lmul_onnx.passes.rewrite import NodeRecord
 from lmul_onnx.passes.selection import Scope, SelectionOptions
@@ -631,6 +634,7 @@ def tune(
     jobs: int = 1,
     threads: int | None = None,
     progress: ProgressCallback | None = None,
+    overwrite: bool = False,
 ) -> TuneResult:
     """Find the conversion that saves the most multiplication energy within ``budget``.
 
@@ -651,6 +655,8 @@ def tune(
         threads: intra-op threads per session (default: onnxruntime's; with jobs > 1,
             the cores shared among the workers).
         progress: called as ``progress(phase, done, total)``.
+        overwrite: replace an existing output model or plan file (otherwise refused
+            before the search starts, as ``convert`` refuses it).
 
     Raises:
         TuneError: an unusable budget, metric or setting, or a budget that fails even
@@ -686,6 +692,17 @@ def tune(
     say("loading", 0, 1)
     ir_model, path = graph.load(model)
     source = os.fspath(path) if path is not None else None
+    # The outputs are checked before the search, so a long run never ends in a refusal.
+    if output_path is not None:
+        output_files(
+            output_path,
+            input_path=source,
+            reads_from=referenced_files(ir_model, path.parent) if path is not None else (),
+            overwrite=overwrite,
+        )
+    if plan_path is not None:
+        protected = [(Path(os.path.abspath(source)), "the input model")] if source is not None else []
+        check_output(plan_path, protected=protected, overwrite=overwrite, option="--plan-out")
     records = convert_model(ir_model, options, dry_run=True)
     if source is not None:
         proto = onnx.load(source)
@@ -800,11 +817,17 @@ def tune(
     written = None
     if output_path is not None:
         if source is not None:
-            convert_file(source, output_path, plan.selection_options(), offsets=plan.offset_options())
+            convert_file(
+                source,
+                output_path,
+                plan.selection_options(),
+                offsets=plan.offset_options(),
+                overwrite=overwrite,
+            )
         else:
             result_model = ir.from_proto(proto)
             convert_model(result_model, plan.selection_options(), offsets=plan.offset_options())
-            save_model(result_model, output_path)
+            save_model(result_model, output_path, overwrite=overwrite)
         written = os.fspath(output_path)
     if plan_path is not None:
         plan.save(plan_path)

@@ -327,3 +327,39 @@ def test_node_that_turns_the_output_nan_stays_exact(tmp_path: Path) -> None:
     assert decisions(result.plan)["nan_maker"][0] is False and decisions(result.plan)["mm"][0] is True
     report = lmul_onnx.validate(model, onnx.load(tmp_path / "out.onnx"), input_ranges={"x": (0.0, 1.0)})
     assert report.outputs["out"]["nan_mismatches"] == 0 and report.outputs["out"]["cosine"] >= 0.99
+
+
+def test_outputs_are_checked_before_the_search(fragile_path: Path, tmp_path: Path) -> None:
+    """An existing output or plan is refused up front (exit 2, one line, untouched) unless
+    --overwrite; an output that is the input, or a symlink, is refused like convert does."""
+    existing = tmp_path / "o.onnx"
+    existing.write_bytes(b"keep me")
+    budget = ["--min-cosine", "0.99", "--jobs", "1"]
+    code, output = invoke("tune", str(fragile_path), "-o", str(existing), *budget)
+    assert code == 2 and len(output.strip().splitlines()) == 1 and "--overwrite" in output, output
+    assert existing.read_bytes() == b"keep me"
+
+    plan = tmp_path / "plan.json"
+    plan.write_text("{}")
+    args = ["-o", str(tmp_path / "new.onnx"), "--plan-out", str(plan), "--min-cosine", "0.99", "--jobs", "1"]
+    code, output = invoke("tune", str(fragile_path), *args)
+    assert code == 2 and "--plan-out" in output and "--overwrite" in output, output
+    assert plan.read_text() == "{}" and not (tmp_path / "new.onnx").exists()
+
+    link = tmp_path / "link.onnx"
+    link.symlink_to(tmp_path / "elsewhere.onnx")
+    code, output = invoke("tune", str(fragile_path), "-o", str(link), *budget)
+    assert code == 2 and "symbolic link" in output, output
+    assert not (tmp_path / "elsewhere.onnx").exists()
+
+    code, output = invoke("tune", str(fragile_path), *args, "--overwrite")
+    assert code == 0, output
+    assert onnx.load(str(tmp_path / "new.onnx")).graph.node and load_plan(plan).nodes
+
+
+def test_python_api_refuses_an_existing_output(fragile_path: Path, tmp_path: Path) -> None:
+    target = tmp_path / "o.onnx"
+    target.write_bytes(b"keep me")
+    with pytest.raises(ValueError, match="--overwrite"):
+        tune(fragile_path, target, budget=Budget(min_cosine=0.99))
+    assert target.read_bytes() == b"keep me"
