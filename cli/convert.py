@@ -22,6 +22,7 @@ from lmul_onnx.cli.common import (
     split_names,
     status,
 )
+from lmul_onnx.cli.validate import _range
 from lmul_onnx.ops import SUPPORTED_OPS
 
 _SELECTION_OPTIONS = (
@@ -84,22 +85,46 @@ _SELECTION_OPTIONS = (
     "--offset",
     default="paper",
     show_default=True,
-    metavar="paper|unbiased|VALUE",
+    metavar="paper|unbiased|auto|VALUE",
     help="SPEC §4 offset of every converted node: paper (no attribute, the paper's 2^-l(m)); "
     "unbiased (a constant per m that zeroes the mean product error of N(0,1)-like operands); "
+    "auto (per node, zeroing the mean error of its own products on calibration data); "
     "an integer 0..8388607 (the attribute) or a fraction in [0, 1) such as 0.0625.",
 )
 @click.option(
     "--offset-for",
     multiple=True,
     metavar="REGEX=CHOICE",
-    help="Per-node offset (paper|unbiased|VALUE); the first matching REGEX wins (repeatable).",
+    help="Per-node offset (paper|unbiased|auto|VALUE); the first matching REGEX wins (repeatable).",
+)
+@click.option(
+    "--calibration",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Inputs for --offset auto: an .npz keyed by input name (or I/NAME for several samples) "
+    "[default: generated as validate generates them].",
+)
+@click.option(
+    "--samples",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Generated calibration samples for --offset auto (ignored with --calibration).",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of the generated calibration inputs."
+)
+@click.option(
+    "--input-range",
+    multiple=True,
+    metavar="NAME=LO:HI",
+    help="Value range of a generated calibration input (repeatable).",
 )
 @click.option(
     "--dim",
     multiple=True,
     metavar="NAME=N",
-    help="Bind a symbolic input dimension for the energy estimate (repeatable).",
+    help="Bind a symbolic input dimension, for the energy estimate and generated calibration "
+    "inputs (repeatable).",
 )
 @click.option(
     "--portable",
@@ -134,6 +159,10 @@ def convert(
     mantissa_bits_for: tuple[str, ...],
     offset: str,
     offset_for: tuple[str, ...],
+    calibration: Path | None,
+    samples: int,
+    seed: int,
+    input_range: tuple[str, ...],
     dim: tuple[str, ...],
     portable: bool,
     every_product: bool,
@@ -153,7 +182,8 @@ def convert(
     overrides = tuple(parse_bindings("--mantissa-bits-for", mantissa_bits_for, integer).items())
     offset_overrides = tuple(parse_bindings("--offset-for", offset_for, str).items())
     dims = parse_bindings("--dim", dim, positive_dim)
-    check_outputs(("--json", json_path), reads=(input_model, output, plan_path))
+    ranges = parse_bindings("--input-range", input_range, _range)
+    check_outputs(("--json", json_path), reads=(input_model, output, plan_path, calibration))
     quiet = quiet or json_path == "-"
     if quiet:
         quiet_libraries()
@@ -165,11 +195,16 @@ def convert(
     if plan_path is not None and selection_given:
         raise InputError(f"--plan replaces the selection options; drop {', '.join(selection_given)}")
 
+    from lmul_onnx.calibration import CalibrationOptions
     from lmul_onnx.convert import ModelLoadError, convert_file
     from lmul_onnx.output_paths import OutputPathError
     from lmul_onnx.passes.offsets import OffsetOptions
     from lmul_onnx.passes.selection import SelectionOptions
     from lmul_onnx.plan import PlanError, load_plan
+
+    calibration_options = CalibrationOptions(
+        inputs=calibration, samples=samples, seed=seed, dims=dims, ranges=ranges
+    )
 
     if ops and not split_names(ops):
         raise InputError("--ops: no op type given")
@@ -210,6 +245,7 @@ def convert(
             progress=progress,
             dims=dims,
             offsets=offsets,
+            calibration=calibration_options,
             portable=portable,
             overwrite=overwrite,
         )

@@ -19,10 +19,12 @@ import onnx
 import onnx_ir as ir
 
 from lmul_onnx import energy, graph
+from lmul_onnx.calibration import CalibrationOptions, calibrate
 from lmul_onnx.graph import ModelInput, ModelLoadError
 from lmul_onnx.ops import SUPPORTED_OPS
 from lmul_onnx.output_paths import check_output, staged_files
 from lmul_onnx.passes.offsets import (
+    AUTO,
     Choice,
     LMulOffsetPass,
     OffsetOptions,
@@ -97,17 +99,22 @@ class ConversionReport:
     def offsets(self) -> list[dict[str, Any]]:
         """The offsets of the converted nodes, one entry per (m, offset) with its node count:
         ``{"mantissa_bits", "offset" (the attribute; null = the paper's), "value" (the
-        constant in effect), "choice" ("paper"/"unbiased"/"value"), "nodes"}``."""
-        counts = Counter((effective_mantissa_bits(n), n.decision.offset) for n in self.converted)
+        constant in effect), "choice" ("paper"/"unbiased"/"value"/"auto": calibrated), "nodes"}``."""
+        counts = Counter(
+            (effective_mantissa_bits(n), n.decision.offset, n.decision.reason.startswith(f"{AUTO}:"))
+            for n in self.converted
+        )
         entries = []
-        for (bits, offset), count in sorted(counts.items(), key=lambda item: (item[0][0], item[0][1] or -1)):
+        for (bits, offset, auto), count in sorted(
+            counts.items(), key=lambda item: (item[0][0], item[0][1] or -1, item[0][2])
+        ):
             choice, value = offset_in_effect(offset, bits)
             entries.append(
                 {
                     "mantissa_bits": bits,
                     "offset": offset,
                     "value": value,
-                    "choice": choice,
+                    "choice": AUTO if auto else choice,
                     "nodes": count,
                 }
             )
@@ -121,9 +128,20 @@ class ConversionReport:
             lines.append(f"{op:<12} {entry['found']:>6} {entry['converted']:>10}  {skipped or '-'}")
         verb = "would convert" if self.dry_run else "converted"
         lines.append(f"{verb} {len(self.converted)} of {len(self.nodes)} candidate nodes")
+        calibrated: dict[int, list[int]] = {}
         for entry in self.offsets():
+            if entry["choice"] == AUTO:
+                calibrated.setdefault(entry["mantissa_bits"], []).extend([entry["value"]] * entry["nodes"])
+                continue
             described = describe_offset(entry["offset"], entry["mantissa_bits"])
             lines.append(f"offset m={entry['mantissa_bits']}: {described} on {entry['nodes']} node(s)")
+        for bits, values in sorted(calibrated.items()):
+            values.sort()
+            low, middle, high = (v / (1 << 23) for v in (values[0], values[len(values) // 2], values[-1]))
+            lines.append(
+                f"offset m={bits}: auto (calibrated) {low:.5f}..{high:.5f}, median {middle:.5f}, "
+                f"on {len(values)} node(s)"
+            )
         return "\n".join(lines)
 
 
@@ -206,9 +224,28 @@ def convert_model(
     progress: Callable[[int, int], None] | None = None,
     types: graph.Types | None = None,
     offsets: OffsetOptions | None = None,
+    calibration: CalibrationOptions | None = None,
+    path: Path | None = None,
 ) -> list[NodeRecord]:
     """Rewrite ``model`` in place (unless ``dry_run``); return the per-node records.
-    ``types``: the model's :func:`lmul_onnx.graph.infer` result (inferred when not given)."""
+    ``types``: the model's :func:`lmul_onnx.graph.infer` result (inferred when not given).
+    Where an offset choice is ``auto``, the unchanged model is first run on the
+    ``calibration`` inputs (default: one generated sample) to calibrate the nodes that
+    will be converted (:mod:`lmul_onnx.calibration`); ``path`` is where ``model`` was
+    read from (its external weights are found from there)."""
+    offsets = offsets or OffsetOptions()
+    calibrated = None
+    if offsets.uses_auto:
+        types = types if types is not None else graph.infer(model)
+        probe = LMulRewritePass(options, dry_run=True, types=types)
+        probe(model)
+        nodes = {
+            r.key: effective_mantissa_bits(r)
+            for r in probe.result.converted
+            if offsets.choice_for(r.name, r.key) == AUTO
+        }
+        found = calibrate(model, path, nodes, calibration or CalibrationOptions())
+        calibrated = {key: (c.offset, c.note) for key, c in found.items()}
     converted: list[tuple[ir.Node, NodeRecord]] = []
     rewrite = LMulRewritePass(
         options,
@@ -218,7 +255,7 @@ def convert_model(
         on_convert=lambda node, record: converted.append((node, record)),
     )
     rewrite(model)
-    offset_pass = LMulOffsetPass(offsets or OffsetOptions(), converted, dry_run=dry_run)
+    offset_pass = LMulOffsetPass(offsets, converted, dry_run=dry_run, calibrated=calibrated)
     offset_pass(model)
     return offset_pass.annotate(rewrite.result.records)
 
@@ -233,6 +270,7 @@ def convert_file(
     dims: Mapping[str, int] | None = None,
     overwrite: bool = False,
     offsets: OffsetOptions | None = None,
+    calibration: CalibrationOptions | None = None,
     portable: bool = False,
 ) -> ConversionReport:
     """Convert a model file into another file; the function behind ``lmul-onnx convert``.
@@ -243,9 +281,10 @@ def convert_file(
     shapes are inferred once (``dims`` binds symbolic input dimensions) and serve both
     the selection and the energy estimate of the result (``report.energy``, not on dry
     runs). ``report.written`` names the files written.
+    ``calibration``: the inputs of ``auto`` offsets (see :func:`convert_model`).
     ``portable`` adds the standard-op bodies of :mod:`lmul_onnx.portable`.
     """
-    model, _ = graph.load(input_path)
+    model, model_path = graph.load(input_path)
     source = os.fspath(input_path)
     target = Path(output_path) if output_path is not None else default_output_path(input_path)
     reads_from = referenced_files(model, Path(input_path).parent)
@@ -253,7 +292,16 @@ def convert_file(
         output_files(target, input_path=input_path, reads_from=reads_from, overwrite=overwrite)
     energy.unbound_dims(model, dims or {})
     types = graph.infer(model, dims or {})
-    records = convert_model(model, options, dry_run=dry_run, progress=progress, types=types, offsets=offsets)
+    records = convert_model(
+        model,
+        options,
+        dry_run=dry_run,
+        progress=progress,
+        types=types,
+        offsets=offsets,
+        calibration=calibration,
+        path=model_path,
+    )
     report = ConversionReport(source, None if dry_run else str(target), dry_run, records)
     if not dry_run:
         report.energy = energy.count(model, types, dims=dims)
@@ -300,6 +348,7 @@ def convert(
     overwrite: bool = True,
     offset: Choice | float = "paper",
     offset_for: dict[str, Choice | float] | None = None,
+    calibration: CalibrationOptions | None = None,
     every_product: bool = False,
     plan: str | os.PathLike[str] | Plan | None = None,
     portable: bool = False,
@@ -322,9 +371,14 @@ def convert(
         overwrite: replace an existing output file (the CLI asks for ``--overwrite``).
         offset: the SPEC section 4 offset of every converted node: ``"paper"`` (the
             default: no attribute), ``"unbiased"`` (the data-free constant of
-            :data:`lmul_onnx.offsets.UNBIASED_OFFSETS` for the node's ``m``), an int
-            (the attribute, 0 <= offset < 2^23) or a float fraction in [0, 1).
+            :data:`lmul_onnx.offsets.UNBIASED_OFFSETS` for the node's ``m``),
+            ``"auto"`` (calibrated per node from ``calibration``'s inputs:
+            :mod:`lmul_onnx.calibration`), an int (the attribute, 0 <= offset < 2^23)
+            or a float fraction in [0, 1).
         offset_for: per-node overrides ``{regex: choice}``; the first match wins.
+        calibration: the inputs ``auto`` calibrates on: an ``.npz`` or seeded generated
+            samples (:class:`lmul_onnx.calibration.CalibrationOptions`); default one
+            generated sample, as ``validate`` generates it.
         portable: also write each ``lmul`` op's body as a model-local function of standard
             ops (:mod:`lmul_onnx.portable`), so that onnxruntime >= 1.30 runs the model
             without the custom-op library.
@@ -345,6 +399,8 @@ def convert(
         ValueError: an invalid option.
         lmul_onnx.output_paths.OutputPathError: an output path that is the input, a file
             the input reads, a symbolic link, or (without ``overwrite``) an existing file.
+        lmul_onnx.calibration.CalibrationError: calibration inputs that cannot be read
+            or do not fit the model (a ``ValueError``).
         PortableError: ``portable`` and the model cannot hold the portable bodies.
         lmul_onnx.plan.PlanError: an unreadable plan.
     """
@@ -363,10 +419,18 @@ def convert(
         )
         offsets = OffsetOptions(offset, tuple((offset_for or {}).items()))
     if isinstance(model, (str, os.PathLike)) and output_path is not None:
-        convert_file(model, output_path, options, offsets=offsets, overwrite=overwrite, portable=portable)
+        convert_file(
+            model,
+            output_path,
+            options,
+            offsets=offsets,
+            calibration=calibration,
+            overwrite=overwrite,
+            portable=portable,
+        )
         return onnx.load(os.fspath(output_path), load_external_data=False)
-    ir_model, _ = graph.load(model)  # a ModelProto is deserialised, so it stays untouched
-    convert_model(ir_model, options, offsets=offsets)
+    ir_model, ir_path = graph.load(model)  # a ModelProto is deserialised, so it stays untouched
+    convert_model(ir_model, options, offsets=offsets, calibration=calibration, path=ir_path)
     if portable:
         ir_model, _ = make_portable(ir_model)
     if output_path is not None:

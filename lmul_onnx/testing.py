@@ -95,6 +95,34 @@ def matmul_variant(a: np.ndarray, b: np.ndarray, mantissa_bits: int = 23, offset
     return _variant_hook()(a.ctypes.data, a.size, b.ctypes.data, b.size, mantissa_bits, offset)
 
 
+def square_of_product_model(weights: np.ndarray, batch: int | str = 2) -> onnx.ModelProto:
+    """``y = (x @ W)^2``: node ``proj/MatMul`` (an activation times a weight), then node
+    ``square/Mul`` (an activation times itself); ``x`` is ``[batch, rows of W]``."""
+    w = onnx.numpy_helper.from_array(np.asarray(weights, np.float32), "W")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "W"], ["h"], name="proj/MatMul"),
+            helper.make_node("Mul", ["h", "h"], ["y"], name="square/Mul"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [batch, w.dims[0]])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [batch, w.dims[1]])],
+        [w],
+    )
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)], ir_version=IR_VERSION
+    )
+
+
+def node_offsets(model: onnx.ModelProto) -> dict[str, int | None]:
+    """``{name: offset attribute (None: absent)}`` of the main graph's ``lmul`` nodes."""
+    return {
+        n.name: next((a.i for a in n.attribute if a.name == "offset"), None)
+        for n in model.graph.node
+        if n.domain == DOMAIN
+    }
+
+
 # Corner cases of SPEC section 1: signed zeros, subnormals, the smallest normal, +-1, the
 # largest finite values, infinities, NaNs, the worked examples and rounding edges.
 SPECIAL_BITS = [

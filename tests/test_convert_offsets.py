@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from onnx import TensorProto, helper, numpy_helper
+from onnx import numpy_helper
 
 import lmul_onnx
 from lmul_onnx import numerics
@@ -19,30 +19,12 @@ from lmul_onnx.cli.main import main
 from lmul_onnx.offsets import UNBIASED_OFFSETS
 from lmul_onnx.passes.offsets import OffsetOptions, parse_offset
 from lmul_onnx.reference import reference_evaluator
+from lmul_onnx.testing import node_offsets, square_of_product_model
 
 
 @pytest.fixture
 def model(rng: np.random.Generator) -> onnx.ModelProto:
-    w = numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "W")
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["x", "W"], ["h"], name="proj/MatMul"),
-            helper.make_node("Mul", ["h", "h"], ["y"], name="square/Mul"),
-        ],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
-        [w],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
-
-
-def offsets_of(model: onnx.ModelProto) -> dict[str, int | None]:
-    return {
-        n.name: next((a.i for a in n.attribute if a.name == "offset"), None)
-        for n in model.graph.node
-        if n.domain == "lmul"
-    }
+    return square_of_product_model(rng.standard_normal((4, 3)))
 
 
 def test_parse_offset() -> None:
@@ -62,7 +44,7 @@ def test_parse_offset() -> None:
 
 def test_paper_is_the_default_and_writes_no_attribute(model: onnx.ModelProto) -> None:
     converted = lmul_onnx.convert(model, mantissa_bits=4)
-    assert offsets_of(converted) == {"proj/MatMul": None, "square/Mul": None}
+    assert node_offsets(converted) == {"proj/MatMul": None, "square/Mul": None}
 
 
 def test_unbiased_and_per_node_values(model: onnx.ModelProto, rng: np.random.Generator) -> None:
@@ -73,7 +55,7 @@ def test_unbiased_and_per_node_values(model: onnx.ModelProto, rng: np.random.Gen
         offset="unbiased",
         offset_for={"square": 0.0625},
     )
-    assert offsets_of(converted) == {"proj/MatMul": UNBIASED_OFFSETS[4], "square/Mul": 0x80000}
+    assert node_offsets(converted) == {"proj/MatMul": UNBIASED_OFFSETS[4], "square/Mul": 0x80000}
     x = rng.standard_normal((2, 4)).astype(np.float32)
     (y,) = lmul_onnx.InferenceSession(converted.SerializeToString()).run(None, {"x": x})
     (expected,) = reference_evaluator(converted).run(None, {"x": x})
@@ -82,7 +64,7 @@ def test_unbiased_and_per_node_values(model: onnx.ModelProto, rng: np.random.Gen
     assert np.array_equal(expected, numerics.lmul(h, h, mantissa_bits=3, offset=0x80000))
     assert np.allclose(y, expected, rtol=1e-5, atol=1e-6)
     # the float32 default width takes the table's m = 23 entry
-    assert offsets_of(lmul_onnx.convert(model, offset="unbiased"))["square/Mul"] == UNBIASED_OFFSETS[23]
+    assert node_offsets(lmul_onnx.convert(model, offset="unbiased"))["square/Mul"] == UNBIASED_OFFSETS[23]
 
 
 def test_bad_python_options_are_value_errors(model: onnx.ModelProto) -> None:
@@ -95,7 +77,7 @@ def test_bad_python_options_are_value_errors(model: onnx.ModelProto) -> None:
 def test_reconverting_keeps_the_offsets(model: onnx.ModelProto) -> None:
     once = lmul_onnx.convert(model, mantissa_bits=4, offset=0.03)
     twice = lmul_onnx.convert(once, offset="unbiased")
-    assert offsets_of(twice) == offsets_of(once) == {"proj/MatMul": 251658, "square/Mul": 251658}
+    assert node_offsets(twice) == node_offsets(once) == {"proj/MatMul": 251658, "square/Mul": 251658}
 
 
 def test_cli_summary_json_and_dry_run(model: onnx.ModelProto, tmp_path: Path) -> None:
@@ -116,7 +98,7 @@ def test_cli_summary_json_and_dry_run(model: onnx.ModelProto, tmp_path: Path) ->
         "proj/MatMul": 0x80000,
         "square/Mul": 0x80000,
     }
-    assert offsets_of(onnx.load(tmp_path / "out.onnx")) == {"proj/MatMul": 0x80000, "square/Mul": 0x80000}
+    assert node_offsets(onnx.load(tmp_path / "out.onnx")) == {"proj/MatMul": 0x80000, "square/Mul": 0x80000}
     result = runner.invoke(main, ["convert", str(source), "--dry-run", "--offset", "unbiased", "-q"])
     assert f"offset={UNBIASED_OFFSETS[23]:#x}" in result.output
     assert not (tmp_path / "m.lmul.onnx").exists()

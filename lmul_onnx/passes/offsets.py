@@ -9,6 +9,8 @@ Choices (``lmul-onnx convert --offset``, ``--offset-for REGEX=CHOICE``):
 * ``paper`` -- the default: no attribute, the paper's ``1 << (23 - l(m))``;
 * ``unbiased`` -- the data-free constant of :data:`lmul_onnx.offsets.UNBIASED_OFFSETS`
   for the node's ``m``;
+* ``auto`` -- calibrated per node from data (:mod:`lmul_onnx.calibration`): the pass is
+  handed the calibrated offsets by node key; the node's record notes how each was found;
 * a number: an integer (decimal or ``0x`` hex) is the attribute itself,
   0 <= offset < 2^23; a number with a decimal point or an exponent is the fraction
   ``offset / 2^23`` in [0, 1), rounded to the nearest integer offset.
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import onnx_ir as ir
@@ -32,20 +34,21 @@ from lmul_onnx.passes.selection import CONVERTIBLE_TYPES
 
 PAPER = "paper"
 UNBIASED = "unbiased"
-NAMED_CHOICES = (PAPER, UNBIASED)
+AUTO = "auto"
+NAMED_CHOICES = (PAPER, UNBIASED, AUTO)
 TYPE_BITS = {dtype_name(t): mantissa_bits(t) or 0 for t in CONVERTIBLE_TYPES}  # "float32": 23, ...
 
-Choice = str | int  # "paper", "unbiased" or an integer offset
+Choice = str | int  # "paper", "unbiased", "auto" or an integer offset
 
 
 def parse_offset(value: str | float) -> Choice:
-    """A user's offset choice: ``"paper"``, ``"unbiased"`` or a valid integer offset.
+    """A user's offset choice: ``"paper"``, ``"unbiased"``, ``"auto"`` or a valid integer offset.
 
     Raises:
         ValueError: anything else, with a one-line message.
     """
     if isinstance(value, bool):
-        raise ValueError(f"offset must be paper, unbiased or a number, not {value!r}")
+        raise ValueError(f"offset must be paper, unbiased, auto or a number, not {value!r}")
     if isinstance(value, str):
         text = value.strip().lower()
         if text in NAMED_CHOICES:
@@ -57,8 +60,8 @@ def parse_offset(value: str | float) -> Choice:
                 number = float(text)
             except ValueError:
                 raise ValueError(
-                    f"offset {value!r}: choose paper, unbiased, an integer 0..{numerics.OFFSET_LIMIT - 1} "
-                    "or a fraction in [0, 1) such as 0.0625"
+                    f"offset {value!r}: choose paper, unbiased, auto, an integer "
+                    f"0..{numerics.OFFSET_LIMIT - 1} or a fraction in [0, 1) such as 0.0625"
                 ) from None
     else:
         number = value
@@ -121,14 +124,30 @@ class OffsetOptions:
                 return choice
         return self.default
 
-    def offset_for(self, name: str, mantissa_bits: int, key: str | None = None) -> int | None:
+    @property
+    def uses_auto(self) -> bool:
+        """True when some node may need a calibrated offset."""
+        choices = [self.default, *(c for _, c in self.per_node), *(c for _, c in self.by_key)]
+        return AUTO in choices
+
+    def offset_for(
+        self, name: str, mantissa_bits: int, key: str | None = None, calibrated: int | None = None
+    ) -> int | None:
         """The ``offset`` attribute of node ``name`` (identity ``key``) at width ``m`` (None:
-        none, the paper's)."""
+        none, the paper's); ``calibrated``: the node's ``auto`` offset.
+
+        Raises:
+            ValueError: the node's choice is ``auto`` and no calibrated offset is given.
+        """
         choice = self.choice_for(name, key)
         if choice == PAPER:
             return None
         if choice == UNBIASED:
             return UNBIASED_OFFSETS[mantissa_bits]
+        if choice == AUTO:
+            if calibrated is None:
+                raise ValueError(f"node {name}: offset auto needs calibration data")
+            return calibrated
         return int(choice)
 
 
@@ -141,7 +160,9 @@ def effective_mantissa_bits(record: NodeRecord) -> int:
 
 class LMulOffsetPass(ir.passes.InPlacePass):
     """Set the ``offset`` attribute of freshly converted nodes (``converted``: the pairs the
-    rewrite pass's ``on_convert`` hook saw). ``records`` then holds every record with its
+    rewrite pass's ``on_convert`` hook saw). ``calibrated``: ``{node key: (offset, note)}``
+    for the nodes whose choice is ``auto`` (:func:`lmul_onnx.calibration.calibrate`); the
+    note becomes the record's reason. :meth:`annotate` then gives every record with its
     decision's ``offset`` filled in; with ``dry_run`` no node changes."""
 
     def __init__(
@@ -150,18 +171,25 @@ class LMulOffsetPass(ir.passes.InPlacePass):
         converted: Sequence[tuple[ir.Node, NodeRecord]],
         *,
         dry_run: bool = False,
+        calibrated: Mapping[str, tuple[int, str]] | None = None,
     ) -> None:
         super().__init__()
         self.options = options
         self.converted = list(converted)
         self.dry_run = dry_run
+        self.calibrated = dict(calibrated or {})
         self.offsets: dict[int, int | None] = {}  # id(record) -> offset
+        self.notes: dict[int, str] = {}  # id(record) -> how an auto offset was found
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         modified = False
         for node, record in self.converted:
-            offset = self.options.offset_for(record.name, effective_mantissa_bits(record), record.key)
+            calibrated, note = self.calibrated.get(record.key, (None, ""))
+            bits = effective_mantissa_bits(record)
+            offset = self.options.offset_for(record.name, bits, record.key, calibrated)
             self.offsets[id(record)] = offset
+            if note and self.options.choice_for(record.name, record.key) == AUTO:
+                self.notes[id(record)] = note
             if offset is not None and not self.dry_run:
                 node.attributes[OFFSET] = ir.AttrInt64(OFFSET, offset)
                 modified = True
@@ -170,7 +198,12 @@ class LMulOffsetPass(ir.passes.InPlacePass):
     def annotate(self, records: Sequence[NodeRecord]) -> list[NodeRecord]:
         """``records`` with the chosen offsets in their decisions."""
         return [
-            dataclasses.replace(r, decision=dataclasses.replace(r.decision, offset=self.offsets[id(r)]))
+            dataclasses.replace(
+                r,
+                decision=dataclasses.replace(
+                    r.decision, offset=self.offsets[id(r)], reason=self.notes.get(id(r), r.decision.reason)
+                ),
+            )
             if id(r) in self.offsets
             else r
             for r in records
