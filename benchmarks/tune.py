@@ -135,7 +135,7 @@ def run_case(
     data = case["data"]() if callable(case["data"]) else case["data"]
     out, plan = work / f"{name}.tuned.onnx", work / f"{name}.plan.json"
     command = [CLI, "tune", str(case["model"]), "-o", str(out), "--plan-out", str(plan)]
-    command += [*data, *case["budget"], "--json", "-q", *extra]
+    command += [*data, *case["budget"], "--json", "-", "-q", *extra]
     if jobs:
         command += ["--jobs", str(jobs)]
     print("$", shlex.join(command), flush=True)
