@@ -18,7 +18,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -32,19 +31,13 @@ import numpy as np
 import lmul_onnx
 from lmul_onnx import inputs as model_inputs
 from lmul_onnx import zoo
+from lmul_onnx.runtime import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 METRICS = Path(__file__).resolve().with_name("tune_metrics.py")
 CLI = str(Path(sys.executable).with_name("lmul-onnx"))
 IDS = ["--input-range", "input_ids=1000:3000"]
-
-
-def cpu_name() -> str:
-    for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-        if line.startswith("Model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def _metrics_module() -> Any:
