@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -157,3 +158,54 @@ def quiet_libraries() -> None:
     import onnxruntime
 
     onnxruntime.set_default_logger_severity(3)
+
+
+def parse_tolerances(option: str, values: tuple[str, ...], default: float) -> tuple[float, dict[str, float]]:
+    """``--atol 1e-3 --atol logits:0.5``: a bare number sets the default, NAME:X one output."""
+    per_output: dict[str, float] = {}
+    for value in values:
+        name, sep, number = value.rpartition(":")
+        try:
+            parsed = float(number)
+        except ValueError:
+            raise InputError(f"{option} {value!r}: {number!r} is not a number") from None
+        if not parsed >= 0 or parsed == float("inf"):
+            raise InputError(f"{option} {value!r}: a tolerance must be a finite number >= 0")
+        if sep:
+            per_output[name] = parsed
+        else:
+            default = parsed
+    return default, per_output
+
+
+def parse_range(text: str) -> tuple[float, float]:
+    """``LO:HI`` (``--input-range NAME=LO:HI``) as two floats."""
+    low, sep, high = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return float(low), float(high)
+    except ValueError:
+        raise ValueError(f"{text!r} is not LO:HI") from None
+
+
+class ProgressBar:
+    """``[#####.....] 12/32`` for stderr, redrawn in place at most five times a second
+    (the caller adds a label, an ETA, a unit)."""
+
+    width = 30
+
+    def __init__(self) -> None:
+        self.shown = 0.0
+
+    def due(self, done: int, total: int) -> bool:
+        """True when it is time to redraw: 0.2 s since the last time, or the end."""
+        now = time.monotonic()
+        if now - self.shown < 0.2 and done < total:
+            return False
+        self.shown = now
+        return True
+
+    def draw(self, done: int, total: int) -> str:
+        filled = self.width * done // total if total else self.width
+        return f"[{'#' * filled}{'.' * (self.width - filled)}] {done}/{total}"

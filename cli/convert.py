@@ -17,12 +17,12 @@ from lmul_onnx.cli.common import (
     integer,
     is_tty,
     parse_bindings,
+    parse_range,
     positive_dim,
     quiet_libraries,
     split_names,
     status,
 )
-from lmul_onnx.cli.validate import _range
 from lmul_onnx.ops import SUPPORTED_OPS
 
 _SELECTION_OPTIONS = (
@@ -182,7 +182,7 @@ def convert(
     overrides = tuple(parse_bindings("--mantissa-bits-for", mantissa_bits_for, integer).items())
     offset_overrides = tuple(parse_bindings("--offset-for", offset_for, str).items())
     dims = parse_bindings("--dim", dim, positive_dim)
-    ranges = parse_bindings("--input-range", input_range, _range)
+    ranges = parse_bindings("--input-range", input_range, parse_range)
     check_outputs(("--json", json_path), reads=(input_model, output, plan_path, calibration))
     quiet = quiet or json_path == "-"
     if quiet:

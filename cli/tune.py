@@ -14,14 +14,16 @@ from lmul_onnx.choices import Scope
 from lmul_onnx.cli.common import (
     JSON_HELP,
     InputError,
+    ProgressBar,
     check_outputs,
     emit_json,
     is_tty,
     parse_bindings,
+    parse_range,
+    parse_tolerances,
     positive_dim,
     split_names,
 )
-from lmul_onnx.cli.validate import _range, _tolerances
 from lmul_onnx.ops import SUPPORTED_OPS
 
 if TYPE_CHECKING:
@@ -46,13 +48,13 @@ def _widths(text: str) -> tuple[int | None, ...]:
 
 
 class _ProgressBar:
-    """``sensitivity [#####.....] 12/32  ETA 0:14`` on stderr, redrawn at most 5 times a second."""
+    """``sensitivity [#####.....] 12/32  ETA 0:14`` on stderr (a :class:`ProgressBar` per phase)."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.phase = ""
         self.started = time.monotonic()
-        self.shown = 0.0
+        self.bar = ProgressBar()
 
     def __call__(self, phase: str, done: int, total: int) -> None:
         if not self.enabled:
@@ -62,20 +64,13 @@ class _ProgressBar:
             if self.phase:
                 click.echo("", err=True)
             self.phase, self.started = phase, now
-        if now - self.shown < 0.2 and done < total:
+        if not self.bar.due(done, total):
             return
-        self.shown = now
-        width = 30
-        filled = width * done // total if total else width
         eta = "--:--"
         if done and total:
             remaining = (now - self.started) / done * (total - done)
             eta = f"{int(remaining) // 60}:{int(remaining) % 60:02d}"
-        click.echo(
-            f"\r{phase:<12} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}  ETA {eta}  ",
-            err=True,
-            nl=False,
-        )
+        click.echo(f"\r{phase:<12} {self.bar.draw(done, total)}  ETA {eta}  ", err=True, nl=False)
 
     def close(self) -> None:
         if self.enabled and self.phase:
@@ -220,10 +215,10 @@ def tune_command(
     Writes the converted model and (--plan-out) a plan that 'lmul-onnx convert --plan'
     re-applies. Exit status: 0 within budget, 2 for bad input or an unreachable budget.
     """
-    atol_default, atol_per_output = _tolerances("--atol", atol, None)  # type: ignore[arg-type]
-    rtol_default, rtol_per_output = _tolerances("--rtol", rtol, None)  # type: ignore[arg-type]
+    atol_default, atol_per_output = parse_tolerances("--atol", atol, None)  # type: ignore[arg-type]
+    rtol_default, rtol_per_output = parse_tolerances("--rtol", rtol, None)  # type: ignore[arg-type]
     dims = parse_bindings("--dim", dim, positive_dim)
-    ranges = parse_bindings("--input-range", input_range, _range)
+    ranges = parse_bindings("--input-range", input_range, parse_range)
     check_outputs(("--json", json_path), reads=(model, inputs, output, plan_out))
     as_json = json_path == "-"
     from lmul_onnx.convert import ModelLoadError, default_output_path

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -12,65 +11,33 @@ from lmul_onnx.choices import BASELINE_TYPES, DEFAULT_ATOL, DEFAULT_RTOL
 from lmul_onnx.cli.common import (
     JSON_HELP,
     InputError,
+    ProgressBar,
     check_outputs,
     emit_json,
     is_tty,
     parse_bindings,
+    parse_range,
+    parse_tolerances,
     positive_dim,
     quiet_libraries,
     split_names,
 )
 
 
-def _tolerances(option: str, values: tuple[str, ...], default: float) -> tuple[float, dict[str, float]]:
-    """``--atol 1e-3 --atol logits:0.5``: a bare number sets the default, NAME:X one output."""
-    per_output: dict[str, float] = {}
-    for value in values:
-        name, sep, number = value.rpartition(":")
-        try:
-            parsed = float(number)
-        except ValueError:
-            raise InputError(f"{option} {value!r}: {number!r} is not a number") from None
-        if not parsed >= 0 or parsed == float("inf"):
-            raise InputError(f"{option} {value!r}: a tolerance must be a finite number >= 0")
-        if sep:
-            per_output[name] = parsed
-        else:
-            default = parsed
-    return default, per_output
-
-
-def _range(text: str) -> tuple[float, float]:
-    low, sep, high = text.partition(":")
-    try:
-        if not sep:
-            raise ValueError
-        return float(low), float(high)
-    except ValueError:
-        raise ValueError(f"{text!r} is not LO:HI") from None
-
-
 class Progress:
-    """On a terminal's stderr only: phases as lines, samples as a progress bar redrawn in
-    place (at most five times a second)."""
+    """On a terminal's stderr only: phases as lines, samples as a :class:`ProgressBar`."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
-        self.shown = 0.0
+        self.bar = ProgressBar()
 
     def __call__(self, message: str, done: int | None = None, total: int | None = None) -> None:
         if self.quiet or not is_tty():
             return
         if done is None or total is None:
             click.echo(message, err=True)
-            return
-        now = time.monotonic()
-        if total > 1 and (now - self.shown > 0.2 or done == total):
-            self.shown = now
-            filled = 30 * done // total
-            click.echo(
-                f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} samples", err=True, nl=done == total
-            )
+        elif total > 1 and self.bar.due(done, total):
+            click.echo(f"\r{self.bar.draw(done, total)} samples", err=True, nl=done == total)
 
 
 @click.command()
@@ -174,10 +141,10 @@ def validate_command(
     Exit status: 0 when every output is within tolerance, 1 when one is not or the
     converted model fails at run time, 2 for bad input.
     """
-    atol_default, atol_per_output = _tolerances("--atol", atol, DEFAULT_ATOL)
-    rtol_default, rtol_per_output = _tolerances("--rtol", rtol, DEFAULT_RTOL)
+    atol_default, atol_per_output = parse_tolerances("--atol", atol, DEFAULT_ATOL)
+    rtol_default, rtol_per_output = parse_tolerances("--rtol", rtol, DEFAULT_RTOL)
     dims = parse_bindings("--dim", dim, positive_dim)
-    ranges = parse_bindings("--input-range", input_range, _range)
+    ranges = parse_bindings("--input-range", input_range, parse_range)
     kinds = split_names(compare)
     unknown = [k for k in kinds if k not in BASELINE_TYPES]
     if unknown:
