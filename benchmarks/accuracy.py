@@ -54,8 +54,7 @@ from lmul_onnx import graph
 from lmul_onnx.baselines import operand_rounded_model
 from lmul_onnx.calibration import CalibrationOptions
 from lmul_onnx.ops import SUPPORTED_OPS
-from lmul_onnx.validate import _session as validate_session
-from lmul_onnx.validate import converted_nodes
+from lmul_onnx.validate import converted_nodes, open_session
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "models" / "build"
@@ -206,7 +205,7 @@ def variant(source: Path, model: str, name: str, work: Path) -> ort.InferenceSes
         rounded = operand_rounded_model(original, keys, config["baseline"])
         # validate's session of a changed model (its external weights found beside source);
         # unoptimised, or onnxruntime would fuse the lossy Cast pairs away
-        return validate_session(ir.to_proto(rounded), source.resolve().parent, name, optimize=False)
+        return open_session(ir.to_proto(rounded), source.resolve().parent, name, optimize=False)
     path = work / f"{source.stem}.{name}.onnx"
     if not path.exists():
         if config.get("offset") == "auto":

@@ -40,8 +40,7 @@ from lmul_onnx import inputs as model_inputs
 from lmul_onnx.offsets import UNBIASED_OFFSETS, zero_bias_offset
 from lmul_onnx.ops import DOMAIN, DOMAIN_VERSION, MANTISSA_BITS, OFFSET, STANDARD_TO_LMUL
 from lmul_onnx.runtime import InferenceSession, run
-from lmul_onnx.validate import _session as model_session  # validate's: custom ops, external data
-from lmul_onnx.validate import _with_outputs
+from lmul_onnx.validate import open_session, with_outputs  # custom ops, external data from its folder
 
 __all__ = [
     "CRITERIA",
@@ -267,7 +266,7 @@ def calibrate(
     )
     folder = path.resolve().parent if path is not None else None
     try:
-        session = model_session(_with_outputs(ir.to_proto(model), exposed), folder, "the original model")
+        session = open_session(with_outputs(ir.to_proto(model), exposed), folder, "the original model")
     except model_inputs.InputError as error:  # a model onnxruntime cannot load
         raise CalibrationError(f"calibration: {error}") from None
     feeds_list = calibration_feeds(session, options)

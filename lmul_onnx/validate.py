@@ -191,7 +191,7 @@ def _one_line(error: BaseException) -> str:
     return text[:400] + ("…" if len(text) > 400 else "")
 
 
-def _with_outputs(model: onnx.ModelProto, names: Sequence[str], keep: bool = True) -> onnx.ModelProto:
+def with_outputs(model: onnx.ModelProto, names: Sequence[str], keep: bool = True) -> onnx.ModelProto:
     """A copy of ``model`` that also (``keep``) or only outputs ``names``; without
     ``keep``, nodes that do not lead to them are dropped."""
     copy = onnx.ModelProto()
@@ -224,7 +224,7 @@ def _subgraph_names(node: onnx.NodeProto) -> set[str]:
     return names
 
 
-def _session(
+def open_session(
     model: onnx.ModelProto,
     folder: Path | None,
     label: str,
@@ -303,8 +303,8 @@ def _first_nonfinite_node(
     def outputs(k: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None:
         names = [output for _, output in lmul_outputs[:k]]
         try:
-            want = _session(_with_outputs(original, names, keep=False), folders[0], "original", threads)
-            got = _session(_with_outputs(converted, names, keep=False), folders[1], "converted", threads)
+            want = open_session(with_outputs(original, names, keep=False), folders[0], "original", threads)
+            got = open_session(with_outputs(converted, names, keep=False), folders[1], "converted", threads)
             return (
                 dict(zip(names, want.run(names, dict(feeds)), strict=True)),
                 dict(zip(names, got.run(names, dict(feeds)), strict=True)),
@@ -421,13 +421,13 @@ def validate(
     rtols = _tolerance(rtol, rtol_per_output or {}, output_names)
 
     say("creating sessions")
-    reference = _session(_with_outputs(original_model, node_outputs), folders[0], labels[0], threads)
-    candidate = _session(_with_outputs(converted_model, node_outputs), folders[1], labels[1], threads)
+    reference = open_session(with_outputs(original_model, node_outputs), folders[0], labels[0], threads)
+    candidate = open_session(with_outputs(converted_model, node_outputs), folders[1], labels[1], threads)
     original_types = graph.infer(original_ir) if compare else None
     baseline_sessions = {
         # Unoptimised: onnxruntime would fuse the Cast pair away as if it were lossless.
-        kind: _session(
-            _with_outputs(
+        kind: open_session(
+            with_outputs(
                 ir.to_proto(
                     operand_rounded_model(original_ir, [e.key for e in entries], kind, original_types)
                 ),
