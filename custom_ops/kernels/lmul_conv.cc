@@ -275,6 +275,19 @@ std::vector<Box> output_boxes(const ConvPlan& plan) {
   return boxes;
 }
 
+// Conv on the in-place kernels of lmul_gemm_offsets (AVX-512), which skip zero X
+// entries themselves: no stand-ins, no masks, no copy of X. With every stride 1 the
+// interior outputs read X in place: output (oz, oy, ox) and tap k read
+//     x[v + offset[k]],  v = (oz * H + oy) * W + ox,  offset[k] = c * pixels + (kz*dz - pz) * H * W + ...
+// so the outputs of an interior plane, from its first to its last pixel, are one run of
+// consecutive v whose B rows are stretches of X. The columns of the run outside the
+// interior (the border columns between its rows) are computed too and overwritten (or
+// dropped); every read stays between the first and the last interior pixel's taps.
+// Border boxes (and every box with strides) go through im2col with zeros for padding.
+void conv_forward_offsets(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x, GemmVariant interior,
+                          GemmVariant border, const OperandRange& x_range, const float* bias, uint32_t bias_bits,
+                          float* y, const ParallelFor& parallel);
+
 void conv_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x, const OperandRange& x_range,
                   const float* bias, uint32_t bias_bits, float* y, const ParallelFor& parallel) {
   const size_t groups = plan.group, cg = plan.in_per_group(), mg = plan.out_per_group();
@@ -286,6 +299,10 @@ void conv_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x,
   const GemmVariant border = plan.uses_padding ? choose_variant(w.range, padded_range, bias_bits, simd) : interior;
   if (is_one_add(border) && cg == 1 && mg <= 4) {  // depthwise (small channel multiplier)
     depthwise_forward(plan, w, x, bias, bias_bits, y, parallel);
+    return;
+  }
+  if (is_one_add(border) && offsets_gemm_available()) {
+    conv_forward_offsets(plan, w, x, interior, border, x_range, bias, bias_bits, y, parallel);
     return;
   }
   // Splitting off the interior pays when it then needs no masks and the boxes' partial
@@ -412,6 +429,166 @@ void conv_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x,
   });
 }
 
+void conv_forward_offsets(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x, GemmVariant interior,
+                          GemmVariant border, const OperandRange& x_range, const float* bias, uint32_t bias_bits,
+                          float* y, const ParallelFor& parallel) {
+  const size_t groups = plan.group, cg = plan.in_per_group(), mg = plan.out_per_group();
+  const size_t depth = w.depth, pixels = plan.out_pixels;
+  PreparedWeights prepared;  // masks_a is the same for both variants (W's zeros)
+  prepared.prepare(w, border, x_range, bias_bits, parallel);
+  const float* a_mask = prepared.mask.get();
+  const bool unit_strides = plan.stride[0] == 1 && plan.stride[1] == 1 && plan.stride[2] == 1;
+
+  std::vector<Box> boxes = output_boxes(plan);
+  std::vector<Box> in_place;  // the interior, read from X in place
+  // (v numbers the interior outputs uniquely when they lie inside the input's extent,
+  // which they do unless a pad exceeds the kernel's reach.)
+  const Box& first = boxes.front();
+  const bool fits = first.begin[1] + first.extent[1] <= plan.in[1] && first.begin[2] + first.extent[2] <= plan.in[2];
+  if (unit_strides && !first.padded && fits) {
+    in_place.push_back(boxes.front());
+    boxes.erase(boxes.begin());
+  } else if (boxes.size() > 1) {  // split only when the boxes' partial vectors waste little
+    size_t split = 0;
+    for (const Box& box : boxes) split += ceil_div(box.pixels(), 16);
+    if (8 * split > 9 * ceil_div(pixels, 16)) {
+      Box full;
+      for (size_t d = 0; d < kMaxSpatial; ++d) full.extent[d] = plan.out[d];
+      full.padded = true;
+      boxes = {full};
+    }
+  }
+
+  // Rows of output channels per task: all of a group's, unless that leaves few tasks.
+  auto rows_per_task = [&](size_t tasks) {
+    size_t r = mg;
+    while (plan.batch * groups * tasks * ceil_div(mg, r) < 16 && r > 48) r = std::max<size_t>(48, ceil_div(r, 2));
+    return r;
+  };
+  auto add_bias = [&](float* out, size_t channel, size_t count) {
+    if (!bias) return;
+    const float b = bias[channel];
+    for (size_t j = 0; j < count; ++j) out[j] += b;
+  };
+
+  if (!in_place.empty()) {
+    const Box& box = in_place.front();
+    const size_t hw = plan.in[1] * plan.in[2];
+    const size_t in_w = plan.in[2];
+    std::vector<ptrdiff_t> offsets(depth);
+    size_t k = 0;
+    for (size_t c = 0; c < cg; ++c) {
+      for (size_t kz = 0; kz < plan.kernel[0]; ++kz) {
+        for (size_t ky = 0; ky < plan.kernel[1]; ++ky) {
+          for (size_t kx = 0; kx < plan.kernel[2]; ++kx, ++k) {
+            const auto shift = [&](size_t d, size_t kd) {
+              return static_cast<ptrdiff_t>(kd * plan.dilation[d]) - static_cast<ptrdiff_t>(plan.pad_begin[d]);
+            };
+            offsets[k] = static_cast<ptrdiff_t>(c * plan.in_pixels) + shift(0, kz) * static_cast<ptrdiff_t>(hw) +
+                         shift(1, ky) * static_cast<ptrdiff_t>(in_w) + shift(2, kx);
+          }
+        }
+      }
+    }
+    // Runs: per interior plane, its first to its last pixel, cut into chunks of columns.
+    const size_t first_row = box.begin[1], last_row = box.begin[1] + box.extent[1] - 1;
+    const size_t run = (last_row - first_row) * in_w + box.extent[2];
+    const size_t chunk = 256;
+    const size_t chunks_per_plane = ceil_div(run, chunk), tasks = box.extent[0] * chunks_per_plane;
+    const size_t rows = rows_per_task(tasks), row_blocks = ceil_div(mg, rows);
+    // Y holds the run's outputs at the same v when the output rows have the input's width.
+    const bool direct = plan.out[2] == in_w && (plan.out[1] == plan.in[1] || plan.out[0] == 1);
+    const size_t per_image = groups * tasks * row_blocks;
+    parallel(plan.batch * per_image, [&](size_t t) {
+      const size_t n = t / per_image, g = (t / (tasks * row_blocks)) % groups;
+      const size_t task = (t / row_blocks) % tasks, r0 = (t % row_blocks) * rows, r1 = std::min(mg, r0 + rows);
+      const size_t oz = box.begin[0] + task / chunks_per_plane, j0 = (task % chunks_per_plane) * chunk;
+      const size_t count = std::min(chunk, run - j0);
+      const size_t v0 = (oz * plan.in[1] + first_row) * in_w + box.begin[2] + j0;
+      const uint32_t* xg = x + (n * plan.in_channels + g * cg) * plan.in_pixels + v0;
+      const size_t channel0 = g * mg + r0;
+      float* y0 = y + (n * plan.out_channels + channel0) * pixels;
+      const uint32_t* a_rows = prepared.bits.data() + channel0 * depth;
+      const float* mask_rows = a_mask ? a_mask + channel0 * depth : nullptr;
+      if (direct) {
+        lmul_gemm_offsets(interior, a_rows, mask_rows, depth, xg, offsets.data(), depth, r1 - r0, count, y0 + v0,
+                          pixels);
+        for (size_t r = r0; r < r1; ++r) add_bias(y0 + (r - r0) * pixels + v0, g * mg + r, count);
+        return;
+      }
+      std::unique_ptr<float[]> sums(new float[(r1 - r0) * count]);
+      lmul_gemm_offsets(interior, a_rows, mask_rows, depth, xg, offsets.data(), depth, r1 - r0, count, sums.get(),
+                        count);
+      for (size_t r = r0; r < r1; ++r) {
+        const float b = bias ? bias[g * mg + r] : 0.0f;
+        const float* s = sums.get() + (r - r0) * count;
+        float* out = y0 + (r - r0) * pixels + oz * plan.out[1] * plan.out[2];
+        for (size_t j = 0; j < count;) {  // one input row of the run at a time
+          const size_t v = box.begin[2] + j0 + j, oy = first_row + v / in_w, ox = v % in_w;
+          const size_t stretch = std::min(count - j, in_w - ox);
+          const size_t lo = std::max(ox, box.begin[2]), hi = std::min(ox + stretch, box.begin[2] + box.extent[2]);
+          for (size_t i = lo; i < hi; ++i) out[oy * plan.out[2] + i] = bias ? s[j + i - ox] + b : s[j + i - ox];
+          j += stretch;
+        }
+      }
+    });
+  }
+  if (boxes.empty()) return;
+
+  // The other boxes: im2col with zeros at padding, in pieces of about 128 KiB.
+  const size_t chunk = 64 * std::max<size_t>(1, (size_t{32} << 10) / std::max<size_t>(1, depth * 64));
+  struct Piece {
+    size_t box, p0, count;
+  };
+  std::vector<Piece> pieces;
+  for (size_t b = 0; b < boxes.size(); ++b) {
+    for (size_t p0 = 0; p0 < boxes[b].pixels(); p0 += chunk) pieces.push_back({b, p0, std::min(chunk, boxes[b].pixels() - p0)});
+  }
+  const size_t rows = rows_per_task(pieces.size()), row_blocks = ceil_div(mg, rows);
+  const size_t per_image = groups * pieces.size() * row_blocks;
+  parallel(plan.batch * per_image, [&](size_t t) {
+    const size_t n = t / per_image, rest = t % per_image;
+    const size_t g = rest / (pieces.size() * row_blocks), piece_index = (rest / row_blocks) % pieces.size();
+    const size_t r0 = (rest % row_blocks) * rows, r1 = std::min(mg, r0 + rows);
+    const Piece& piece = pieces[piece_index];
+    const Box& box = boxes[piece.box];
+    const size_t p0 = piece.p0, count = piece.count, channel0 = g * mg + r0;
+    const GemmVariant variant = box.padded ? border : interior;
+    std::unique_ptr<uint32_t[]> col(new uint32_t[depth * count]);
+    im2col<false>(plan, x + (n * plan.in_channels + g * cg) * plan.in_pixels, nullptr, cg, box, p0, count, 0u,
+                  col.get(), nullptr, count);
+    std::vector<ptrdiff_t> offsets(depth);
+    for (size_t k = 0; k < depth; ++k) offsets[k] = static_cast<ptrdiff_t>(k * count);
+    float* y0 = y + (n * plan.out_channels + channel0) * pixels;
+    const uint32_t* a_rows = prepared.bits.data() + channel0 * depth;
+    const float* mask_rows = a_mask ? a_mask + channel0 * depth : nullptr;
+    const bool consecutive = (box.extent[2] == plan.out[2] || (box.extent[1] == 1 && box.extent[0] == 1)) &&
+                             (box.extent[1] == plan.out[1] || box.extent[0] == 1);
+    size_t first = 0;  // Y position of pixel p0
+    for_each_run(box, p0, 1, [&](size_t, size_t oz, size_t oy, size_t ox, size_t) {
+      first = (oz * plan.out[1] + oy) * plan.out[2] + ox;
+    });
+    if (consecutive) {
+      lmul_gemm_offsets(variant, a_rows, mask_rows, depth, col.get(), offsets.data(), depth, r1 - r0, count,
+                        y0 + first, pixels);
+      for (size_t r = r0; r < r1; ++r) add_bias(y0 + (r - r0) * pixels + first, g * mg + r, count);
+      return;
+    }
+    std::unique_ptr<float[]> sums(new float[(r1 - r0) * count]);
+    lmul_gemm_offsets(variant, a_rows, mask_rows, depth, col.get(), offsets.data(), depth, r1 - r0, count, sums.get(),
+                      count);
+    for (size_t r = r0; r < r1; ++r) {
+      const float b = bias ? bias[g * mg + r] : 0.0f;
+      const float* s = sums.get() + (r - r0) * count;
+      float* out = y0 + (r - r0) * pixels;
+      for_each_run(box, p0, count, [&](size_t j, size_t oz, size_t oy, size_t ox, size_t stretch) {
+        float* dst = out + (oz * plan.out[1] + oy) * plan.out[2] + ox;
+        for (size_t i = 0; i < stretch; ++i) dst[i] = bias ? s[j + i] + b : s[j + i];
+      });
+    }
+  });
+}
+
 // The matmul variant for these weights and X; padding zeros count as zero operands.
 GemmVariant conv_variant(const ConvPlan& plan, const ConvWeights& weights, const OperandRange& x_range,
                          uint32_t bias_bits) {
@@ -430,6 +607,10 @@ void conv_transpose_forward(const ConvPlan& plan, const ConvWeights& w, const ui
   const GemmVariant variant = conv_variant(plan, w, x_range, bias_bits);
   const bool fast = is_one_add(variant);
   const size_t nr = fast ? panel_width() : 0;
+  // X_g is read in place by lmul_gemm_offsets (AVX-512), else packed into panels.
+  const bool in_place = fast && offsets_gemm_available();
+  std::vector<ptrdiff_t> x_offsets(in_place ? depth : 0);
+  for (size_t k = 0; k < x_offsets.size(); ++k) x_offsets[k] = static_cast<ptrdiff_t>(k * in_pixels);
 
   PreparedWeights prepared;
   if (fast) prepared.prepare(w, variant, x_range, bias_bits, parallel);
@@ -439,8 +620,8 @@ void conv_transpose_forward(const ConvPlan& plan, const ConvWeights& w, const ui
   const bool mask_b = masks_b(variant);
   const size_t panels = fast ? ceil_div(in_pixels, nr) : 0;
   const size_t panel_entries = panels * depth * nr;  // per group
-  std::unique_ptr<uint32_t[]> x_panels(fast ? new uint32_t[groups * panel_entries] : nullptr);
-  std::unique_ptr<float[]> x_masks(mask_b ? new float[groups * panel_entries] : nullptr);
+  std::unique_ptr<uint32_t[]> x_panels(fast && !in_place ? new uint32_t[groups * panel_entries] : nullptr);
+  std::unique_ptr<float[]> x_masks(mask_b && !in_place ? new float[groups * panel_entries] : nullptr);
   std::unique_ptr<float[]> cols(new float[std::max<size_t>(1, groups * rows * in_pixels)]);
 
   // Phase 1 blocking, as for MatMul: row blocks x panel blocks.
@@ -454,7 +635,7 @@ void conv_transpose_forward(const ConvPlan& plan, const ConvWeights& w, const ui
 
   for (size_t n = 0; n < plan.batch; ++n) {
     const uint32_t* x_n = x + n * plan.in_channels * in_pixels;
-    if (fast) {  // X_g (C/g x in pixels) into column panels
+    if (fast && !in_place) {  // X_g (C/g x in pixels) into column panels
       parallel(groups * panels, [&](size_t t) {
         const size_t g = t / panels, q = t % panels, j0 = q * nr, width = std::min(nr, in_pixels - j0);
         uint32_t* panel = x_panels.get() + g * panel_entries + q * depth * nr;
@@ -473,7 +654,12 @@ void conv_transpose_forward(const ConvPlan& plan, const ConvWeights& w, const ui
       const size_t r0 = rb * rows_per_task, r1 = std::min(rows, r0 + rows_per_task);
       const uint32_t* a_rows = a + (g * rows + r0) * depth;
       float* out = cols.get() + (g * rows + r0) * in_pixels;
-      if (fast) {
+      if (in_place) {
+        const size_t j0 = ub * units_per_task * nr, j1 = std::min(in_pixels, j0 + units_per_task * nr);
+        lmul_gemm_offsets(variant, a_rows, a_mask ? a_mask + (g * rows + r0) * depth : nullptr, depth,
+                          x_n + g * cg * in_pixels + j0, x_offsets.data(), depth, r1 - r0, j1 - j0, out + j0,
+                          in_pixels);
+      } else if (fast) {
         const size_t q0 = ub * units_per_task, q1 = std::min(panels, q0 + units_per_task);
         lmul_gemm_fast(variant, a_rows, a_mask ? a_mask + (g * rows + r0) * depth : nullptr,
                        x_panels.get() + g * panel_entries, x_masks ? x_masks.get() + g * panel_entries : nullptr,

@@ -271,6 +271,89 @@ TileFn select_tile(GemmVariant variant, size_t rows) {
   }
 }
 
+// MR x (16 * NV) tile with B rows read at b + offsets[p]; `tail` marks the valid lanes
+// of the last vector (loads and stores of the others are masked: nothing outside is
+// touched). kTestB: lanes whose B entry has a zero exponent (zero, subnormal) skip the add.
+template <int MR, int NV, bool kMaskA, bool kTestB>
+__attribute__((target("avx512f"))) void tile_offsets_avx512(const uint32_t* a, const float* a_mask, size_t lda,
+                                                            const uint32_t* b, const ptrdiff_t* offsets, size_t k,
+                                                            __mmask16 tail, float* out, size_t ldo) {
+  __m512 acc[MR][NV];
+#pragma GCC unroll 6
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
+  const __m512i exponent = _mm512_set1_epi32(static_cast<int>(kInfBits));
+  for (size_t p = 0; p < k; ++p) {
+    const uint32_t* bp = b + offsets[p];
+    __m512i bv[NV];
+    __mmask16 live[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      bv[v] = v == NV - 1 ? _mm512_maskz_loadu_epi32(tail, bp + 16 * v) : _mm512_loadu_si512(bp + 16 * v);
+      live[v] = kTestB ? _mm512_test_epi32_mask(bv[v], exponent) : __mmask16(0xFFFF);
+    }
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; ++i) {
+      const __m512i av = _mm512_set1_epi32(static_cast<int>(a[i * lda + p]));
+      const __m512 ma = kMaskA ? _mm512_set1_ps(a_mask[i * lda + p]) : _mm512_setzero_ps();
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) {
+        const __m512 x = _mm512_castsi512_ps(_mm512_add_epi32(av, bv[v]));
+        if (kMaskA && kTestB) {
+          acc[i][v] = _mm512_mask3_fmadd_ps(x, ma, acc[i][v], live[v]);
+        } else if (kMaskA) {
+          acc[i][v] = _mm512_fmadd_ps(x, ma, acc[i][v]);
+        } else if (kTestB) {
+          acc[i][v] = _mm512_mask_add_ps(acc[i][v], live[v], acc[i][v], x);
+        } else {
+          acc[i][v] = _mm512_add_ps(acc[i][v], x);
+        }
+      }
+    }
+  }
+#pragma GCC unroll 6
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV - 1; ++v) _mm512_storeu_ps(out + i * ldo + 16 * v, acc[i][v]);
+    _mm512_mask_storeu_ps(out + i * ldo + 16 * (NV - 1), tail, acc[i][NV - 1]);
+  }
+}
+
+using OffsetsTileFn = void (*)(const uint32_t*, const float*, size_t, const uint32_t*, const ptrdiff_t*, size_t,
+                               __mmask16, float*, size_t);
+
+template <int MR, bool kMaskA, bool kTestB>
+OffsetsTileFn offsets_tile_nv(size_t vectors) {
+  switch (vectors) {
+    case 1: return tile_offsets_avx512<MR, 1, kMaskA, kTestB>;
+    case 2: return tile_offsets_avx512<MR, 2, kMaskA, kTestB>;
+    case 3: return tile_offsets_avx512<MR, 3, kMaskA, kTestB>;
+    default: return tile_offsets_avx512<MR, 4, kMaskA, kTestB>;
+  }
+}
+
+template <bool kMaskA, bool kTestB>
+OffsetsTileFn offsets_tile(size_t rows, size_t vectors) {
+  switch (rows) {
+    case 1: return offsets_tile_nv<1, kMaskA, kTestB>(vectors);
+    case 2: return offsets_tile_nv<2, kMaskA, kTestB>(vectors);
+    case 3: return offsets_tile_nv<3, kMaskA, kTestB>(vectors);
+    case 4: return offsets_tile_nv<4, kMaskA, kTestB>(vectors);
+    case 5: return offsets_tile_nv<5, kMaskA, kTestB>(vectors);
+    default: return offsets_tile_nv<6, kMaskA, kTestB>(vectors);
+  }
+}
+
+OffsetsTileFn select_offsets_tile(GemmVariant variant, size_t rows, size_t vectors) {
+  switch (variant) {
+    case GemmVariant::kAddMaskedA: return offsets_tile<true, false>(rows, vectors);
+    case GemmVariant::kAddMaskedB: return offsets_tile<false, true>(rows, vectors);
+    case GemmVariant::kAddMaskedAB: return offsets_tile<true, true>(rows, vectors);
+    default: return offsets_tile<false, false>(rows, vectors);
+  }
+}
+
 #endif  // LMUL_HAVE_X86_SIMD
 
 void lmul_gemm_fast(GemmVariant variant, const uint32_t* a, const float* a_mask, const uint32_t* panels,
@@ -297,6 +380,28 @@ void lmul_gemm_fast(GemmVariant variant, const uint32_t* a, const float* a_mask,
 #else
   (void)variant, (void)a, (void)a_mask, (void)panels, (void)b_masks, (void)k, (void)n, (void)row_begin, (void)row_end;
   (void)panel_begin, (void)panel_end, (void)c, (void)ldc;
+#endif
+}
+
+bool offsets_gemm_available() { return simd_lanes() == 16; }
+
+void lmul_gemm_offsets(GemmVariant variant, const uint32_t* a, const float* a_mask, size_t lda, const uint32_t* b,
+                       const ptrdiff_t* b_offsets, size_t k, size_t rows, size_t n, float* c, size_t ldc) {
+#if LMUL_HAVE_X86_SIMD
+  // Column blocks of 64 outer, row tiles inner: each block of B is read from the cache
+  // by every row tile.
+  for (size_t j0 = 0; j0 < n; j0 += 64) {
+    const size_t width = std::min<size_t>(64, n - j0), vectors = (width + 15) / 16;
+    const __mmask16 tail = static_cast<__mmask16>((1u << (width - 16 * (vectors - 1))) - 1u);
+    for (size_t r = 0; r < rows; r += 6) {
+      const size_t tile_rows = std::min<size_t>(6, rows - r);
+      select_offsets_tile(variant, tile_rows, vectors)(a + r * lda, a_mask ? a_mask + r * lda : nullptr, lda, b + j0,
+                                                       b_offsets, k, tail, c + r * ldc + j0, ldc);
+    }
+  }
+#else
+  (void)variant, (void)a, (void)a_mask, (void)lda, (void)b, (void)b_offsets, (void)k, (void)rows, (void)n, (void)c;
+  (void)ldc;
 #endif
 }
 

@@ -90,6 +90,19 @@ void lmul_gemm_fast(GemmVariant variant, const uint32_t* a, const float* a_mask,
                     const float* b_masks, size_t k, size_t n, size_t row_begin, size_t row_end, size_t panel_begin,
                     size_t panel_end, float* c, size_t ldc);
 
+// ---- B read in place (implicit GEMM), AVX-512 only ----
+//
+// C (rows x n, row stride ldc) = A' (+) B, where row p of B is the n entries starting at
+// b + b_offsets[p] (a tap of a convolution read straight from its input plane, or rows of
+// a matrix at any stride): nothing is packed. Zero B entries (zero or subnormal bits) add
+// nothing: an AVX-512 lane mask from their exponent bits skips their adds, so B needs
+// neither stand-ins nor masks (its zeros may hold any value's place). A is prepared as for
+// lmul_gemm_fast (prepare_a; a_mask when masks_a(variant)). Reads only b[b_offsets[p] + j]
+// and writes only C columns j < n. The same sums in the same order as lmul_gemm_fast.
+bool offsets_gemm_available();  // simd_lanes() == 16
+void lmul_gemm_offsets(GemmVariant variant, const uint32_t* a, const float* a_mask, size_t lda, const uint32_t* b,
+                       const ptrdiff_t* b_offsets, size_t k, size_t rows, size_t n, float* c, size_t ldc);
+
 }  // namespace lmul
 
 // ---- Packing straight from the input tensor (any storage type, any strides) ----
