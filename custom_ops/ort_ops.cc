@@ -333,15 +333,21 @@ struct LMulConvKernel {
     if (y_count == 0) return;
     const lmul::ParallelFor parallel = pool_parallel_for(context);
 
-    // X rounded once, in parallel chunks.
+    // X rounded once, in parallel chunks; float32 X at 23 bits is its own rounding, so its
+    // buffer is read in place as bit patterns (this library reads it only as uint32_t and
+    // never writes it).
     const size_t x_count = plan.batch * plan.in_channels * plan.in_pixels;
-    std::unique_ptr<uint32_t[]> x_bits(new uint32_t[std::max<size_t>(1, x_count)]);
     const T* px = static_cast<const T*>(x.GetTensorRawData());
     constexpr size_t chunk = size_t{1} << 16;  // elements per task of the conversions
-    parallel((x_count + chunk - 1) / chunk, [&](size_t t) {
-      const size_t begin = t * chunk, count = std::min(chunk, x_count - begin);
-      lmul::pack_rounded<S>(px + begin, 1, count, 0, 1, mantissa_bits, x_bits.get() + begin);
-    });
+    const bool x_as_is = std::is_same<T, float>::value && mantissa_bits == 23;
+    std::unique_ptr<uint32_t[]> x_rounded(x_as_is ? nullptr : new uint32_t[std::max<size_t>(1, x_count)]);
+    if (!x_as_is) {
+      parallel((x_count + chunk - 1) / chunk, [&](size_t t) {
+        const size_t begin = t * chunk, count = std::min(chunk, x_count - begin);
+        lmul::pack_rounded<S>(px + begin, 1, count, 0, 1, mantissa_bits, x_rounded.get() + begin);
+      });
+    }
+    const uint32_t* x_bits = x_as_is ? static_cast<const uint32_t*>(x.GetTensorRawData()) : x_rounded.get();
 
     std::unique_ptr<lmul::ConvWeights> per_call_w;
     if (!(constant_w && constant_w->matches(w_shape, plan))) {
@@ -362,7 +368,7 @@ struct LMulConvKernel {
     constexpr bool kInPlace = std::is_same<T, float>::value;
     std::unique_ptr<float[]> scratch(kInPlace ? nullptr : new float[y_count]);
     float* out = kInPlace ? reinterpret_cast<float*>(py) : scratch.get();
-    lmul::lmul_conv(plan, weights, x_bits.get(), b ? b_values.data() : nullptr, bias, out, parallel);
+    lmul::lmul_conv(plan, weights, x_bits, b ? b_values.data() : nullptr, bias, out, parallel);
     if (!kInPlace) {
       parallel((y_count + chunk - 1) / chunk, [&](size_t t) {
         const size_t begin = t * chunk, end = std::min(y_count, begin + chunk);

@@ -5,6 +5,10 @@
 
 #include "lmul_arith.h"
 
+#if LMUL_HAVE_X86_SIMD
+#include <immintrin.h>
+#endif
+
 namespace lmul {
 
 namespace {
@@ -128,16 +132,72 @@ void im2col(const ConvPlan& plan, const uint32_t* x, const float* x_mask, size_t
   }
 }
 
-// One tap over a whole plane: acc[i] += x[i] (+) w for i < count, where w_prepared =
-// w - bias and zero x entries (zeros, padding) add nothing (+-0: the same sum). Only for
-// data the one-add kernels accept.
+// The taps of one output plane: acc[i] = sum over t of x_t[i] (+) w_t, i < count, with
+// x_t = base + offsets[t] and w_t = prepared[t] = weight - bias, in tap order; zero x
+// entries (zeros, padding) add nothing (+-0: the same sum). Only for data the one-add
+// kernels accept.
 LMUL_TARGET_CLONES
-void depthwise_tap(float* acc, const uint32_t* x, size_t count, uint32_t w_prepared) {
-  for (size_t i = 0; i < count; ++i) {
-    const uint32_t v = x[i];
-    const float product = bits_float(v + w_prepared);
-    acc[i] += (v & kMagnitudeMask) < kSmallestNormalBits ? 0.0f : product;
+void depthwise_taps(float* acc, size_t count, const uint32_t* base, const size_t* offsets, const uint32_t* prepared,
+                    size_t taps) {
+  std::fill(acc, acc + count, 0.0f);
+  for (size_t t = 0; t < taps; ++t) {
+    const uint32_t* x = base + offsets[t];
+    const uint32_t w = prepared[t];
+    for (size_t i = 0; i < count; ++i) {
+      const uint32_t v = x[i];
+      const float product = bits_float(v + w);
+      acc[i] += (v & kMagnitudeMask) < kSmallestNormalBits ? 0.0f : product;
+    }
   }
+}
+
+#if LMUL_HAVE_X86_SIMD
+// depthwise_taps with AVX-512, register-blocked: 16 * NV outputs summed over every tap in
+// registers (a lane mask from the exponent bits skips zero x entries), then stored once.
+// `tail` marks the valid lanes of the last vector; nothing beyond them is read or written.
+template <int NV>
+__attribute__((target("avx512f"))) void depthwise_block_avx512(float* acc, const uint32_t* base,
+                                                               const size_t* offsets, const uint32_t* prepared,
+                                                               size_t taps, __mmask16 tail) {
+  const __m512i exponent = _mm512_set1_epi32(static_cast<int>(kInfBits));
+  __m512 sum[NV];
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) sum[v] = _mm512_setzero_ps();
+  for (size_t t = 0; t < taps; ++t) {
+    const uint32_t* x = base + offsets[t];
+    const __m512i w = _mm512_set1_epi32(static_cast<int>(prepared[t]));
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      const __m512i xv = v == NV - 1 ? _mm512_maskz_loadu_epi32(tail, x + 16 * v) : _mm512_loadu_si512(x + 16 * v);
+      const __mmask16 live = _mm512_test_epi32_mask(xv, exponent);
+      sum[v] = _mm512_mask_add_ps(sum[v], live, sum[v], _mm512_castsi512_ps(_mm512_add_epi32(xv, w)));
+    }
+  }
+#pragma GCC unroll 4
+  for (int v = 0; v < NV - 1; ++v) _mm512_storeu_ps(acc + 16 * v, sum[v]);
+  _mm512_mask_storeu_ps(acc + 16 * (NV - 1), tail, sum[NV - 1]);
+}
+
+void depthwise_taps_avx512(float* acc, size_t count, const uint32_t* base, const size_t* offsets,
+                           const uint32_t* prepared, size_t taps) {
+  for (size_t i = 0; i < count; i += 64) {
+    const size_t width = std::min<size_t>(64, count - i), vectors = (width + 15) / 16;
+    const __mmask16 tail = static_cast<__mmask16>((1u << (width - 16 * (vectors - 1))) - 1u);
+    const uint32_t* block = base + i;
+    switch (vectors) {
+      case 1: depthwise_block_avx512<1>(acc + i, block, offsets, prepared, taps, tail); break;
+      case 2: depthwise_block_avx512<2>(acc + i, block, offsets, prepared, taps, tail); break;
+      case 3: depthwise_block_avx512<3>(acc + i, block, offsets, prepared, taps, tail); break;
+      default: depthwise_block_avx512<4>(acc + i, block, offsets, prepared, taps, tail); break;
+    }
+  }
+}
+#endif
+
+// dst[j] = src[2 * j] for j < count (a constant stride, which the compiler vectorises).
+LMUL_TARGET_CLONES
+void every_second(const uint32_t* src, size_t count, uint32_t* dst) {
+  for (size_t j = 0; j < count; ++j) dst[j] = src[2 * j];
 }
 
 // Depthwise Conv (one input channel per group) for one-add data, without im2col. Each
@@ -145,7 +205,9 @@ void depthwise_tap(float* acc, const uint32_t* x, size_t count, uint32_t w_prepa
 // phase plane at a fixed offset: with the accumulator laid out at the phase plane's row
 // pitch, a tap is one contiguous loop over the whole output plane (the columns beyond the
 // output width are computed and dropped). Every output sums its taps in kernel order, as
-// the matrix product would; products with padding or zeros are +-0 and add nothing.
+// the matrix product would; products with padding or zeros are +-0 and add nothing, so
+// zero weights and taps on depth padding are left out. Tasks take blocks of channels and
+// reuse their buffers.
 void depthwise_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x, const float* bias,
                        uint32_t bias_bits, float* y, const ParallelFor& parallel) {
   const size_t mg = plan.out_per_group(), taps = plan.kernel_size;
@@ -155,59 +217,78 @@ void depthwise_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_
   const size_t wp = std::max(plan.pad_begin[2] + plan.in[2], (plan.out[2] - 1) * s2 + (plan.kernel[2] - 1) * plan.dilation[2] + 1);
   const size_t hq = ceil_div(hp, s1) + 1, wq = ceil_div(wp, s2);
   const size_t phase_size = hq * wq, plane_size = s1 * s2 * phase_size;
-  parallel(plan.batch * plan.group, [&](size_t t) {
-    const size_t n = t / plan.group, g = t % plan.group;
-    const uint32_t* input = x + (n * plan.in_channels + g) * plan.in_pixels;
-    // phases[(iz * s1 + py) * s2 + px][i][j] = padded plane iz at row i*s1 + py, column j*s2 + px
-    std::vector<uint32_t> phases(plan.in[0] * plane_size, 0u);
-    for (size_t iz = 0; iz < plan.in[0]; ++iz) {
-      for (size_t iy = 0; iy < plan.in[1]; ++iy) {
-        const size_t row = iy + plan.pad_begin[1], py = row % s1, i = row / s1;
-        const uint32_t* src = input + (iz * plan.in[1] + iy) * plan.in[2];
-        uint32_t* dst = phases.data() + (iz * s1 + py) * s2 * phase_size + i * wq;
-        if (s2 == 1) {
-          std::copy(src, src + plan.in[2], dst + plan.pad_begin[2]);
-          continue;
-        }
-        size_t px = plan.pad_begin[2] % s2, j = plan.pad_begin[2] / s2;  // column ix + pad = j * s2 + px
-        for (size_t ix = 0; ix < plan.in[2]; ++ix) {
-          dst[px * phase_size + j] = src[ix];
-          if (++px == s2) {
-            px = 0;
-            ++j;
-          }
-        }
-      }
-    }
+  const size_t planes = plan.batch * plan.group;
+  const size_t per_task = std::max<size_t>(1, planes / 64), tasks = ceil_div(planes, per_task);
+  parallel(tasks, [&](size_t task) {
+    std::vector<uint32_t> phases(plan.in[0] * plane_size);
     std::vector<float> acc(plan.out[1] * wq);
-    for (size_t m = 0; m < mg; ++m) {
-      const size_t channel = g * mg + m;
-      const uint32_t* weights = w.bits.data() + channel * taps;
-      float* out = y + (n * plan.out_channels + channel) * plan.out_pixels;
-      for (size_t oz = 0; oz < plan.out[0]; ++oz) {
-        std::fill(acc.begin(), acc.end(), 0.0f);
-        size_t k = 0;
-        for (size_t kz = 0; kz < plan.kernel[0]; ++kz) {
-          const int64_t iz = static_cast<int64_t>(oz * plan.stride[0] + kz * plan.dilation[0]) -
-                             static_cast<int64_t>(plan.pad_begin[0]);
-          const bool plane_inside = iz >= 0 && iz < static_cast<int64_t>(plan.in[0]);
-          for (size_t ky = 0; ky < plan.kernel[1]; ++ky) {
-            for (size_t kx = 0; kx < plan.kernel[2]; ++kx, ++k) {
-              const uint32_t wk = weights[k];
-              // +-0 products: a zero weight, or a whole plane of depth padding
-              if (!plane_inside || (wk & kMagnitudeMask) < kSmallestNormalBits) continue;
-              const size_t dy = ky * plan.dilation[1], dx = kx * plan.dilation[2];
-              const uint32_t* phase =
-                  phases.data() + ((static_cast<size_t>(iz) * s1 + dy % s1) * s2 + dx % s2) * phase_size;
-              depthwise_tap(acc.data(), phase + (dy / s1) * wq + dx / s2, acc.size(), wk - bias_bits);
+    std::vector<size_t> offsets(taps);
+    std::vector<uint32_t> prepared(taps);
+    for (size_t t = task * per_task; t < std::min(planes, (task + 1) * per_task); ++t) {
+      const size_t n = t / plan.group, g = t % plan.group;
+      const uint32_t* input = x + (n * plan.in_channels + g) * plan.in_pixels;
+      // phases[(iz * s1 + py) * s2 + px][i][j] = padded plane iz at row i*s1 + py, column j*s2 + px
+      std::fill(phases.begin(), phases.end(), 0u);
+      for (size_t iz = 0; iz < plan.in[0]; ++iz) {
+        for (size_t iy = 0; iy < plan.in[1]; ++iy) {
+          const size_t row = iy + plan.pad_begin[1], py = row % s1, i = row / s1;
+          const uint32_t* src = input + (iz * plan.in[1] + iy) * plan.in[2];
+          uint32_t* dst = phases.data() + (iz * s1 + py) * s2 * phase_size + i * wq;
+          if (s2 == 1) {
+            std::copy(src, src + plan.in[2], dst + plan.pad_begin[2]);
+            continue;
+          }
+          // Column ix + pad = j * s2 + px: each phase px takes every s2-th input column.
+          for (size_t px = 0; px < s2; ++px) {
+            const size_t ix0 = (px + s2 - plan.pad_begin[2] % s2) % s2;  // first ix of phase px
+            if (ix0 >= plan.in[2]) continue;
+            const size_t count = (plan.in[2] - ix0 + s2 - 1) / s2;
+            uint32_t* phase_row = dst + px * phase_size + (ix0 + plan.pad_begin[2]) / s2;
+            if (s2 == 2) {
+              every_second(src + ix0, count, phase_row);
+            } else {
+              for (size_t j = 0; j < count; ++j) phase_row[j] = src[ix0 + j * s2];
             }
           }
         }
-        const float b = bias ? bias[channel] : 0.0f;
-        for (size_t oy = 0; oy < plan.out[1]; ++oy) {
-          float* dst = out + (oz * plan.out[1] + oy) * plan.out[2];
-          const float* src = acc.data() + oy * wq;
-          for (size_t ox = 0; ox < plan.out[2]; ++ox) dst[ox] = bias ? src[ox] + b : src[ox];
+      }
+      for (size_t m = 0; m < mg; ++m) {
+        const size_t channel = g * mg + m;
+        const uint32_t* weights = w.bits.data() + channel * taps;
+        float* out = y + (n * plan.out_channels + channel) * plan.out_pixels;
+        for (size_t oz = 0; oz < plan.out[0]; ++oz) {
+          size_t used = 0, k = 0;
+          for (size_t kz = 0; kz < plan.kernel[0]; ++kz) {
+            const int64_t iz = static_cast<int64_t>(oz * plan.stride[0] + kz * plan.dilation[0]) -
+                               static_cast<int64_t>(plan.pad_begin[0]);
+            const bool plane_inside = iz >= 0 && iz < static_cast<int64_t>(plan.in[0]);
+            for (size_t ky = 0; ky < plan.kernel[1]; ++ky) {
+              for (size_t kx = 0; kx < plan.kernel[2]; ++kx, ++k) {
+                const uint32_t wk = weights[k];
+                // +-0 products: a zero weight, or a whole plane of depth padding
+                if (!plane_inside || (wk & kMagnitudeMask) < kSmallestNormalBits) continue;
+                const size_t dy = ky * plan.dilation[1], dx = kx * plan.dilation[2];
+                offsets[used] = ((static_cast<size_t>(iz) * s1 + dy % s1) * s2 + dx % s2) * phase_size +
+                                (dy / s1) * wq + dx / s2;
+                prepared[used++] = wk - bias_bits;
+              }
+            }
+          }
+#if LMUL_HAVE_X86_SIMD
+          if (simd_lanes() == 16) {
+            depthwise_taps_avx512(acc.data(), acc.size(), phases.data(), offsets.data(), prepared.data(), used);
+          } else {
+            depthwise_taps(acc.data(), acc.size(), phases.data(), offsets.data(), prepared.data(), used);
+          }
+#else
+          depthwise_taps(acc.data(), acc.size(), phases.data(), offsets.data(), prepared.data(), used);
+#endif
+          const float b = bias ? bias[channel] : 0.0f;
+          for (size_t oy = 0; oy < plan.out[1]; ++oy) {
+            float* dst = out + (oz * plan.out[1] + oy) * plan.out[2];
+            const float* src = acc.data() + oy * wq;
+            for (size_t ox = 0; ox < plan.out[2]; ++ox) dst[ox] = bias ? src[ox] + b : src[ox];
+          }
         }
       }
     }
