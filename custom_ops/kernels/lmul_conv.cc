@@ -68,6 +68,12 @@ void for_each_run(const Box& box, size_t p0, size_t count, Fn&& fn) {
   }
 }
 
+// dst[j] = src[2 * j] for j < count (a constant stride, which the compiler vectorises).
+LMUL_TARGET_CLONES
+void every_second(const uint32_t* src, size_t count, uint32_t* dst) {
+  for (size_t j = 0; j < count; ++j) dst[j] = src[2 * j];
+}
+
 // Rows k = (channel, kz, ky, kx) of the im2col matrix of `channels` input planes (x: the
 // first plane) for output pixels [p0, p0 + count): row k at dst + k * ld, columns
 // [count, ld) left alone. Entries are copies of x (and of x_mask, when masked);
@@ -118,6 +124,8 @@ void im2col(const ConvPlan& plan, const uint32_t* x, const float* x_mask, size_t
             if (sx == 1) {
               std::copy(in_row + lo + shift_x, in_row + hi + shift_x, row + first);
               if (kMasked) std::copy(mask_plane + row_offset + lo + shift_x, mask_plane + row_offset + hi + shift_x, mask_row + first);
+            } else if (sx == 2 && hi > lo) {
+              every_second(in_row + lo * 2 + shift_x, static_cast<size_t>(hi - lo), row + first);
             } else {
               for (int64_t o = lo; o < hi; ++o) row[first + (o - lo)] = in_row[o * sx + shift_x];
               if (kMasked) {
@@ -194,12 +202,6 @@ void depthwise_taps_avx512(float* acc, size_t count, const uint32_t* base, const
 }
 #endif
 
-// dst[j] = src[2 * j] for j < count (a constant stride, which the compiler vectorises).
-LMUL_TARGET_CLONES
-void every_second(const uint32_t* src, size_t count, uint32_t* dst) {
-  for (size_t j = 0; j < count; ++j) dst[j] = src[2 * j];
-}
-
 // Depthwise Conv (one input channel per group) for one-add data, without im2col. Each
 // input plane is padded with zeros and split into stride phases, so that a tap reads one
 // phase plane at a fixed offset: with the accumulator laid out at the phase plane's row
@@ -217,6 +219,27 @@ void depthwise_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_
   const size_t wp = std::max(plan.pad_begin[2] + plan.in[2], (plan.out[2] - 1) * s2 + (plan.kernel[2] - 1) * plan.dilation[2] + 1);
   const size_t hq = ceil_div(hp, s1) + 1, wq = ceil_div(wp, s2);
   const size_t phase_size = hq * wq, plane_size = s1 * s2 * phase_size;
+  // Per output plane oz, the taps that do not fall on a whole plane of depth padding
+  // (whose products are +-0): kernel index and offset in the phase planes.
+  std::vector<size_t> tap_begin{0}, tap_index, tap_offset;
+  for (size_t oz = 0; oz < plan.out[0]; ++oz) {
+    size_t k = 0;
+    for (size_t kz = 0; kz < plan.kernel[0]; ++kz) {
+      const int64_t iz = static_cast<int64_t>(oz * plan.stride[0] + kz * plan.dilation[0]) -
+                         static_cast<int64_t>(plan.pad_begin[0]);
+      const bool plane_inside = iz >= 0 && iz < static_cast<int64_t>(plan.in[0]);
+      for (size_t ky = 0; ky < plan.kernel[1]; ++ky) {
+        for (size_t kx = 0; kx < plan.kernel[2]; ++kx, ++k) {
+          if (!plane_inside) continue;
+          const size_t dy = ky * plan.dilation[1], dx = kx * plan.dilation[2];
+          tap_index.push_back(k);
+          tap_offset.push_back(((static_cast<size_t>(iz) * s1 + dy % s1) * s2 + dx % s2) * phase_size +
+                               (dy / s1) * wq + dx / s2);
+        }
+      }
+    }
+    tap_begin.push_back(tap_index.size());
+  }
   const size_t planes = plan.batch * plan.group;
   const size_t per_task = std::max<size_t>(1, planes / 64), tasks = ceil_div(planes, per_task);
   parallel(tasks, [&](size_t task) {
@@ -257,22 +280,12 @@ void depthwise_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_
         const uint32_t* weights = w.bits.data() + channel * taps;
         float* out = y + (n * plan.out_channels + channel) * plan.out_pixels;
         for (size_t oz = 0; oz < plan.out[0]; ++oz) {
-          size_t used = 0, k = 0;
-          for (size_t kz = 0; kz < plan.kernel[0]; ++kz) {
-            const int64_t iz = static_cast<int64_t>(oz * plan.stride[0] + kz * plan.dilation[0]) -
-                               static_cast<int64_t>(plan.pad_begin[0]);
-            const bool plane_inside = iz >= 0 && iz < static_cast<int64_t>(plan.in[0]);
-            for (size_t ky = 0; ky < plan.kernel[1]; ++ky) {
-              for (size_t kx = 0; kx < plan.kernel[2]; ++kx, ++k) {
-                const uint32_t wk = weights[k];
-                // +-0 products: a zero weight, or a whole plane of depth padding
-                if (!plane_inside || (wk & kMagnitudeMask) < kSmallestNormalBits) continue;
-                const size_t dy = ky * plan.dilation[1], dx = kx * plan.dilation[2];
-                offsets[used] = ((static_cast<size_t>(iz) * s1 + dy % s1) * s2 + dx % s2) * phase_size +
-                                (dy / s1) * wq + dx / s2;
-                prepared[used++] = wk - bias_bits;
-              }
-            }
+          size_t used = 0;
+          for (size_t i = tap_begin[oz]; i < tap_begin[oz + 1]; ++i) {
+            const uint32_t wk = weights[tap_index[i]];
+            if ((wk & kMagnitudeMask) < kSmallestNormalBits) continue;  // +-0 products
+            offsets[used] = tap_offset[i];
+            prepared[used++] = wk - bias_bits;
           }
 #if LMUL_HAVE_X86_SIMD
           if (simd_lanes() == 16) {
