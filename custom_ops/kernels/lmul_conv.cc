@@ -202,6 +202,38 @@ void depthwise_taps_avx512(float* acc, size_t count, const uint32_t* base, const
 }
 #endif
 
+// The input planes of one channel into the stride phases of depthwise_forward (positions
+// that hold padding are not written): phases[(iz * s1 + py) * s2 + px][i][j] = padded
+// plane iz at row i * s1 + py, column j * s2 + px.
+LMUL_TARGET_CLONES
+void split_phases(const ConvPlan& plan, const uint32_t* input, size_t wq, size_t phase_size, uint32_t* phases) {
+  const size_t s1 = plan.stride[1], s2 = plan.stride[2], pad = plan.pad_begin[2];
+  for (size_t iz = 0; iz < plan.in[0]; ++iz) {
+    for (size_t iy = 0; iy < plan.in[1]; ++iy) {
+      const size_t row = iy + plan.pad_begin[1], py = row % s1, i = row / s1;
+      const uint32_t* src = input + (iz * plan.in[1] + iy) * plan.in[2];
+      uint32_t* dst = phases + (iz * s1 + py) * s2 * phase_size + i * wq;
+      if (s2 == 1) {
+        std::copy(src, src + plan.in[2], dst + pad);
+        continue;
+      }
+      // Column ix + pad = j * s2 + px: each phase px takes every s2-th input column.
+      for (size_t px = 0; px < s2; ++px) {
+        const size_t ix0 = (px + s2 - pad % s2) % s2;  // first ix of phase px
+        if (ix0 >= plan.in[2]) continue;
+        const size_t count = (plan.in[2] - ix0 + s2 - 1) / s2;
+        uint32_t* phase_row = dst + px * phase_size + (ix0 + pad) / s2;
+        const uint32_t* first = src + ix0;
+        if (s2 == 2) {  // a constant stride, which the compiler vectorises
+          for (size_t j = 0; j < count; ++j) phase_row[j] = first[2 * j];
+        } else {
+          for (size_t j = 0; j < count; ++j) phase_row[j] = first[j * s2];
+        }
+      }
+    }
+  }
+}
+
 // Depthwise Conv (one input channel per group) for one-add data, without im2col. Each
 // input plane is padded with zeros and split into stride phases, so that a tap reads one
 // phase plane at a fixed offset: with the accumulator laid out at the phase plane's row
@@ -250,31 +282,8 @@ void depthwise_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_
     for (size_t t = task * per_task; t < std::min(planes, (task + 1) * per_task); ++t) {
       const size_t n = t / plan.group, g = t % plan.group;
       const uint32_t* input = x + (n * plan.in_channels + g) * plan.in_pixels;
-      // phases[(iz * s1 + py) * s2 + px][i][j] = padded plane iz at row i*s1 + py, column j*s2 + px
-      std::fill(phases.begin(), phases.end(), 0u);
-      for (size_t iz = 0; iz < plan.in[0]; ++iz) {
-        for (size_t iy = 0; iy < plan.in[1]; ++iy) {
-          const size_t row = iy + plan.pad_begin[1], py = row % s1, i = row / s1;
-          const uint32_t* src = input + (iz * plan.in[1] + iy) * plan.in[2];
-          uint32_t* dst = phases.data() + (iz * s1 + py) * s2 * phase_size + i * wq;
-          if (s2 == 1) {
-            std::copy(src, src + plan.in[2], dst + plan.pad_begin[2]);
-            continue;
-          }
-          // Column ix + pad = j * s2 + px: each phase px takes every s2-th input column.
-          for (size_t px = 0; px < s2; ++px) {
-            const size_t ix0 = (px + s2 - plan.pad_begin[2] % s2) % s2;  // first ix of phase px
-            if (ix0 >= plan.in[2]) continue;
-            const size_t count = (plan.in[2] - ix0 + s2 - 1) / s2;
-            uint32_t* phase_row = dst + px * phase_size + (ix0 + plan.pad_begin[2]) / s2;
-            if (s2 == 2) {
-              every_second(src + ix0, count, phase_row);
-            } else {
-              for (size_t j = 0; j < count; ++j) phase_row[j] = src[ix0 + j * s2];
-            }
-          }
-        }
-      }
+      // Every plane writes the same positions: the padding stays zero.
+      split_phases(plan, input, wq, phase_size, phases.data());
       for (size_t m = 0; m < mg; ++m) {
         const size_t channel = g * mg + m;
         const uint32_t* weights = w.bits.data() + channel * taps;
