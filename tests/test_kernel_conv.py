@@ -244,6 +244,16 @@ VARIANT_RUNNER = textwrap.dedent(
     bt = b[:5]
     big = rng.standard_normal((1, 8, 40, 37)).astype(np.float32)
     sparse = np.where(np.abs(w) < 0.4, 0, w).astype(np.float32)
+    relu = np.maximum(x, 0)
+    sparse_t = np.where(np.abs(wt) < 0.4, 0, wt).astype(np.float32)
+    pads_5x5 = [2, 1, 1, 2]
+    x3 = rng.standard_normal((1, 4, 5, 6, 7)).astype(np.float32)
+    w3 = rng.standard_normal((6, 4, 3, 3, 3)).astype(np.float32)
+    dw5 = rng.standard_normal((8, 1, 5, 5)).astype(np.float32)
+    dw5[0, 0, 2, 2] = 0  # a zero weight: its tap is left out
+    wide = np.maximum(rng.standard_normal((1, 16, 9, 70)), 0).astype(np.float32)  # > 64 columns per row
+    w16 = rng.standard_normal((12, 16, 3, 3)).astype(np.float32)
+    w16[np.abs(w16) < 0.3] = 0  # zero weights: masked A
     cases = {
         "dense_pads": ("LMulConv", x, w, b, {"group": 2, "pads": [1, 1, 1, 1]}),
         "interior": ("LMulConv", big, w, b, {"group": 2, "pads": [1, 2, 1, 0]}),  # boxes around the interior
@@ -262,6 +272,20 @@ VARIANT_RUNNER = textwrap.dedent(
         "transpose": ("LMulConvTranspose", x, wt, None, {"strides": [2, 2], "pads": [1, 0, 1, 1]}),
         "transpose_relu": ("LMulConvTranspose", np.maximum(x, 0), wt, None, {"strides": [3, 1], "group": 2}),
         "transpose_1d": ("LMulConvTranspose", x[:, :, 0], wt[:, :, 0], bt, {"strides": [4], "pads": [2, 1]}),
+        # in-place interiors (stride 1): several 3-D planes written in place / through a buffer
+        "conv3d_planes": ("LMulConv", x3, w3, b[:6], {"pads": [1] * 6}),
+        "conv3d_planes_valid": ("LMulConv", np.maximum(x3, 0), w3, None, {"dilations": [1, 2, 1]}),
+        # pads beyond the kernel's reach: outputs outside the input's extent, im2col only
+        "pad_beyond_reach": ("LMulConv", relu, w[:, :, :1, :1], b, {"group": 2, "pads": [2, 1, 0, 2]}),
+        # pointwise on ReLU output with zero weights (both zero masks), rows wider than 64
+        "pointwise_zeros": ("LMulConv", wide, w16[:, :, :1, :1].copy(), b[:12], {}),
+        "wide_pads_zeros": ("LMulConv", wide, w16, None, {"pads": [1, 1, 1, 1]}),
+        "stride2_relu": ("LMulConv", relu, sparse, b, {"group": 2, "strides": [2, 2], "pads": [1, 0, 1, 2]}),
+        "transpose_zeros": ("LMulConvTranspose", relu, sparse_t, bt, {"strides": [1, 2]}),
+        # depthwise: 5x5 stride 2 (phase split), stride 3, a zero weight, 3-D with depth padding
+        "depthwise_5x5_s2": ("LMulConv", relu, dw5, b[:8], {"group": 8, "strides": [2, 2], "pads": pads_5x5}),
+        "depthwise_s3": ("LMulConv", x, dw5, None, {"group": 8, "strides": [3, 3], "pads": [0, 1, 2, 0]}),
+        "depthwise_3d": ("LMulConv", np.maximum(x3, 0), w3[:4, :1], None, {"group": 4, "pads": [1, 0] * 3}),
     }
     results = {}
     for name, (op, xs, ws, bs, attrs) in cases.items():
@@ -282,6 +306,21 @@ def test_every_simd_path_gives_the_portable_bits(tmp_path: Path, run_with_simd: 
         assert fast.keys() == portable.keys()
         for key, expected in portable.items():
             assert np.array_equal(fast[key].view(np.uint32), expected.view(np.uint32)), (setting, key)
+
+
+def test_inputs_are_left_alone(rng: np.random.Generator) -> None:
+    """float32 X at 23 bits is read in place: the kernels must not write to it."""
+    x = np.maximum(rng.standard_normal((1, 6, 9, 8)), 0).astype(np.float32)
+    w = rng.standard_normal((6, 1, 3, 3)).astype(np.float32)
+    wd = rng.standard_normal((5, 6, 3, 3)).astype(np.float32)
+    for op, weights, attrs in [
+        ("LMulConv", w, {"group": 6, "pads": [1, 1, 1, 1]}),
+        ("LMulConv", wd, {"pads": [1, 0, 2, 1]}),
+        ("LMulConvTranspose", wd.transpose(1, 0, 2, 3).copy(), {"strides": [2, 2]}),
+    ]:
+        before = x.copy()
+        run_conv(op, x, weights, None, **attrs)
+        assert np.array_equal(x.view(np.uint32), before.view(np.uint32)), (op, attrs)
 
 
 F32 = ["float32"] * 2

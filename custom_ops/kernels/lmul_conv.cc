@@ -124,10 +124,12 @@ void im2col(const ConvPlan& plan, const uint32_t* x, const float* x_mask, size_t
             if (sx == 1) {
               std::copy(in_row + lo + shift_x, in_row + hi + shift_x, row + first);
               if (kMasked) std::copy(mask_plane + row_offset + lo + shift_x, mask_plane + row_offset + hi + shift_x, mask_row + first);
-            } else if (sx == 2 && hi > lo) {
-              every_second(in_row + lo * 2 + shift_x, static_cast<size_t>(hi - lo), row + first);
             } else {
-              for (int64_t o = lo; o < hi; ++o) row[first + (o - lo)] = in_row[o * sx + shift_x];
+              if (sx == 2 && hi > lo) {
+                every_second(in_row + lo * 2 + shift_x, static_cast<size_t>(hi - lo), row + first);
+              } else {
+                for (int64_t o = lo; o < hi; ++o) row[first + (o - lo)] = in_row[o * sx + shift_x];
+              }
               if (kMasked) {
                 for (int64_t o = lo; o < hi; ++o) mask_row[first + (o - lo)] = mask_plane[row_offset + o * sx + shift_x];
               }
