@@ -570,11 +570,7 @@ void conv_forward_offsets(const ConvPlan& plan, const ConvWeights& w, const uint
     while (plan.batch * groups * tasks * ceil_div(mg, r) < 16 && r > 48) r = std::max<size_t>(48, ceil_div(r, 2));
     return r;
   };
-  auto add_bias = [&](float* out, size_t channel, size_t count) {
-    if (!bias) return;
-    const float b = bias[channel];
-    for (size_t j = 0; j < count; ++j) out[j] += b;
-  };
+
 
   if (!in_place.empty()) {
     const Box& box = in_place.front();
@@ -616,14 +612,13 @@ void conv_forward_offsets(const ConvPlan& plan, const ConvWeights& w, const uint
       const uint32_t* a_rows = prepared.bits.data() + channel0 * depth;
       const float* mask_rows = a_mask ? a_mask + channel0 * depth : nullptr;
       if (direct) {
-        lmul_gemm_offsets(interior, a_rows, mask_rows, depth, xg, offsets.data(), depth, r1 - r0, count, y0 + v0,
-                          pixels);
-        for (size_t r = r0; r < r1; ++r) add_bias(y0 + (r - r0) * pixels + v0, g * mg + r, count);
+        lmul_gemm_offsets(interior, a_rows, mask_rows, depth, xg, offsets.data(), depth, r1 - r0, count,
+                          bias ? bias + channel0 : nullptr, y0 + v0, pixels);
         return;
       }
       std::unique_ptr<float[]> sums(new float[(r1 - r0) * count]);
-      lmul_gemm_offsets(interior, a_rows, mask_rows, depth, xg, offsets.data(), depth, r1 - r0, count, sums.get(),
-                        count);
+      lmul_gemm_offsets(interior, a_rows, mask_rows, depth, xg, offsets.data(), depth, r1 - r0, count, nullptr,
+                        sums.get(), count);
       for (size_t r = r0; r < r1; ++r) {
         const float b = bias ? bias[g * mg + r] : 0.0f;
         const float* s = sums.get() + (r - r0) * count;
@@ -675,13 +670,12 @@ void conv_forward_offsets(const ConvPlan& plan, const ConvWeights& w, const uint
     });
     if (consecutive) {
       lmul_gemm_offsets(variant, a_rows, mask_rows, depth, col.get(), offsets.data(), depth, r1 - r0, count,
-                        y0 + first, pixels);
-      for (size_t r = r0; r < r1; ++r) add_bias(y0 + (r - r0) * pixels + first, g * mg + r, count);
+                        bias ? bias + channel0 : nullptr, y0 + first, pixels);
       return;
     }
     std::unique_ptr<float[]> sums(new float[(r1 - r0) * count]);
-    lmul_gemm_offsets(variant, a_rows, mask_rows, depth, col.get(), offsets.data(), depth, r1 - r0, count, sums.get(),
-                      count);
+    lmul_gemm_offsets(variant, a_rows, mask_rows, depth, col.get(), offsets.data(), depth, r1 - r0, count, nullptr,
+                      sums.get(), count);
     for (size_t r = r0; r < r1; ++r) {
       const float b = bias ? bias[g * mg + r] : 0.0f;
       const float* s = sums.get() + (r - r0) * count;
@@ -762,8 +756,8 @@ void conv_transpose_forward(const ConvPlan& plan, const ConvWeights& w, const ui
       if (in_place) {
         const size_t j0 = ub * units_per_task * nr, j1 = std::min(in_pixels, j0 + units_per_task * nr);
         lmul_gemm_offsets(variant, a_rows, a_mask ? a_mask + (g * rows + r0) * depth : nullptr, depth,
-                          x_n + g * cg * in_pixels + j0, x_offsets.data(), depth, r1 - r0, j1 - j0, out + j0,
-                          in_pixels);
+                          x_n + g * cg * in_pixels + j0, x_offsets.data(), depth, r1 - r0, j1 - j0, nullptr,
+                          out + j0, in_pixels);
       } else if (fast) {
         const size_t q0 = ub * units_per_task, q1 = std::min(panels, q0 + units_per_task);
         lmul_gemm_fast(variant, a_rows, a_mask ? a_mask + (g * rows + r0) * depth : nullptr,

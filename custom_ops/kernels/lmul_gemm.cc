@@ -277,7 +277,8 @@ TileFn select_tile(GemmVariant variant, size_t rows) {
 template <int MR, int NV, bool kMaskA, bool kTestB>
 __attribute__((target("avx512f"))) void tile_offsets_avx512(const uint32_t* a, const float* a_mask, size_t lda,
                                                             const uint32_t* b, const ptrdiff_t* offsets, size_t k,
-                                                            __mmask16 tail, float* out, size_t ldo) {
+                                                            __mmask16 tail, const float* bias, float* out,
+                                                            size_t ldo) {
   __m512 acc[MR][NV];
 #pragma GCC unroll 6
   for (int i = 0; i < MR; ++i)
@@ -314,6 +315,11 @@ __attribute__((target("avx512f"))) void tile_offsets_avx512(const uint32_t* a, c
   }
 #pragma GCC unroll 6
   for (int i = 0; i < MR; ++i) {
+    if (bias) {  // the sum, then its row's bias (one float add, as after the product)
+      const __m512 row_bias = _mm512_set1_ps(bias[i]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_add_ps(acc[i][v], row_bias);
+    }
 #pragma GCC unroll 4
     for (int v = 0; v < NV - 1; ++v) _mm512_storeu_ps(out + i * ldo + 16 * v, acc[i][v]);
     _mm512_mask_storeu_ps(out + i * ldo + 16 * (NV - 1), tail, acc[i][NV - 1]);
@@ -321,7 +327,7 @@ __attribute__((target("avx512f"))) void tile_offsets_avx512(const uint32_t* a, c
 }
 
 using OffsetsTileFn = void (*)(const uint32_t*, const float*, size_t, const uint32_t*, const ptrdiff_t*, size_t,
-                               __mmask16, float*, size_t);
+                               __mmask16, const float*, float*, size_t);
 
 template <int MR, bool kMaskA, bool kTestB>
 OffsetsTileFn offsets_tile_nv(size_t vectors) {
@@ -386,7 +392,8 @@ void lmul_gemm_fast(GemmVariant variant, const uint32_t* a, const float* a_mask,
 bool offsets_gemm_available() { return simd_lanes() == 16; }
 
 void lmul_gemm_offsets(GemmVariant variant, const uint32_t* a, const float* a_mask, size_t lda, const uint32_t* b,
-                       const ptrdiff_t* b_offsets, size_t k, size_t rows, size_t n, float* c, size_t ldc) {
+                       const ptrdiff_t* b_offsets, size_t k, size_t rows, size_t n, const float* bias, float* c,
+                       size_t ldc) {
 #if LMUL_HAVE_X86_SIMD
   // Column blocks of 64 outer, row tiles inner: each block of B is read from the cache
   // by every row tile.
@@ -396,12 +403,13 @@ void lmul_gemm_offsets(GemmVariant variant, const uint32_t* a, const float* a_ma
     for (size_t r = 0; r < rows; r += 6) {
       const size_t tile_rows = std::min<size_t>(6, rows - r);
       select_offsets_tile(variant, tile_rows, vectors)(a + r * lda, a_mask ? a_mask + r * lda : nullptr, lda, b + j0,
-                                                       b_offsets, k, tail, c + r * ldc + j0, ldc);
+                                                       b_offsets, k, tail, bias ? bias + r : nullptr,
+                                                       c + r * ldc + j0, ldc);
     }
   }
 #else
-  (void)variant, (void)a, (void)a_mask, (void)lda, (void)b, (void)b_offsets, (void)k, (void)rows, (void)n, (void)c;
-  (void)ldc;
+  (void)variant, (void)a, (void)a_mask, (void)lda, (void)b, (void)b_offsets, (void)k, (void)rows, (void)n;
+  (void)bias, (void)c, (void)ldc;
 #endif
 }
 

@@ -98,10 +98,13 @@ void lmul_gemm_fast(GemmVariant variant, const uint32_t* a, const float* a_mask,
 // nothing: an AVX-512 lane mask from their exponent bits skips their adds, so B needs
 // neither stand-ins nor masks (its zeros may hold any value's place). A is prepared as for
 // lmul_gemm_fast (prepare_a; a_mask when masks_a(variant)). Reads only b[b_offsets[p] + j]
-// and writes only C columns j < n. The same sums in the same order as lmul_gemm_fast.
+// and writes only C columns j < n. The same sums in the same order as lmul_gemm_fast;
+// `bias` (rows floats, or null) is added to each row's finished sums before they are
+// stored (sum + bias, the one float add a separate pass would make).
 bool offsets_gemm_available();  // simd_lanes() == 16
 void lmul_gemm_offsets(GemmVariant variant, const uint32_t* a, const float* a_mask, size_t lda, const uint32_t* b,
-                       const ptrdiff_t* b_offsets, size_t k, size_t rows, size_t n, float* c, size_t ldc);
+                       const ptrdiff_t* b_offsets, size_t k, size_t rows, size_t n, const float* bias, float* c,
+                       size_t ldc);
 
 }  // namespace lmul
 
