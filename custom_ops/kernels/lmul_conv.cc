@@ -204,32 +204,51 @@ void depthwise_taps_avx512(float* acc, size_t count, const uint32_t* base, const
 }
 #endif
 
+// Where the input columns go in the stride phases of depthwise_forward: column ix + pad =
+// j * s2 + px, so phase px takes `count` columns, every s2-th from `first`, to column j0.
+struct PhaseColumns {
+  size_t first = 0, count = 0, j0 = 0;
+};
+
+std::vector<PhaseColumns> phase_columns(const ConvPlan& plan) {
+  const size_t s2 = plan.stride[2], pad = plan.pad_begin[2];
+  std::vector<PhaseColumns> phases(s2);
+  for (size_t px = 0; px < s2; ++px) {
+    const size_t ix0 = (px + s2 - pad % s2) % s2;  // the first input column of phase px
+    if (ix0 < plan.in[2]) phases[px] = {ix0, (plan.in[2] - ix0 + s2 - 1) / s2, (ix0 + pad) / s2};
+  }
+  return phases;
+}
+
 // The input planes of one channel into the stride phases of depthwise_forward (positions
 // that hold padding are not written): phases[(iz * s1 + py) * s2 + px][i][j] = padded
 // plane iz at row i * s1 + py, column j * s2 + px.
 LMUL_TARGET_CLONES
-void split_phases(const ConvPlan& plan, const uint32_t* input, size_t wq, size_t phase_size, uint32_t* phases) {
-  const size_t s1 = plan.stride[1], s2 = plan.stride[2], pad = plan.pad_begin[2];
+void split_phases(const ConvPlan& plan, const PhaseColumns* columns, const uint32_t* input, size_t wq,
+                  size_t phase_size, uint32_t* phases) {
+  const size_t s1 = plan.stride[1], s2 = plan.stride[2];
   for (size_t iz = 0; iz < plan.in[0]; ++iz) {
+    // padded row iy + pad = i * s1 + py
+    size_t py = plan.pad_begin[1] % s1, i = plan.pad_begin[1] / s1;
     for (size_t iy = 0; iy < plan.in[1]; ++iy) {
-      const size_t row = iy + plan.pad_begin[1], py = row % s1, i = row / s1;
       const uint32_t* src = input + (iz * plan.in[1] + iy) * plan.in[2];
       uint32_t* dst = phases + (iz * s1 + py) * s2 * phase_size + i * wq;
+      if (++py == s1) {
+        py = 0;
+        ++i;
+      }
       if (s2 == 1) {
-        std::copy(src, src + plan.in[2], dst + pad);
+        std::copy(src, src + plan.in[2], dst + plan.pad_begin[2]);
         continue;
       }
-      // Column ix + pad = j * s2 + px: each phase px takes every s2-th input column.
       for (size_t px = 0; px < s2; ++px) {
-        const size_t ix0 = (px + s2 - pad % s2) % s2;  // first ix of phase px
-        if (ix0 >= plan.in[2]) continue;
-        const size_t count = (plan.in[2] - ix0 + s2 - 1) / s2;
-        uint32_t* phase_row = dst + px * phase_size + (ix0 + pad) / s2;
-        const uint32_t* first = src + ix0;
+        const PhaseColumns& c = columns[px];
+        uint32_t* phase_row = dst + px * phase_size + c.j0;
+        const uint32_t* first = src + c.first;
         if (s2 == 2) {  // a constant stride, which the compiler vectorises
-          for (size_t j = 0; j < count; ++j) phase_row[j] = first[2 * j];
+          for (size_t j = 0; j < c.count; ++j) phase_row[j] = first[2 * j];
         } else {
-          for (size_t j = 0; j < count; ++j) phase_row[j] = first[j * s2];
+          for (size_t j = 0; j < c.count; ++j) phase_row[j] = first[j * s2];
         }
       }
     }
@@ -274,6 +293,7 @@ void depthwise_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_
     }
     tap_begin.push_back(tap_index.size());
   }
+  const std::vector<PhaseColumns> columns = phase_columns(plan);
   const size_t planes = plan.batch * plan.group;
   const size_t per_task = std::max<size_t>(1, planes / 64), tasks = ceil_div(planes, per_task);
   parallel(tasks, [&](size_t task) {
@@ -285,7 +305,7 @@ void depthwise_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_
       const size_t n = t / plan.group, g = t % plan.group;
       const uint32_t* input = x + (n * plan.in_channels + g) * plan.in_pixels;
       // Every plane writes the same positions: the padding stays zero.
-      split_phases(plan, input, wq, phase_size, phases.data());
+      split_phases(plan, columns.data(), input, wq, phase_size, phases.data());
       for (size_t m = 0; m < mg; ++m) {
         const size_t channel = g * mg + m;
         const uint32_t* weights = w.bits.data() + channel * taps;
