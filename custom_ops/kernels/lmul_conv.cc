@@ -295,7 +295,7 @@ void depthwise_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_
   }
   const std::vector<PhaseColumns> columns = phase_columns(plan);
   const size_t planes = plan.batch * plan.group;
-  const size_t per_task = std::max<size_t>(1, planes / 64), tasks = ceil_div(planes, per_task);
+  const size_t per_task = ceil_div(planes, 64), tasks = ceil_div(planes, per_task);  // at most 64 tasks
   parallel(tasks, [&](size_t task) {
     std::vector<uint32_t> phases(plan.in[0] * plane_size);
     std::vector<float> acc(plan.out[1] * wq);
