@@ -568,9 +568,9 @@ void conv_forward_offsets(const ConvPlan& plan, const ConvWeights& w, const uint
   std::vector<Box> in_place;  // the interior, read from X in place
   // (v numbers the interior outputs uniquely when they lie inside the input's extent,
   // which they do unless a pad exceeds the kernel's reach.)
-  const Box& first = boxes.front();
-  const bool fits = first.begin[1] + first.extent[1] <= plan.in[1] && first.begin[2] + first.extent[2] <= plan.in[2];
-  if (unit_strides && !first.padded && fits) {
+  const Box front = boxes.front();
+  const bool fits = front.begin[1] + front.extent[1] <= plan.in[1] && front.begin[2] + front.extent[2] <= plan.in[2];
+  if (unit_strides && !front.padded && fits) {
     in_place.push_back(boxes.front());
     boxes.erase(boxes.begin());
   } else if (boxes.size() > 1) {  // split only when the boxes' partial vectors waste little
@@ -590,7 +590,6 @@ void conv_forward_offsets(const ConvPlan& plan, const ConvWeights& w, const uint
     while (plan.batch * groups * tasks * ceil_div(mg, r) < 16 && r > 48) r = std::max<size_t>(48, ceil_div(r, 2));
     return r;
   };
-
 
   if (!in_place.empty()) {
     const Box& box = in_place.front();
