@@ -302,6 +302,7 @@ struct LMulConvKernel {
     lmul::round_conv_weights<S>(static_cast<const T*>(w.GetTensorRawData()), shape,
                                 static_cast<size_t>(attributes.group), kTranspose, mantissa_bits, lmul::run_serially,
                                 *prepared);
+    lmul::prepare_offsets_operand(*prepared, bias);
     constant_w = std::move(prepared);
   }
 

@@ -359,6 +359,25 @@ struct PreparedWeights {
   }
 };
 
+// A for lmul_gemm_offsets: the one made when the session was created, or made here.
+struct OffsetsOperand {
+  std::vector<uint32_t> own_bits;
+  std::vector<float> own_mask;
+  const uint32_t* bits = nullptr;
+  const float* mask = nullptr;
+
+  OffsetsOperand(const ConvWeights& w, uint32_t bias_bits) {
+    if (w.offsets_bits.empty() || w.offsets_bias != bias_bits) {
+      prepare_offsets_operand(w, bias_bits, own_bits, own_mask);
+      bits = own_bits.data();
+      mask = own_mask.empty() ? nullptr : own_mask.data();
+    } else {
+      bits = w.offsets_bits.data();
+      mask = w.offsets_mask.empty() ? nullptr : w.offsets_mask.data();
+    }
+  }
+};
+
 // The output split into boxes: when padding is involved, the interior (outputs whose
 // windows lie inside the input, computed without masks) and the border around it.
 std::vector<Box> output_boxes(const ConvPlan& plan) {
@@ -410,8 +429,8 @@ std::vector<Box> output_boxes(const ConvPlan& plan) {
 // dropped); every read stays between the first and the last interior pixel's taps.
 // Border boxes (and every box with strides) go through im2col with zeros for padding.
 void conv_forward_offsets(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x, GemmVariant interior,
-                          GemmVariant border, const OperandRange& x_range, const float* bias, uint32_t bias_bits,
-                          float* y, const ParallelFor& parallel);
+                          GemmVariant border, const float* bias, uint32_t bias_bits, float* y,
+                          const ParallelFor& parallel);
 
 void conv_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x, const OperandRange& x_range,
                   const float* bias, uint32_t bias_bits, float* y, const ParallelFor& parallel) {
@@ -427,7 +446,7 @@ void conv_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x,
     return;
   }
   if (is_one_add(border) && offsets_gemm_available()) {
-    conv_forward_offsets(plan, w, x, interior, border, x_range, bias, bias_bits, y, parallel);
+    conv_forward_offsets(plan, w, x, interior, border, bias, bias_bits, y, parallel);
     return;
   }
   // Splitting off the interior pays when it then needs no masks and the boxes' partial
@@ -555,13 +574,12 @@ void conv_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x,
 }
 
 void conv_forward_offsets(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x, GemmVariant interior,
-                          GemmVariant border, const OperandRange& x_range, const float* bias, uint32_t bias_bits,
-                          float* y, const ParallelFor& parallel) {
+                          GemmVariant border, const float* bias, uint32_t bias_bits, float* y,
+                          const ParallelFor& parallel) {
   const size_t groups = plan.group, cg = plan.in_per_group(), mg = plan.out_per_group();
   const size_t depth = w.depth, pixels = plan.out_pixels;
-  PreparedWeights prepared;  // masks_a is the same for both variants (W's zeros)
-  prepared.prepare(w, border, x_range, bias_bits, parallel);
-  const float* a_mask = prepared.mask.get();
+  const OffsetsOperand a(w, bias_bits);  // masks (W's zeros) serve both variants
+  const float* a_mask = a.mask;
   const bool unit_strides = plan.stride[0] == 1 && plan.stride[1] == 1 && plan.stride[2] == 1;
 
   std::vector<Box> boxes = output_boxes(plan);
@@ -628,7 +646,7 @@ void conv_forward_offsets(const ConvPlan& plan, const ConvWeights& w, const uint
       const uint32_t* xg = x + (n * plan.in_channels + g * cg) * plan.in_pixels + v0;
       const size_t channel0 = g * mg + r0;
       float* y0 = y + (n * plan.out_channels + channel0) * pixels;
-      const uint32_t* a_rows = prepared.bits.data() + channel0 * depth;
+      const uint32_t* a_rows = a.bits + channel0 * depth;
       const float* mask_rows = a_mask ? a_mask + channel0 * depth : nullptr;
       if (direct) {
         lmul_gemm_offsets(interior, a_rows, mask_rows, depth, xg, offsets.data(), depth, r1 - r0, count,
@@ -679,7 +697,7 @@ void conv_forward_offsets(const ConvPlan& plan, const ConvWeights& w, const uint
     std::vector<ptrdiff_t> offsets(depth);
     for (size_t k = 0; k < depth; ++k) offsets[k] = static_cast<ptrdiff_t>(k * count);
     float* y0 = y + (n * plan.out_channels + channel0) * pixels;
-    const uint32_t* a_rows = prepared.bits.data() + channel0 * depth;
+    const uint32_t* a_rows = a.bits + channel0 * depth;
     const float* mask_rows = a_mask ? a_mask + channel0 * depth : nullptr;
     const bool consecutive = (box.extent[2] == plan.out[2] || (box.extent[1] == 1 && box.extent[0] == 1)) &&
                              (box.extent[1] == plan.out[1] || box.extent[0] == 1);
@@ -731,9 +749,10 @@ void conv_transpose_forward(const ConvPlan& plan, const ConvWeights& w, const ui
   for (size_t k = 0; k < x_offsets.size(); ++k) x_offsets[k] = static_cast<ptrdiff_t>(k * in_pixels);
 
   PreparedWeights prepared;
-  if (fast) prepared.prepare(w, variant, x_range, bias_bits, parallel);
-  const uint32_t* a = fast ? prepared.bits.data() : w.bits.data();
-  const float* a_mask = prepared.mask.get();
+  if (fast && !in_place) prepared.prepare(w, variant, x_range, bias_bits, parallel);
+  std::unique_ptr<const OffsetsOperand> operand(in_place ? new OffsetsOperand(w, bias_bits) : nullptr);
+  const uint32_t* a = in_place ? operand->bits : fast ? prepared.bits.data() : w.bits.data();
+  const float* a_mask = in_place ? operand->mask : prepared.mask.get();
   const ZeroRule rule{fast, fast ? zero_stand_in_b(x_range) : 0u};
   const bool mask_b = masks_b(variant);
   const size_t panels = fast ? ceil_div(in_pixels, nr) : 0;
@@ -855,6 +874,25 @@ OperandRange scan_range(const uint32_t* bits, size_t count, const ParallelFor& p
   return range;
 }
 
+
+void prepare_offsets_operand(const ConvWeights& w, uint32_t bias_bits, std::vector<uint32_t>& bits,
+                             std::vector<float>& mask) {
+  const size_t count = w.bits.size();
+  bits.resize(count);
+  mask.assign(w.range.has_zero ? count : 0, 0.0f);
+  for (size_t i = 0; i < count; ++i) {
+    const uint32_t a = w.bits[i];
+    const bool zero = (a & kMagnitudeMask) < kSmallestNormalBits;
+    bits[i] = zero ? 0u : a - bias_bits;
+    if (!mask.empty()) mask[i] = zero ? 0.0f : 1.0f;
+  }
+}
+
+void prepare_offsets_operand(ConvWeights& w, uint32_t bias_bits) {
+  if (!offsets_gemm_available()) return;
+  prepare_offsets_operand(w, bias_bits, w.offsets_bits, w.offsets_mask);
+  w.offsets_bias = bias_bits;
+}
 
 void lmul_conv(const ConvPlan& plan, const ConvWeights& weights, const uint32_t* x, const float* bias,
                uint32_t bias_bits, float* y, const ParallelFor& parallel) {

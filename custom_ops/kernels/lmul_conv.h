@@ -36,11 +36,26 @@ struct ConvWeights {
   bool transpose = false;
   OperandRange range;
   std::vector<uint32_t> bits;
+  // The A operand of lmul_gemm_offsets (AVX-512), made once for constant weights when the
+  // session is created (prepare_offsets_operand); empty otherwise.
+  std::vector<uint32_t> offsets_bits;
+  std::vector<float> offsets_mask;
+  uint32_t offsets_bias = 0;
 
   bool matches(const Shape& w_shape, const ConvPlan& plan) const {
     return shape == w_shape && group == plan.group && transpose == plan.transpose;
   }
 };
+
+// The weights as lmul_gemm_offsets reads A, which needs no stand-ins: a -> a - bias and
+// zero entries -> 0 with a 0/1 mask (mask empty when W has no zeros). A zero entry's sum
+// 0 + x is x itself, finite, and its product is masked to +-0; zero X entries are skipped
+// by the kernel. Depends on W and the L-Mul constant only.
+void prepare_offsets_operand(const ConvWeights& w, uint32_t bias_bits, std::vector<uint32_t>& bits,
+                             std::vector<float>& mask);
+
+// Stores that operand in w itself when the kernel exists (constant weights).
+void prepare_offsets_operand(ConvWeights& w, uint32_t bias_bits);
 
 // Range of rounded bit patterns, scanned in parallel chunks.
 OperandRange scan_range(const uint32_t* bits, size_t count, const ParallelFor& parallel);
