@@ -395,17 +395,24 @@ void lmul_gemm_offsets(GemmVariant variant, const uint32_t* a, const float* a_ma
                        const ptrdiff_t* b_offsets, size_t k, size_t rows, size_t n, const float* bias, float* c,
                        size_t ldc) {
 #if LMUL_HAVE_X86_SIMD
-  // Column blocks of 64 outer, row tiles inner: each block of B is read from the cache
-  // by every row tile.
-  for (size_t j0 = 0; j0 < n; j0 += 64) {
+  auto tile = [&](size_t r, size_t j0) {
     const size_t width = std::min<size_t>(64, n - j0), vectors = (width + 15) / 16;
     const __mmask16 tail = static_cast<__mmask16>((1u << (width - 16 * (vectors - 1))) - 1u);
-    for (size_t r = 0; r < rows; r += 6) {
-      const size_t tile_rows = std::min<size_t>(6, rows - r);
-      select_offsets_tile(variant, tile_rows, vectors)(a + r * lda, a_mask ? a_mask + r * lda : nullptr, lda, b + j0,
-                                                       b_offsets, k, tail, bias ? bias + r : nullptr,
-                                                       c + r * ldc + j0, ldc);
-    }
+    const size_t tile_rows = std::min<size_t>(6, rows - r);
+    select_offsets_tile(variant, tile_rows, vectors)(a + r * lda, a_mask ? a_mask + r * lda : nullptr, lda, b + j0,
+                                                     b_offsets, k, tail, bias ? bias + r : nullptr, c + r * ldc + j0,
+                                                     ldc);
+  };
+  if (k * n <= 4096) {
+    // All of B fits in the L1 cache (short sums): row tiles outer, so that C is written a
+    // few rows at a time, in long stretches.
+    for (size_t r = 0; r < rows; r += 6)
+      for (size_t j0 = 0; j0 < n; j0 += 64) tile(r, j0);
+  } else {
+    // Column blocks of 64 outer, row tiles inner: each block of B is read from the cache
+    // by every row tile.
+    for (size_t j0 = 0; j0 < n; j0 += 64)
+      for (size_t r = 0; r < rows; r += 6) tile(r, j0);
   }
 #else
   (void)variant, (void)a, (void)a_mask, (void)lda, (void)b, (void)b_offsets, (void)k, (void)rows, (void)n;
