@@ -6,8 +6,11 @@
 //   ConvTranspose: cols_g (M/g*k x in pixels) = W_g^T (M/g*k x C/g) (*) X_g (C/g x in pixels),
 //                  then col2im adds each column into the output positions it reaches.
 // The pre-scan of lmul_gemm.h picks the fastest exact variant from the ranges of W and X
-// (padding zeros count as zero operands); the one-add kernels read the im2col matrix
-// packed straight into column panels, one chunk of output pixels at a time.
+// (padding zeros count as zero operands). With AVX-512, lmul_gemm_offsets reads X in
+// place (stride-1 interiors, ConvTranspose's X_g) or an im2col matrix with plain zeros
+// (borders, strides), skipping zero X entries itself; otherwise the one-add kernels read
+// the im2col matrix packed into column panels, one chunk of output pixels at a time.
+// Depthwise Convs take a direct loop over stride phases of the padded input.
 //
 // Every output element is the same float32 sum whatever the variant, SIMD width, thread
 // count or chunking: Conv sums the products of each output in k order (channel, then
