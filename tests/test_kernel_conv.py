@@ -247,10 +247,6 @@ VARIANT_RUNNER = textwrap.dedent(
     relu = np.maximum(x, 0)
     sparse_t = np.where(np.abs(wt) < 0.4, 0, wt).astype(np.float32)
     pads_5x5 = [2, 1, 1, 2]
-    x7 = rng.standard_normal((2, 20, 7, 7)).astype(np.float32)  # 49 = 3 * 16 + 1 pixels
-    w7 = rng.standard_normal((70, 20, 1, 1)).astype(np.float32)
-    w7_zeros = np.where(np.abs(w7) < 0.3, 0, w7).astype(np.float32)
-    x18 = x7.reshape(2, 20, 49)[:, :, :18].copy()  # 18 = 16 + 2
     x3 = rng.standard_normal((1, 4, 5, 6, 7)).astype(np.float32)
     w3 = rng.standard_normal((6, 4, 3, 3, 3)).astype(np.float32)
     dw5 = rng.standard_normal((8, 1, 5, 5)).astype(np.float32)
@@ -286,10 +282,6 @@ VARIANT_RUNNER = textwrap.dedent(
         "wide_pads_zeros": ("LMulConv", wide, w16, None, {"pads": [1, 1, 1, 1]}),
         "stride2_relu": ("LMulConv", relu, sparse, b, {"group": 2, "strides": [2, 2], "pads": [1, 0, 1, 2]}),
         "transpose_zeros": ("LMulConvTranspose", relu, sparse_t, bt, {"strides": [1, 2]}),
-        # pointwise with a sliver of a vector left (pixels as rows against W^T when constant)
-        "pointwise_tail": ("LMulConv", x7, w7, b, {}),
-        "pointwise_tail_zeros": ("LMulConv", np.maximum(x7, 0), w7_zeros, b, {}),
-        "pointwise_tail_1d": ("LMulConv", x18, w7[:, :, 0], None, {}),
         # depthwise: 5x5 stride 2 (phase split), stride 3, a zero weight, 3-D with depth padding
         "depthwise_5x5_s2": ("LMulConv", relu, dw5, b[:8], {"group": 8, "strides": [2, 2], "pads": pads_5x5}),
         "depthwise_s3": ("LMulConv", x, dw5, None, {"group": 8, "strides": [3, 3], "pads": [0, 1, 2, 0]}),

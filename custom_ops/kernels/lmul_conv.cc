@@ -359,18 +359,6 @@ struct PreparedWeights {
   }
 };
 
-// count entries of src (stride apart) as lmul_gemm_offsets reads A: a - bias, zeros 0
-// with mask 0 (mask: null when there are no zeros to mask).
-void prepare_offsets_a(const uint32_t* src, size_t stride, size_t count, uint32_t bias_bits, uint32_t* bits,
-                       float* mask) {
-  for (size_t i = 0; i < count; ++i) {
-    const uint32_t a = src[i * stride];
-    const bool zero = (a & kMagnitudeMask) < kSmallestNormalBits;
-    bits[i] = zero ? 0u : a - bias_bits;
-    if (mask) mask[i] = zero ? 0.0f : 1.0f;
-  }
-}
-
 // A for lmul_gemm_offsets: the one made when the session was created, or made here.
 struct OffsetsOperand {
   std::vector<uint32_t> own_bits;
@@ -441,8 +429,8 @@ std::vector<Box> output_boxes(const ConvPlan& plan) {
 // dropped); every read stays between the first and the last interior pixel's taps.
 // Border boxes (and every box with strides) go through im2col with zeros for padding.
 void conv_forward_offsets(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x, GemmVariant interior,
-                          GemmVariant border, const OperandRange& x_range, const float* bias, uint32_t bias_bits,
-                          float* y, const ParallelFor& parallel);
+                          GemmVariant border, const float* bias, uint32_t bias_bits, float* y,
+                          const ParallelFor& parallel);
 
 void conv_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x, const OperandRange& x_range,
                   const float* bias, uint32_t bias_bits, float* y, const ParallelFor& parallel) {
@@ -458,7 +446,7 @@ void conv_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x,
     return;
   }
   if (is_one_add(border) && offsets_gemm_available()) {
-    conv_forward_offsets(plan, w, x, interior, border, x_range, bias, bias_bits, y, parallel);
+    conv_forward_offsets(plan, w, x, interior, border, bias, bias_bits, y, parallel);
     return;
   }
   // Splitting off the interior pays when it then needs no masks and the boxes' partial
@@ -585,32 +573,9 @@ void conv_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x,
   });
 }
 
-// Pointwise Conv (1x1, one group, Y pixels = X pixels, one plane), pixels [first, pixels)
-// of every image: for each, the row X[:, pixel] (prepared as A) against W^T (B, rounded bits):
-// y[:, pixel] = sum over c in order of the same products, then the bias.
-void pointwise_tail(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x, GemmVariant variant, size_t first,
-                    const float* bias, uint32_t bias_bits, float* y, const ParallelFor& parallel) {
-  const size_t pixels = plan.in_pixels, channels = plan.in_channels, outputs = plan.out_channels;
-  const size_t count = pixels - first;
-  std::vector<ptrdiff_t> offsets(channels);
-  for (size_t c = 0; c < channels; ++c) offsets[c] = static_cast<ptrdiff_t>(c * outputs);
-  parallel(plan.batch * count, [&](size_t t) {
-    const size_t n = t / count, pixel = first + t % count;
-    std::vector<uint32_t> a(channels);
-    std::vector<float> mask(masks_a(variant) ? channels : 0);
-    prepare_offsets_a(x + n * channels * pixels + pixel, pixels, channels, bias_bits, a.data(),
-                      mask.empty() ? nullptr : mask.data());
-    std::vector<float> sums(outputs);
-    lmul_gemm_offsets(variant, a.data(), mask.empty() ? nullptr : mask.data(), channels, w.transposed.data(),
-                      offsets.data(), channels, 1, outputs, nullptr, sums.data(), outputs);
-    float* out = y + n * outputs * pixels + pixel;
-    for (size_t m = 0; m < outputs; ++m) out[m * pixels] = bias ? sums[m] + bias[m] : sums[m];
-  });
-}
-
 void conv_forward_offsets(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x, GemmVariant interior,
-                          GemmVariant border, const OperandRange& x_range, const float* bias, uint32_t bias_bits,
-                          float* y, const ParallelFor& parallel) {
+                          GemmVariant border, const float* bias, uint32_t bias_bits, float* y,
+                          const ParallelFor& parallel) {
   const size_t groups = plan.group, cg = plan.in_per_group(), mg = plan.out_per_group();
   const size_t depth = w.depth, pixels = plan.out_pixels;
   const OffsetsOperand a(w, bias_bits);  // masks (W's zeros) serve both variants
@@ -665,17 +630,7 @@ void conv_forward_offsets(const ConvPlan& plan, const ConvWeights& w, const uint
     }
     // Runs: per interior plane, its first to its last pixel, cut into chunks of columns.
     const size_t first_row = box.begin[1], last_row = box.begin[1] + box.extent[1] - 1;
-    size_t run = (last_row - first_row) * in_w + box.extent[2];
-    // A pointwise Conv whose pixels end in a sliver of a vector (49 = 3 * 16 + 1) leaves
-    // those last pixels to products with pixels as rows (pointwise_tail).
-    const size_t tail = run % 16;
-    const GemmVariant tail_variant = choose_variant(x_range, w.range, bias_bits);
-    const bool split_tail = !w.transposed.empty() && plan.out[0] == 1 && plan.out_pixels == plan.in_pixels &&
-                            box.pixels() == pixels && tail != 0 && tail <= 4 && run > tail && is_one_add(tail_variant);
-    if (split_tail) {
-      run -= tail;
-      pointwise_tail(plan, w, x, tail_variant, run, bias, bias_bits, y, parallel);
-    }
+    const size_t run = (last_row - first_row) * in_w + box.extent[2];
     const size_t chunk = 256;
     const size_t chunks_per_plane = ceil_div(run, chunk), tasks = box.extent[0] * chunks_per_plane;
     const size_t rows = rows_per_task(tasks), row_blocks = ceil_div(mg, rows);
@@ -925,19 +880,18 @@ void prepare_offsets_operand(const ConvWeights& w, uint32_t bias_bits, std::vect
   const size_t count = w.bits.size();
   bits.resize(count);
   mask.assign(w.range.has_zero ? count : 0, 0.0f);
-  prepare_offsets_a(w.bits.data(), 1, count, bias_bits, bits.data(), mask.empty() ? nullptr : mask.data());
+  for (size_t i = 0; i < count; ++i) {
+    const uint32_t a = w.bits[i];
+    const bool zero = (a & kMagnitudeMask) < kSmallestNormalBits;
+    bits[i] = zero ? 0u : a - bias_bits;
+    if (!mask.empty()) mask[i] = zero ? 0.0f : 1.0f;
+  }
 }
 
 void prepare_offsets_operand(ConvWeights& w, uint32_t bias_bits) {
   if (!offsets_gemm_available()) return;
   prepare_offsets_operand(w, bias_bits, w.offsets_bits, w.offsets_mask);
   w.offsets_bias = bias_bits;
-  if (!w.transpose && w.group == 1 && w.shape.size() >= 3 && w.depth == static_cast<size_t>(w.shape[1])) {
-    const size_t m = w.rows, c = w.depth;  // a 1x1 kernel: W is M x C
-    w.transposed.resize(m * c);
-    for (size_t i = 0; i < m; ++i)
-      for (size_t j = 0; j < c; ++j) w.transposed[j * m + i] = w.bits[i * c + j];
-  }
 }
 
 void lmul_conv(const ConvPlan& plan, const ConvWeights& weights, const uint32_t* x, const float* bias,

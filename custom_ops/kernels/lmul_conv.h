@@ -44,9 +44,6 @@ struct ConvWeights {
   std::vector<uint32_t> offsets_bits;
   std::vector<float> offsets_mask;
   uint32_t offsets_bias = 0;
-  // Pointwise Conv (1x1 kernel, one group): W^T (C x M, rounded bits), the B operand of
-  // the few output pixels that would fill only a sliver of a vector (conv_forward_offsets).
-  std::vector<uint32_t> transposed;
 
   bool matches(const Shape& w_shape, const ConvPlan& plan) const {
     return shape == w_shape && group == plan.group && transpose == plan.transpose;
