@@ -134,6 +134,7 @@ __attribute__((target("avx512f"))) void tile_avx512(const uint32_t* a, const flo
                                                     const uint32_t* panel, const float* b_mask, size_t k,
                                                     float* out, size_t ldo) {
   __m512 acc[MR][4];
+  const __m512 one = _mm512_set1_ps(1.0f);
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < 4; ++v) acc[i][v] = _mm512_setzero_ps();
   for (size_t p = 0; p < k; ++p) {
@@ -173,9 +174,9 @@ __attribute__((target("avx512f"))) void tile_avx512(const uint32_t* a, const flo
         acc[i][3] = _mm512_fmadd_ps(x3, m, acc[i][3]);
       } else {
         acc[i][0] = _mm512_add_ps(acc[i][0], x0);
-        acc[i][1] = _mm512_add_ps(acc[i][1], x1);
+        acc[i][1] = _mm512_fmadd_ps(x1, one, acc[i][1]);
         acc[i][2] = _mm512_add_ps(acc[i][2], x2);
-        acc[i][3] = _mm512_add_ps(acc[i][3], x3);
+        acc[i][3] = _mm512_fmadd_ps(x3, one, acc[i][3]);
       }
     }
   }
