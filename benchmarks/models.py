@@ -130,6 +130,8 @@ def main() -> None:
     converted = lmul_onnx.convert(
         str(args.model), op_types_to_quantize=args.ops.split(","), mantissa_bits=args.mantissa_bits
     )
+    # Weights that stay in the original's external data file are read in from there.
+    onnx.external_data_helper.load_external_data_for_model(converted, str(args.model.parent))
     converted_nodes = sum(1 for n in converted.graph.node if n.domain == lmul_onnx.DOMAIN)
     converted_bytes = converted.SerializeToString()
     del converted

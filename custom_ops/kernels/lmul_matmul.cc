@@ -57,9 +57,10 @@ class ThreadBuffer {
 // thread: tasks use their own, TaskBuffers).
 struct CallBuffers {
   ThreadBuffer<uint32_t> a_rounded, b_packed;
-  ThreadBuffer<float> b_masks, sums;
+  ThreadBuffer<float> a_masks, b_masks, sums;
   void trim() {
     a_rounded.trim();
+    a_masks.trim();
     b_packed.trim();
     b_masks.trim();
     sums.trim();
@@ -248,6 +249,7 @@ void small_m_product(const MatMulPlan& plan, const uint32_t* a_rounded, const Op
 struct BView {
   OperandRange range;
   uint32_t folded_bias = 0;
+  size_t panel_columns = 0;  // panel_width(), or narrow_panel_width() for a narrow per-call B
   const uint32_t* panels = nullptr;
   const float* masks = nullptr;
   const uint32_t* rounded = nullptr;
@@ -261,7 +263,9 @@ template <class S>
 OperandRange prepare_operands(const MatMulPlan& plan, const ProductOperands<S>& operands, int mantissa_bits,
                               uint32_t bias, bool pack_per_call_b, uint32_t* a_rounded, CallBuffers& buffers, BView& b,
                               const ParallelFor& parallel_for) {
-  const size_t m = plan.m, k = plan.k, n = plan.n, nr = panel_width();
+  const size_t m = plan.m, k = plan.k, n = plan.n;
+  // Narrow B (p.V with 32-wide heads) in narrow panels: a 64-wide panel would be half padding.
+  const size_t nr = n <= narrow_panel_width() ? narrow_panel_width() : panel_width();
   const size_t a_chunks = ceil_div(m, kRowsPerChunk), a_tasks = plan.a_matrices * a_chunks;
   const size_t a_row_stride = operands.trans_a ? 1 : k, a_col_stride = operands.trans_a ? m : 1;
   const size_t b_row_stride = operands.trans_b ? 1 : n, b_col_stride = operands.trans_b ? k : 1;
@@ -300,6 +304,7 @@ OperandRange prepare_operands(const MatMulPlan& plan, const ProductOperands<S>& 
     return a_range;
   }
   b.panels = b_out;
+  b.panel_columns = nr;
   b.panels_per_matrix = b_units;
   b.folded_bias = bias;
   if (b.range.has_zero) {  // stand-ins and masks, now that B's smallest magnitude is known
@@ -355,13 +360,14 @@ void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& opera
   if (prepared) {
     b_view.range = prepared->range;
     b_view.panels = prepared->panels.get();
+    b_view.panel_columns = panel_width();
     b_view.masks = prepared->masks.get();
     b_view.rounded = prepared->rounded.get();
     b_view.panels_per_matrix = prepared->panels_per_matrix;
   }
 
   // Can every product be one integer add (lmul_gemm.h)?
-  const size_t nr = panel_width();
+  const size_t nr = b_view.panel_columns;
   const GemmVariant variant = choose_variant(a_range, b_view.range, bias, b_view.panels != nullptr);
   const bool fast = is_one_add(variant);
   const size_t panels = fast ? b_view.panels_per_matrix : 1;
@@ -388,6 +394,23 @@ void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& opera
                                                                               : std::max<size_t>(1, (kMinOpsPerTask * 4) / panel_ops);
   const size_t panel_blocks = fast ? ceil_div(panels, panels_per_task) : 1;
 
+  // A task prepares its rows of A itself when no other task needs them; with several
+  // panel blocks per row block, A is prepared once beforehand instead (in place).
+  const uint32_t fold = b_view.folded_bias;
+  const bool prepare_a_per_task = fast && (fold == 0 || masks_a(variant)) && panel_blocks == 1;
+  float* a_masks = nullptr;
+  if (fast && (fold == 0 || masks_a(variant)) && panel_blocks > 1) {
+    const size_t count = plan.a_matrices * m * k;
+    a_masks = masks_a(variant) ? buffers.a_masks.get(std::max<size_t>(1, count)) : nullptr;
+    const size_t chunks = ceil_div(m, kRowsPerChunk);
+    for_elements(count, parallel_for)(plan.a_matrices * chunks, [&](size_t t) {
+      const size_t i = t / chunks, r0 = (t % chunks) * kRowsPerChunk, r1 = std::min(m, r0 + kRowsPerChunk);
+      const size_t offset = i * m * k + r0 * k;
+      prepare_a(a_rounded + offset, a_masks ? a_masks + offset : nullptr, (r1 - r0) * k, variant, bias - fold,
+                stand_in + fold);
+    });
+  }
+
   parallel_for(batches * row_blocks * panel_blocks, [&](size_t t) {
     const size_t batch = t / (row_blocks * panel_blocks), rest = t % (row_blocks * panel_blocks);
     const size_t r0 = (rest / panel_blocks) * rows_per_task, r1 = std::min(m, r0 + rows_per_task);
@@ -398,24 +421,23 @@ void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& opera
       const size_t p0 = (rest % panel_blocks) * panels_per_task, p1 = std::min(panels, p0 + panels_per_task);
       j0 = p0 * nr;
       j1 = std::min(n, p1 * nr);
-      // Rows of A as the kernel takes them: a - bias, zeros replaced (prepare_a), in the
-      // task's own buffer; or, against a B with the bias folded in, rounded A itself
-      // when it has no zeros.
-      const uint32_t fold = b_view.folded_bias;
+      // Rows of A as the kernel takes them: a - bias, zeros replaced (prepare_a), or,
+      // against a B with the bias folded in, rounded A itself when it has no zeros.
       const uint32_t* a_block = a_matrix + r0 * k;
-      float* a_mask = nullptr;
+      const float* a_mask = a_masks ? a_masks + plan.a_matrix[batch] * m * k + r0 * k : nullptr;
       thread_local TaskBuffers task_buffers;
-      if (fold == 0 || masks_a(variant)) {
+      if (prepare_a_per_task) {
         const size_t count = (r1 - r0) * k;
         uint32_t* prepared_rows = task_buffers.a.get(std::max<size_t>(1, count));
-        a_mask = masks_a(variant) ? task_buffers.mask.get(std::max<size_t>(1, count)) : nullptr;
+        float* mask = masks_a(variant) ? task_buffers.mask.get(std::max<size_t>(1, count)) : nullptr;
         std::memcpy(prepared_rows, a_block, count * sizeof(uint32_t));
-        prepare_a(prepared_rows, a_mask, count, variant, bias - fold, stand_in + fold);
+        prepare_a(prepared_rows, mask, count, variant, bias - fold, stand_in + fold);
         a_block = prepared_rows;
+        a_mask = mask;
       }
       const size_t b_offset = plan.b_matrix[batch] * panels * k * nr;
       lmul_gemm_fast(variant, a_block, a_mask, b_view.panels + b_offset, b_masks ? b_masks + b_offset : nullptr, k,
-                     n, 0, r1 - r0, p0, p1, acc + r0 * n, n);
+                     n, 0, r1 - r0, p0, p1, acc + r0 * n, n, nr);
       task_buffers.a.trim();
       task_buffers.mask.trim();
     } else {
