@@ -11,6 +11,9 @@ steal each other's core.
     python benchmarks/kernels.py [--threads 1,2] [--repeat 7] [--statistic min] [--quick] [--only TEXT]
                                  [--cpu-time] [--model MODEL] [--json out.json]
 
+``--model`` times one forward run of a whole model; benchmarks/models.py does more
+(conversion options, greedy decoding, onnxruntime's profile).
+
 ``--only Conv`` runs the Conv / ConvTranspose cases; ``--cpu-time`` times with the CPU
 time of this process instead of wall time (on a loaded machine, with 1 thread).
 """
@@ -33,6 +36,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import lmul_onnx
 from lmul_onnx.runtime import cpu_name
+from models import feeds_for, session_options  # benchmarks/models.py
 
 
 def model(
@@ -59,11 +63,7 @@ def model(
 
 
 def session(data: bytes | str, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return lmul_onnx.InferenceSession(data, options)
+    return lmul_onnx.InferenceSession(data, session_options(threads))
 
 
 STATISTICS: dict[str, Callable[[list[float]], float]] = {"median": statistics.median, "min": min}
@@ -249,16 +249,7 @@ def main() -> None:
     def whole_model(threads: int) -> dict:
         converted = lmul_onnx.convert(str(args.model))
         reference_session = session(onnx.load(args.model).SerializeToString(), threads)
-        feeds = {}
-        for arg in reference_session.get_inputs():
-            shape = [d if isinstance(d, int) else (1 if "batch" in str(d) else 128) for d in arg.shape]
-            feeds[arg.name] = (
-                rng.integers(1000, 3000, shape).astype(np.int64)
-                if "int" in arg.type
-                else rng.standard_normal(shape).astype(np.float32)
-            )
-            if "mask" in arg.name:
-                feeds[arg.name] = np.ones(shape, np.int64)
+        feeds = feeds_for(reference_session, 128, rng)
         return ratio(reference_session, session(converted.SerializeToString(), threads), feeds, timing)
 
     wide_k = 768 * size // 1024

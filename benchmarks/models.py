@@ -2,7 +2,7 @@
 
     python benchmarks/models.py [--model models/build/smollm2.onnx] [--ops MatMul,Gemm]
                                 [--mantissa-bits 4] [--threads 1,2] [--tokens 128] [--decode 64]
-                                [--prompt 16] [--rounds 3] [--profile DIR] [--json out.json]
+                                [--prompt 16] [--rounds 3] [--profile DIR] [--cpu-time] [--json out.json]
 
 Two measurements per thread count, each original and converted interleaved over --rounds
 rounds, the fastest round kept (on a shared machine load only ever adds time):
@@ -28,6 +28,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -65,14 +66,14 @@ def feeds_for(session: ort.InferenceSession, tokens: int, rng: np.random.Generat
     return feeds
 
 
-def fastest(run: Callable[[], object], repeat: int) -> float:
+def fastest(run: Callable[[], object], repeat: int, clock: Callable[[], float] = time.perf_counter) -> float:
     """The fastest of `repeat` timed runs (after one untimed warm-up run), in seconds."""
     run()
     best = float("inf")
     for _ in range(repeat):
-        start = time.perf_counter()
+        start = clock()
         run()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock() - start)
     return best
 
 
@@ -102,14 +103,42 @@ def profile_breakdown(
     warm_up_end = runs[0][1] if runs else 0
     per_op: Counter[str] = Counter()
     for event in events:
-        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
-            if event["ts"] >= warm_up_end:
-                per_op[event["args"].get("op_name", "?")] += event["dur"] / 1e3 / repeat
+        is_node = event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time")
+        if is_node and event["ts"] >= warm_up_end:
+            per_op[event["args"].get("op_name", "?")] += event["dur"] / 1e3 / repeat
     return dict(per_op.most_common(top))
 
 
+def time_decoding(
+    sides: dict[str, ort.InferenceSession],
+    prompt: np.ndarray,
+    steps: int,
+    rounds: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict:
+    """Greedy decoding with each side, interleaved over `rounds`; the fastest round of each."""
+    seconds = {name: float("inf") for name in sides}
+    tokens: dict[str, list[int]] = {}
+    for _ in range(rounds):
+        for name, side in sides.items():
+            start = clock()
+            tokens[name] = greedy_decode(side, prompt, steps)
+            seconds[name] = min(seconds[name], clock() - start)
+    same = sum(a == b for a, b in zip(tokens["original"], tokens["converted"], strict=True))
+    return {
+        "decode_tokens": steps,
+        "decode_prompt": prompt.shape[1],
+        "decode_original_tokens_per_s": steps / seconds["original"],
+        "decode_converted_tokens_per_s": steps / seconds["converted"],
+        "decode_ratio": seconds["original"] / seconds["converted"],
+        "decode_same_tokens": same,
+    }
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", type=Path, default=Path("models/build/smollm2.onnx"))
     parser.add_argument("--ops", default="MatMul,Gemm", help="op types to convert (comma-separated)")
     parser.add_argument("--mantissa-bits", type=int, default=4)
@@ -119,17 +148,28 @@ def main() -> None:
     parser.add_argument("--decode", type=int, default=64, help="greedy tokens (0: no decoding loop)")
     parser.add_argument("--prompt", type=int, default=16, help="prompt tokens before decoding")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--profile", type=Path, help="directory for onnxruntime profiles (one forward run each)")
+    parser.add_argument(
+        "--profile", type=Path, help="directory for onnxruntime's profiles (--repeat forward runs)"
+    )
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time with this process's CPU time instead of wall time (for a loaded machine, 1 thread)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    clock = time.process_time if args.cpu_time else time.perf_counter
     if not args.model.is_file():
         parser.exit(2, f"error: no model at {args.model} (python models/export.py creates models/build/)\n")
 
     original = onnx.load(args.model).SerializeToString()
     started = time.perf_counter()
-    converted = lmul_onnx.convert(
-        str(args.model), op_types_to_quantize=args.ops.split(","), mantissa_bits=args.mantissa_bits
-    )
+    try:
+        converted = lmul_onnx.convert(
+            str(args.model), op_types_to_quantize=args.ops.split(","), mantissa_bits=args.mantissa_bits
+        )
+    except ValueError as error:  # an unknown op type, mantissa bits out of range
+        parser.exit(2, f"error: {error}\n")
     # Weights that stay in the original's external data file are read in from there.
     onnx.external_data_helper.load_external_data_for_model(converted, str(args.model.parent))
     converted_nodes = sum(1 for n in converted.graph.node if n.domain == lmul_onnx.DOMAIN)
@@ -139,7 +179,7 @@ def main() -> None:
     print(
         f"CPU: {cpu_name()}; onnxruntime {ort.__version__}; load {load:.1f}; {args.model.name}: "
         f"{converted_nodes} nodes of {args.ops} converted at m = {args.mantissa_bits} "
-        f"({time.perf_counter() - started:.0f} s)",
+        f"({time.perf_counter() - started:.0f} s); {'CPU' if args.cpu_time else 'wall'} time",
         flush=True,
     )
     results = []
@@ -156,13 +196,15 @@ def main() -> None:
         feeds = feeds_for(sides["original"], args.tokens, rng)
         if args.profile:
             for name, side in sides.items():
-                breakdown = profile_breakdown(side, lambda s=side: s.run(None, feeds), args.repeat)
+                breakdown = profile_breakdown(side, partial(side.run, None, feeds), args.repeat)
                 text = ", ".join(f"{op} {ms:.1f}" for op, ms in breakdown.items())
                 print(f"  profile {name:>9} {threads}t (ms per op type): {text}", flush=True)
         forward = {name: float("inf") for name in sides}
         for _ in range(args.rounds):
             for name, side in sides.items():
-                forward[name] = min(forward[name], fastest(lambda s=side: s.run(None, feeds), args.repeat))
+                forward[name] = min(
+                    forward[name], fastest(partial(side.run, None, feeds), args.repeat, clock)
+                )
         row = {
             "threads": threads,
             "forward_tokens": args.tokens,
@@ -171,32 +213,21 @@ def main() -> None:
             "forward_ratio": forward["original"] / forward["converted"],
         }
         print(
-            f"forward {args.tokens} tokens, {threads} thread(s): original {row['forward_original_ms']:.1f} ms, "
-            f"converted {row['forward_converted_ms']:.1f} ms, ratio {row['forward_ratio']:.2f}",
+            f"forward {args.tokens} tokens, {threads} thread(s): "
+            f"original {row['forward_original_ms']:.1f} ms, converted {row['forward_converted_ms']:.1f} ms, "
+            f"ratio {row['forward_ratio']:.2f}",
             flush=True,
         )
         names = {i.name for i in sides["original"].get_inputs()}
         if args.decode and names == {"input_ids"}:
             prompt = rng.integers(1000, 3000, (1, args.prompt)).astype(np.int64)
-            decode = {name: float("inf") for name in sides}
-            tokens: dict[str, list[int]] = {}
-            for _ in range(args.rounds):
-                for name, side in sides.items():
-                    start = time.perf_counter()
-                    tokens[name] = greedy_decode(side, prompt, args.decode)
-                    decode[name] = min(decode[name], time.perf_counter() - start)
-            row.update(
-                decode_tokens=args.decode,
-                decode_prompt=args.prompt,
-                decode_original_tokens_per_s=args.decode / decode["original"],
-                decode_converted_tokens_per_s=args.decode / decode["converted"],
-                decode_ratio=decode["original"] / decode["converted"],
-                decode_same_tokens=sum(a == b for a, b in zip(tokens["original"], tokens["converted"], strict=True)),
-            )
+            row.update(time_decoding(sides, prompt, args.decode, args.rounds, clock))
             print(
-                f"decode {args.decode} greedy tokens after {args.prompt} (no KV cache: each step re-runs the "
-                f"sequence), {threads} thread(s): original {row['decode_original_tokens_per_s']:.2f} tokens/s, "
-                f"converted {row['decode_converted_tokens_per_s']:.2f} tokens/s, ratio {row['decode_ratio']:.2f} "
+                f"decode {args.decode} greedy tokens after {args.prompt} (no KV cache: each step re-runs "
+                f"the sequence), {threads} thread(s): "
+                f"original {row['decode_original_tokens_per_s']:.2f} tokens/s, "
+                f"converted {row['decode_converted_tokens_per_s']:.2f} tokens/s, "
+                f"ratio {row['decode_ratio']:.2f} "
                 f"({row['decode_same_tokens']}/{args.decode} tokens the same)",
                 flush=True,
             )
@@ -210,6 +241,7 @@ def main() -> None:
                     "model": args.model.name,
                     "ops": args.ops,
                     "mantissa_bits": args.mantissa_bits,
+                    "clock": "CPU time" if args.cpu_time else "wall time",
                     "load_before": load,
                     "load_after": os.getloadavg()[0],
                     "results": results,
