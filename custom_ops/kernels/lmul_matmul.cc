@@ -132,6 +132,7 @@ OperandRange pack_panel_scanned(const typename S::type* src, size_t k, size_t n,
 // Gives the zero entries of a packed panel (entries stored minus `fold`) the stand-in
 // `stand_in` (also minus `fold`) and mask 0, as pack_panels_rounded does; padding columns
 // get mask 0.
+LMUL_TARGET_CLONES
 void mask_panel_zeros(uint32_t* panel, float* masks, size_t k, size_t nr, size_t width, uint32_t stand_in,
                       uint32_t fold) {
   for (size_t p = 0; p < k; ++p) {
