@@ -265,6 +265,12 @@ def main() -> None:
         (f"MatMul {size}^3 half of A zero, B weights", relu_product),
         (f"MatMul {size}^3 whole exponent range", wide_product),
         ("MatMul attention 12x(128x64 @ 64x128)", product((12, 128, 64), (12, 64, 128), False)),
+        # Attention's other shapes: p.V with 32-wide heads (MiniLM: narrow panels), SmolLM2's
+        # 9 heads, and one step of its decoding loop at 40 tokens.
+        ("MatMul attention 12x(128x128 @ 128x32) (p.V)", product((12, 128, 128), (12, 128, 32), False)),
+        ("MatMul attention 9x(128x64 @ 64x128)", product((9, 128, 64), (9, 64, 128), False)),
+        ("MatMul attention 9x(128x128 @ 128x64) (p.V)", product((9, 128, 128), (9, 128, 64), False)),
+        ("MatMul attention 9x(40x64 @ 64x40)", product((9, 40, 64), (9, 64, 40), False)),
         (f"MatMul 1x{big}x{big} (decoding), B weights", product((1, big), (big, big), True)),
         # Decoding against a per-call B (a KV cache): the small-M kernel, B never packed.
         (f"MatMul 1x{big}x{big}, B input", product((1, big), (big, big), False)),
