@@ -362,19 +362,17 @@ struct PreparedWeights {
 // A for lmul_gemm_offsets: the one made when the session was created, or made here.
 struct OffsetsOperand {
   std::vector<uint32_t> own_bits;
-  std::vector<float> own_mask;
+  std::vector<uint64_t> own_zero;
   const uint32_t* bits = nullptr;
-  const float* mask = nullptr;
+  const uint64_t* zero = nullptr;  // (depth + 63) / 64 words a row
+  size_t words = 0;
 
-  OffsetsOperand(const ConvWeights& w, uint32_t bias_bits) {
-    if (w.offsets_bits.empty() || w.offsets_bias != bias_bits) {
-      prepare_offsets_operand(w, bias_bits, own_bits, own_mask);
-      bits = own_bits.data();
-      mask = own_mask.empty() ? nullptr : own_mask.data();
-    } else {
-      bits = w.offsets_bits.data();
-      mask = w.offsets_mask.empty() ? nullptr : w.offsets_mask.data();
-    }
+  OffsetsOperand(const ConvWeights& w, uint32_t bias_bits) : words((w.depth + 63) / 64) {
+    const bool made = !w.offsets_bits.empty() && w.offsets_bias == bias_bits;
+    if (!made) prepare_offsets_operand(w, bias_bits, own_bits, own_zero);
+    bits = made ? w.offsets_bits.data() : own_bits.data();
+    const std::vector<uint64_t>& z = made ? w.offsets_zero : own_zero;
+    zero = z.empty() ? nullptr : z.data();
   }
 };
 
@@ -578,8 +576,7 @@ void conv_forward_offsets(const ConvPlan& plan, const ConvWeights& w, const uint
                           const ParallelFor& parallel) {
   const size_t groups = plan.group, cg = plan.in_per_group(), mg = plan.out_per_group();
   const size_t depth = w.depth, pixels = plan.out_pixels;
-  const OffsetsOperand a(w, bias_bits);  // masks (W's zeros) serve both variants
-  const float* a_mask = a.mask;
+  const OffsetsOperand a(w, bias_bits);  // W's zeros serve both variants
   const bool unit_strides = plan.stride[0] == 1 && plan.stride[1] == 1 && plan.stride[2] == 1;
 
   std::vector<Box> boxes = output_boxes(plan);
@@ -647,7 +644,7 @@ void conv_forward_offsets(const ConvPlan& plan, const ConvWeights& w, const uint
       const size_t channel0 = g * mg + r0;
       float* y0 = y + (n * plan.out_channels + channel0) * pixels;
       const uint32_t* a_rows = a.bits + channel0 * depth;
-      const float* mask_rows = a_mask ? a_mask + channel0 * depth : nullptr;
+      const uint64_t* mask_rows = a.zero ? a.zero + channel0 * a.words : nullptr;
       if (direct) {
         lmul_gemm_offsets(interior, a_rows, mask_rows, depth, xg, offsets.data(), depth, r1 - r0, count,
                           bias ? bias + channel0 : nullptr, y0 + v0, pixels);
@@ -698,7 +695,7 @@ void conv_forward_offsets(const ConvPlan& plan, const ConvWeights& w, const uint
     for (size_t k = 0; k < depth; ++k) offsets[k] = static_cast<ptrdiff_t>(k * count);
     float* y0 = y + (n * plan.out_channels + channel0) * pixels;
     const uint32_t* a_rows = a.bits + channel0 * depth;
-    const float* mask_rows = a_mask ? a_mask + channel0 * depth : nullptr;
+    const uint64_t* mask_rows = a.zero ? a.zero + channel0 * a.words : nullptr;
     const bool consecutive = (box.extent[2] == plan.out[2] || (box.extent[1] == 1 && box.extent[0] == 1)) &&
                              (box.extent[1] == plan.out[1] || box.extent[0] == 1);
     size_t first = 0;  // Y position of pixel p0
@@ -752,7 +749,7 @@ void conv_transpose_forward(const ConvPlan& plan, const ConvWeights& w, const ui
   if (fast && !in_place) prepared.prepare(w, variant, x_range, bias_bits, parallel);
   std::unique_ptr<const OffsetsOperand> operand(in_place ? new OffsetsOperand(w, bias_bits) : nullptr);
   const uint32_t* a = in_place ? operand->bits : fast ? prepared.bits.data() : w.bits.data();
-  const float* a_mask = in_place ? operand->mask : prepared.mask.get();
+  const float* a_mask = prepared.mask.get();
   const ZeroRule rule{fast, fast ? zero_stand_in_b(x_range) : 0u};
   const bool mask_b = masks_b(variant);
   const size_t panels = fast ? ceil_div(in_pixels, nr) : 0;
@@ -793,7 +790,8 @@ void conv_transpose_forward(const ConvPlan& plan, const ConvWeights& w, const ui
       float* out = cols.get() + (g * rows + r0) * in_pixels;
       if (in_place) {
         const size_t j0 = ub * units_per_task * nr, j1 = std::min(in_pixels, j0 + units_per_task * nr);
-        lmul_gemm_offsets(variant, a_rows, a_mask ? a_mask + (g * rows + r0) * depth : nullptr, depth,
+        const uint64_t* zero = operand->zero ? operand->zero + (g * rows + r0) * operand->words : nullptr;
+        lmul_gemm_offsets(variant, a_rows, zero, depth,
                           x_n + g * cg * in_pixels + j0, x_offsets.data(), depth, r1 - r0, j1 - j0, nullptr,
                           out + j0, in_pixels);
       } else if (fast) {
@@ -876,21 +874,24 @@ OperandRange scan_range(const uint32_t* bits, size_t count, const ParallelFor& p
 
 
 void prepare_offsets_operand(const ConvWeights& w, uint32_t bias_bits, std::vector<uint32_t>& bits,
-                             std::vector<float>& mask) {
-  const size_t count = w.bits.size();
+                             std::vector<uint64_t>& zero) {
+  const size_t count = w.bits.size(), depth = w.depth, words = (depth + 63) / 64;
+  const size_t rows = depth == 0 ? 0 : count / depth;
   bits.resize(count);
-  mask.assign(w.range.has_zero ? count : 0, 0.0f);
-  for (size_t i = 0; i < count; ++i) {
-    const uint32_t a = w.bits[i];
-    const bool zero = (a & kMagnitudeMask) < kSmallestNormalBits;
-    bits[i] = zero ? 0u : a - bias_bits;
-    if (!mask.empty()) mask[i] = zero ? 0.0f : 1.0f;
+  zero.assign(w.range.has_zero ? rows * words : 0, 0u);
+  for (size_t r = 0; r < rows; ++r) {
+    for (size_t p = 0; p < depth; ++p) {
+      const uint32_t value = w.bits[r * depth + p];
+      const bool is_zero = (value & kMagnitudeMask) < kSmallestNormalBits;
+      bits[r * depth + p] = is_zero ? 0u : value - bias_bits;
+      if (is_zero && !zero.empty()) zero[r * words + p / 64] |= uint64_t{1} << (p % 64);
+    }
   }
 }
 
 void prepare_offsets_operand(ConvWeights& w, uint32_t bias_bits) {
   if (!offsets_gemm_available()) return;
-  prepare_offsets_operand(w, bias_bits, w.offsets_bits, w.offsets_mask);
+  prepare_offsets_operand(w, bias_bits, w.offsets_bits, w.offsets_zero);
   w.offsets_bias = bias_bits;
 }
 

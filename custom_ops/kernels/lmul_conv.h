@@ -42,7 +42,7 @@ struct ConvWeights {
   // The A operand of lmul_gemm_offsets (AVX-512), made once for constant weights when the
   // session is created (prepare_offsets_operand); empty otherwise.
   std::vector<uint32_t> offsets_bits;
-  std::vector<float> offsets_mask;
+  std::vector<uint64_t> offsets_zero;  // zero entries, one bit each, (depth + 63) / 64 words a row
   uint32_t offsets_bias = 0;
 
   bool matches(const Shape& w_shape, const ConvPlan& plan) const {
@@ -50,12 +50,12 @@ struct ConvWeights {
   }
 };
 
-// The weights as lmul_gemm_offsets reads A, which needs no stand-ins: a -> a - bias and
-// zero entries -> 0 with a 0/1 mask (mask empty when W has no zeros). A zero entry's sum
-// 0 + x is x itself, finite, and its product is masked to +-0; zero X entries are skipped
-// by the kernel. Depends on W and the L-Mul constant only.
+// The weights as lmul_gemm_offsets reads A, which needs no stand-ins: a -> a - bias, and
+// a bit per zero entry (zero: empty when W has no zeros), whose products the kernel skips
+// (+-0 products add nothing), as it skips zero X entries. Depends on W and the L-Mul
+// constant only.
 void prepare_offsets_operand(const ConvWeights& w, uint32_t bias_bits, std::vector<uint32_t>& bits,
-                             std::vector<float>& mask);
+                             std::vector<uint64_t>& zero);
 
 // Stores that operand in w itself when the kernel exists (constant weights).
 void prepare_offsets_operand(ConvWeights& w, uint32_t bias_bits);

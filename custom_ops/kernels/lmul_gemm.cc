@@ -273,11 +273,41 @@ TileFn select_tile(GemmVariant variant, size_t rows, bool narrow) {
   }
 }
 
+// One k step of tile_offsets_avx512; kChecked: some row has a zero A entry at p, and
+// skips its adds.
+template <int MR, int NV, bool kTestB, bool kChecked>
+__attribute__((target("avx512f"), always_inline)) inline void offsets_step(
+    __m512 (&acc)[MR][NV], const uint32_t* a, const uint64_t* a_zero, size_t lda, size_t words, const uint32_t* b,
+    const ptrdiff_t* offsets, size_t p, __mmask16 tail) {
+  const __m512i exponent = _mm512_set1_epi32(static_cast<int>(kInfBits));
+  const uint32_t* bp = b + offsets[p];
+  __m512i bv[NV];
+  __mmask16 live[NV];
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) {
+    bv[v] = v == NV - 1 ? _mm512_maskz_loadu_epi32(tail, bp + 16 * v) : _mm512_loadu_si512(bp + 16 * v);
+    live[v] = kTestB ? _mm512_test_epi32_mask(bv[v], exponent) : __mmask16(0xFFFF);
+  }
+#pragma GCC unroll 6
+  for (int i = 0; i < MR; ++i) {
+    if (kChecked && ((a_zero[i * words + p / 64] >> (p % 64)) & 1u)) continue;
+    const __m512i av = _mm512_set1_epi32(static_cast<int>(a[i * lda + p]));
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      const __m512 x = _mm512_castsi512_ps(_mm512_add_epi32(av, bv[v]));
+      acc[i][v] = kTestB ? _mm512_mask_add_ps(acc[i][v], live[v], acc[i][v], x) : _mm512_add_ps(acc[i][v], x);
+    }
+  }
+}
+
 // MR x (16 * NV) tile with B rows read at b + offsets[p]; `tail` marks the valid lanes
 // of the last vector (loads and stores of the others are masked: nothing outside is
 // touched). kTestB: lanes whose B entry has a zero exponent (zero, subnormal) skip the add.
+// kMaskA: bit p of a_zero[i * words + p / 64] marks a zero A entry, whose adds row i
+// skips; such entries are rare, so each block of 64 k first checks whether any row of the
+// tile has one, and only then tests row by row.
 template <int MR, int NV, bool kMaskA, bool kTestB>
-__attribute__((target("avx512f"))) void tile_offsets_avx512(const uint32_t* a, const float* a_mask, size_t lda,
+__attribute__((target("avx512f"))) void tile_offsets_avx512(const uint32_t* a, const uint64_t* a_zero, size_t lda,
                                                             const uint32_t* b, const ptrdiff_t* offsets, size_t k,
                                                             __mmask16 tail, const float* bias, float* out,
                                                             size_t ldo) {
@@ -286,32 +316,23 @@ __attribute__((target("avx512f"))) void tile_offsets_avx512(const uint32_t* a, c
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
-  const __m512i exponent = _mm512_set1_epi32(static_cast<int>(kInfBits));
-  for (size_t p = 0; p < k; ++p) {
-    const uint32_t* bp = b + offsets[p];
-    __m512i bv[NV];
-    __mmask16 live[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      bv[v] = v == NV - 1 ? _mm512_maskz_loadu_epi32(tail, bp + 16 * v) : _mm512_loadu_si512(bp + 16 * v);
-      live[v] = kTestB ? _mm512_test_epi32_mask(bv[v], exponent) : __mmask16(0xFFFF);
-    }
+  const size_t words = (lda + 63) / 64;
+  // (Direct calls, not lambdas: a lambda would not have the target's instruction set.)
+  if (!kMaskA) {
+    for (size_t p = 0; p < k; ++p) offsets_step<MR, NV, kTestB, false>(acc, a, a_zero, lda, words, b, offsets, p, tail);
+  } else {
+    for (size_t p0 = 0; p0 < k; p0 += 64) {
+      uint64_t any = 0;  // bit p - p0: some row of the tile has a zero A entry at p
 #pragma GCC unroll 6
-    for (int i = 0; i < MR; ++i) {
-      const __m512i av = _mm512_set1_epi32(static_cast<int>(a[i * lda + p]));
-      const __m512 ma = kMaskA ? _mm512_set1_ps(a_mask[i * lda + p]) : _mm512_setzero_ps();
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) {
-        const __m512 x = _mm512_castsi512_ps(_mm512_add_epi32(av, bv[v]));
-        if (kMaskA && kTestB) {
-          acc[i][v] = _mm512_mask3_fmadd_ps(x, ma, acc[i][v], live[v]);
-        } else if (kMaskA) {
-          acc[i][v] = _mm512_fmadd_ps(x, ma, acc[i][v]);
-        } else if (kTestB) {
-          acc[i][v] = _mm512_mask_add_ps(acc[i][v], live[v], acc[i][v], x);
-        } else {
-          acc[i][v] = _mm512_add_ps(acc[i][v], x);
-        }
+      for (int i = 0; i < MR; ++i) any |= a_zero[i * words + p0 / 64];
+      size_t p = p0;
+      for (; any != 0; any &= any - 1) {  // the rare steps with a zero A entry, in order
+        const size_t exception = p0 + static_cast<size_t>(__builtin_ctzll(any));
+        for (; p < exception; ++p) offsets_step<MR, NV, kTestB, false>(acc, a, a_zero, lda, words, b, offsets, p, tail);
+        offsets_step<MR, NV, kTestB, true>(acc, a, a_zero, lda, words, b, offsets, p++, tail);
+      }
+      for (const size_t p1 = std::min(k, p0 + 64); p < p1; ++p) {
+        offsets_step<MR, NV, kTestB, false>(acc, a, a_zero, lda, words, b, offsets, p, tail);
       }
     }
   }
@@ -328,7 +349,7 @@ __attribute__((target("avx512f"))) void tile_offsets_avx512(const uint32_t* a, c
   }
 }
 
-using OffsetsTileFn = void (*)(const uint32_t*, const float*, size_t, const uint32_t*, const ptrdiff_t*, size_t,
+using OffsetsTileFn = void (*)(const uint32_t*, const uint64_t*, size_t, const uint32_t*, const ptrdiff_t*, size_t,
                                __mmask16, const float*, float*, size_t);
 
 template <int MR, bool kMaskA, bool kTestB>
@@ -394,7 +415,7 @@ void lmul_gemm_fast(GemmVariant variant, const uint32_t* a, const float* a_mask,
 
 bool offsets_gemm_available() { return simd_lanes() == 16; }
 
-void lmul_gemm_offsets(GemmVariant variant, const uint32_t* a, const float* a_mask, size_t lda, const uint32_t* b,
+void lmul_gemm_offsets(GemmVariant variant, const uint32_t* a, const uint64_t* a_zero, size_t lda, const uint32_t* b,
                        const ptrdiff_t* b_offsets, size_t k, size_t rows, size_t n, const float* bias, float* c,
                        size_t ldc) {
 #if LMUL_HAVE_X86_SIMD
@@ -402,7 +423,8 @@ void lmul_gemm_offsets(GemmVariant variant, const uint32_t* a, const float* a_ma
     const size_t width = std::min<size_t>(64, n - j0), vectors = (width + 15) / 16;
     const __mmask16 tail = static_cast<__mmask16>((1u << (width - 16 * (vectors - 1))) - 1u);
     const size_t tile_rows = std::min<size_t>(6, rows - r);
-    select_offsets_tile(variant, tile_rows, vectors)(a + r * lda, a_mask ? a_mask + r * lda : nullptr, lda, b + j0,
+    select_offsets_tile(variant, tile_rows, vectors)(a + r * lda, a_zero ? a_zero + r * ((lda + 63) / 64) : nullptr,
+                                                     lda, b + j0,
                                                      b_offsets, k, tail, bias ? bias + r : nullptr, c + r * ldc + j0,
                                                      ldc);
   };
@@ -418,7 +440,7 @@ void lmul_gemm_offsets(GemmVariant variant, const uint32_t* a, const float* a_ma
       for (size_t r = 0; r < rows; r += 6) tile(r, j0);
   }
 #else
-  (void)variant, (void)a, (void)a_mask, (void)lda, (void)b, (void)b_offsets, (void)k, (void)rows, (void)n;
+  (void)variant, (void)a, (void)a_zero, (void)lda, (void)b, (void)b_offsets, (void)k, (void)rows, (void)n;
   (void)bias, (void)c, (void)ldc;
 #endif
 }

@@ -101,13 +101,14 @@ void lmul_gemm_fast(GemmVariant variant, const uint32_t* a, const float* a_mask,
 // b + b_offsets[p] (a tap of a convolution read straight from its input plane, or rows of
 // a matrix at any stride): nothing is packed. Zero B entries (zero or subnormal bits) add
 // nothing: an AVX-512 lane mask from their exponent bits skips their adds, so B needs
-// neither stand-ins nor masks (its zeros may hold any value's place). A is prepared as for
-// lmul_gemm_fast (prepare_a; a_mask when masks_a(variant)). Reads only b[b_offsets[p] + j]
-// and writes only C columns j < n. The same sums in the same order as lmul_gemm_fast;
+// neither stand-ins nor masks (its zeros may hold any value's place). A' is a - bias; when
+// masks_a(variant), bit p of a_zero[r * ((lda + 63) / 64) + p / 64] marks a zero entry
+// A[r][p] (its value is not read), whose products row r skips. Reads only
+// b[b_offsets[p] + j] and writes only C columns j < n. The same sums in the same order as lmul_gemm_fast;
 // `bias` (rows floats, or null) is added to each row's finished sums before they are
 // stored (sum + bias, the one float add a separate pass would make).
 bool offsets_gemm_available();  // simd_lanes() == 16
-void lmul_gemm_offsets(GemmVariant variant, const uint32_t* a, const float* a_mask, size_t lda, const uint32_t* b,
+void lmul_gemm_offsets(GemmVariant variant, const uint32_t* a, const uint64_t* a_zero, size_t lda, const uint32_t* b,
                        const ptrdiff_t* b_offsets, size_t k, size_t rows, size_t n, const float* bias, float* c,
                        size_t ldc);
 
