@@ -127,55 +127,69 @@ void prepare_a(uint32_t* a, float* mask, size_t count, GemmVariant variant, uint
 
 #if LMUL_HAVE_X86_SIMD
 
+// How a tile kernel treats B's zero entries: there are none (or A's masks cover them),
+// a 0/1 float mask per entry (lmul_gemm_fast), or entries that hold 0 and are tested
+// (compact panels, lmul_gemm_panels).
+enum class ZerosOfB { kNone, kFloatMask, kTested };
+
+// 16 (AVX-512) or 8 (AVX2) panel entries as 32-bit bit patterns: loaded, or, from 16-bit
+// panels, widened and shifted into the high half.
+__attribute__((target("avx512f"), always_inline)) inline __m512i load_b(const uint32_t* p) {
+  return _mm512_loadu_si512(p);
+}
+__attribute__((target("avx512f"), always_inline)) inline __m512i load_b(const uint16_t* p) {
+  // (zero-masked forms: GCC 12 warns about the unmasked ones' undefined pass-through operand)
+  const __m512i wide = _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_maskz_slli_epi32(0xFFFF, wide, 16);
+}
+__attribute__((target("avx2"), always_inline)) inline __m256i load_b8(const uint32_t* p) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+}
+__attribute__((target("avx2"), always_inline)) inline __m256i load_b8(const uint16_t* p) {
+  return _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16);
+}
+
 // MR x 64 tile: 4 zmm of B per k, one broadcast of A' per row, MR x 4 accumulators.
-// Masked variants multiply each integer-sum product by its 0/1 select before adding.
-template <int MR, bool kMaskA, bool kMaskB>
+// Float masks multiply each integer-sum product by its 0/1 select before adding; tested
+// zeros of B leave their lanes out of the add (a k-mask), whatever the sum holds there.
+template <int MR, bool kMaskA, ZerosOfB kZeros, class W>
 __attribute__((target("avx512f"))) void tile_avx512(const uint32_t* a, const float* a_mask, size_t lda,
-                                                    const uint32_t* panel, const float* b_mask, size_t k,
-                                                    float* out, size_t ldo) {
+                                                    const W* panel, const float* b_mask, size_t k, float* out,
+                                                    size_t ldo) {
+  constexpr bool kFloatMaskB = kZeros == ZerosOfB::kFloatMask, kTestB = kZeros == ZerosOfB::kTested;
   __m512 acc[MR][4];
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < 4; ++v) acc[i][v] = _mm512_setzero_ps();
   for (size_t p = 0; p < k; ++p) {
-    const uint32_t* bp = panel + p * 64;
-    const __m512i b0 = _mm512_loadu_si512(bp), b1 = _mm512_loadu_si512(bp + 16);
-    const __m512i b2 = _mm512_loadu_si512(bp + 32), b3 = _mm512_loadu_si512(bp + 48);
-    __m512 mb0 = _mm512_setzero_ps(), mb1 = mb0, mb2 = mb0, mb3 = mb0;
-    if (kMaskB) {
-      const float* mp = b_mask + p * 64;
-      mb0 = _mm512_loadu_ps(mp);
-      mb1 = _mm512_loadu_ps(mp + 16);
-      mb2 = _mm512_loadu_ps(mp + 32);
-      mb3 = _mm512_loadu_ps(mp + 48);
+    const W* bp = panel + p * 64;
+    __m512i b[4];
+    __m512 mb[4];
+    __mmask16 nonzero[4];
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) {
+      b[v] = load_b(bp + 16 * v);
+      mb[v] = kFloatMaskB ? _mm512_loadu_ps(b_mask + p * 64 + 16 * v) : _mm512_setzero_ps();
+      nonzero[v] = kTestB ? _mm512_test_epi32_mask(b[v], b[v]) : __mmask16{0xFFFF};
     }
     for (int i = 0; i < MR; ++i) {
       const __m512i av = _mm512_set1_epi32(static_cast<int>(a[i * lda + p]));
-      const __m512 x0 = _mm512_castsi512_ps(_mm512_add_epi32(av, b0));
-      const __m512 x1 = _mm512_castsi512_ps(_mm512_add_epi32(av, b1));
-      const __m512 x2 = _mm512_castsi512_ps(_mm512_add_epi32(av, b2));
-      const __m512 x3 = _mm512_castsi512_ps(_mm512_add_epi32(av, b3));
-      if (kMaskA && kMaskB) {
-        const __m512 ma = _mm512_set1_ps(a_mask[i * lda + p]);
-        acc[i][0] = _mm512_fmadd_ps(x0, _mm512_mul_ps(mb0, ma), acc[i][0]);
-        acc[i][1] = _mm512_fmadd_ps(x1, _mm512_mul_ps(mb1, ma), acc[i][1]);
-        acc[i][2] = _mm512_fmadd_ps(x2, _mm512_mul_ps(mb2, ma), acc[i][2]);
-        acc[i][3] = _mm512_fmadd_ps(x3, _mm512_mul_ps(mb3, ma), acc[i][3]);
-      } else if (kMaskB) {
-        acc[i][0] = _mm512_fmadd_ps(x0, mb0, acc[i][0]);
-        acc[i][1] = _mm512_fmadd_ps(x1, mb1, acc[i][1]);
-        acc[i][2] = _mm512_fmadd_ps(x2, mb2, acc[i][2]);
-        acc[i][3] = _mm512_fmadd_ps(x3, mb3, acc[i][3]);
-      } else if (kMaskA) {
-        const __m512 m = _mm512_set1_ps(a_mask[i * lda + p]);
-        acc[i][0] = _mm512_fmadd_ps(x0, m, acc[i][0]);
-        acc[i][1] = _mm512_fmadd_ps(x1, m, acc[i][1]);
-        acc[i][2] = _mm512_fmadd_ps(x2, m, acc[i][2]);
-        acc[i][3] = _mm512_fmadd_ps(x3, m, acc[i][3]);
-      } else {
-        acc[i][0] = _mm512_add_ps(acc[i][0], x0);
-        acc[i][1] = _mm512_add_ps(acc[i][1], x1);
-        acc[i][2] = _mm512_add_ps(acc[i][2], x2);
-        acc[i][3] = _mm512_add_ps(acc[i][3], x3);
+      const __m512 ma = kMaskA ? _mm512_set1_ps(a_mask[i * lda + p]) : _mm512_setzero_ps();
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) {
+        const __m512 x = _mm512_castsi512_ps(_mm512_add_epi32(av, b[v]));
+        if (kMaskA && kFloatMaskB) {
+          acc[i][v] = _mm512_fmadd_ps(x, _mm512_mul_ps(mb[v], ma), acc[i][v]);
+        } else if (kMaskA && kTestB) {
+          acc[i][v] = _mm512_mask3_fmadd_ps(x, ma, acc[i][v], nonzero[v]);
+        } else if (kFloatMaskB) {
+          acc[i][v] = _mm512_fmadd_ps(x, mb[v], acc[i][v]);
+        } else if (kTestB) {
+          acc[i][v] = _mm512_mask_add_ps(acc[i][v], nonzero[v], acc[i][v], x);
+        } else if (kMaskA) {
+          acc[i][v] = _mm512_fmadd_ps(x, ma, acc[i][v]);
+        } else {
+          acc[i][v] = _mm512_add_ps(acc[i][v], x);
+        }
       }
     }
   }
@@ -183,48 +197,43 @@ __attribute__((target("avx512f"))) void tile_avx512(const uint32_t* a, const flo
     for (int v = 0; v < 4; ++v) _mm512_storeu_ps(out + i * ldo + v * 16, acc[i][v]);
 }
 
-// MR x 24 tile with AVX2: 3 ymm of B per k, MR x 3 accumulators.
-template <int MR, bool kMaskA, bool kMaskB>
-__attribute__((target("avx2,fma"))) void tile_avx2(const uint32_t* a, const float* a_mask, size_t lda,
-                                                  const uint32_t* panel, const float* b_mask, size_t k,
-                                                  float* out, size_t ldo) {
+// MR x 24 tile with AVX2: 3 ymm of B per k, MR x 3 accumulators. Without mask
+// registers, the sums of tested zeros of B are cleared to +0 before the add (adding +0
+// leaves every sum as it was: a sum that starts at +0 never becomes -0).
+template <int MR, bool kMaskA, ZerosOfB kZeros, class W>
+__attribute__((target("avx2,fma"))) void tile_avx2(const uint32_t* a, const float* a_mask, size_t lda, const W* panel,
+                                                  const float* b_mask, size_t k, float* out, size_t ldo) {
+  constexpr bool kFloatMaskB = kZeros == ZerosOfB::kFloatMask, kTestB = kZeros == ZerosOfB::kTested;
   __m256 acc[MR][3];
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < 3; ++v) acc[i][v] = _mm256_setzero_ps();
   for (size_t p = 0; p < k; ++p) {
-    const uint32_t* bp = panel + p * 24;
-    const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp));
-    const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + 8));
-    const __m256i b2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + 16));
-    __m256 mb0 = _mm256_setzero_ps(), mb1 = mb0, mb2 = mb0;
-    if (kMaskB) {
-      mb0 = _mm256_loadu_ps(b_mask + p * 24);
-      mb1 = _mm256_loadu_ps(b_mask + p * 24 + 8);
-      mb2 = _mm256_loadu_ps(b_mask + p * 24 + 16);
+    const W* bp = panel + p * 24;
+    __m256i b[3], zero[3];
+    __m256 mb[3];
+#pragma GCC unroll 3
+    for (int v = 0; v < 3; ++v) {
+      b[v] = load_b8(bp + 8 * v);
+      mb[v] = kFloatMaskB ? _mm256_loadu_ps(b_mask + p * 24 + 8 * v) : _mm256_setzero_ps();
+      zero[v] = kTestB ? _mm256_cmpeq_epi32(b[v], _mm256_setzero_si256()) : _mm256_setzero_si256();
     }
     for (int i = 0; i < MR; ++i) {
       const __m256i av = _mm256_set1_epi32(static_cast<int>(a[i * lda + p]));
-      const __m256 x0 = _mm256_castsi256_ps(_mm256_add_epi32(av, b0));
-      const __m256 x1 = _mm256_castsi256_ps(_mm256_add_epi32(av, b1));
-      const __m256 x2 = _mm256_castsi256_ps(_mm256_add_epi32(av, b2));
-      if (kMaskA && kMaskB) {
-        const __m256 ma = _mm256_set1_ps(a_mask[i * lda + p]);
-        acc[i][0] = _mm256_fmadd_ps(x0, _mm256_mul_ps(mb0, ma), acc[i][0]);
-        acc[i][1] = _mm256_fmadd_ps(x1, _mm256_mul_ps(mb1, ma), acc[i][1]);
-        acc[i][2] = _mm256_fmadd_ps(x2, _mm256_mul_ps(mb2, ma), acc[i][2]);
-      } else if (kMaskB) {
-        acc[i][0] = _mm256_fmadd_ps(x0, mb0, acc[i][0]);
-        acc[i][1] = _mm256_fmadd_ps(x1, mb1, acc[i][1]);
-        acc[i][2] = _mm256_fmadd_ps(x2, mb2, acc[i][2]);
-      } else if (kMaskA) {
-        const __m256 m = _mm256_set1_ps(a_mask[i * lda + p]);
-        acc[i][0] = _mm256_fmadd_ps(x0, m, acc[i][0]);
-        acc[i][1] = _mm256_fmadd_ps(x1, m, acc[i][1]);
-        acc[i][2] = _mm256_fmadd_ps(x2, m, acc[i][2]);
-      } else {
-        acc[i][0] = _mm256_add_ps(acc[i][0], x0);
-        acc[i][1] = _mm256_add_ps(acc[i][1], x1);
-        acc[i][2] = _mm256_add_ps(acc[i][2], x2);
+      const __m256 ma = kMaskA ? _mm256_set1_ps(a_mask[i * lda + p]) : _mm256_setzero_ps();
+#pragma GCC unroll 3
+    for (int v = 0; v < 3; ++v) {
+        __m256i sum = _mm256_add_epi32(av, b[v]);
+        if (kTestB) sum = _mm256_andnot_si256(zero[v], sum);
+        const __m256 x = _mm256_castsi256_ps(sum);
+        if (kMaskA && kFloatMaskB) {
+          acc[i][v] = _mm256_fmadd_ps(x, _mm256_mul_ps(mb[v], ma), acc[i][v]);
+        } else if (kFloatMaskB) {
+          acc[i][v] = _mm256_fmadd_ps(x, mb[v], acc[i][v]);
+        } else if (kMaskA) {
+          acc[i][v] = _mm256_fmadd_ps(x, ma, acc[i][v]);
+        } else {
+          acc[i][v] = _mm256_add_ps(acc[i][v], x);
+        }
       }
     }
   }
@@ -233,56 +242,59 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const uint32_t* a, const floa
 }
 
 // Computes a rows x nr tile and stores it at out (row stride ldo).
-using TileFn = void (*)(const uint32_t*, const float*, size_t, const uint32_t*, const float*, size_t, float*, size_t);
+template <class W>
+using TileFn = void (*)(const uint32_t*, const float*, size_t, const W*, const float*, size_t, float*, size_t);
 
-template <bool kMaskA, bool kMaskB>
-TileFn avx512_tile(size_t rows) {
+template <bool kMaskA, ZerosOfB kZeros, class W>
+TileFn<W> avx512_tile(size_t rows) {
   switch (rows) {
-    case 1: return tile_avx512<1, kMaskA, kMaskB>;
-    case 2: return tile_avx512<2, kMaskA, kMaskB>;
-    case 3: return tile_avx512<3, kMaskA, kMaskB>;
-    case 4: return tile_avx512<4, kMaskA, kMaskB>;
-    case 5: return tile_avx512<5, kMaskA, kMaskB>;
-    default: return tile_avx512<6, kMaskA, kMaskB>;
+    case 1: return tile_avx512<1, kMaskA, kZeros, W>;
+    case 2: return tile_avx512<2, kMaskA, kZeros, W>;
+    case 3: return tile_avx512<3, kMaskA, kZeros, W>;
+    case 4: return tile_avx512<4, kMaskA, kZeros, W>;
+    case 5: return tile_avx512<5, kMaskA, kZeros, W>;
+    default: return tile_avx512<6, kMaskA, kZeros, W>;
   }
 }
 
-template <bool kMaskA, bool kMaskB>
-TileFn avx2_tile(size_t rows) {
+template <bool kMaskA, ZerosOfB kZeros, class W>
+TileFn<W> avx2_tile(size_t rows) {
   switch (rows) {
-    case 1: return tile_avx2<1, kMaskA, kMaskB>;
-    case 2: return tile_avx2<2, kMaskA, kMaskB>;
-    case 3: return tile_avx2<3, kMaskA, kMaskB>;
-    default: return tile_avx2<4, kMaskA, kMaskB>;
+    case 1: return tile_avx2<1, kMaskA, kZeros, W>;
+    case 2: return tile_avx2<2, kMaskA, kZeros, W>;
+    case 3: return tile_avx2<3, kMaskA, kZeros, W>;
+    default: return tile_avx2<4, kMaskA, kZeros, W>;
   }
 }
 
-template <bool kMaskA, bool kMaskB>
-TileFn tile_for(size_t rows) {
-  return simd_lanes() == 16 ? avx512_tile<kMaskA, kMaskB>(rows) : avx2_tile<kMaskA, kMaskB>(rows);
+template <bool kMaskA, ZerosOfB kZeros, class W>
+TileFn<W> tile_for(size_t rows) {
+  return simd_lanes() == 16 ? avx512_tile<kMaskA, kZeros, W>(rows) : avx2_tile<kMaskA, kZeros, W>(rows);
 }
 
-TileFn select_tile(GemmVariant variant, size_t rows) {
+// The tile of `variant` for panels whose zeros of B are `kZeros` when it masks B.
+template <ZerosOfB kZeros, class W>
+TileFn<W> select_tile(GemmVariant variant, size_t rows) {
   switch (variant) {
-    case GemmVariant::kAddMaskedA: return tile_for<true, false>(rows);
-    case GemmVariant::kAddMaskedB: return tile_for<false, true>(rows);
-    case GemmVariant::kAddMaskedAB: return tile_for<true, true>(rows);
-    default: return tile_for<false, false>(rows);
+    case GemmVariant::kAddMaskedA: return tile_for<true, ZerosOfB::kNone, W>(rows);
+    case GemmVariant::kAddMaskedB: return tile_for<false, kZeros, W>(rows);
+    case GemmVariant::kAddMaskedAB: return tile_for<true, kZeros, W>(rows);
+    default: return tile_for<false, ZerosOfB::kNone, W>(rows);
   }
 }
 
-#endif  // LMUL_HAVE_X86_SIMD
-
-void lmul_gemm_fast(GemmVariant variant, const uint32_t* a, const float* a_mask, const uint32_t* panels,
-                    const float* b_masks, size_t k, size_t n, size_t row_begin, size_t row_end, size_t panel_begin,
-                    size_t panel_end, float* c, size_t ldc) {
-#if LMUL_HAVE_X86_SIMD
+// Rows [row_begin, row_end) x panels [panel_begin, panel_end) with the tiles of one
+// panel format.
+template <ZerosOfB kZeros, class W>
+void gemm_tiles(GemmVariant variant, const uint32_t* a, const float* a_mask, const W* panels, const float* b_masks,
+                size_t k, size_t n, size_t row_begin, size_t row_end, size_t panel_begin, size_t panel_end, float* c,
+                size_t ldc) {
   const size_t nr = panel_width();
   const size_t mr = simd_lanes() == 16 ? 6 : 4;
   alignas(64) float tile[6 * 64];
   for (size_t r = row_begin; r < row_end; r += mr) {
     const size_t rows = std::min(mr, row_end - r);
-    const TileFn fn = select_tile(variant, rows);
+    const TileFn<W> fn = select_tile<kZeros, W>(variant, rows);
     for (size_t panel = panel_begin; panel < panel_end; ++panel) {
       const size_t j0 = panel * nr, width = std::min(nr, n - j0);
       // Full panels go straight to C; the last, narrower one through a tile buffer.
@@ -294,8 +306,35 @@ void lmul_gemm_fast(GemmVariant variant, const uint32_t* a, const float* a_mask,
       }
     }
   }
+}
+
+#endif  // LMUL_HAVE_X86_SIMD
+
+void lmul_gemm_fast(GemmVariant variant, const uint32_t* a, const float* a_mask, const uint32_t* panels,
+                    const float* b_masks, size_t k, size_t n, size_t row_begin, size_t row_end, size_t panel_begin,
+                    size_t panel_end, float* c, size_t ldc) {
+#if LMUL_HAVE_X86_SIMD
+  gemm_tiles<ZerosOfB::kFloatMask>(variant, a, a_mask, panels, b_masks, k, n, row_begin, row_end, panel_begin,
+                                   panel_end, c, ldc);
 #else
   (void)variant, (void)a, (void)a_mask, (void)panels, (void)b_masks, (void)k, (void)n, (void)row_begin, (void)row_end;
+  (void)panel_begin, (void)panel_end, (void)c, (void)ldc;
+#endif
+}
+
+void lmul_gemm_panels(GemmVariant variant, const uint32_t* a, const float* a_mask, PanelsView panels, size_t k,
+                      size_t n, size_t row_begin, size_t row_end, size_t panel_begin, size_t panel_end, float* c,
+                      size_t ldc) {
+#if LMUL_HAVE_X86_SIMD
+  if (panels.half) {
+    gemm_tiles<ZerosOfB::kTested>(variant, a, a_mask, panels.half, nullptr, k, n, row_begin, row_end, panel_begin,
+                                  panel_end, c, ldc);
+  } else {
+    gemm_tiles<ZerosOfB::kTested>(variant, a, a_mask, panels.wide, nullptr, k, n, row_begin, row_end, panel_begin,
+                                  panel_end, c, ldc);
+  }
+#else
+  (void)variant, (void)a, (void)a_mask, (void)panels, (void)k, (void)n, (void)row_begin, (void)row_end;
   (void)panel_begin, (void)panel_end, (void)c, (void)ldc;
 #endif
 }

@@ -45,6 +45,8 @@ std::unique_ptr<const PackedB> pack_b(const typename S::type* data, const Shape&
                                       size_t n, bool transposed, int mantissa_bits, const ParallelFor& parallel_for) {
   auto b = std::make_unique<PackedB>();
   b->shape = shape;
+  b->matrices = matrices;
+  b->shape_entries = k * n;
   const size_t row_stride = transposed ? 1 : n, col_stride = transposed ? k : 1;
   // Scan in chunks of rows, in parallel, then merge.
   const size_t chunks = ceil_div(std::max<size_t>(k, 1), kRowsPerChunk);
@@ -60,17 +62,35 @@ std::unique_ptr<const PackedB> pack_b(const typename S::type* data, const Shape&
     return b;
   }
   b->panels_per_matrix = ceil_div(n, nr);
-  const size_t per_matrix = b->panels_per_matrix * k * nr;
-  b->panels.reset(new uint32_t[std::max<size_t>(1, matrices * per_matrix)]);
-  if (b->range.has_zero) b->masks.reset(new float[std::max<size_t>(1, matrices * per_matrix)]);
-  const uint32_t stand_in = zero_stand_in_b(b->range);
+  const size_t per_matrix = b->panels_per_matrix * k * nr, entries = std::max<size_t>(1, matrices * per_matrix);
+  b->entries_per_matrix = per_matrix;
+  const bool half = mantissa_bits <= kHalfPanelMantissaBits;
+  if (half) {
+    b->half_panels.reset(new uint16_t[entries]);
+  } else {
+    b->panels.reset(new uint32_t[entries]);
+  }
   for_elements(matrices * k * n, parallel_for)(matrices * b->panels_per_matrix, [&](size_t t) {
     const size_t i = t / b->panels_per_matrix, panel = t % b->panels_per_matrix;
-    pack_panels_rounded<S>(data + i * k * n, k, n, row_stride, col_stride, mantissa_bits, nr, stand_in, panel,
-                           panel + 1, b->panels.get() + i * per_matrix,
-                           b->masks ? b->masks.get() + i * per_matrix : nullptr);
+    if (half) {
+      pack_panels_compact<S>(data + i * k * n, k, n, row_stride, col_stride, mantissa_bits, nr, panel, panel + 1,
+                             b->half_panels.get() + i * per_matrix);
+    } else {
+      pack_panels_compact<S>(data + i * k * n, k, n, row_stride, col_stride, mantissa_bits, nr, panel, panel + 1,
+                             b->panels.get() + i * per_matrix);
+    }
   });
   return std::unique_ptr<const PackedB>(std::move(b));
+}
+
+PanelsView PackedB::matrix(size_t i) const {
+  return PanelsView{panels.get(), half_panels.get()} + i * entries_per_matrix;
+}
+
+size_t PackedB::bytes() const {
+  const size_t panel_entries = has_panels() ? matrices * entries_per_matrix : 0;
+  return panel_entries * (half_panels ? sizeof(uint16_t) : sizeof(uint32_t)) +
+         (rounded ? matrices * shape_entries * sizeof(uint32_t) : 0);
 }
 
 namespace {
@@ -174,7 +194,7 @@ void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& opera
 
   // Can every product be one integer add (lmul_gemm.h)?
   const size_t nr = panel_width();
-  const GemmVariant variant = choose_variant(a_range, packed_b.range, bias, packed_b.panels != nullptr);
+  const GemmVariant variant = choose_variant(a_range, packed_b.range, bias, packed_b.has_panels());
   const bool fast = is_one_add(variant);
   const size_t panels = fast ? packed_b.panels_per_matrix : 1;
   // The portable loop needs row-major rounded B, which packed panels do not keep.
@@ -184,7 +204,6 @@ void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& opera
   }
   const uint32_t* b_row_major = packed_b.rounded ? packed_b.rounded.get() : b_rounded.get();
   std::unique_ptr<float[]> a_mask(masks_a(variant) ? new float[plan.a_matrices * m * k] : nullptr);
-  const float* b_masks = masks_b(variant) ? packed_b.masks.get() : nullptr;
   if (fast) {
     const uint32_t stand_in = zero_stand_in_a(packed_b.range);
     const size_t chunks = ceil_div(m, kRowsPerChunk);
@@ -215,10 +234,8 @@ void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& opera
       const size_t p0 = (rest % panel_blocks) * panels_per_task, p1 = std::min(panels, p0 + panels_per_task);
       j0 = p0 * nr;
       j1 = std::min(n, p1 * nr);
-      const size_t b_offset = plan.b_matrix[batch] * panels * k * nr;
-      lmul_gemm_fast(variant, a_matrix, a_mask ? a_mask.get() + plan.a_matrix[batch] * m * k : nullptr,
-                     packed_b.panels.get() + b_offset, b_masks ? b_masks + b_offset : nullptr, k, n, r0, r1, p0, p1,
-                     acc, n);
+      lmul_gemm_panels(variant, a_matrix, a_mask ? a_mask.get() + plan.a_matrix[batch] * m * k : nullptr,
+                       packed_b.matrix(plan.b_matrix[batch]), k, n, r0, r1, p0, p1, acc, n);
     } else {
       const auto rows = variant == GemmVariant::kNormal ? lmul_matmul_rows_normal : lmul_matmul_rows;
       rows(a_matrix, b_row_major + plan.b_matrix[batch] * k * n, k, n, r0, r1, bias, acc + r0 * n);
