@@ -151,10 +151,11 @@ RUNNER = textwrap.dedent(
                 for bits in widths:
                     attrs = {} if bits is None else {"mantissa_bits": bits}
                     if gemm:
-                        node = helper.make_node("LMulGemm", ["A", "B"], ["Y"], domain="lmul", transB=1, **attrs)
-                    else:
-                        node = helper.make_node("LMulMatMul", ["A", "B"], ["Y"], domain="lmul", **attrs)
-                    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("A", onnx_type, x.shape)],
+                        attrs["transB"] = 1
+                    node = helper.make_node("LMulGemm" if gemm else "LMulMatMul", ["A", "B"], ["Y"],
+                                            domain="lmul", **attrs)
+                    graph = helper.make_graph([node], "g",
+                                              [helper.make_tensor_value_info("A", onnx_type, x.shape)],
                                               [helper.make_tensor_value_info("Y", onnx_type, None)], [init])
                     model = helper.make_model(graph, opset_imports=opsets, ir_version=9)
                     session = lmul_onnx.InferenceSession(model.SerializeToString())
