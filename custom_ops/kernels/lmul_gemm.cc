@@ -91,7 +91,8 @@ int detect_simd_lanes() {
   const bool allow_512 = !cap || (std::strcmp(cap, "avx2") != 0 && std::strcmp(cap, "none") != 0);
   const bool allow_256 = !cap || std::strcmp(cap, "none") != 0;
   __builtin_cpu_init();
-  if (allow_512 && __builtin_cpu_supports("avx512f")) return 16;
+  // (BW for the 16-bit panels' unpacking: every AVX-512 CPU but the Xeon Phi has it)
+  if (allow_512 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) return 16;
   if (allow_256 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 8;
 #endif
   return 0;
@@ -132,16 +133,23 @@ void prepare_a(uint32_t* a, float* mask, size_t count, GemmVariant variant, uint
 // (compact panels, lmul_gemm_panels).
 enum class ZerosOfB { kNone, kFloatMask, kTested };
 
-// 16 (AVX-512) or 8 (AVX2) panel entries as 32-bit bit patterns: loaded, or, from 16-bit
-// panels, widened and shifted into the high half.
-__attribute__((target("avx512f"), always_inline)) inline __m512i load_b(const uint32_t* p) {
-  return _mm512_loadu_si512(p);
+// One row of a 64-wide panel as 4 x 16 32-bit bit patterns. 16-bit panels are stored in
+// the order of AVX-512BW's word unpacking (half_panel_slot), so that unpacking each word
+// under a zero word (one instruction per vector) yields the columns in order, already
+// shifted into the high half.
+__attribute__((target("avx512f"), always_inline)) inline void load_row(const uint32_t* p, __m512i b[4]) {
+  for (int v = 0; v < 4; ++v) b[v] = _mm512_loadu_si512(p + 16 * v);
 }
-__attribute__((target("avx512f"), always_inline)) inline __m512i load_b(const uint16_t* p) {
-  // (zero-masked forms: GCC 12 warns about the unmasked ones' undefined pass-through operand)
-  const __m512i wide = _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-  return _mm512_maskz_slli_epi32(0xFFFF, wide, 16);
+__attribute__((target("avx512f,avx512bw"), always_inline)) inline void load_row(const uint16_t* p, __m512i b[4]) {
+  const __m512i zero = _mm512_setzero_si512(), low = _mm512_loadu_si512(p), high = _mm512_loadu_si512(p + 32);
+  b[0] = _mm512_unpacklo_epi16(zero, low);
+  b[1] = _mm512_unpackhi_epi16(zero, low);
+  b[2] = _mm512_unpacklo_epi16(zero, high);
+  b[3] = _mm512_unpackhi_epi16(zero, high);
 }
+
+// 8 entries of a 24-wide panel (AVX2) as 32-bit bit patterns: 16-bit ones widened and
+// shifted into the high half.
 __attribute__((target("avx2"), always_inline)) inline __m256i load_b8(const uint32_t* p) {
   return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
 }
@@ -153,7 +161,7 @@ __attribute__((target("avx2"), always_inline)) inline __m256i load_b8(const uint
 // Float masks multiply each integer-sum product by its 0/1 select before adding; tested
 // zeros of B leave their lanes out of the add (a k-mask), whatever the sum holds there.
 template <int MR, bool kMaskA, ZerosOfB kZeros, class W>
-__attribute__((target("avx512f"))) void tile_avx512(const uint32_t* a, const float* a_mask, size_t lda,
+__attribute__((target("avx512f,avx512bw"))) void tile_avx512(const uint32_t* a, const float* a_mask, size_t lda,
                                                     const W* panel, const float* b_mask, size_t k, float* out,
                                                     size_t ldo) {
   constexpr bool kFloatMaskB = kZeros == ZerosOfB::kFloatMask, kTestB = kZeros == ZerosOfB::kTested;
@@ -165,9 +173,9 @@ __attribute__((target("avx512f"))) void tile_avx512(const uint32_t* a, const flo
     __m512i b[4];
     __m512 mb[4];
     __mmask16 nonzero[4];
+    load_row(bp, b);
 #pragma GCC unroll 4
     for (int v = 0; v < 4; ++v) {
-      b[v] = load_b(bp + 16 * v);
       mb[v] = kFloatMaskB ? _mm512_loadu_ps(b_mask + p * 64 + 16 * v) : _mm512_setzero_ps();
       nonzero[v] = kTestB ? _mm512_test_epi32_mask(b[v], b[v]) : __mmask16{0xFFFF};
     }

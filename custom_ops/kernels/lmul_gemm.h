@@ -79,7 +79,7 @@ const char* variant_name(GemmVariant variant);
 // kernels exist (panel_width() > 0).
 GemmVariant choose_variant(const OperandRange& a, const OperandRange& b, uint32_t bias, bool simd = true);
 
-// SIMD width the fast kernels use on this CPU: 16 (AVX-512F), 8 (AVX2) or 0 (none).
+// SIMD width the fast kernels use on this CPU: 16 (AVX-512F and BW), 8 (AVX2) or 0 (none).
 // LMUL_SIMD=avx2|none in the environment caps it (tests use it to force each path).
 int simd_lanes();
 
@@ -111,6 +111,13 @@ struct PanelsView {
     return PanelsView{wide ? wide + entries : nullptr, half ? half + entries : nullptr};
   }
 };
+
+// Where 16-bit panels of width nr store column j (< nr) of a row: 64-wide (AVX-512)
+// panels hold each 32 columns in the order of the kernels' word unpacking (columns
+// 0-3, 16-19, 4-7, 20-23, ... per 128-bit lane); 24-wide (AVX2) ones in order.
+constexpr size_t half_panel_slot(size_t j, size_t nr) {
+  return nr != 64 ? j : (j / 32) * 32 + ((j % 16) / 4) * 8 + ((j % 32) / 16) * 4 + j % 4;
+}
 
 // lmul_gemm_fast on compact panels: any one-add variant (B's zeros are tested, not masked).
 void lmul_gemm_panels(GemmVariant variant, const uint32_t* a, const float* a_mask, PanelsView panels, size_t k,
@@ -178,8 +185,8 @@ void pack_panels_rounded(const typename S::type* src, size_t k, size_t n, size_t
 
 // Panels [panel_begin, panel_end) of a strided K x N matrix as compact panels (see
 // PanelsView): rounded values, zero and subnormal ones as 0, padding 0. W = uint32_t keeps
-// every bit; W = uint16_t keeps the high 16 bits and needs mantissa_bits <=
-// kHalfPanelMantissaBits (then the low 16 bits are zero).
+// every bit; W = uint16_t keeps the high 16 bits (at half_panel_slot) and needs
+// mantissa_bits <= kHalfPanelMantissaBits (then the low 16 bits are zero).
 template <class S, class W>
 void pack_panels_compact(const typename S::type* src, size_t k, size_t n, size_t row_stride, size_t col_stride,
                          int mantissa_bits, size_t nr, size_t panel_begin, size_t panel_end, W* panels) {
@@ -192,7 +199,7 @@ void pack_panels_compact(const typename S::type* src, size_t k, size_t n, size_t
       round_panel_row<S>(src, p, j0, width, nr, row_stride, col_stride, mantissa_bits, row);
       for (size_t j = 0; j < nr; ++j) {
         const bool zero = (row[j] & kMagnitudeMask) < kSmallestNormalBits;
-        out[p * nr + j] = static_cast<W>((zero ? 0u : row[j]) >> kShift);
+        out[p * nr + (kShift ? half_panel_slot(j, nr) : j)] = static_cast<W>((zero ? 0u : row[j]) >> kShift);
       }
     }
   }

@@ -145,7 +145,12 @@ void matmul_variants() {
         std::vector<uint16_t> half(packed.size());
         lmul::pack_panels_compact<lmul::Float32Storage>(b_values.data(), k, n, n, 1, 23, nr, 0, panels, half.data());
         size_t wrong = 0;
-        for (size_t i = 0; i < half.size(); ++i) wrong += half[i] != wide[i] >> 16 || (wide[i] & 0xFFFFu) != 0;
+        for (size_t row = 0; row < half.size() / nr; ++row) {
+          for (size_t j = 0; j < nr; ++j) {
+            const uint32_t entry = wide[row * nr + j];
+            wrong += half[row * nr + lmul::half_panel_slot(j, nr)] != entry >> 16 || (entry & 0xFFFFu) != 0;
+          }
+        }
         check(wrong == 0, "16-bit panel entries are the high halves", wrong);
         std::fill(got.begin(), got.end(), -1.0f);
         lmul::lmul_gemm_panels(variant, a.data(), a_mask.data(), lmul::PanelsView{nullptr, half.data()}, k, n, 0, m,
