@@ -280,6 +280,7 @@ def main() -> None:
     cases: list[tuple[str, Callable[[int], dict]]] = [
         (f"MatMul {size}^3 N(0,1), B input", product((size, size), (size, size), False)),
         (f"MatMul {size}^3 N(0,1), B weights", product((size, size), (size, size), True)),
+        (f"MatMul {size}^3 N(0,1), B weights m=4", product((size, size), (size, size), True, 4)),
         (
             f"MatMul {size}x{wide_k}x{wide_k} N(0,1), B weights",
             product((size, wide_k), (wide_k, wide_k), True),

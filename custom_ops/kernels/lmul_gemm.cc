@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <new>
 
 #include "lmul_arith.h"
 
@@ -249,6 +251,9 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const uint32_t* a, const floa
     for (int v = 0; v < 3; ++v) _mm256_storeu_ps(out + i * ldo + v * 8, acc[i][v]);
 }
 
+// Rows of A per tile: 6 (AVX-512) or 4 (AVX2).
+size_t tile_rows() { return simd_lanes() == 16 ? 6 : 4; }
+
 // Computes a rows x nr tile and stores it at out (row stride ldo).
 template <class W>
 using TileFn = void (*)(const uint32_t*, const float*, size_t, const W*, const float*, size_t, float*, size_t);
@@ -297,8 +302,7 @@ template <ZerosOfB kZeros, class W>
 void gemm_tiles(GemmVariant variant, const uint32_t* a, const float* a_mask, const W* panels, const float* b_masks,
                 size_t k, size_t n, size_t row_begin, size_t row_end, size_t panel_begin, size_t panel_end, float* c,
                 size_t ldc) {
-  const size_t nr = panel_width();
-  const size_t mr = simd_lanes() == 16 ? 6 : 4;
+  const size_t nr = panel_width(), mr = tile_rows();
   alignas(64) float tile[6 * 64];
   for (size_t r = row_begin; r < row_end; r += mr) {
     const size_t rows = std::min(mr, row_end - r);
@@ -313,6 +317,53 @@ void gemm_tiles(GemmVariant variant, const uint32_t* a, const float* a_mask, con
         for (size_t i = 0; i < rows; ++i) std::memcpy(c + (r + i) * ldc + j0, tile + i * nr, width * sizeof(float));
       }
     }
+  }
+}
+
+// A 16-bit panel (k rows of nr) widened to the 32-bit compact panel it stands for.
+__attribute__((target("avx512f,avx512bw"))) void widen_panel_avx512(const uint16_t* half, size_t k, uint32_t* wide) {
+  __m512i b[4];
+  for (size_t p = 0; p < k; ++p) {
+    load_row(half + p * 64, b);
+    for (int v = 0; v < 4; ++v) _mm512_storeu_si512(wide + p * 64 + 16 * v, b[v]);
+  }
+}
+
+__attribute__((target("avx2"))) void widen_panel_avx2(const uint16_t* half, size_t k, uint32_t* wide) {
+  for (size_t i = 0; i < k * 24; i += 8) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(wide + i), load_b8(half + i));
+  }
+}
+
+// 16-bit panels against more rows than one tile holds: each panel is widened once into a
+// per-thread 32-bit buffer (in cache: K x nr x 4 bytes) that every tile of rows then
+// reads, so that the unpacking is paid once per panel, not once per tile. Same sums.
+void gemm_tiles_widened(GemmVariant variant, const uint32_t* a, const float* a_mask, const uint16_t* panels, size_t k,
+                        size_t n, size_t row_begin, size_t row_end, size_t panel_begin, size_t panel_end, float* c,
+                        size_t ldc) {
+  const size_t nr = panel_width();
+  // 64-byte aligned, so that no vector load of it straddles two cache lines.
+  struct Buffer {
+    std::unique_ptr<uint32_t[], decltype(&std::free)> data{nullptr, &std::free};
+    size_t size = 0;
+  };
+  thread_local Buffer wide;
+  if (wide.size < k * nr) {
+    const size_t bytes = (k * nr * sizeof(uint32_t) + 63) / 64 * 64;
+    wide.data.reset(static_cast<uint32_t*>(std::aligned_alloc(64, bytes)));
+    if (!wide.data) throw std::bad_alloc();
+    wide.size = k * nr;
+  }
+  for (size_t panel = panel_begin; panel < panel_end; ++panel) {
+    if (nr == 64) {
+      widen_panel_avx512(panels + panel * k * nr, k, wide.data.get());
+    } else {
+      widen_panel_avx2(panels + panel * k * nr, k, wide.data.get());
+    }
+    // The widened panel is panel 0 of a one-panel matrix whose columns start at j0.
+    const size_t j0 = panel * nr;
+    gemm_tiles<ZerosOfB::kTested>(variant, a, a_mask, wide.data.get(), nullptr, k, std::min(n - j0, nr), row_begin,
+                                  row_end, 0, 1, c + j0, ldc);
   }
 }
 
@@ -334,7 +385,9 @@ void lmul_gemm_panels(GemmVariant variant, const uint32_t* a, const float* a_mas
                       size_t n, size_t row_begin, size_t row_end, size_t panel_begin, size_t panel_end, float* c,
                       size_t ldc) {
 #if LMUL_HAVE_X86_SIMD
-  if (panels.half) {
+  if (panels.half && row_end - row_begin > tile_rows()) {
+    gemm_tiles_widened(variant, a, a_mask, panels.half, k, n, row_begin, row_end, panel_begin, panel_end, c, ldc);
+  } else if (panels.half) {
     gemm_tiles<ZerosOfB::kTested>(variant, a, a_mask, panels.half, nullptr, k, n, row_begin, row_end, panel_begin,
                                   panel_end, c, ldc);
   } else {

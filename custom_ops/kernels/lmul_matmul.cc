@@ -218,7 +218,10 @@ void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& opera
   // Tasks: (batch, row block, panel block). Few rows (e.g. matrix-vector): split the
   // columns too, so that every thread gets work.
   const size_t row_ops = std::max<size_t>(1, k * n);
-  const size_t rows_per_task = std::min(m, std::max<size_t>(fast ? 48 : 1, kMinOpsPerTask / row_ops));
+  // 16-bit panels are widened once per task and panel (lmul_gemm_panels): more rows per
+  // task spread that over more tiles.
+  const size_t min_rows = !fast ? 1 : packed_b.half_panels ? 192 : 48;
+  const size_t rows_per_task = std::min(m, std::max<size_t>(min_rows, kMinOpsPerTask / row_ops));
   const size_t row_blocks = ceil_div(m, rows_per_task);
   const size_t panel_ops = std::max<size_t>(1, rows_per_task * k * (fast ? nr : n));
   const size_t panels_per_task = fast ? std::max<size_t>(1, (kMinOpsPerTask * 4) / panel_ops) : 1;
