@@ -260,6 +260,35 @@ def test_external_data_gets_its_own_file(tmp_path: Path, rng: np.random.Generato
     assert np.allclose(y, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_external_data_on_request(tmp_path: Path, rng: np.random.Generator) -> None:
+    """An embedded model's weights go to <output>.data with external_data=True; the
+    converted model computes the same bits as the embedded conversion."""
+    weight = rng.standard_normal((64, 32)).astype(np.float32)
+    model = make(
+        [helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")],
+        [tensor("x", shape=[2, 64])],
+        [tensor("y", shape=[2, 32])],
+        [numpy_helper.from_array(weight, "W")],
+    )
+    source = tmp_path / "m.onnx"
+    onnx.save(model, source)
+    lmul_onnx.convert(source, tmp_path / "embedded.onnx", mantissa_bits=4)
+    lmul_onnx.convert(source, tmp_path / "external.onnx", mantissa_bits=4, external_data=True)
+    assert not (tmp_path / "embedded.onnx.data").exists()
+    stored = onnx.load(tmp_path / "external.onnx", load_external_data=False).graph.initializer[0]
+    assert stored.data_location == TensorProto.EXTERNAL
+    assert {e.value for e in stored.external_data if e.key == "location"} == {"external.onnx.data"}
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    outputs = [
+        lmul_onnx.InferenceSession(tmp_path / name).run(None, {"x": x})[0]
+        for name in ("embedded.onnx", "external.onnx")
+    ]
+    assert np.array_equal(outputs[0].view(np.uint32), outputs[1].view(np.uint32))
+    # in memory too (a ModelProto, not a path)
+    lmul_onnx.convert(model, tmp_path / "from_proto.onnx", external_data=True)
+    assert (tmp_path / "from_proto.onnx.data").is_file()
+
+
 def test_refuses_to_overwrite_input(tmp_path: Path, mlp: onnx.ModelProto) -> None:
     path = tmp_path / "m.onnx"
     onnx.save(mlp, path)
