@@ -220,7 +220,7 @@ void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& opera
   const size_t row_ops = std::max<size_t>(1, k * n);
   // 16-bit panels are widened once per task and panel (lmul_gemm_panels): more rows per
   // task spread that over more tiles.
-  const size_t min_rows = !fast ? 1 : packed_b.half_panels ? 192 : 48;
+  const size_t min_rows = !fast ? 1 : packed_b.half_panels ? 384 : 48;
   const size_t rows_per_task = std::min(m, std::max<size_t>(min_rows, kMinOpsPerTask / row_ops));
   const size_t row_blocks = ceil_div(m, rows_per_task);
   const size_t panel_ops = std::max<size_t>(1, rows_per_task * k * (fast ? nr : n));
