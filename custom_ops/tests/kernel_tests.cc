@@ -449,6 +449,24 @@ void compact_weights() {
   compact_weights_of<lmul::Float32Storage>(rng, lmul::kFloat32MantissaBits);
   compact_weights_of<lmul::Float16Storage>(rng, lmul::kFloat16MantissaBits);
   compact_weights_of<lmul::BFloat16Storage>(rng, lmul::kBFloat16MantissaBits);
+  // More rows than one task takes against 16-bit panels (several widened row blocks),
+  // zeros on both sides.
+  const size_t m = 800, k = 20, n = 70;
+  const std::vector<float> a = operand(rng, m * k, 1), b = operand(rng, k * n, 1);
+  const std::vector<float> expected = reference_product(a, b, 1, m, k, n, false, 4);
+  lmul::MatMulPlan plan;
+  std::string error;
+  check(lmul::make_matmul_plan({int64_t(m), int64_t(k)}, {int64_t(k), int64_t(n)}, plan, error), "plan");
+  const auto packed = lmul::pack_b<lmul::Float32Storage>(b.data(), {int64_t(k), int64_t(n)}, 1, k, n, false, 4,
+                                                         two_threads);
+  lmul::ProductOperands<lmul::Float32Storage> operands;
+  operands.a = a.data();
+  operands.b = b.data();
+  operands.prepared_b = packed.get();
+  std::vector<float> got(m * n, -1.0f);
+  lmul::lmul_matrix_product<lmul::Float32Storage>(plan, operands, 4, lmul::lmul_bias(4), nullptr, got.data(),
+                                                  two_threads);
+  check(differing_bits(got, expected) == 0, "compact weights, many rows", differing_bits(got, expected));
 }
 
 // The element-wise map's one-add first pass (and its fall-back) equal the scalar product.
