@@ -5,6 +5,7 @@
 #include <cstring>
 #include <memory>
 #include <new>
+#include <type_traits>
 
 #include "lmul_arith.h"
 
@@ -118,6 +119,8 @@ size_t panel_width() {
   }
 }
 
+size_t narrow_panel_width() { return simd_lanes() == 16 ? 32 : 0; }
+
 LMUL_TARGET_CLONES
 void prepare_a(uint32_t* a, float* mask, size_t count, GemmVariant variant, uint32_t bias, uint32_t zero_stand_in) {
   const bool masked = masks_a(variant);
@@ -135,14 +138,17 @@ void prepare_a(uint32_t* a, float* mask, size_t count, GemmVariant variant, uint
 // (compact panels, lmul_gemm_panels).
 enum class ZerosOfB { kNone, kFloatMask, kTested };
 
-// One row of a 64-wide panel as 4 x 16 32-bit bit patterns. 16-bit panels are stored in
-// the order of AVX-512BW's word unpacking (half_panel_slot), so that unpacking each word
-// under a zero word (one instruction per vector) yields the columns in order, already
-// shifted into the high half.
-__attribute__((target("avx512f"), always_inline)) inline void load_row(const uint32_t* p, __m512i b[4]) {
-  for (int v = 0; v < 4; ++v) b[v] = _mm512_loadu_si512(p + 16 * v);
+// One row of a panel as NV x 16 32-bit bit patterns (64 columns, or 32 for narrow
+// panels). 16-bit panels (always 64 wide) are stored in the order of AVX-512BW's word
+// unpacking (half_panel_slot), so that unpacking each word under a zero word (one
+// instruction per vector) yields the columns in order, already shifted into the high half.
+template <int NV>
+__attribute__((target("avx512f"), always_inline)) inline void load_row(const uint32_t* p, __m512i b[NV]) {
+  for (int v = 0; v < NV; ++v) b[v] = _mm512_loadu_si512(p + 16 * v);
 }
-__attribute__((target("avx512f,avx512bw"), always_inline)) inline void load_row(const uint16_t* p, __m512i b[4]) {
+template <int NV>
+__attribute__((target("avx512f,avx512bw"), always_inline)) inline void load_row(const uint16_t* p, __m512i b[NV]) {
+  static_assert(NV == 4, "16-bit panels are 64 columns wide");
   const __m512i zero = _mm512_setzero_si512(), low = _mm512_loadu_si512(p), high = _mm512_loadu_si512(p + 32);
   b[0] = _mm512_unpacklo_epi16(zero, low);
   b[1] = _mm512_unpackhi_epi16(zero, low);
@@ -159,33 +165,38 @@ __attribute__((target("avx2"), always_inline)) inline __m256i load_b8(const uint
   return _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16);
 }
 
-// MR x 64 tile: 4 zmm of B per k, one broadcast of A' per row, MR x 4 accumulators.
-// Float masks multiply each integer-sum product by its 0/1 select before adding; tested
-// zeros of B leave their lanes out of the add (a k-mask), whatever the sum holds there.
-template <int MR, bool kMaskA, ZerosOfB kZeros, class W>
+// MR x (16 NV) tile: NV zmm of B per k (a panel of 64 columns, or 32 for narrow B), one
+// broadcast of A' per row, MR x NV accumulators. Float masks multiply each integer-sum
+// product by its 0/1 select before adding; tested zeros of B leave their lanes out of the
+// add (a k-mask), whatever the sum holds there. Half of the plain sums are fma(x, 1, acc),
+// the same single rounding as x + acc: on Zen 4 they issue to the FMA pipes while the
+// adds take the FADD pipes.
+template <int MR, int NV, bool kMaskA, ZerosOfB kZeros, class W>
 __attribute__((target("avx512f,avx512bw"))) void tile_avx512(const uint32_t* a, const float* a_mask, size_t lda,
                                                     const W* panel, const float* b_mask, size_t k, float* out,
                                                     size_t ldo) {
   constexpr bool kFloatMaskB = kZeros == ZerosOfB::kFloatMask, kTestB = kZeros == ZerosOfB::kTested;
-  __m512 acc[MR][4];
+  constexpr int kWidth = 16 * NV;
+  __m512 acc[MR][NV];
+  const __m512 one = _mm512_set1_ps(1.0f);
   for (int i = 0; i < MR; ++i)
-    for (int v = 0; v < 4; ++v) acc[i][v] = _mm512_setzero_ps();
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
   for (size_t p = 0; p < k; ++p) {
-    const W* bp = panel + p * 64;
-    __m512i b[4];
-    __m512 mb[4];
-    __mmask16 nonzero[4];
-    load_row(bp, b);
+    const W* bp = panel + p * kWidth;
+    __m512i b[NV];
+    __m512 mb[NV];
+    __mmask16 nonzero[NV];
+    load_row<NV>(bp, b);
 #pragma GCC unroll 4
-    for (int v = 0; v < 4; ++v) {
-      mb[v] = kFloatMaskB ? _mm512_loadu_ps(b_mask + p * 64 + 16 * v) : _mm512_setzero_ps();
+    for (int v = 0; v < NV; ++v) {
+      mb[v] = kFloatMaskB ? _mm512_loadu_ps(b_mask + p * kWidth + 16 * v) : _mm512_setzero_ps();
       nonzero[v] = kTestB ? _mm512_test_epi32_mask(b[v], b[v]) : __mmask16{0xFFFF};
     }
     for (int i = 0; i < MR; ++i) {
       const __m512i av = _mm512_set1_epi32(static_cast<int>(a[i * lda + p]));
-      const __m512 ma = kMaskA ? _mm512_set1_ps(a_mask[i * lda + p]) : _mm512_setzero_ps();
+      const __m512 ma = kMaskA ? _mm512_set1_ps(a_mask[i * lda + p]) : one;
 #pragma GCC unroll 4
-    for (int v = 0; v < 4; ++v) {
+      for (int v = 0; v < NV; ++v) {
         const __m512 x = _mm512_castsi512_ps(_mm512_add_epi32(av, b[v]));
         if (kMaskA && kFloatMaskB) {
           acc[i][v] = _mm512_fmadd_ps(x, _mm512_mul_ps(mb[v], ma), acc[i][v]);
@@ -197,6 +208,8 @@ __attribute__((target("avx512f,avx512bw"))) void tile_avx512(const uint32_t* a, 
           acc[i][v] = _mm512_mask_add_ps(acc[i][v], nonzero[v], acc[i][v], x);
         } else if (kMaskA) {
           acc[i][v] = _mm512_fmadd_ps(x, ma, acc[i][v]);
+        } else if (v % 2 == 1) {
+          acc[i][v] = _mm512_fmadd_ps(x, one, acc[i][v]);
         } else {
           acc[i][v] = _mm512_add_ps(acc[i][v], x);
         }
@@ -204,7 +217,7 @@ __attribute__((target("avx512f,avx512bw"))) void tile_avx512(const uint32_t* a, 
     }
   }
   for (int i = 0; i < MR; ++i)
-    for (int v = 0; v < 4; ++v) _mm512_storeu_ps(out + i * ldo + v * 16, acc[i][v]);
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(out + i * ldo + v * 16, acc[i][v]);
 }
 
 // MR x 24 tile with AVX2: 3 ymm of B per k, MR x 3 accumulators. Without mask
@@ -261,13 +274,26 @@ using TileFn = void (*)(const uint32_t*, const float*, size_t, const W*, const f
 template <bool kMaskA, ZerosOfB kZeros, class W>
 TileFn<W> avx512_tile(size_t rows) {
   switch (rows) {
-    case 1: return tile_avx512<1, kMaskA, kZeros, W>;
-    case 2: return tile_avx512<2, kMaskA, kZeros, W>;
-    case 3: return tile_avx512<3, kMaskA, kZeros, W>;
-    case 4: return tile_avx512<4, kMaskA, kZeros, W>;
-    case 5: return tile_avx512<5, kMaskA, kZeros, W>;
-    default: return tile_avx512<6, kMaskA, kZeros, W>;
+    case 1: return tile_avx512<1, 4, kMaskA, kZeros, W>;
+    case 2: return tile_avx512<2, 4, kMaskA, kZeros, W>;
+    case 3: return tile_avx512<3, 4, kMaskA, kZeros, W>;
+    case 4: return tile_avx512<4, 4, kMaskA, kZeros, W>;
+    case 5: return tile_avx512<5, 4, kMaskA, kZeros, W>;
+    default: return tile_avx512<6, 4, kMaskA, kZeros, W>;
   }
+}
+
+// Narrow panels (32 columns, 32-bit): up to 12 rows.
+template <bool kMaskA, ZerosOfB kZeros>
+TileFn<uint32_t> avx512_narrow_tile(size_t rows) {
+  static constexpr TileFn<uint32_t> kTiles[] = {
+      tile_avx512<1, 2, kMaskA, kZeros, uint32_t>,  tile_avx512<2, 2, kMaskA, kZeros, uint32_t>,
+      tile_avx512<3, 2, kMaskA, kZeros, uint32_t>,  tile_avx512<4, 2, kMaskA, kZeros, uint32_t>,
+      tile_avx512<5, 2, kMaskA, kZeros, uint32_t>,  tile_avx512<6, 2, kMaskA, kZeros, uint32_t>,
+      tile_avx512<7, 2, kMaskA, kZeros, uint32_t>,  tile_avx512<8, 2, kMaskA, kZeros, uint32_t>,
+      tile_avx512<9, 2, kMaskA, kZeros, uint32_t>,  tile_avx512<10, 2, kMaskA, kZeros, uint32_t>,
+      tile_avx512<11, 2, kMaskA, kZeros, uint32_t>, tile_avx512<12, 2, kMaskA, kZeros, uint32_t>};
+  return kTiles[std::min<size_t>(rows, 12) - 1];
 }
 
 template <bool kMaskA, ZerosOfB kZeros, class W>
@@ -280,33 +306,39 @@ TileFn<W> avx2_tile(size_t rows) {
   }
 }
 
+// Narrow panels exist for 32-bit panels only (a per-call B of at most 32 columns).
 template <bool kMaskA, ZerosOfB kZeros, class W>
-TileFn<W> tile_for(size_t rows) {
+TileFn<W> tile_for(size_t rows, bool narrow) {
+  if constexpr (std::is_same_v<W, uint32_t>) {
+    if (narrow) return avx512_narrow_tile<kMaskA, kZeros>(rows);
+  }
   return simd_lanes() == 16 ? avx512_tile<kMaskA, kZeros, W>(rows) : avx2_tile<kMaskA, kZeros, W>(rows);
 }
 
 // The tile of `variant` for panels whose zeros of B are `kZeros` when it masks B.
 template <ZerosOfB kZeros, class W>
-TileFn<W> select_tile(GemmVariant variant, size_t rows) {
+TileFn<W> select_tile(GemmVariant variant, size_t rows, bool narrow) {
   switch (variant) {
-    case GemmVariant::kAddMaskedA: return tile_for<true, ZerosOfB::kNone, W>(rows);
-    case GemmVariant::kAddMaskedB: return tile_for<false, kZeros, W>(rows);
-    case GemmVariant::kAddMaskedAB: return tile_for<true, kZeros, W>(rows);
-    default: return tile_for<false, ZerosOfB::kNone, W>(rows);
+    case GemmVariant::kAddMaskedA: return tile_for<true, ZerosOfB::kNone, W>(rows, narrow);
+    case GemmVariant::kAddMaskedB: return tile_for<false, kZeros, W>(rows, narrow);
+    case GemmVariant::kAddMaskedAB: return tile_for<true, kZeros, W>(rows, narrow);
+    default: return tile_for<false, ZerosOfB::kNone, W>(rows, narrow);
   }
 }
 
 // Rows [row_begin, row_end) x panels [panel_begin, panel_end) with the tiles of one
-// panel format.
+// panel format, panels of panel_columns (0: panel_width()).
 template <ZerosOfB kZeros, class W>
 void gemm_tiles(GemmVariant variant, const uint32_t* a, const float* a_mask, const W* panels, const float* b_masks,
                 size_t k, size_t n, size_t row_begin, size_t row_end, size_t panel_begin, size_t panel_end, float* c,
-                size_t ldc) {
-  const size_t nr = panel_width(), mr = tile_rows();
-  alignas(64) float tile[6 * 64];
+                size_t ldc, size_t panel_columns = 0) {
+  const size_t nr = panel_columns ? panel_columns : panel_width();
+  const bool narrow = nr != panel_width() && nr == narrow_panel_width();
+  const size_t mr = narrow ? 12 : tile_rows();
+  alignas(64) float tile[6 * 64];  // also 12 x 32
   for (size_t r = row_begin; r < row_end; r += mr) {
     const size_t rows = std::min(mr, row_end - r);
-    const TileFn<W> fn = select_tile<kZeros, W>(variant, rows);
+    const TileFn<W> fn = select_tile<kZeros, W>(variant, rows, narrow);
     for (size_t panel = panel_begin; panel < panel_end; ++panel) {
       const size_t j0 = panel * nr, width = std::min(nr, n - j0);
       // Full panels go straight to C; the last, narrower one through a tile buffer.
@@ -324,7 +356,7 @@ void gemm_tiles(GemmVariant variant, const uint32_t* a, const float* a_mask, con
 __attribute__((target("avx512f,avx512bw"))) void widen_panel_avx512(const uint16_t* half, size_t k, uint32_t* wide) {
   __m512i b[4];
   for (size_t p = 0; p < k; ++p) {
-    load_row(half + p * 64, b);
+    load_row<4>(half + p * 64, b);
     for (int v = 0; v < 4; ++v) _mm512_storeu_si512(wide + p * 64 + 16 * v, b[v]);
   }
 }
@@ -371,13 +403,13 @@ void gemm_tiles_widened(GemmVariant variant, const uint32_t* a, const float* a_m
 
 void lmul_gemm_fast(GemmVariant variant, const uint32_t* a, const float* a_mask, const uint32_t* panels,
                     const float* b_masks, size_t k, size_t n, size_t row_begin, size_t row_end, size_t panel_begin,
-                    size_t panel_end, float* c, size_t ldc) {
+                    size_t panel_end, float* c, size_t ldc, size_t panel_columns) {
 #if LMUL_HAVE_X86_SIMD
   gemm_tiles<ZerosOfB::kFloatMask>(variant, a, a_mask, panels, b_masks, k, n, row_begin, row_end, panel_begin,
-                                   panel_end, c, ldc);
+                                   panel_end, c, ldc, panel_columns);
 #else
   (void)variant, (void)a, (void)a_mask, (void)panels, (void)b_masks, (void)k, (void)n, (void)row_begin, (void)row_end;
-  (void)panel_begin, (void)panel_end, (void)c, (void)ldc;
+  (void)panel_begin, (void)panel_end, (void)c, (void)ldc, (void)panel_columns;
 #endif
 }
 
