@@ -65,7 +65,16 @@ def single_op_model(
 
 
 # The names of the matmul variants (custom_ops/kernels/lmul_gemm.h, GemmVariant).
-MATMUL_VARIANTS = ("general", "add", "add-masked-a", "add-masked-b", "add-masked-ab", "normal")
+MATMUL_VARIANTS = (
+    "general",
+    "add",
+    "add-masked-a",
+    "add-masked-b",
+    "add-masked-ab",
+    "normal",
+    "clamped",
+    "clamped-masked-b",
+)
 
 
 @functools.cache

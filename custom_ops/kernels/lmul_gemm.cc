@@ -52,6 +52,10 @@ const char* variant_name(GemmVariant variant) {
       return "add-masked-ab";
     case GemmVariant::kNormal:
       return "normal";
+    case GemmVariant::kClamped:
+      return "clamped";
+    case GemmVariant::kClampedMaskedB:
+      return "clamped-masked-b";
     default:
       return "general";
   }
@@ -65,11 +69,14 @@ const char* variant_name(GemmVariant variant) {
 uint32_t zero_stand_in_a(const OperandRange& b) { return kSmallestNormalBits - b.min_nonzero; }
 uint32_t zero_stand_in_b(const OperandRange& b) { return b.min_nonzero - kSmallestNormalBits; }
 
-GemmVariant choose_variant(const OperandRange& a, const OperandRange& b, uint32_t bias, bool simd) {
+GemmVariant choose_variant(const OperandRange& a, const OperandRange& b, uint32_t bias, bool simd, bool clamped) {
   if (a.has_special || b.has_special) return GemmVariant::kGeneral;
   const bool normal_only = !a.has_zero && !b.has_zero;
-  const GemmVariant fallback = normal_only ? GemmVariant::kNormal : GemmVariant::kGeneral;
-  if (!simd) return fallback;
+  const GemmVariant portable = normal_only ? GemmVariant::kNormal : GemmVariant::kGeneral;
+  if (!simd) return portable;
+  // Where no one-add kernel is exact: the clamped kernels, when the caller runs them.
+  const GemmVariant fallback =
+      !clamped ? portable : (b.has_zero ? GemmVariant::kClampedMaskedB : GemmVariant::kClamped);
   const bool a_all_zero = a.min_nonzero == 0xFFFFFFFFu, b_all_zero = b.min_nonzero == 0xFFFFFFFFu;
   if (b_all_zero) return fallback;  // no B range to derive stand-ins from
   // Every product of non-zero operands must land in [2^23, 0x7F800000) before the sign.
@@ -78,7 +85,9 @@ GemmVariant choose_variant(const OperandRange& a, const OperandRange& b, uint32_
   if (!a_all_zero && smallest < uint64_t{bias} + kSmallestNormalBits) return fallback;
   if (largest >= uint64_t{bias} + kInfBits) return fallback;
   if (normal_only) return GemmVariant::kAdd;
-  if (b.max_magnitude - b.min_nonzero >= kInfBits - kSmallestNormalBits) return GemmVariant::kGeneral;
+  if (b.max_magnitude - b.min_nonzero >= kInfBits - kSmallestNormalBits) {
+    return clamped ? fallback : GemmVariant::kGeneral;
+  }
   if (a.has_zero && b.has_zero) return GemmVariant::kAddMaskedAB;
   return a.has_zero ? GemmVariant::kAddMaskedA : GemmVariant::kAddMaskedB;
 }
@@ -115,8 +124,23 @@ size_t panel_width() {
   }
 }
 
+// The clamped kernels' constants (lmul_gemm.h): A is prepared as |a| + kClampOffset - bias,
+// so that u = a'' + |b| = |a| + |b| - bias + kClampOffset never wraps around.
+constexpr uint32_t kClampOffset = 0x40000000u;
+constexpr uint32_t kClampLow = kClampOffset + kSmallestNormalBits;  // u below: underflow
+constexpr uint32_t kClampHigh = kClampOffset + kInfBits;            // u at or above: overflow
+
 LMUL_TARGET_CLONES
 void prepare_a(uint32_t* a, float* mask, size_t count, GemmVariant variant, uint32_t bias, uint32_t zero_stand_in) {
+  if (is_clamped(variant)) {
+    for (size_t i = 0; i < count; ++i) {
+      const uint32_t magnitude = a[i] & kMagnitudeMask;
+      const bool zero = magnitude < kSmallestNormalBits;
+      mask[i] = zero ? 0.0f : (a[i] & kSignBit) ? -1.0f : 1.0f;
+      a[i] = zero ? 0u : magnitude + (kClampOffset - bias);
+    }
+    return;
+  }
   const bool masked = masks_a(variant);
   for (size_t i = 0; i < count; ++i) {
     const bool zero = (a[i] & kMagnitudeMask) < kSmallestNormalBits;
@@ -232,6 +256,97 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const uint32_t* a, const floa
     for (int v = 0; v < 3; ++v) _mm256_storeu_ps(out + i * ldo + v * 8, acc[i][v]);
 }
 
+// MR x 64 clamped tile (lmul_gemm.h): per product u = a'' + |b|, r = min(u, kClampHigh) -
+// ((b & sign) | kClampOffset), and acc += s_a * r in the lanes where u >= kClampLow and
+// (kMaskB) b is not zero. |b|, b's constant and the zero mask are made once per k.
+template <int MR, bool kMaskB>
+__attribute__((target("avx512f"))) void tile_clamped_avx512(const uint32_t* a, const float* a_sign, size_t lda,
+                                                            const uint32_t* panel, const float* b_mask, size_t k,
+                                                            float* out, size_t ldo) {
+  __m512 acc[MR][4];
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < 4; ++v) acc[i][v] = _mm512_setzero_ps();
+  const __m512i magnitude_mask = _mm512_set1_epi32(static_cast<int>(kMagnitudeMask));
+  const __m512i sign_bit = _mm512_set1_epi32(static_cast<int>(kSignBit));
+  const __m512i offset = _mm512_set1_epi32(static_cast<int>(kClampOffset));
+  const __m512i low = _mm512_set1_epi32(static_cast<int>(kClampLow));
+  const __m512i high = _mm512_set1_epi32(static_cast<int>(kClampHigh));
+  for (size_t p = 0; p < k; ++p) {
+    const uint32_t* bp = panel + p * 64;
+    __m512i bm[4], bc[4];
+    __mmask16 nonzero[4] = {0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF};
+    for (int v = 0; v < 4; ++v) {
+      const __m512i b = _mm512_loadu_si512(bp + 16 * v);
+      bm[v] = _mm512_and_si512(b, magnitude_mask);
+      bc[v] = _mm512_ternarylogic_epi32(b, sign_bit, offset, 0xEA);  // (b & sign) | offset
+      if (kMaskB) {
+        const __m512i m = _mm512_castps_si512(_mm512_loadu_ps(b_mask + p * 64 + 16 * v));
+        nonzero[v] = _mm512_test_epi32_mask(m, m);
+      }
+    }
+    for (int i = 0; i < MR; ++i) {
+      const __m512i av = _mm512_set1_epi32(static_cast<int>(a[i * lda + p]));
+      const __m512 sv = _mm512_set1_ps(a_sign[i * lda + p]);
+      for (int v = 0; v < 4; ++v) {
+        const __m512i u = _mm512_add_epi32(av, bm[v]);
+        const __mmask16 keep = _mm512_mask_cmpge_epu32_mask(nonzero[v], u, low);
+        // (maskz with all lanes: GCC 12 warns about _mm512_min_epu32's undefined source)
+        const __m512i r = _mm512_sub_epi32(_mm512_maskz_min_epu32(0xFFFF, u, high), bc[v]);
+        acc[i][v] = _mm512_mask3_fmadd_ps(_mm512_castsi512_ps(r), sv, acc[i][v], keep);
+      }
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < 4; ++v) _mm512_storeu_ps(out + i * ldo + v * 16, acc[i][v]);
+}
+
+// MR x 24 clamped tile with AVX2: no unsigned compares, so u is kept offset by 2^31 (as
+// a signed value) and the lanes to skip are zeroed before the multiply-add.
+template <int MR, bool kMaskB>
+__attribute__((target("avx2,fma"))) void tile_clamped_avx2(const uint32_t* a, const float* a_sign, size_t lda,
+                                                          const uint32_t* panel, const float* b_mask, size_t k,
+                                                          float* out, size_t ldo) {
+  __m256 acc[MR][3];
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < 3; ++v) acc[i][v] = _mm256_setzero_ps();
+  const __m256i magnitude_mask = _mm256_set1_epi32(static_cast<int>(kMagnitudeMask));
+  const __m256i sign_bit = _mm256_set1_epi32(static_cast<int>(kSignBit));
+  // u - 2^31 as signed: below kClampLow - 2^31 (i.e. <= the value below) is an underflow.
+  const __m256i low = _mm256_set1_epi32(static_cast<int>(kClampLow - kSignBit - 1u));
+  const __m256i high = _mm256_set1_epi32(static_cast<int>(kClampHigh - kSignBit));
+  const __m256i never = _mm256_set1_epi32(0x7FFFFFFF);
+  const __m256i constant = _mm256_set1_epi32(static_cast<int>(kClampOffset ^ kSignBit));
+  for (size_t p = 0; p < k; ++p) {
+    const uint32_t* bp = panel + p * 24;
+    __m256i bm[3], bc[3], threshold[3];
+    for (int v = 0; v < 3; ++v) {
+      const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + 8 * v));
+      bm[v] = _mm256_and_si256(b, magnitude_mask);
+      // (b & sign) | kClampOffset, offset by 2^31 like u
+      bc[v] = _mm256_xor_si256(_mm256_and_si256(b, sign_bit), constant);
+      threshold[v] = low;
+      if (kMaskB) {  // zero entries of B: a threshold no u exceeds
+        const __m256 m = _mm256_loadu_ps(b_mask + p * 24 + 8 * v);
+        threshold[v] = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(never), _mm256_castsi256_ps(low),
+                                                            _mm256_cmp_ps(m, _mm256_setzero_ps(), _CMP_NEQ_OQ)));
+      }
+    }
+    for (int i = 0; i < MR; ++i) {
+      // a'' - 2^31: u - 2^31 = (a'' - 2^31) + |b| without signed overflow
+      const __m256i av = _mm256_set1_epi32(static_cast<int>(a[i * lda + p] ^ kSignBit));
+      const __m256 sv = _mm256_set1_ps(a_sign[i * lda + p]);
+      for (int v = 0; v < 3; ++v) {
+        const __m256i u = _mm256_add_epi32(av, bm[v]);
+        const __m256i keep = _mm256_cmpgt_epi32(u, threshold[v]);
+        const __m256i r = _mm256_and_si256(_mm256_sub_epi32(_mm256_min_epi32(u, high), bc[v]), keep);
+        acc[i][v] = _mm256_fmadd_ps(_mm256_castsi256_ps(r), sv, acc[i][v]);
+      }
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < 3; ++v) _mm256_storeu_ps(out + i * ldo + v * 8, acc[i][v]);
+}
+
 // Computes a rows x nr tile and stores it at out (row stride ldo).
 using TileFn = void (*)(const uint32_t*, const float*, size_t, const uint32_t*, const float*, size_t, float*, size_t);
 
@@ -262,8 +377,32 @@ TileFn tile_for(size_t rows) {
   return simd_lanes() == 16 ? avx512_tile<kMaskA, kMaskB>(rows) : avx2_tile<kMaskA, kMaskB>(rows);
 }
 
+template <bool kMaskB>
+TileFn clamped_tile(size_t rows) {
+  if (simd_lanes() == 16) {
+    switch (rows) {
+      case 1: return tile_clamped_avx512<1, kMaskB>;
+      case 2: return tile_clamped_avx512<2, kMaskB>;
+      case 3: return tile_clamped_avx512<3, kMaskB>;
+      default: return tile_clamped_avx512<4, kMaskB>;
+    }
+  }
+  switch (rows) {
+    case 1: return tile_clamped_avx2<1, kMaskB>;
+    default: return tile_clamped_avx2<2, kMaskB>;
+  }
+}
+
+// Rows per tile of a variant's kernels.
+size_t tile_rows(GemmVariant variant) {
+  if (is_clamped(variant)) return simd_lanes() == 16 ? 4 : 2;
+  return simd_lanes() == 16 ? 6 : 4;
+}
+
 TileFn select_tile(GemmVariant variant, size_t rows) {
   switch (variant) {
+    case GemmVariant::kClamped: return clamped_tile<false>(rows);
+    case GemmVariant::kClampedMaskedB: return clamped_tile<true>(rows);
     case GemmVariant::kAddMaskedA: return tile_for<true, false>(rows);
     case GemmVariant::kAddMaskedB: return tile_for<false, true>(rows);
     case GemmVariant::kAddMaskedAB: return tile_for<true, true>(rows);
@@ -278,7 +417,7 @@ void lmul_gemm_fast(GemmVariant variant, const uint32_t* a, const float* a_mask,
                     size_t panel_end, float* c, size_t ldc) {
 #if LMUL_HAVE_X86_SIMD
   const size_t nr = panel_width();
-  const size_t mr = simd_lanes() == 16 ? 6 : 4;
+  const size_t mr = tile_rows(variant);
   alignas(64) float tile[6 * 64];
   for (size_t r = row_begin; r < row_end; r += mr) {
     const size_t rows = std::min(mr, row_end - r);

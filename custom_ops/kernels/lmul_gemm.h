@@ -19,6 +19,20 @@
 // Every variant sums each output element over k = 0..K-1 in order, in float32, exactly
 // like the portable loop in lmul_kernels.cc, so all variants give identical bits.
 //
+// When products may underflow or overflow (operands spanning the whole exponent range),
+// possibly with zeros, the clamped kernels (kClamped, kClampedMaskedB) still work on the
+// panels, at a few integer operations per product instead of one add. With A prepared as
+// a'' = |a| + 2^30 - bias (0 for a zero) and s_a = +-1 (0 for a zero),
+//     u = a'' + |b|                    in [0, 2^32): no wrap-around for normal operands
+//     r = min(u, 2^30 + 0x7F800000) - ((b & 2^31) | 2^30)
+// is SPEC 1's magnitude |a| + |b| - bias, saturated to infinity, with b's sign; the
+// product is skipped (adds +-0) when u < 2^30 + 2^23 (underflow: SPEC's signed zero) or
+// b is zero (a k-mask / a lane mask), and acc += s_a * r adds it with a's sign (a fused
+// multiply-add by +-1 is exact: the same rounding as the plain add). A zero in A adds
+// 0 * r = +-0, r finite. The accumulators start at +0 and a float sum never turns +0
+// into -0 by adding +-0, so skipping a product and adding its signed zero give the same
+// bits. Only infinities and NaN (SPEC 1, step 2) still need the portable loop.
+//
 // Using the kernels (lmul_matmul.cc does this for LMulMatMul / LMulGemm):
 //   1. round both operands to m bits and scan them: OperandRange::scan, or scan_rounded
 //      straight from a tensor;
@@ -56,12 +70,25 @@ enum class GemmVariant {
   kAddMaskedAB,  // both have zeros
   kNormal,       // all operands are normal numbers, but products may under/overflow:
                  // the portable loop with only those checks (lmul_matmul_rows_normal)
+  kClamped,         // no infinity or NaN; products may under/overflow, A may have zeros:
+                    // the clamped kernels (above)
+  kClampedMaskedB,  // as kClamped, and B has zeros
 };
 
 // The variants of the register-blocked one-add kernels (lmul_gemm_fast).
-constexpr bool is_one_add(GemmVariant v) { return v != GemmVariant::kGeneral && v != GemmVariant::kNormal; }
-constexpr bool masks_a(GemmVariant v) { return v == GemmVariant::kAddMaskedA || v == GemmVariant::kAddMaskedAB; }
-constexpr bool masks_b(GemmVariant v) { return v == GemmVariant::kAddMaskedB || v == GemmVariant::kAddMaskedAB; }
+constexpr bool is_clamped(GemmVariant v) { return v == GemmVariant::kClamped || v == GemmVariant::kClampedMaskedB; }
+constexpr bool is_one_add(GemmVariant v) {
+  return v != GemmVariant::kGeneral && v != GemmVariant::kNormal && !is_clamped(v);
+}
+// The variants lmul_gemm_fast computes from packed panels.
+constexpr bool uses_panels(GemmVariant v) { return is_one_add(v) || is_clamped(v); }
+// A mask (or, clamped, a sign) per A entry; B's 0/1 masks.
+constexpr bool masks_a(GemmVariant v) {
+  return v == GemmVariant::kAddMaskedA || v == GemmVariant::kAddMaskedAB || is_clamped(v);
+}
+constexpr bool masks_b(GemmVariant v) {
+  return v == GemmVariant::kAddMaskedB || v == GemmVariant::kAddMaskedAB || v == GemmVariant::kClampedMaskedB;
+}
 
 // The stand-ins of zero entries (see above), from B's range.
 uint32_t zero_stand_in_a(const OperandRange& b);
@@ -70,8 +97,10 @@ uint32_t zero_stand_in_b(const OperandRange& b);
 const char* variant_name(GemmVariant variant);
 
 // The fastest variant that is exact for these operands. `simd` says whether the one-add
-// kernels exist (panel_width() > 0).
-GemmVariant choose_variant(const OperandRange& a, const OperandRange& b, uint32_t bias, bool simd = true);
+// kernels exist (panel_width() > 0); `clamped` whether the caller can run the clamped
+// ones (lmul_gemm_fast with A prepared by prepare_a) where no one-add kernel is exact.
+GemmVariant choose_variant(const OperandRange& a, const OperandRange& b, uint32_t bias, bool simd = true,
+                           bool clamped = false);
 
 // SIMD width the fast kernels use on this CPU: 16 (AVX-512F), 8 (AVX2) or 0 (none).
 // LMUL_SIMD=avx2|none in the environment caps it (tests use it to force each path).
@@ -81,7 +110,8 @@ int simd_lanes();
 size_t panel_width();
 
 // Rewrites packed rounded A in place for `variant`: a -> a - bias, and for zero entries
-// the stand-in; mask (one float per entry, null unless masks_a) gets 1 or 0.
+// the stand-in; mask (one float per entry, null unless masks_a) gets 1 or 0. Clamped
+// variants: a -> |a| + 2^30 - bias and mask -> sign(a) * 1.0, both 0 for a zero.
 void prepare_a(uint32_t* a, float* mask, size_t count, GemmVariant variant, uint32_t bias, uint32_t zero_stand_in);
 
 // Rows [row_begin, row_end) x panels [panel_begin, panel_end) of C (row stride ldc, N

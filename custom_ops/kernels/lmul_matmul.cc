@@ -172,10 +172,11 @@ void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& opera
   }
   const PackedB& packed_b = *prepared;
 
-  // Can every product be one integer add (lmul_gemm.h)?
+  // Can every product be one integer add, or else a clamped one (lmul_gemm.h)?
   const size_t nr = panel_width();
-  const GemmVariant variant = choose_variant(a_range, packed_b.range, bias, packed_b.panels != nullptr);
-  const bool fast = is_one_add(variant);
+  const GemmVariant variant =
+      choose_variant(a_range, packed_b.range, bias, packed_b.panels != nullptr, /*clamped=*/true);
+  const bool fast = uses_panels(variant);
   const size_t panels = fast ? packed_b.panels_per_matrix : 1;
   // The portable loop needs row-major rounded B, which packed panels do not keep.
   std::unique_ptr<uint32_t[]> b_rounded;

@@ -163,6 +163,84 @@ void matmul_variants() {
 }
 
 
+// The clamped kernels (products that underflow or overflow, zeros, the whole exponent
+// range) against the portable loop, bit for bit, with products exactly at both limits.
+void clamped_variants() {
+  std::mt19937 rng(11);
+  std::uniform_int_distribution<uint32_t> normal_bits(0x00800000u, 0x7F7FFFFFu), pick(0u, 99u);
+  std::uniform_int_distribution<uint32_t> any_offset(0u, lmul::kOffsetLimit - 1u);
+  const size_t k = 37, n = 150;  // n: a narrower last panel
+  const size_t nr = lmul::panel_width();
+  for (int trial = 0; trial < 24; ++trial) {
+    const size_t m = 1 + static_cast<size_t>(trial) % 13;  // every remainder of the row tiles
+    const bool zeros_a = trial % 3 != 0, zeros_b = trial % 2 == 0;
+    const uint32_t offset = trial % 4 == 0 ? 0u : trial % 4 == 1 ? lmul::kOffsetLimit - 1u : any_offset(rng);
+    const uint32_t bias = trial == 2 ? lmul::lmul_bias(23) : lmul::lmul_bias_for_offset(offset);
+    auto entry = [&](bool zeros) -> uint32_t {
+      const uint32_t sign = rng() & lmul::kSignBit, choice = pick(rng);
+      if (zeros && choice < 10) return sign | (choice < 5 ? 0u : 1u + (rng() & 0x7FFFFFu));  // +-0, subnormal
+      return sign | normal_bits(rng);
+    };
+    std::vector<uint32_t> a(m * k), b(k * n);
+    for (auto& x : a) x = entry(zeros_a);
+    for (auto& x : b) x = entry(zeros_b);
+    // Products exactly at the limits: |a| + |b| - bias = 2^23 - 1, 2^23 (smallest normal),
+    // 0x7F7FFFFF (largest finite), 0x7F800000 (infinity).
+    const uint32_t targets[] = {0x007FFFFFu, 0x00800000u, 0x7F7FFFFFu, 0x7F800000u};
+    for (size_t p = 0; p < k; ++p) {
+      const uint32_t am = a[(p % m) * k + p] & lmul::kMagnitudeMask;
+      if (am < lmul::kSmallestNormalBits) continue;
+      const size_t j = (p * 7) % n;
+      const uint64_t wanted = uint64_t{targets[p % 4]} + bias - am;
+      if (wanted >= lmul::kSmallestNormalBits && wanted < lmul::kInfBits) {
+        b[p * n + j] = static_cast<uint32_t>(wanted) | (rng() & lmul::kSignBit);
+      }
+    }
+    if (trial == 5) std::fill(a.begin(), a.end(), 0x80000000u);  // all of A zero
+    if (trial == 6) std::fill(b.begin(), b.end(), 0u);           // all of B zero
+    lmul::OperandRange ar, br;
+    ar.scan(a.data(), a.size());
+    br.scan(b.data(), b.size());
+    const lmul::GemmVariant variant = lmul::choose_variant(ar, br, bias, nr > 0, /*clamped=*/true);
+    if (nr == 0) {
+      check(!lmul::uses_panels(variant), "no SIMD: no clamped kernel", static_cast<uint64_t>(variant));
+      continue;
+    }
+    const lmul::GemmVariant wanted = br.has_zero ? lmul::GemmVariant::kClampedMaskedB : lmul::GemmVariant::kClamped;
+    // (all of A zero: every product is +-0, which the one-add kernels may also compute)
+    check(variant == wanted || (trial == 5 && lmul::is_one_add(variant)), "clamped variant chosen",
+          static_cast<uint64_t>(variant));
+    std::vector<float> expected(m * n), got(m * n);
+    lmul::lmul_matmul_rows(a.data(), b.data(), k, n, 0, m, bias, expected.data());
+    const size_t panels = (n + nr - 1) / nr;
+    std::vector<uint32_t> packed(panels * k * nr);
+    std::vector<float> masks(packed.size()), a_sign(a.size());
+    std::vector<float> b_values(b.size());
+    for (size_t i = 0; i < b.size(); ++i) b_values[i] = lmul::bits_float(b[i]);
+    lmul::pack_panels_rounded<lmul::Float32Storage>(b_values.data(), k, n, n, 1, 23, nr, lmul::zero_stand_in_b(br), 0,
+                                                    panels, packed.data(), br.has_zero ? masks.data() : nullptr);
+    lmul::prepare_a(a.data(), a_sign.data(), a.size(), variant, bias, lmul::zero_stand_in_a(br));
+    lmul::lmul_gemm_fast(variant, a.data(), a_sign.data(), packed.data(), lmul::masks_b(variant) ? masks.data() : nullptr,
+                         k, n, 0, m, 0, panels, got.data(), n);
+    size_t differ = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      const bool both_nan = std::isnan(got[i]) && std::isnan(expected[i]);
+      differ += !both_nan && lmul::float_bits(got[i]) != lmul::float_bits(expected[i]);
+    }
+    check(differ == 0, lmul::variant_name(variant), differ);
+  }
+  // Infinity and NaN still take the portable loop.
+  lmul::OperandRange with_inf, with_nan, wide;
+  const uint32_t inf = 0x7F800000u, nan = 0x7FC00000u, extremes[] = {0u, 0x00800000u, 0x7F7FFFFFu};
+  with_inf.scan(&inf, 1);
+  with_nan.scan(&nan, 1);
+  wide.scan(extremes, 3);
+  const uint32_t bias = lmul::lmul_bias(23);
+  check(lmul::choose_variant(with_inf, wide, bias, true, true) == lmul::GemmVariant::kGeneral, "clamped: inf");
+  check(lmul::choose_variant(wide, with_nan, bias, true, true) == lmul::GemmVariant::kGeneral, "clamped: nan");
+  check(lmul::choose_variant(wide, wide, bias, false, true) == lmul::GemmVariant::kGeneral, "clamped: no SIMD");
+}
+
 // A ParallelFor on two threads that take tasks in turn (what onnxruntime's pool may do).
 void two_threads(size_t tasks, const std::function<void(size_t)>& task) {
   std::atomic<size_t> next{0};
@@ -370,6 +448,7 @@ int main() {
   spec_worked_values();
   conversions();
   matmul_variants();
+  clamped_variants();
   matrix_products();
   small_m_paths();
   gemm_terms_and_storage();
