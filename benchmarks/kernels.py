@@ -222,10 +222,20 @@ def main() -> None:
     def relu_product(threads: int) -> dict:
         return matmul_case(np.maximum(normal(size, size), 0), normal(size, size), threads, timing, True)
 
+    def wide(rows: int, cols: int) -> np.ndarray:
+        """Magnitudes e^-80..e^80 with random signs: products underflow and overflow."""
+        signs = rng.choice([-1, 1], (rows, cols))
+        return (np.exp(rng.uniform(-80, 80, (rows, cols))) * signs).astype(np.float32)
+
     def wide_product(threads: int) -> dict:
-        signs = rng.choice([-1, 1], (size, size))
-        wide = (np.exp(rng.uniform(-80, 80, (size, size))) * signs).astype(np.float32)
-        return matmul_case(wide, wide.T.copy(), threads, timing, False)
+        a = wide(size, size)
+        return matmul_case(a, a.T.copy(), threads, timing, False)
+
+    def wide_zeros_product(threads: int) -> dict:
+        # zeros together with possible overflow: half of A zero (ReLU), B with zeros too
+        a, b = wide(size, size), wide(size, size)
+        b[rng.random(b.shape) < 0.1] = 0
+        return matmul_case(np.maximum(a, 0), b, threads, timing, False)
 
     def gemm(threads: int) -> dict:
         a, b = normal(size, size), normal(size, size)
@@ -273,6 +283,7 @@ def main() -> None:
         ),
         (f"MatMul {size}^3 half of A zero, B weights", relu_product),
         (f"MatMul {size}^3 whole exponent range", wide_product),
+        (f"MatMul {size}^3 whole exponent range, zeros", wide_zeros_product),
         ("MatMul attention 12x(128x64 @ 64x128)", product((12, 128, 64), (12, 64, 128), False)),
         (f"MatMul 1x{big}x{big} (decoding), B weights", product((1, big), (big, big), True)),
         # Decoding against a per-call B (a KV cache): the small-M kernel, B never packed.

@@ -12,6 +12,16 @@
 
 namespace lmul {
 
+namespace {
+
+// The clamped kernels' constants (lmul_gemm.h): A is prepared as |a| + kClampOffset - bias,
+// so that u = a'' + |b| = |a| + |b| - bias + kClampOffset never wraps around.
+constexpr uint32_t kClampOffset = 0x40000000u;
+constexpr uint32_t kClampLow = kClampOffset + kSmallestNormalBits;  // u below: underflow
+constexpr uint32_t kClampHigh = kClampOffset + kInfBits;            // u at or above: overflow
+
+}  // namespace
+
 LMUL_TARGET_CLONES
 void OperandRange::scan(const uint32_t* bits, size_t count) {
   // Plain min/max reductions over masked values (GCC does not vectorise select
@@ -56,6 +66,14 @@ const char* variant_name(GemmVariant variant) {
       return "clamped";
     case GemmVariant::kClampedMaskedB:
       return "clamped-masked-b";
+    case GemmVariant::kClampedHigh:
+      return "clamped-high";
+    case GemmVariant::kClampedHighMaskedB:
+      return "clamped-high-masked-b";
+    case GemmVariant::kClampedLow:
+      return "clamped-low";
+    case GemmVariant::kClampedLowMaskedB:
+      return "clamped-low-masked-b";
     default:
       return "general";
   }
@@ -69,21 +87,33 @@ const char* variant_name(GemmVariant variant) {
 uint32_t zero_stand_in_a(const OperandRange& b) { return kSmallestNormalBits - b.min_nonzero; }
 uint32_t zero_stand_in_b(const OperandRange& b) { return b.min_nonzero - kSmallestNormalBits; }
 
+// For the clamped kernels a zero A entry adds 0 * r, which needs r finite: with this
+// stand-in u = 2^30 + |b| - min|b| lies in [2^30, 2^30 + 0x7F000000), so r is finite.
+uint32_t zero_stand_in_a(const OperandRange& b, GemmVariant variant) {
+  if (!is_clamped(variant)) return zero_stand_in_a(b);
+  return b.min_nonzero == 0xFFFFFFFFu ? 0u : kClampOffset - b.min_nonzero;
+}
+
 GemmVariant choose_variant(const OperandRange& a, const OperandRange& b, uint32_t bias, bool simd, bool clamped) {
   if (a.has_special || b.has_special) return GemmVariant::kGeneral;
   const bool normal_only = !a.has_zero && !b.has_zero;
   const GemmVariant portable = normal_only ? GemmVariant::kNormal : GemmVariant::kGeneral;
   if (!simd) return portable;
-  // Where no one-add kernel is exact: the clamped kernels, when the caller runs them.
-  const GemmVariant fallback =
-      !clamped ? portable : (b.has_zero ? GemmVariant::kClampedMaskedB : GemmVariant::kClamped);
   const bool a_all_zero = a.min_nonzero == 0xFFFFFFFFu, b_all_zero = b.min_nonzero == 0xFFFFFFFFu;
-  if (b_all_zero) return fallback;  // no B range to derive stand-ins from
   // Every product of non-zero operands must land in [2^23, 0x7F800000) before the sign.
   const uint64_t smallest = uint64_t{a.min_nonzero} + b.min_nonzero;
   const uint64_t largest = uint64_t{a.max_magnitude} + b.max_magnitude;
-  if (!a_all_zero && smallest < uint64_t{bias} + kSmallestNormalBits) return fallback;
-  if (largest >= uint64_t{bias} + kInfBits) return fallback;
+  const bool may_underflow = !a_all_zero && !b_all_zero && smallest < uint64_t{bias} + kSmallestNormalBits;
+  const bool may_overflow = largest >= uint64_t{bias} + kInfBits;
+  // Where no one-add kernel is exact: the clamped kernel with the checks the data needs,
+  // when the caller runs them (the underflow check doubles as the zero-B mask).
+  const bool z = b.has_zero;
+  const GemmVariant fallback =
+      !clamped                        ? portable
+      : may_underflow && may_overflow ? (z ? GemmVariant::kClampedMaskedB : GemmVariant::kClamped)
+      : may_overflow                  ? (z ? GemmVariant::kClampedHighMaskedB : GemmVariant::kClampedHigh)
+                                      : (z ? GemmVariant::kClampedLowMaskedB : GemmVariant::kClampedLow);
+  if (b_all_zero || may_underflow || may_overflow) return fallback;  // (all of B zero: no stand-ins)
   if (normal_only) return GemmVariant::kAdd;
   if (b.max_magnitude - b.min_nonzero >= kInfBits - kSmallestNormalBits) {
     return clamped ? fallback : GemmVariant::kGeneral;
@@ -124,12 +154,6 @@ size_t panel_width() {
   }
 }
 
-// The clamped kernels' constants (lmul_gemm.h): A is prepared as |a| + kClampOffset - bias,
-// so that u = a'' + |b| = |a| + |b| - bias + kClampOffset never wraps around.
-constexpr uint32_t kClampOffset = 0x40000000u;
-constexpr uint32_t kClampLow = kClampOffset + kSmallestNormalBits;  // u below: underflow
-constexpr uint32_t kClampHigh = kClampOffset + kInfBits;            // u at or above: overflow
-
 LMUL_TARGET_CLONES
 void prepare_a(uint32_t* a, float* mask, size_t count, GemmVariant variant, uint32_t bias, uint32_t zero_stand_in) {
   if (is_clamped(variant)) {
@@ -137,7 +161,7 @@ void prepare_a(uint32_t* a, float* mask, size_t count, GemmVariant variant, uint
       const uint32_t magnitude = a[i] & kMagnitudeMask;
       const bool zero = magnitude < kSmallestNormalBits;
       mask[i] = zero ? 0.0f : (a[i] & kSignBit) ? -1.0f : 1.0f;
-      a[i] = zero ? 0u : magnitude + (kClampOffset - bias);
+      a[i] = zero ? zero_stand_in : magnitude + (kClampOffset - bias);
     }
     return;
   }
@@ -258,8 +282,10 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const uint32_t* a, const floa
 
 // MR x 64 clamped tile (lmul_gemm.h): per product u = a'' + |b|, r = min(u, kClampHigh) -
 // ((b & sign) | kClampOffset), and acc += s_a * r in the lanes where u >= kClampLow and
-// (kMaskB) b is not zero. |b|, b's constant and the zero mask are made once per k.
-template <int MR, bool kMaskB>
+// (kMaskB) b is not zero. kLow / kHigh: whether products may underflow / overflow (the
+// compare / the clamp are left out where they cannot). |b|, b's constant and the zero
+// mask are made once per k.
+template <int MR, bool kMaskB, bool kLow, bool kHigh>
 __attribute__((target("avx512f"))) void tile_clamped_avx512(const uint32_t* a, const float* a_sign, size_t lda,
                                                             const uint32_t* panel, const float* b_mask, size_t k,
                                                             float* out, size_t ldo) {
@@ -289,9 +315,9 @@ __attribute__((target("avx512f"))) void tile_clamped_avx512(const uint32_t* a, c
       const __m512 sv = _mm512_set1_ps(a_sign[i * lda + p]);
       for (int v = 0; v < 4; ++v) {
         const __m512i u = _mm512_add_epi32(av, bm[v]);
-        const __mmask16 keep = _mm512_mask_cmpge_epu32_mask(nonzero[v], u, low);
+        const __mmask16 keep = kLow ? _mm512_mask_cmpge_epu32_mask(nonzero[v], u, low) : nonzero[v];
         // (maskz with all lanes: GCC 12 warns about _mm512_min_epu32's undefined source)
-        const __m512i r = _mm512_sub_epi32(_mm512_maskz_min_epu32(0xFFFF, u, high), bc[v]);
+        const __m512i r = _mm512_sub_epi32(kHigh ? _mm512_maskz_min_epu32(0xFFFF, u, high) : u, bc[v]);
         acc[i][v] = _mm512_mask3_fmadd_ps(_mm512_castsi512_ps(r), sv, acc[i][v], keep);
       }
     }
@@ -302,7 +328,7 @@ __attribute__((target("avx512f"))) void tile_clamped_avx512(const uint32_t* a, c
 
 // MR x 24 clamped tile with AVX2: no unsigned compares, so u is kept offset by 2^31 (as
 // a signed value) and the lanes to skip are zeroed before the multiply-add.
-template <int MR, bool kMaskB>
+template <int MR, bool kMaskB, bool kLow, bool kHigh>
 __attribute__((target("avx2,fma"))) void tile_clamped_avx2(const uint32_t* a, const float* a_sign, size_t lda,
                                                           const uint32_t* panel, const float* b_mask, size_t k,
                                                           float* out, size_t ldo) {
@@ -311,8 +337,9 @@ __attribute__((target("avx2,fma"))) void tile_clamped_avx2(const uint32_t* a, co
     for (int v = 0; v < 3; ++v) acc[i][v] = _mm256_setzero_ps();
   const __m256i magnitude_mask = _mm256_set1_epi32(static_cast<int>(kMagnitudeMask));
   const __m256i sign_bit = _mm256_set1_epi32(static_cast<int>(kSignBit));
-  // u - 2^31 as signed: below kClampLow - 2^31 (i.e. <= the value below) is an underflow.
-  const __m256i low = _mm256_set1_epi32(static_cast<int>(kClampLow - kSignBit - 1u));
+  // u - 2^31 as signed: below kClampLow - 2^31 (i.e. <= the value below) is an underflow;
+  // without the underflow check, every u of a non-zero b (u > 0) is kept.
+  const __m256i low = _mm256_set1_epi32(kLow ? static_cast<int>(kClampLow - kSignBit - 1u) : INT32_MIN);
   const __m256i high = _mm256_set1_epi32(static_cast<int>(kClampHigh - kSignBit));
   const __m256i never = _mm256_set1_epi32(0x7FFFFFFF);
   const __m256i constant = _mm256_set1_epi32(static_cast<int>(kClampOffset ^ kSignBit));
@@ -337,9 +364,9 @@ __attribute__((target("avx2,fma"))) void tile_clamped_avx2(const uint32_t* a, co
       const __m256 sv = _mm256_set1_ps(a_sign[i * lda + p]);
       for (int v = 0; v < 3; ++v) {
         const __m256i u = _mm256_add_epi32(av, bm[v]);
-        const __m256i keep = _mm256_cmpgt_epi32(u, threshold[v]);
-        const __m256i r = _mm256_and_si256(_mm256_sub_epi32(_mm256_min_epi32(u, high), bc[v]), keep);
-        acc[i][v] = _mm256_fmadd_ps(_mm256_castsi256_ps(r), sv, acc[i][v]);
+        const __m256i r = _mm256_sub_epi32(kHigh ? _mm256_min_epi32(u, high) : u, bc[v]);
+        const __m256i masked = kLow || kMaskB ? _mm256_and_si256(r, _mm256_cmpgt_epi32(u, threshold[v])) : r;
+        acc[i][v] = _mm256_fmadd_ps(_mm256_castsi256_ps(masked), sv, acc[i][v]);
       }
     }
   }
@@ -377,19 +404,19 @@ TileFn tile_for(size_t rows) {
   return simd_lanes() == 16 ? avx512_tile<kMaskA, kMaskB>(rows) : avx2_tile<kMaskA, kMaskB>(rows);
 }
 
-template <bool kMaskB>
+template <bool kMaskB, bool kLow, bool kHigh>
 TileFn clamped_tile(size_t rows) {
   if (simd_lanes() == 16) {
     switch (rows) {
-      case 1: return tile_clamped_avx512<1, kMaskB>;
-      case 2: return tile_clamped_avx512<2, kMaskB>;
-      case 3: return tile_clamped_avx512<3, kMaskB>;
-      default: return tile_clamped_avx512<4, kMaskB>;
+      case 1: return tile_clamped_avx512<1, kMaskB, kLow, kHigh>;
+      case 2: return tile_clamped_avx512<2, kMaskB, kLow, kHigh>;
+      case 3: return tile_clamped_avx512<3, kMaskB, kLow, kHigh>;
+      default: return tile_clamped_avx512<4, kMaskB, kLow, kHigh>;
     }
   }
   switch (rows) {
-    case 1: return tile_clamped_avx2<1, kMaskB>;
-    default: return tile_clamped_avx2<2, kMaskB>;
+    case 1: return tile_clamped_avx2<1, kMaskB, kLow, kHigh>;
+    default: return tile_clamped_avx2<2, kMaskB, kLow, kHigh>;
   }
 }
 
@@ -401,8 +428,12 @@ size_t tile_rows(GemmVariant variant) {
 
 TileFn select_tile(GemmVariant variant, size_t rows) {
   switch (variant) {
-    case GemmVariant::kClamped: return clamped_tile<false>(rows);
-    case GemmVariant::kClampedMaskedB: return clamped_tile<true>(rows);
+    case GemmVariant::kClamped: return clamped_tile<false, true, true>(rows);
+    case GemmVariant::kClampedMaskedB: return clamped_tile<true, true, true>(rows);
+    case GemmVariant::kClampedHigh: return clamped_tile<false, false, true>(rows);
+    case GemmVariant::kClampedHighMaskedB: return clamped_tile<true, false, true>(rows);
+    case GemmVariant::kClampedLow: return clamped_tile<false, true, false>(rows);
+    case GemmVariant::kClampedLowMaskedB: return clamped_tile<true, true, false>(rows);
     case GemmVariant::kAddMaskedA: return tile_for<true, false>(rows);
     case GemmVariant::kAddMaskedB: return tile_for<false, true>(rows);
     case GemmVariant::kAddMaskedAB: return tile_for<true, true>(rows);

@@ -22,14 +22,15 @@
 // When products may underflow or overflow (operands spanning the whole exponent range),
 // possibly with zeros, the clamped kernels (kClamped, kClampedMaskedB) still work on the
 // panels, at a few integer operations per product instead of one add. With A prepared as
-// a'' = |a| + 2^30 - bias (0 for a zero) and s_a = +-1 (0 for a zero),
+// a'' = |a| + 2^30 - bias and s_a = +-1 (for a zero: a stand-in and 0),
 //     u = a'' + |b|                    in [0, 2^32): no wrap-around for normal operands
 //     r = min(u, 2^30 + 0x7F800000) - ((b & 2^31) | 2^30)
 // is SPEC 1's magnitude |a| + |b| - bias, saturated to infinity, with b's sign; the
 // product is skipped (adds +-0) when u < 2^30 + 2^23 (underflow: SPEC's signed zero) or
 // b is zero (a k-mask / a lane mask), and acc += s_a * r adds it with a's sign (a fused
 // multiply-add by +-1 is exact: the same rounding as the plain add). A zero in A adds
-// 0 * r = +-0, r finite. The accumulators start at +0 and a float sum never turns +0
+// 0 * r = +-0, its stand-in keeping r finite. Where the pre-scan shows that products cannot
+// underflow (or overflow), the compare (or the clamp) is left out. The accumulators start at +0 and a float sum never turns +0
 // into -0 by adding +-0, so skipping a product and adding its signed zero give the same
 // bits. Only infinities and NaN (SPEC 1, step 2) still need the portable loop.
 //
@@ -70,13 +71,21 @@ enum class GemmVariant {
   kAddMaskedAB,  // both have zeros
   kNormal,       // all operands are normal numbers, but products may under/overflow:
                  // the portable loop with only those checks (lmul_matmul_rows_normal)
-  kClamped,         // no infinity or NaN; products may under/overflow, A may have zeros:
-                    // the clamped kernels (above)
+  kClamped,         // no infinity or NaN; products may underflow and overflow, A may have
+                    // zeros: the clamped kernels (above)
   kClampedMaskedB,  // as kClamped, and B has zeros
+  kClampedHigh,     // as kClamped, but no product can underflow (no underflow check)
+  kClampedHighMaskedB,
+  kClampedLow,      // as kClamped, but no product can overflow (no clamp to infinity)
+  kClampedLowMaskedB,
 };
 
 // The variants of the register-blocked one-add kernels (lmul_gemm_fast).
-constexpr bool is_clamped(GemmVariant v) { return v == GemmVariant::kClamped || v == GemmVariant::kClampedMaskedB; }
+constexpr bool is_clamped(GemmVariant v) {
+  return v == GemmVariant::kClamped || v == GemmVariant::kClampedMaskedB || v == GemmVariant::kClampedHigh ||
+         v == GemmVariant::kClampedHighMaskedB || v == GemmVariant::kClampedLow ||
+         v == GemmVariant::kClampedLowMaskedB;
+}
 constexpr bool is_one_add(GemmVariant v) {
   return v != GemmVariant::kGeneral && v != GemmVariant::kNormal && !is_clamped(v);
 }
@@ -87,11 +96,14 @@ constexpr bool masks_a(GemmVariant v) {
   return v == GemmVariant::kAddMaskedA || v == GemmVariant::kAddMaskedAB || is_clamped(v);
 }
 constexpr bool masks_b(GemmVariant v) {
-  return v == GemmVariant::kAddMaskedB || v == GemmVariant::kAddMaskedAB || v == GemmVariant::kClampedMaskedB;
+  return v == GemmVariant::kAddMaskedB || v == GemmVariant::kAddMaskedAB || v == GemmVariant::kClampedMaskedB ||
+         v == GemmVariant::kClampedHighMaskedB || v == GemmVariant::kClampedLowMaskedB;
 }
 
-// The stand-ins of zero entries (see above), from B's range.
+// The stand-ins of zero entries (see above), from B's range; the variant's for A (the
+// clamped kernels use their own).
 uint32_t zero_stand_in_a(const OperandRange& b);
+uint32_t zero_stand_in_a(const OperandRange& b, GemmVariant variant);
 uint32_t zero_stand_in_b(const OperandRange& b);
 
 const char* variant_name(GemmVariant variant);
@@ -111,7 +123,7 @@ size_t panel_width();
 
 // Rewrites packed rounded A in place for `variant`: a -> a - bias, and for zero entries
 // the stand-in; mask (one float per entry, null unless masks_a) gets 1 or 0. Clamped
-// variants: a -> |a| + 2^30 - bias and mask -> sign(a) * 1.0, both 0 for a zero.
+// variants: a -> |a| + 2^30 - bias and mask -> sign(a) * 1.0 (for a zero: the stand-in and 0).
 void prepare_a(uint32_t* a, float* mask, size_t count, GemmVariant variant, uint32_t bias, uint32_t zero_stand_in);
 
 // Rows [row_begin, row_end) x panels [panel_begin, panel_end) of C (row stride ldc, N

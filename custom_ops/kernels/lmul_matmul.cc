@@ -187,7 +187,7 @@ void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& opera
   std::unique_ptr<float[]> a_mask(masks_a(variant) ? new float[plan.a_matrices * m * k] : nullptr);
   const float* b_masks = masks_b(variant) ? packed_b.masks.get() : nullptr;
   if (fast) {
-    const uint32_t stand_in = zero_stand_in_a(packed_b.range);
+    const uint32_t stand_in = zero_stand_in_a(packed_b.range, variant);
     const size_t chunks = ceil_div(m, kRowsPerChunk);
     for_elements(plan.a_matrices * m * k, parallel_for)(plan.a_matrices * chunks, [&](size_t t) {
       const size_t i = t / chunks, r0 = (t % chunks) * kRowsPerChunk, r1 = std::min(m, r0 + kRowsPerChunk);

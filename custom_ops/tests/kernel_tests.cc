@@ -3,6 +3,7 @@
 // products (packing, scheduling, the small-M kernel) against a scalar reference.
 // Built by tests/test_cpp_kernels.py (or CMake with -DLMUL_BUILD_TESTS=ON); prints
 // "N passed, M failed" and exits non-zero on a failure.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -167,33 +168,48 @@ void matmul_variants() {
 // range) against the portable loop, bit for bit, with products exactly at both limits.
 void clamped_variants() {
   std::mt19937 rng(11);
-  std::uniform_int_distribution<uint32_t> normal_bits(0x00800000u, 0x7F7FFFFFu), pick(0u, 99u);
+  std::uniform_int_distribution<uint32_t> pick(0u, 99u);
   std::uniform_int_distribution<uint32_t> any_offset(0u, lmul::kOffsetLimit - 1u);
-  const size_t k = 37, n = 150;  // n: a narrower last panel
+  const size_t n = 150;  // a narrower last panel
   const size_t nr = lmul::panel_width();
-  for (int trial = 0; trial < 24; ++trial) {
-    const size_t m = 1 + static_cast<size_t>(trial) % 13;  // every remainder of the row tiles
-    const bool zeros_a = trial % 3 != 0, zeros_b = trial % 2 == 0;
+  // Magnitudes per mode: the whole range (products under- and overflow), the upper half
+  // (they may only overflow), the lower half (they may only underflow).
+  const uint32_t lows[] = {0x00800000u, 0x3F000000u, 0x00800000u}, highs[] = {0x7F7FFFFFu, 0x7F7FFFFFu, 0x3F000000u};
+  std::vector<int> chosen(16, 0);
+  for (int trial = 0; trial < 48; ++trial) {
+    const int mode = trial % 3;
+    // k = 1: every output is one product, so each limit case shows in the result bits
+    const size_t m = 1 + static_cast<size_t>(trial) % 13, k = trial % 2 ? 37 : 1;
+    const bool zeros_a = (trial / 3) % 2 == 0, zeros_b = (trial / 6) % 2 == 0;
     const uint32_t offset = trial % 4 == 0 ? 0u : trial % 4 == 1 ? lmul::kOffsetLimit - 1u : any_offset(rng);
     const uint32_t bias = trial == 2 ? lmul::lmul_bias(23) : lmul::lmul_bias_for_offset(offset);
+    // Mostly moderate magnitudes (so that most sums stay finite), some from the whole
+    // range of the mode, and with zeros: +-0 and subnormals (SPEC: zeros).
+    std::uniform_int_distribution<uint32_t> extreme(lows[mode], highs[mode]);
+    std::uniform_int_distribution<uint32_t> moderate(std::max(lows[mode], 0x35000000u),
+                                                     std::min(highs[mode], 0x49000000u));
     auto entry = [&](bool zeros) -> uint32_t {
       const uint32_t sign = rng() & lmul::kSignBit, choice = pick(rng);
-      if (zeros && choice < 10) return sign | (choice < 5 ? 0u : 1u + (rng() & 0x7FFFFFu));  // +-0, subnormal
-      return sign | normal_bits(rng);
+      if (zeros && choice < 10) return sign | (choice < 5 ? 0u : 1u + (rng() & 0x7FFFFFu));
+      return sign | (choice < (k == 1 ? 40u : 15u) ? extreme(rng) : moderate(rng));
     };
     std::vector<uint32_t> a(m * k), b(k * n);
     for (auto& x : a) x = entry(zeros_a);
     for (auto& x : b) x = entry(zeros_b);
-    // Products exactly at the limits: |a| + |b| - bias = 2^23 - 1, 2^23 (smallest normal),
-    // 0x7F7FFFFF (largest finite), 0x7F800000 (infinity).
+    // k = 1: products exactly at the limits, for every row: |a| + |b| - bias = 2^23 - 1,
+    // 2^23 (smallest normal), 0x7F7FFFFF (largest finite), 0x7F800000 (infinity), where
+    // the mode's range allows.
     const uint32_t targets[] = {0x007FFFFFu, 0x00800000u, 0x7F7FFFFFu, 0x7F800000u};
-    for (size_t p = 0; p < k; ++p) {
-      const uint32_t am = a[(p % m) * k + p] & lmul::kMagnitudeMask;
-      if (am < lmul::kSmallestNormalBits) continue;
-      const size_t j = (p * 7) % n;
-      const uint64_t wanted = uint64_t{targets[p % 4]} + bias - am;
-      if (wanted >= lmul::kSmallestNormalBits && wanted < lmul::kInfBits) {
-        b[p * n + j] = static_cast<uint32_t>(wanted) | (rng() & lmul::kSignBit);
+    for (size_t p = 0; p < (k == 1 ? k : 0); ++p) {
+      for (size_t i = 0; i < m; ++i) {
+        const uint32_t am = a[i * k + p] & lmul::kMagnitudeMask;
+        if (am < lmul::kSmallestNormalBits) continue;
+        for (size_t t = 0; t < 4; ++t) {
+          const uint64_t wanted = uint64_t{targets[t]} + bias - am;
+          if (wanted >= lows[mode] && wanted <= highs[mode]) {
+            b[p * n + (i * 4 + t + p * 11) % n] = static_cast<uint32_t>(wanted) | (rng() & lmul::kSignBit);
+          }
+        }
       }
     }
     if (trial == 5) std::fill(a.begin(), a.end(), 0x80000000u);  // all of A zero
@@ -206,12 +222,22 @@ void clamped_variants() {
       check(!lmul::uses_panels(variant), "no SIMD: no clamped kernel", static_cast<uint64_t>(variant));
       continue;
     }
-    const lmul::GemmVariant wanted = br.has_zero ? lmul::GemmVariant::kClampedMaskedB : lmul::GemmVariant::kClamped;
-    // (all of A zero: every product is +-0, which the one-add kernels may also compute)
-    check(variant == wanted || (trial == 5 && lmul::is_one_add(variant)), "clamped variant chosen",
+    using V = lmul::GemmVariant;
+    const V wanted[2][3] = {{V::kClamped, V::kClampedHigh, V::kClampedLow},
+                            {V::kClampedMaskedB, V::kClampedHighMaskedB, V::kClampedLowMaskedB}};
+    // (where the data happens to keep every product in range, e.g. all of A zero, a
+    // one-add kernel is exact and chosen; all of B zero: the plain clamped kernel)
+    const bool b_all_zero = trial == 6;
+    check(variant == wanted[br.has_zero][mode] || lmul::is_one_add(variant) ||
+              (b_all_zero && variant == lmul::GemmVariant::kClampedLowMaskedB),
+          "clamped variant chosen",
           static_cast<uint64_t>(variant));
+    ++chosen[static_cast<size_t>(variant)];
     std::vector<float> expected(m * n), got(m * n);
     lmul::lmul_matmul_rows(a.data(), b.data(), k, n, 0, m, bias, expected.data());
+    size_t numbers = 0;  // (+-inf + -+inf: NaN hides the other products)
+    for (float x : expected) numbers += !std::isnan(x);
+    check(numbers > expected.size() * 3 / 4, "clamped test data: mostly not NaN", numbers);
     const size_t panels = (n + nr - 1) / nr;
     std::vector<uint32_t> packed(panels * k * nr);
     std::vector<float> masks(packed.size()), a_sign(a.size());
@@ -219,7 +245,7 @@ void clamped_variants() {
     for (size_t i = 0; i < b.size(); ++i) b_values[i] = lmul::bits_float(b[i]);
     lmul::pack_panels_rounded<lmul::Float32Storage>(b_values.data(), k, n, n, 1, 23, nr, lmul::zero_stand_in_b(br), 0,
                                                     panels, packed.data(), br.has_zero ? masks.data() : nullptr);
-    lmul::prepare_a(a.data(), a_sign.data(), a.size(), variant, bias, lmul::zero_stand_in_a(br));
+    lmul::prepare_a(a.data(), a_sign.data(), a.size(), variant, bias, lmul::zero_stand_in_a(br, variant));
     lmul::lmul_gemm_fast(variant, a.data(), a_sign.data(), packed.data(), lmul::masks_b(variant) ? masks.data() : nullptr,
                          k, n, 0, m, 0, panels, got.data(), n);
     size_t differ = 0;
@@ -228,6 +254,13 @@ void clamped_variants() {
       differ += !both_nan && lmul::float_bits(got[i]) != lmul::float_bits(expected[i]);
     }
     check(differ == 0, lmul::variant_name(variant), differ);
+  }
+  if (nr > 0) {
+    using V = lmul::GemmVariant;
+    for (V v : {V::kClamped, V::kClampedMaskedB, V::kClampedHigh, V::kClampedHighMaskedB, V::kClampedLow,
+                V::kClampedLowMaskedB}) {
+      check(chosen[static_cast<size_t>(v)] >= 2, lmul::variant_name(v), chosen[static_cast<size_t>(v)]);
+    }
   }
   // Infinity and NaN still take the portable loop.
   lmul::OperandRange with_inf, with_nan, wide;
