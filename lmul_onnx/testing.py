@@ -74,6 +74,10 @@ MATMUL_VARIANTS = (
     "normal",
     "clamped",
     "clamped-masked-b",
+    "clamped-high",
+    "clamped-high-masked-b",
+    "clamped-low",
+    "clamped-low-masked-b",
 )
 
 
