@@ -232,10 +232,17 @@ def main() -> None:
         return matmul_case(a, a.T.copy(), threads, timing, False)
 
     def wide_zeros_product(threads: int) -> dict:
-        # zeros together with possible overflow: half of A zero (ReLU), B with zeros too
+        # half of A zero (ReLU), a tenth of B zero, products under- and overflow
         a, b = wide(size, size), wide(size, size)
         b[rng.random(b.shape) < 0.1] = 0
         return matmul_case(np.maximum(a, 0), b, threads, timing, False)
+
+    def overflow_zeros_product(threads: int) -> dict:
+        # zeros together with possible overflow: ReLU activations (half zero) against a B
+        # with a few float32-min entries (as in masks filled with finfo(float32).min)
+        b = normal(size, size)
+        b[rng.random(b.shape) < 0.001] = np.finfo(np.float32).min
+        return matmul_case(np.maximum(normal(size, size), 0), b, threads, timing, False)
 
     def gemm(threads: int) -> dict:
         a, b = normal(size, size), normal(size, size)
@@ -284,6 +291,7 @@ def main() -> None:
         (f"MatMul {size}^3 half of A zero, B weights", relu_product),
         (f"MatMul {size}^3 whole exponent range", wide_product),
         (f"MatMul {size}^3 whole exponent range, zeros", wide_zeros_product),
+        (f"MatMul {size}^3 zeros, possible overflow", overflow_zeros_product),
         ("MatMul attention 12x(128x64 @ 64x128)", product((12, 128, 64), (12, 64, 128), False)),
         (f"MatMul 1x{big}x{big} (decoding), B weights", product((1, big), (big, big), True)),
         # Decoding against a per-call B (a KV cache): the small-M kernel, B never packed.

@@ -233,11 +233,15 @@ void lmul_elementwise(const BroadcastPlan& plan, const typename S::type* a, cons
                       typename S::type* y, int mantissa_bits, uint32_t bias, const ParallelFor& parallel_for) {
   if (plan.total == 0) return;
   const size_t chunk = kMinOpsPerTask;
+  // An output larger than this many bytes is written with streaming stores (it would not
+  // stay in the cache anyway, and they save reading it in before overwriting it).
+  constexpr size_t kStreamBytes = size_t{8} << 20;
+  const bool stream = plan.total * sizeof(float) >= kStreamBytes;
   parallel_for(ceil_div(plan.total, chunk), [&](size_t t) {
     const size_t begin = t * chunk, end = std::min(plan.total, begin + chunk);
     for_each_run(plan, begin, end, [&](size_t ao, size_t bo, size_t yo, size_t length, size_t as, size_t bs) {
       if constexpr (std::is_same<typename S::type, float>::value) {
-        lmul_run_float32(a + ao, as, b + bo, bs, y + yo, length, mantissa_bits, bias);
+        lmul_run_float32(a + ao, as, b + bo, bs, y + yo, length, mantissa_bits, bias, stream);
       } else {
         lmul_run<S>(a + ao, as, b + bo, bs, y + yo, length, mantissa_bits, bias);
       }
