@@ -287,7 +287,7 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const uint32_t* a, const floa
 // mask are made once per k.
 template <int MR, bool kMaskB, bool kLow, bool kHigh>
 __attribute__((target("avx512f"))) void tile_clamped_avx512(const uint32_t* a, const float* a_sign, size_t lda,
-                                                            const uint32_t* panel, const float* b_mask, size_t k,
+                                                            const uint32_t* panel, uint32_t b_min, size_t k,
                                                             float* out, size_t ldo) {
   __m512 acc[MR][4];
   for (int i = 0; i < MR; ++i)
@@ -297,6 +297,7 @@ __attribute__((target("avx512f"))) void tile_clamped_avx512(const uint32_t* a, c
   const __m512i offset = _mm512_set1_epi32(static_cast<int>(kClampOffset));
   const __m512i low = _mm512_set1_epi32(static_cast<int>(kClampLow));
   const __m512i high = _mm512_set1_epi32(static_cast<int>(kClampHigh));
+  const __m512i smallest = _mm512_set1_epi32(static_cast<int>(b_min));
   for (size_t p = 0; p < k; ++p) {
     const uint32_t* bp = panel + p * 64;
     __m512i bm[4], bc[4];
@@ -305,10 +306,7 @@ __attribute__((target("avx512f"))) void tile_clamped_avx512(const uint32_t* a, c
       const __m512i b = _mm512_loadu_si512(bp + 16 * v);
       bm[v] = _mm512_and_si512(b, magnitude_mask);
       bc[v] = _mm512_ternarylogic_epi32(b, sign_bit, offset, 0xEA);  // (b & sign) | offset
-      if (kMaskB) {
-        const __m512i m = _mm512_castps_si512(_mm512_loadu_ps(b_mask + p * 64 + 16 * v));
-        nonzero[v] = _mm512_test_epi32_mask(m, m);
-      }
+      if (kMaskB) nonzero[v] = _mm512_cmpge_epu32_mask(bm[v], smallest);  // zeros and stand-ins lie below
     }
     for (int i = 0; i < MR; ++i) {
       const __m512i av = _mm512_set1_epi32(static_cast<int>(a[i * lda + p]));
@@ -330,7 +328,7 @@ __attribute__((target("avx512f"))) void tile_clamped_avx512(const uint32_t* a, c
 // a signed value) and the lanes to skip are zeroed before the multiply-add.
 template <int MR, bool kMaskB, bool kLow, bool kHigh>
 __attribute__((target("avx2,fma"))) void tile_clamped_avx2(const uint32_t* a, const float* a_sign, size_t lda,
-                                                          const uint32_t* panel, const float* b_mask, size_t k,
+                                                          const uint32_t* panel, uint32_t b_min, size_t k,
                                                           float* out, size_t ldo) {
   __m256 acc[MR][3];
   for (int i = 0; i < MR; ++i)
@@ -343,6 +341,7 @@ __attribute__((target("avx2,fma"))) void tile_clamped_avx2(const uint32_t* a, co
   const __m256i high = _mm256_set1_epi32(static_cast<int>(kClampHigh - kSignBit));
   const __m256i never = _mm256_set1_epi32(0x7FFFFFFF);
   const __m256i constant = _mm256_set1_epi32(static_cast<int>(kClampOffset ^ kSignBit));
+  const __m256i smallest = _mm256_set1_epi32(static_cast<int>(b_min ^ kSignBit));
   for (size_t p = 0; p < k; ++p) {
     const uint32_t* bp = panel + p * 24;
     __m256i bm[3], bc[3], threshold[3];
@@ -352,10 +351,9 @@ __attribute__((target("avx2,fma"))) void tile_clamped_avx2(const uint32_t* a, co
       // (b & sign) | kClampOffset, offset by 2^31 like u
       bc[v] = _mm256_xor_si256(_mm256_and_si256(b, sign_bit), constant);
       threshold[v] = low;
-      if (kMaskB) {  // zero entries of B: a threshold no u exceeds
-        const __m256 m = _mm256_loadu_ps(b_mask + p * 24 + 8 * v);
-        threshold[v] = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(never), _mm256_castsi256_ps(low),
-                                                            _mm256_cmp_ps(m, _mm256_setzero_ps(), _CMP_NEQ_OQ)));
+      if (kMaskB) {  // zero entries of B (below min|b|, as signed after the offset): a threshold no u exceeds
+        const __m256i zero = _mm256_cmpgt_epi32(smallest, _mm256_xor_si256(bm[v], sign_bit));
+        threshold[v] = _mm256_blendv_epi8(low, never, zero);
       }
     }
     for (int i = 0; i < MR; ++i) {
@@ -404,8 +402,13 @@ TileFn tile_for(size_t rows) {
   return simd_lanes() == 16 ? avx512_tile<kMaskA, kMaskB>(rows) : avx2_tile<kMaskA, kMaskB>(rows);
 }
 
+// Computes a rows x nr clamped tile: b_min (the smallest non-zero magnitude of B) tells
+// zero entries (and their stand-ins) from the others.
+using ClampedTileFn = void (*)(const uint32_t*, const float*, size_t, const uint32_t*, uint32_t, size_t, float*,
+                               size_t);
+
 template <bool kMaskB, bool kLow, bool kHigh>
-TileFn clamped_tile(size_t rows) {
+ClampedTileFn clamped_tile(size_t rows) {
   if (simd_lanes() == 16) {
     switch (rows) {
       case 1: return tile_clamped_avx512<1, kMaskB, kLow, kHigh>;
@@ -426,14 +429,19 @@ size_t tile_rows(GemmVariant variant) {
   return simd_lanes() == 16 ? 6 : 4;
 }
 
-TileFn select_tile(GemmVariant variant, size_t rows) {
+ClampedTileFn select_clamped_tile(GemmVariant variant, size_t rows) {
   switch (variant) {
     case GemmVariant::kClamped: return clamped_tile<false, true, true>(rows);
     case GemmVariant::kClampedMaskedB: return clamped_tile<true, true, true>(rows);
     case GemmVariant::kClampedHigh: return clamped_tile<false, false, true>(rows);
     case GemmVariant::kClampedHighMaskedB: return clamped_tile<true, false, true>(rows);
     case GemmVariant::kClampedLow: return clamped_tile<false, true, false>(rows);
-    case GemmVariant::kClampedLowMaskedB: return clamped_tile<true, true, false>(rows);
+    default: return clamped_tile<true, true, false>(rows);
+  }
+}
+
+TileFn select_tile(GemmVariant variant, size_t rows) {
+  switch (variant) {
     case GemmVariant::kAddMaskedA: return tile_for<true, false>(rows);
     case GemmVariant::kAddMaskedB: return tile_for<false, true>(rows);
     case GemmVariant::kAddMaskedAB: return tile_for<true, true>(rows);
@@ -445,20 +453,27 @@ TileFn select_tile(GemmVariant variant, size_t rows) {
 
 void lmul_gemm_fast(GemmVariant variant, const uint32_t* a, const float* a_mask, const uint32_t* panels,
                     const float* b_masks, size_t k, size_t n, size_t row_begin, size_t row_end, size_t panel_begin,
-                    size_t panel_end, float* c, size_t ldc) {
+                    size_t panel_end, float* c, size_t ldc, uint32_t b_min_nonzero) {
 #if LMUL_HAVE_X86_SIMD
   const size_t nr = panel_width();
   const size_t mr = tile_rows(variant);
+  const bool clamped = is_clamped(variant);
   alignas(64) float tile[6 * 64];
   for (size_t r = row_begin; r < row_end; r += mr) {
     const size_t rows = std::min(mr, row_end - r);
-    const TileFn fn = select_tile(variant, rows);
+    const TileFn fn = clamped ? nullptr : select_tile(variant, rows);
+    const ClampedTileFn clamped_fn = clamped ? select_clamped_tile(variant, rows) : nullptr;
     for (size_t panel = panel_begin; panel < panel_end; ++panel) {
       const size_t j0 = panel * nr, width = std::min(nr, n - j0);
       // Full panels go straight to C; the last, narrower one through a tile buffer.
       float* out = width == nr ? c + r * ldc + j0 : tile;
-      fn(a + r * k, a_mask ? a_mask + r * k : nullptr, k, panels + panel * k * nr,
-         b_masks ? b_masks + panel * k * nr : nullptr, k, out, width == nr ? ldc : nr);
+      const size_t ldo = width == nr ? ldc : nr;
+      if (clamped) {
+        clamped_fn(a + r * k, a_mask + r * k, k, panels + panel * k * nr, b_min_nonzero, k, out, ldo);
+      } else {
+        fn(a + r * k, a_mask ? a_mask + r * k : nullptr, k, panels + panel * k * nr,
+           b_masks ? b_masks + panel * k * nr : nullptr, k, out, ldo);
+      }
       if (width != nr) {
         for (size_t i = 0; i < rows; ++i) std::memcpy(c + (r + i) * ldc + j0, tile + i * nr, width * sizeof(float));
       }
@@ -466,7 +481,7 @@ void lmul_gemm_fast(GemmVariant variant, const uint32_t* a, const float* a_mask,
   }
 #else
   (void)variant, (void)a, (void)a_mask, (void)panels, (void)b_masks, (void)k, (void)n, (void)row_begin, (void)row_end;
-  (void)panel_begin, (void)panel_end, (void)c, (void)ldc;
+  (void)panel_begin, (void)panel_end, (void)c, (void)ldc, (void)b_min_nonzero;
 #endif
 }
 

@@ -27,7 +27,8 @@
 //     r = min(u, 2^30 + 0x7F800000) - ((b & 2^31) | 2^30)
 // is SPEC 1's magnitude |a| + |b| - bias, saturated to infinity, with b's sign; the
 // product is skipped (adds +-0) when u < 2^30 + 2^23 (underflow: SPEC's signed zero) or
-// b is zero (a k-mask / a lane mask), and acc += s_a * r adds it with a's sign (a fused
+// b is zero (|b| below B's smallest non-zero magnitude: zeros and their stand-ins; a
+// k-mask / a lane mask), and acc += s_a * r adds it with a's sign (a fused
 // multiply-add by +-1 is exact: the same rounding as the plain add). A zero in A adds
 // 0 * r = +-0, its stand-in keeping r finite. Where the pre-scan shows that products cannot
 // underflow (or overflow), the compare (or the clamp) is left out. The accumulators start at +0 and a float sum never turns +0
@@ -91,14 +92,12 @@ constexpr bool is_one_add(GemmVariant v) {
 }
 // The variants lmul_gemm_fast computes from packed panels.
 constexpr bool uses_panels(GemmVariant v) { return is_one_add(v) || is_clamped(v); }
-// A mask (or, clamped, a sign) per A entry; B's 0/1 masks.
+// A mask (or, clamped, a sign) per A entry; B's 0/1 masks (the clamped kernels tell B's
+// zeros by their magnitude instead).
 constexpr bool masks_a(GemmVariant v) {
   return v == GemmVariant::kAddMaskedA || v == GemmVariant::kAddMaskedAB || is_clamped(v);
 }
-constexpr bool masks_b(GemmVariant v) {
-  return v == GemmVariant::kAddMaskedB || v == GemmVariant::kAddMaskedAB || v == GemmVariant::kClampedMaskedB ||
-         v == GemmVariant::kClampedHighMaskedB || v == GemmVariant::kClampedLowMaskedB;
-}
+constexpr bool masks_b(GemmVariant v) { return v == GemmVariant::kAddMaskedB || v == GemmVariant::kAddMaskedAB; }
 
 // The stand-ins of zero entries (see above), from B's range; the variant's for A (the
 // clamped kernels use their own).
@@ -127,10 +126,12 @@ size_t panel_width();
 void prepare_a(uint32_t* a, float* mask, size_t count, GemmVariant variant, uint32_t bias, uint32_t zero_stand_in);
 
 // Rows [row_begin, row_end) x panels [panel_begin, panel_end) of C (row stride ldc, N
-// columns) = A' (+) B for a fast variant; A' is prepared A (row stride k).
+// columns) = A' (+) B for a fast variant; A' is prepared A (row stride k). The clamped
+// variants need no B masks: b_min_nonzero (B's OperandRange::min_nonzero) tells zero
+// entries and their stand-ins (all below it) from the others.
 void lmul_gemm_fast(GemmVariant variant, const uint32_t* a, const float* a_mask, const uint32_t* panels,
                     const float* b_masks, size_t k, size_t n, size_t row_begin, size_t row_end, size_t panel_begin,
-                    size_t panel_end, float* c, size_t ldc);
+                    size_t panel_end, float* c, size_t ldc, uint32_t b_min_nonzero = 0);
 
 }  // namespace lmul
 

@@ -219,7 +219,7 @@ void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& opera
       const size_t b_offset = plan.b_matrix[batch] * panels * k * nr;
       lmul_gemm_fast(variant, a_matrix, a_mask ? a_mask.get() + plan.a_matrix[batch] * m * k : nullptr,
                      packed_b.panels.get() + b_offset, b_masks ? b_masks + b_offset : nullptr, k, n, r0, r1, p0, p1,
-                     acc, n);
+                     acc, n, packed_b.range.min_nonzero);
     } else {
       const auto rows = variant == GemmVariant::kNormal ? lmul_matmul_rows_normal : lmul_matmul_rows;
       rows(a_matrix, b_row_major + plan.b_matrix[batch] * k * n, k, n, r0, r1, bias, acc + r0 * n);
