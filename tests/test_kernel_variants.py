@@ -138,6 +138,10 @@ RUNNER = textwrap.dedent(
         "underflow_zeros": (np.where(a > 1, 1e-41, a * 1e-20), np.where(np.abs(b) < 0.3, 0.0, b * 1e-20)),
         "range_zeros": (np.maximum(a, 0) * np.exp(rng.uniform(-80, 80, a.shape)),
                         np.where(np.abs(b) < 0.2, 0.0, b * np.exp(rng.uniform(-80, 80, b.shape)))),
+        # narrow B (at most 32 columns: narrow panels), batched heads, products that overflow
+        "narrow_overflow": (rng.standard_normal((3, 37, 70)) * np.float32(1e20),
+                            np.where(rng.random((3, 70, 29)) < 0.2, 0.0,
+                                     rng.standard_normal((3, 70, 29)) * 1e20)),
     }
     cases = {name: (x.astype(np.float32), y.astype(np.float32)) for name, (x, y) in cases.items()}
     # Small M against a per-call B (custom_ops/kernels/lmul_small_m.h): every M up to 8,
@@ -158,6 +162,16 @@ RUNNER = textwrap.dedent(
                       rng.standard_normal((12, 70, 37)).astype(np.float32))
     cases["long_rows"] = (rng.standard_normal((2, 70)).astype(np.float32),
                           rng.standard_normal((70, 700)).astype(np.float32))
+    # Batched attention against a per-call B (custom_ops/kernels/lmul_matmul.cc): q.K^T,
+    # p.V with narrow heads (N <= 32: narrow panels), causal probabilities (zeros in A),
+    # and a B with zeros (stand-ins in the folded panels).
+    heads = rng.standard_normal((4, 30, 40)).astype(np.float32)
+    probabilities = np.tril(rng.uniform(0.01, 1, (4, 30, 30))).astype(np.float32)
+    cases["attention"] = (heads, rng.standard_normal((4, 40, 70)).astype(np.float32))
+    cases["attention_narrow"] = (heads, rng.standard_normal((4, 40, 32)).astype(np.float32))
+    cases["attention_causal"] = (probabilities, rng.standard_normal((4, 30, 20)).astype(np.float32))
+    cases["attention_zeros_b"] = (heads, np.where(rng.random((4, 40, 32)) < 0.2, 0,
+                                                  rng.standard_normal((4, 40, 32))).astype(np.float32))
     results = {}
     for name, (x, y) in cases.items():
         for constant in (False, True):

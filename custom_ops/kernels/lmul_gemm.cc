@@ -143,6 +143,8 @@ int simd_lanes() {
   return lanes;
 }
 
+size_t narrow_panel_width() { return simd_lanes() == 16 ? 32 : 0; }
+
 size_t panel_width() {
   switch (simd_lanes()) {
     case 16:
@@ -175,60 +177,48 @@ void prepare_a(uint32_t* a, float* mask, size_t count, GemmVariant variant, uint
 
 #if LMUL_HAVE_X86_SIMD
 
-// MR x 64 tile: 4 zmm of B per k, one broadcast of A' per row, MR x 4 accumulators.
-// Masked variants multiply each integer-sum product by its 0/1 select before adding.
-template <int MR, bool kMaskA, bool kMaskB>
+// MR x (16 NV) tile: NV zmm of B per k (a panel of 64 columns, or 32 for narrow B), one
+// broadcast of A' per row, MR x NV accumulators. Masked variants multiply each
+// integer-sum product by its 0/1 select before adding. Half of the plain sums are
+// fma(x, 1, acc), the same single rounding as x + acc: on Zen 4 they issue to the FMA
+// pipes while the adds take the FADD pipes.
+template <int MR, int NV, bool kMaskA, bool kMaskB>
 __attribute__((target("avx512f"))) void tile_avx512(const uint32_t* a, const float* a_mask, size_t lda,
                                                     const uint32_t* panel, const float* b_mask, size_t k,
                                                     float* out, size_t ldo) {
-  __m512 acc[MR][4];
+  constexpr int kWidth = 16 * NV;
+  __m512 acc[MR][NV];
+  const __m512 one = _mm512_set1_ps(1.0f);
   for (int i = 0; i < MR; ++i)
-    for (int v = 0; v < 4; ++v) acc[i][v] = _mm512_setzero_ps();
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
   for (size_t p = 0; p < k; ++p) {
-    const uint32_t* bp = panel + p * 64;
-    const __m512i b0 = _mm512_loadu_si512(bp), b1 = _mm512_loadu_si512(bp + 16);
-    const __m512i b2 = _mm512_loadu_si512(bp + 32), b3 = _mm512_loadu_si512(bp + 48);
-    __m512 mb0 = _mm512_setzero_ps(), mb1 = mb0, mb2 = mb0, mb3 = mb0;
-    if (kMaskB) {
-      const float* mp = b_mask + p * 64;
-      mb0 = _mm512_loadu_ps(mp);
-      mb1 = _mm512_loadu_ps(mp + 16);
-      mb2 = _mm512_loadu_ps(mp + 32);
-      mb3 = _mm512_loadu_ps(mp + 48);
+    __m512i b[NV];
+    __m512 mb[NV];
+    for (int v = 0; v < NV; ++v) {
+      b[v] = _mm512_loadu_si512(panel + p * kWidth + 16 * v);
+      mb[v] = kMaskB ? _mm512_loadu_ps(b_mask + p * kWidth + 16 * v) : _mm512_setzero_ps();
     }
     for (int i = 0; i < MR; ++i) {
       const __m512i av = _mm512_set1_epi32(static_cast<int>(a[i * lda + p]));
-      const __m512 x0 = _mm512_castsi512_ps(_mm512_add_epi32(av, b0));
-      const __m512 x1 = _mm512_castsi512_ps(_mm512_add_epi32(av, b1));
-      const __m512 x2 = _mm512_castsi512_ps(_mm512_add_epi32(av, b2));
-      const __m512 x3 = _mm512_castsi512_ps(_mm512_add_epi32(av, b3));
-      if (kMaskA && kMaskB) {
-        const __m512 ma = _mm512_set1_ps(a_mask[i * lda + p]);
-        acc[i][0] = _mm512_fmadd_ps(x0, _mm512_mul_ps(mb0, ma), acc[i][0]);
-        acc[i][1] = _mm512_fmadd_ps(x1, _mm512_mul_ps(mb1, ma), acc[i][1]);
-        acc[i][2] = _mm512_fmadd_ps(x2, _mm512_mul_ps(mb2, ma), acc[i][2]);
-        acc[i][3] = _mm512_fmadd_ps(x3, _mm512_mul_ps(mb3, ma), acc[i][3]);
-      } else if (kMaskB) {
-        acc[i][0] = _mm512_fmadd_ps(x0, mb0, acc[i][0]);
-        acc[i][1] = _mm512_fmadd_ps(x1, mb1, acc[i][1]);
-        acc[i][2] = _mm512_fmadd_ps(x2, mb2, acc[i][2]);
-        acc[i][3] = _mm512_fmadd_ps(x3, mb3, acc[i][3]);
-      } else if (kMaskA) {
-        const __m512 m = _mm512_set1_ps(a_mask[i * lda + p]);
-        acc[i][0] = _mm512_fmadd_ps(x0, m, acc[i][0]);
-        acc[i][1] = _mm512_fmadd_ps(x1, m, acc[i][1]);
-        acc[i][2] = _mm512_fmadd_ps(x2, m, acc[i][2]);
-        acc[i][3] = _mm512_fmadd_ps(x3, m, acc[i][3]);
-      } else {
-        acc[i][0] = _mm512_add_ps(acc[i][0], x0);
-        acc[i][1] = _mm512_add_ps(acc[i][1], x1);
-        acc[i][2] = _mm512_add_ps(acc[i][2], x2);
-        acc[i][3] = _mm512_add_ps(acc[i][3], x3);
+      const __m512 ma = kMaskA ? _mm512_set1_ps(a_mask[i * lda + p]) : one;
+      for (int v = 0; v < NV; ++v) {
+        const __m512 x = _mm512_castsi512_ps(_mm512_add_epi32(av, b[v]));
+        if (kMaskA && kMaskB) {
+          acc[i][v] = _mm512_fmadd_ps(x, _mm512_mul_ps(mb[v], ma), acc[i][v]);
+        } else if (kMaskB) {
+          acc[i][v] = _mm512_fmadd_ps(x, mb[v], acc[i][v]);
+        } else if (kMaskA) {
+          acc[i][v] = _mm512_fmadd_ps(x, ma, acc[i][v]);
+        } else if (v % 2 == 1) {
+          acc[i][v] = _mm512_fmadd_ps(x, one, acc[i][v]);
+        } else {
+          acc[i][v] = _mm512_add_ps(acc[i][v], x);
+        }
       }
     }
   }
   for (int i = 0; i < MR; ++i)
-    for (int v = 0; v < 4; ++v) _mm512_storeu_ps(out + i * ldo + v * 16, acc[i][v]);
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(out + i * ldo + v * 16, acc[i][v]);
 }
 
 // MR x 24 tile with AVX2: 3 ymm of B per k, MR x 3 accumulators.
@@ -280,38 +270,41 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const uint32_t* a, const floa
     for (int v = 0; v < 3; ++v) _mm256_storeu_ps(out + i * ldo + v * 8, acc[i][v]);
 }
 
-// MR x 64 clamped tile (lmul_gemm.h): per product u = a'' + |b|, r = min(u, kClampHigh) -
+// MR x (16 NV) clamped tile (lmul_gemm.h; 64 columns, or 32 for narrow B), with b read as
+// panel entry + b_fold: per product u = a'' + |b|, r = min(u, kClampHigh) -
 // ((b & sign) | kClampOffset), and acc += s_a * r in the lanes where u >= kClampLow and
 // (kMaskB) b is not zero. kLow / kHigh: whether products may underflow / overflow (the
 // compare / the clamp are left out where they cannot). |b|, b's constant and the zero
 // mask are made once per k.
-template <int MR, bool kMaskB, bool kLow, bool kHigh>
+template <int MR, int NV, bool kMaskB, bool kLow, bool kHigh>
 __attribute__((target("avx512f"))) void tile_clamped_avx512(const uint32_t* a, const float* a_sign, size_t lda,
-                                                            const uint32_t* panel, uint32_t b_min, size_t k,
-                                                            float* out, size_t ldo) {
-  __m512 acc[MR][4];
+                                                            const uint32_t* panel, uint32_t b_min, uint32_t b_fold,
+                                                            size_t k, float* out, size_t ldo) {
+  constexpr int kWidth = 16 * NV;
+  __m512 acc[MR][NV];
   for (int i = 0; i < MR; ++i)
-    for (int v = 0; v < 4; ++v) acc[i][v] = _mm512_setzero_ps();
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
   const __m512i magnitude_mask = _mm512_set1_epi32(static_cast<int>(kMagnitudeMask));
   const __m512i sign_bit = _mm512_set1_epi32(static_cast<int>(kSignBit));
   const __m512i offset = _mm512_set1_epi32(static_cast<int>(kClampOffset));
   const __m512i low = _mm512_set1_epi32(static_cast<int>(kClampLow));
   const __m512i high = _mm512_set1_epi32(static_cast<int>(kClampHigh));
   const __m512i smallest = _mm512_set1_epi32(static_cast<int>(b_min));
+  const __m512i fold = _mm512_set1_epi32(static_cast<int>(b_fold));
   for (size_t p = 0; p < k; ++p) {
-    const uint32_t* bp = panel + p * 64;
-    __m512i bm[4], bc[4];
-    __mmask16 nonzero[4] = {0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF};
-    for (int v = 0; v < 4; ++v) {
-      const __m512i b = _mm512_loadu_si512(bp + 16 * v);
+    __m512i bm[NV], bc[NV];
+    __mmask16 nonzero[NV];
+    for (int v = 0; v < NV; ++v) {
+      const __m512i b = _mm512_add_epi32(_mm512_loadu_si512(panel + p * kWidth + 16 * v), fold);
       bm[v] = _mm512_and_si512(b, magnitude_mask);
       bc[v] = _mm512_ternarylogic_epi32(b, sign_bit, offset, 0xEA);  // (b & sign) | offset
-      if (kMaskB) nonzero[v] = _mm512_cmpge_epu32_mask(bm[v], smallest);  // zeros and stand-ins lie below
+      // zeros and their stand-ins lie below B's smallest non-zero magnitude
+      nonzero[v] = kMaskB ? _mm512_cmpge_epu32_mask(bm[v], smallest) : static_cast<__mmask16>(0xFFFF);
     }
     for (int i = 0; i < MR; ++i) {
       const __m512i av = _mm512_set1_epi32(static_cast<int>(a[i * lda + p]));
       const __m512 sv = _mm512_set1_ps(a_sign[i * lda + p]);
-      for (int v = 0; v < 4; ++v) {
+      for (int v = 0; v < NV; ++v) {
         const __m512i u = _mm512_add_epi32(av, bm[v]);
         const __mmask16 keep = kLow ? _mm512_mask_cmpge_epu32_mask(nonzero[v], u, low) : nonzero[v];
         // (maskz with all lanes: GCC 12 warns about _mm512_min_epu32's undefined source)
@@ -321,15 +314,15 @@ __attribute__((target("avx512f"))) void tile_clamped_avx512(const uint32_t* a, c
     }
   }
   for (int i = 0; i < MR; ++i)
-    for (int v = 0; v < 4; ++v) _mm512_storeu_ps(out + i * ldo + v * 16, acc[i][v]);
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(out + i * ldo + v * 16, acc[i][v]);
 }
 
 // MR x 24 clamped tile with AVX2: no unsigned compares, so u is kept offset by 2^31 (as
 // a signed value) and the lanes to skip are zeroed before the multiply-add.
 template <int MR, bool kMaskB, bool kLow, bool kHigh>
 __attribute__((target("avx2,fma"))) void tile_clamped_avx2(const uint32_t* a, const float* a_sign, size_t lda,
-                                                          const uint32_t* panel, uint32_t b_min, size_t k,
-                                                          float* out, size_t ldo) {
+                                                          const uint32_t* panel, uint32_t b_min, uint32_t b_fold,
+                                                          size_t k, float* out, size_t ldo) {
   __m256 acc[MR][3];
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < 3; ++v) acc[i][v] = _mm256_setzero_ps();
@@ -342,11 +335,12 @@ __attribute__((target("avx2,fma"))) void tile_clamped_avx2(const uint32_t* a, co
   const __m256i never = _mm256_set1_epi32(0x7FFFFFFF);
   const __m256i constant = _mm256_set1_epi32(static_cast<int>(kClampOffset ^ kSignBit));
   const __m256i smallest = _mm256_set1_epi32(static_cast<int>(b_min ^ kSignBit));
+  const __m256i fold = _mm256_set1_epi32(static_cast<int>(b_fold));
   for (size_t p = 0; p < k; ++p) {
     const uint32_t* bp = panel + p * 24;
     __m256i bm[3], bc[3], threshold[3];
     for (int v = 0; v < 3; ++v) {
-      const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + 8 * v));
+      const __m256i b = _mm256_add_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + 8 * v)), fold);
       bm[v] = _mm256_and_si256(b, magnitude_mask);
       // (b & sign) | kClampOffset, offset by 2^31 like u
       bc[v] = _mm256_xor_si256(_mm256_and_si256(b, sign_bit), constant);
@@ -378,13 +372,24 @@ using TileFn = void (*)(const uint32_t*, const float*, size_t, const uint32_t*, 
 template <bool kMaskA, bool kMaskB>
 TileFn avx512_tile(size_t rows) {
   switch (rows) {
-    case 1: return tile_avx512<1, kMaskA, kMaskB>;
-    case 2: return tile_avx512<2, kMaskA, kMaskB>;
-    case 3: return tile_avx512<3, kMaskA, kMaskB>;
-    case 4: return tile_avx512<4, kMaskA, kMaskB>;
-    case 5: return tile_avx512<5, kMaskA, kMaskB>;
-    default: return tile_avx512<6, kMaskA, kMaskB>;
+    case 1: return tile_avx512<1, 4, kMaskA, kMaskB>;
+    case 2: return tile_avx512<2, 4, kMaskA, kMaskB>;
+    case 3: return tile_avx512<3, 4, kMaskA, kMaskB>;
+    case 4: return tile_avx512<4, 4, kMaskA, kMaskB>;
+    case 5: return tile_avx512<5, 4, kMaskA, kMaskB>;
+    default: return tile_avx512<6, 4, kMaskA, kMaskB>;
   }
+}
+
+// Narrow panels (32 columns): up to 12 rows.
+template <bool kMaskA, bool kMaskB>
+TileFn avx512_narrow_tile(size_t rows) {
+  static constexpr TileFn kTiles[] = {
+      tile_avx512<1, 2, kMaskA, kMaskB>, tile_avx512<2, 2, kMaskA, kMaskB>,  tile_avx512<3, 2, kMaskA, kMaskB>,
+      tile_avx512<4, 2, kMaskA, kMaskB>, tile_avx512<5, 2, kMaskA, kMaskB>,  tile_avx512<6, 2, kMaskA, kMaskB>,
+      tile_avx512<7, 2, kMaskA, kMaskB>, tile_avx512<8, 2, kMaskA, kMaskB>,  tile_avx512<9, 2, kMaskA, kMaskB>,
+      tile_avx512<10, 2, kMaskA, kMaskB>, tile_avx512<11, 2, kMaskA, kMaskB>, tile_avx512<12, 2, kMaskA, kMaskB>};
+  return kTiles[std::min<size_t>(rows, 12) - 1];
 }
 
 template <bool kMaskA, bool kMaskB>
@@ -398,23 +403,33 @@ TileFn avx2_tile(size_t rows) {
 }
 
 template <bool kMaskA, bool kMaskB>
-TileFn tile_for(size_t rows) {
+TileFn tile_for(size_t rows, bool narrow) {
+  if (narrow) return avx512_narrow_tile<kMaskA, kMaskB>(rows);
   return simd_lanes() == 16 ? avx512_tile<kMaskA, kMaskB>(rows) : avx2_tile<kMaskA, kMaskB>(rows);
 }
 
 // Computes a rows x nr clamped tile: b_min (the smallest non-zero magnitude of B) tells
-// zero entries (and their stand-ins) from the others.
-using ClampedTileFn = void (*)(const uint32_t*, const float*, size_t, const uint32_t*, uint32_t, size_t, float*,
-                               size_t);
+// zero entries (and their stand-ins) from the others; b_fold is added back to every panel
+// entry (B packed with the bias folded in).
+using ClampedTileFn = void (*)(const uint32_t*, const float*, size_t, const uint32_t*, uint32_t, uint32_t, size_t,
+                               float*, size_t);
 
 template <bool kMaskB, bool kLow, bool kHigh>
-ClampedTileFn clamped_tile(size_t rows) {
+ClampedTileFn clamped_tile(size_t rows, bool narrow) {
+  if (narrow) {  // 32 columns (AVX-512 only)
+    switch (rows) {
+      case 1: return tile_clamped_avx512<1, 2, kMaskB, kLow, kHigh>;
+      case 2: return tile_clamped_avx512<2, 2, kMaskB, kLow, kHigh>;
+      case 3: return tile_clamped_avx512<3, 2, kMaskB, kLow, kHigh>;
+      default: return tile_clamped_avx512<4, 2, kMaskB, kLow, kHigh>;
+    }
+  }
   if (simd_lanes() == 16) {
     switch (rows) {
-      case 1: return tile_clamped_avx512<1, kMaskB, kLow, kHigh>;
-      case 2: return tile_clamped_avx512<2, kMaskB, kLow, kHigh>;
-      case 3: return tile_clamped_avx512<3, kMaskB, kLow, kHigh>;
-      default: return tile_clamped_avx512<4, kMaskB, kLow, kHigh>;
+      case 1: return tile_clamped_avx512<1, 4, kMaskB, kLow, kHigh>;
+      case 2: return tile_clamped_avx512<2, 4, kMaskB, kLow, kHigh>;
+      case 3: return tile_clamped_avx512<3, 4, kMaskB, kLow, kHigh>;
+      default: return tile_clamped_avx512<4, 4, kMaskB, kLow, kHigh>;
     }
   }
   switch (rows) {
@@ -424,28 +439,28 @@ ClampedTileFn clamped_tile(size_t rows) {
 }
 
 // Rows per tile of a variant's kernels.
-size_t tile_rows(GemmVariant variant) {
+size_t tile_rows(GemmVariant variant, bool narrow) {
   if (is_clamped(variant)) return simd_lanes() == 16 ? 4 : 2;
-  return simd_lanes() == 16 ? 6 : 4;
+  return narrow ? 12 : simd_lanes() == 16 ? 6 : 4;
 }
 
-ClampedTileFn select_clamped_tile(GemmVariant variant, size_t rows) {
+ClampedTileFn select_clamped_tile(GemmVariant variant, size_t rows, bool narrow) {
   switch (variant) {
-    case GemmVariant::kClamped: return clamped_tile<false, true, true>(rows);
-    case GemmVariant::kClampedMaskedB: return clamped_tile<true, true, true>(rows);
-    case GemmVariant::kClampedHigh: return clamped_tile<false, false, true>(rows);
-    case GemmVariant::kClampedHighMaskedB: return clamped_tile<true, false, true>(rows);
-    case GemmVariant::kClampedLow: return clamped_tile<false, true, false>(rows);
-    default: return clamped_tile<true, true, false>(rows);
+    case GemmVariant::kClamped: return clamped_tile<false, true, true>(rows, narrow);
+    case GemmVariant::kClampedMaskedB: return clamped_tile<true, true, true>(rows, narrow);
+    case GemmVariant::kClampedHigh: return clamped_tile<false, false, true>(rows, narrow);
+    case GemmVariant::kClampedHighMaskedB: return clamped_tile<true, false, true>(rows, narrow);
+    case GemmVariant::kClampedLow: return clamped_tile<false, true, false>(rows, narrow);
+    default: return clamped_tile<true, true, false>(rows, narrow);
   }
 }
 
-TileFn select_tile(GemmVariant variant, size_t rows) {
+TileFn select_tile(GemmVariant variant, size_t rows, bool narrow) {
   switch (variant) {
-    case GemmVariant::kAddMaskedA: return tile_for<true, false>(rows);
-    case GemmVariant::kAddMaskedB: return tile_for<false, true>(rows);
-    case GemmVariant::kAddMaskedAB: return tile_for<true, true>(rows);
-    default: return tile_for<false, false>(rows);
+    case GemmVariant::kAddMaskedA: return tile_for<true, false>(rows, narrow);
+    case GemmVariant::kAddMaskedB: return tile_for<false, true>(rows, narrow);
+    case GemmVariant::kAddMaskedAB: return tile_for<true, true>(rows, narrow);
+    default: return tile_for<false, false>(rows, narrow);
   }
 }
 
@@ -453,23 +468,25 @@ TileFn select_tile(GemmVariant variant, size_t rows) {
 
 void lmul_gemm_fast(GemmVariant variant, const uint32_t* a, const float* a_mask, const uint32_t* panels,
                     const float* b_masks, size_t k, size_t n, size_t row_begin, size_t row_end, size_t panel_begin,
-                    size_t panel_end, float* c, size_t ldc, uint32_t b_min_nonzero) {
+                    size_t panel_end, float* c, size_t ldc, size_t panel_columns, uint32_t b_min_nonzero,
+                    uint32_t b_fold) {
 #if LMUL_HAVE_X86_SIMD
-  const size_t nr = panel_width();
-  const size_t mr = tile_rows(variant);
+  const size_t nr = panel_columns ? panel_columns : panel_width();
+  const bool narrow = nr != panel_width() && nr == narrow_panel_width();
+  const size_t mr = tile_rows(variant, narrow);
   const bool clamped = is_clamped(variant);
   alignas(64) float tile[6 * 64];
   for (size_t r = row_begin; r < row_end; r += mr) {
     const size_t rows = std::min(mr, row_end - r);
-    const TileFn fn = clamped ? nullptr : select_tile(variant, rows);
-    const ClampedTileFn clamped_fn = clamped ? select_clamped_tile(variant, rows) : nullptr;
+    const TileFn fn = clamped ? nullptr : select_tile(variant, rows, narrow);
+    const ClampedTileFn clamped_fn = clamped ? select_clamped_tile(variant, rows, narrow) : nullptr;
     for (size_t panel = panel_begin; panel < panel_end; ++panel) {
       const size_t j0 = panel * nr, width = std::min(nr, n - j0);
       // Full panels go straight to C; the last, narrower one through a tile buffer.
       float* out = width == nr ? c + r * ldc + j0 : tile;
       const size_t ldo = width == nr ? ldc : nr;
       if (clamped) {
-        clamped_fn(a + r * k, a_mask + r * k, k, panels + panel * k * nr, b_min_nonzero, k, out, ldo);
+        clamped_fn(a + r * k, a_mask + r * k, k, panels + panel * k * nr, b_min_nonzero, b_fold, k, out, ldo);
       } else {
         fn(a + r * k, a_mask ? a_mask + r * k : nullptr, k, panels + panel * k * nr,
            b_masks ? b_masks + panel * k * nr : nullptr, k, out, ldo);
@@ -481,7 +498,7 @@ void lmul_gemm_fast(GemmVariant variant, const uint32_t* a, const float* a_mask,
   }
 #else
   (void)variant, (void)a, (void)a_mask, (void)panels, (void)b_masks, (void)k, (void)n, (void)row_begin, (void)row_end;
-  (void)panel_begin, (void)panel_end, (void)c, (void)ldc, (void)b_min_nonzero;
+  (void)panel_begin, (void)panel_end, (void)c, (void)ldc, (void)panel_columns, (void)b_min_nonzero, (void)b_fold;
 #endif
 }
 

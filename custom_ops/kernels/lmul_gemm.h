@@ -125,13 +125,20 @@ size_t panel_width();
 // variants: a -> |a| + 2^30 - bias and mask -> sign(a) * 1.0 (for a zero: the stand-in and 0).
 void prepare_a(uint32_t* a, float* mask, size_t count, GemmVariant variant, uint32_t bias, uint32_t zero_stand_in);
 
+// Column width of narrow panels, for B of at most that many columns (attention's p.V
+// with 32-wide heads): 32 with AVX-512, else 0 (none).
+size_t narrow_panel_width();
+
 // Rows [row_begin, row_end) x panels [panel_begin, panel_end) of C (row stride ldc, N
-// columns) = A' (+) B for a fast variant; A' is prepared A (row stride k). The clamped
-// variants need no B masks: b_min_nonzero (B's OperandRange::min_nonzero) tells zero
-// entries and their stand-ins (all below it) from the others.
+// columns) = A' (+) B for a fast variant; A' is prepared A (row stride k). Panels are
+// panel_columns wide: panel_width() (0 says the same) or narrow_panel_width(). The
+// clamped variants need no B masks: b_min_nonzero (B's OperandRange::min_nonzero) tells
+// zero entries and their stand-ins (all below it) from the others; b_fold is the constant
+// subtracted from every panel entry when B was packed with the bias folded in (0 if not).
 void lmul_gemm_fast(GemmVariant variant, const uint32_t* a, const float* a_mask, const uint32_t* panels,
                     const float* b_masks, size_t k, size_t n, size_t row_begin, size_t row_end, size_t panel_begin,
-                    size_t panel_end, float* c, size_t ldc, uint32_t b_min_nonzero = 0);
+                    size_t panel_end, float* c, size_t ldc, size_t panel_columns = 0, uint32_t b_min_nonzero = 0,
+                    uint32_t b_fold = 0);
 
 }  // namespace lmul
 

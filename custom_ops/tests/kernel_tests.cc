@@ -238,22 +238,32 @@ void clamped_variants() {
     size_t numbers = 0;  // (+-inf + -+inf: NaN hides the other products)
     for (float x : expected) numbers += !std::isnan(x);
     check(numbers > expected.size() * 3 / 4, "clamped test data: mostly not NaN", numbers);
-    const size_t panels = (n + nr - 1) / nr;
-    std::vector<uint32_t> packed(panels * k * nr);
-    std::vector<float> masks(packed.size()), a_sign(a.size());
-    std::vector<float> b_values(b.size());
+    std::vector<float> a_sign(a.size()), b_values(b.size());
     for (size_t i = 0; i < b.size(); ++i) b_values[i] = lmul::bits_float(b[i]);
-    lmul::pack_panels_rounded<lmul::Float32Storage>(b_values.data(), k, n, n, 1, 23, nr, lmul::zero_stand_in_b(br), 0,
-                                                    panels, packed.data(), br.has_zero ? masks.data() : nullptr);
-    lmul::prepare_a(a.data(), a_sign.data(), a.size(), variant, bias, lmul::zero_stand_in_a(br, variant));
-    // (the clamped kernels need no B masks: they tell zeros from B's smallest magnitude)
-    lmul::lmul_gemm_fast(variant, a.data(), a_sign.data(), packed.data(),
-                         lmul::masks_b(variant) ? masks.data() : nullptr, k, n, 0, m, 0, panels, got.data(), n,
-                         br.min_nonzero);
+    const uint32_t a_stand_in = lmul::zero_stand_in_a(br, variant);
+    lmul::prepare_a(a.data(), a_sign.data(), a.size(), variant, bias, a_stand_in);
+    // Panels of the full width, the same with the bias folded into B (as a per-call B is
+    // packed; one-add kernels then take A without it), and narrow panels (AVX-512).
     size_t differ = 0;
-    for (size_t i = 0; i < got.size(); ++i) {
-      const bool both_nan = std::isnan(got[i]) && std::isnan(expected[i]);
-      differ += !both_nan && lmul::float_bits(got[i]) != lmul::float_bits(expected[i]);
+    for (int layout = 0; layout < 3; ++layout) {
+      const size_t width = layout == 2 ? lmul::narrow_panel_width() : nr;
+      if (width == 0 || (layout > 0 && !lmul::is_clamped(variant))) continue;
+      const uint32_t fold = layout > 0 ? bias : 0u;
+      const size_t panels = (n + width - 1) / width;
+      std::vector<uint32_t> packed(panels * k * width);
+      std::vector<float> masks(packed.size());
+      lmul::pack_panels_rounded<lmul::Float32Storage>(b_values.data(), k, n, n, 1, 23, width, lmul::zero_stand_in_b(br),
+                                                      0, panels, packed.data(), br.has_zero ? masks.data() : nullptr);
+      for (auto& x : packed) x -= fold;
+      std::fill(got.begin(), got.end(), 0.0f);
+      // (the clamped kernels need no B masks: they tell zeros from B's smallest magnitude)
+      lmul::lmul_gemm_fast(variant, a.data(), a_sign.data(), packed.data(),
+                           lmul::masks_b(variant) ? masks.data() : nullptr, k, n, 0, m, 0, panels, got.data(), n,
+                           width, br.min_nonzero, fold);
+      for (size_t i = 0; i < got.size(); ++i) {
+        const bool both_nan = std::isnan(got[i]) && std::isnan(expected[i]);
+        differ += !both_nan && lmul::float_bits(got[i]) != lmul::float_bits(expected[i]);
+      }
     }
     check(differ == 0, lmul::variant_name(variant), differ);
   }
@@ -347,14 +357,17 @@ void matrix_products() {
     size_t batches, m, k, n;
     bool b_batched;
   };
-  // b_batched: one B matrix per batch (attention) rather than one B for all. The last
-  // two take several passes over B, the last one a B too large to stay in cache.
+  // b_batched: one B matrix per batch (attention) rather than one B for all. {1, 1, 200,
+  // 100} and {1, 2, 300, 530} take several passes over B, the second a B too large to stay
+  // in cache; {3, 30, 40, 32} and {2, 25, 17, 20} per-call B in narrow panels (N <= 32);
+  // {1, 12, 130, 600} several panel blocks per row block (A prepared before the tasks).
   const Shape3 shapes[] = {{1, 1, 64, 80, false},  {1, 2, 33, 16, false}, {1, 3, 17, 47, false},
                            {1, 4, 5, 130, false},  {1, 5, 70, 64, false}, {1, 6, 9, 7, false},
                            {1, 7, 40, 150, false}, {1, 8, 64, 96, false}, {3, 1, 64, 33, false},
                            {12, 1, 20, 70, true},  {2, 8, 3, 17, true},   {1, 13, 70, 150, false},
                            {1, 1, 0, 20, false},   {2, 9, 31, 65, true},  {1, 1, 200, 100, false},
-                           {1, 2, 300, 530, false}};
+                           {1, 2, 300, 530, false}, {3, 30, 40, 32, true},  {2, 25, 17, 20, true},
+                           {4, 50, 9, 64, true},    {1, 12, 130, 600, false}};
   for (const Shape3& s : shapes) {
     for (int kind_a : {0, 1, 2, 3, 4, 5, 6}) {
       for (int kind_b : {0, 1, 2, 3, 4, 5, 6, 7}) {
