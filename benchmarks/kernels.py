@@ -103,13 +103,22 @@ def ratio(native: ort.InferenceSession, lmul: ort.InferenceSession, feeds: dict,
     return {"native_ms": 1e3 * n, "lmul_ms": 1e3 * m, "ratio": n / m}
 
 
-def matmul_case(a: np.ndarray, b: np.ndarray, threads: int, timing: Timing, constant: bool) -> dict:
+def matmul_case(
+    a: np.ndarray,
+    b: np.ndarray,
+    threads: int,
+    timing: Timing,
+    constant: bool,
+    mantissa_bits: int | None = None,
+) -> dict:
+    """onnxruntime's float32 MatMul against LMulMatMul (at ``mantissa_bits``, default full width)."""
     shapes = [a.shape, b.shape]
     feeds = {"A": a} if constant else {"A": a, "B": b}
     const = b if constant else None
+    attrs = {} if mantissa_bits is None else {"mantissa_bits": mantissa_bits}
     return ratio(
         session(model("MatMul", "", shapes, const), threads),
-        session(model("LMulMatMul", "lmul", shapes, const), threads),
+        session(model("LMulMatMul", "lmul", shapes, const, **attrs), threads),
         feeds,
         timing,
     )
@@ -216,8 +225,12 @@ def main() -> None:
         args.repeat, STATISTICS[args.statistic], time.process_time if args.cpu_time else time.perf_counter
     )
 
-    def product(a_shape: tuple[int, ...], b_shape: tuple[int, ...], constant: bool) -> Callable[[int], dict]:
-        return lambda threads: matmul_case(normal(*a_shape), normal(*b_shape), threads, timing, constant)
+    def product(
+        a_shape: tuple[int, ...], b_shape: tuple[int, ...], constant: bool, mantissa_bits: int | None = None
+    ) -> Callable[[int], dict]:
+        return lambda threads: matmul_case(
+            normal(*a_shape), normal(*b_shape), threads, timing, constant, mantissa_bits
+        )
 
     def relu_product(threads: int) -> dict:
         return matmul_case(np.maximum(normal(size, size), 0), normal(size, size), threads, timing, True)
@@ -275,6 +288,7 @@ def main() -> None:
     cases: list[tuple[str, Callable[[int], dict]]] = [
         (f"MatMul {size}^3 N(0,1), B input", product((size, size), (size, size), False)),
         (f"MatMul {size}^3 N(0,1), B weights", product((size, size), (size, size), True)),
+        (f"MatMul {size}^3 N(0,1), B weights m=4", product((size, size), (size, size), True, 4)),
         (
             f"MatMul {size}x{wide_k}x{wide_k} N(0,1), B weights",
             product((size, wide_k), (wide_k, wide_k), True),
@@ -291,6 +305,16 @@ def main() -> None:
         ("MatMul attention 9x(128x128 @ 128x64) (p.V)", product((9, 128, 128), (9, 128, 64), False)),
         ("MatMul attention 9x(40x64 @ 64x40)", product((9, 40, 64), (9, 64, 40), False)),
         (f"MatMul 1x{big}x{big} (decoding), B weights", product((1, big), (big, big), True)),
+        # Weights rounded to m <= 7 bits are packed in 16 bits (bfloat16 bit patterns).
+        (f"MatMul 1x{big}x{big} (decoding), B weights m=4", product((1, big), (big, big), True, 4)),
+        (
+            f"MatMul 1x{big // 2}x{big // 2} (decoding), B weights",
+            product((1, big // 2), (big // 2, big // 2), True),
+        ),
+        (
+            f"MatMul 1x{big // 2}x{big // 2} (decoding), B weights m=4",
+            product((1, big // 2), (big // 2, big // 2), True, 4),
+        ),
         # Decoding against a per-call B (a KV cache): the small-M kernel, B never packed.
         (f"MatMul 1x{big}x{big}, B input", product((1, big), (big, big), False)),
         (f"MatMul 1x64x{context} (q.K^T), B input", product((1, 64), (64, context), False)),

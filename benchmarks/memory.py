@@ -2,12 +2,18 @@
 
 Builds a synthetic decoder-like stack of ``--layers`` MatMuls against constant
 ``--size`` x ``--size`` float32 weights (or uses ``--model``), converts it, and runs each
-model once in a fresh process: the figure is the resident set size after the first run,
-minus that of the same process before the session was created (onnxruntime and numpy
-already imported). Weights of the converted model are packed by the lmul kernels when
-the session is created, next to onnxruntime's own copy of the initializers.
+model once in a fresh process: the figure is the resident set size after the first run
+(after glibc's malloc_trim, so that heap memory the session has already freed does not
+count), minus that of the same process before the session was created (onnxruntime and
+numpy already imported). Weights of the converted model are packed by the lmul kernels
+when the session is created (16 bits per weight at m <= 7, else 32), next to
+onnxruntime's own copy of the initializers; that copy leaves resident memory only when
+onnxruntime memory-maps it from an external-data file (``--external-data both`` stores
+the weights of both models that way, ``converted`` those of the converted one, as
+``lmul-onnx convert --external-data`` does; models with external data keep it).
 
     python benchmarks/memory.py [--layers 8] [--size 2048] [--mantissa-bits 4] [--model m.onnx]
+                                [--external-data none|both|converted]
 """
 
 from __future__ import annotations
@@ -45,6 +51,11 @@ for arg in session.get_inputs():
     feeds[arg.name] = (np.ones(shape, np.int64) if "int" in arg.type
                        else np.random.default_rng(0).standard_normal(shape).astype(np.float32))
 session.run(None, feeds)
+try:
+    import ctypes
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+except (OSError, AttributeError):
+    pass
 print(resident() - before)
 """
 
@@ -83,21 +94,50 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--mantissa-bits", type=int, default=None)
     parser.add_argument("--model", type=Path, help="an ONNX model instead of the synthetic stack")
+    parser.add_argument("--ops", default="MatMul,Gemm", help="op types to convert (default MatMul,Gemm)")
+    parser.add_argument(
+        "--external-data",
+        choices=["none", "both", "converted"],
+        default="none",
+        help="store the weights in an external-data file (onnxruntime memory-maps it): of both models, "
+        "or of the converted one only (convert --external-data); default: as the model has them",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         original = Path(tmp) / "original.onnx"
         converted = Path(tmp) / "converted.onnx"
-        if args.model:
+        both = args.external_data == "both"
+        if args.model and not both:
             original = args.model
         else:
-            onnx.save(synthetic_model(args.layers, args.size), original)
-        lmul_onnx.convert(str(original), converted, mantissa_bits=args.mantissa_bits)
+            source = onnx.load(args.model) if args.model else synthetic_model(args.layers, args.size)
+            onnx.save(source, original, save_as_external_data=both, location="original.onnx.data")
+        lmul_onnx.convert(
+            str(original),
+            converted,
+            mantissa_bits=args.mantissa_bits,
+            op_types_to_quantize=args.ops.split(","),
+            external_data=args.external_data == "converted",
+        )
+
+        def storage(path: Path) -> str:
+            stored = onnx.load(path, load_external_data=False).graph.initializer
+            return (
+                "external data"
+                if any(t.data_location == TensorProto.EXTERNAL for t in stored)
+                else "embedded"
+            )
+
         initializers = onnx.load(original, load_external_data=True).graph.initializer
         weights = sum(numpy_helper.to_array(t).nbytes for t in initializers)
         name = args.model.name if args.model else f"{args.layers} x MatMul {args.size}x{args.size}"
         base = resident_after_first_run(original)
         lmul = resident_after_first_run(converted)
-        print(f"model: {name}; initializers {weights / 2**20:.1f} MiB; m = {args.mantissa_bits or 'full'}")
+        print(
+            f"model: {name}; initializers {weights / 2**20:.1f} MiB ({storage(original)}, converted: "
+            f"{storage(converted)}); "
+            f"ops {args.ops}; m = {args.mantissa_bits or 'full'}"
+        )
         print(f"onnxruntime: {base / 2**20:.1f} MiB resident after the first run")
         print(f"L-Mul:       {lmul / 2**20:.1f} MiB resident after the first run ({lmul / base:.2f}x)")
 

@@ -50,6 +50,12 @@ _SELECTION_OPTIONS = (
     "--overwrite", is_flag=True, help="Replace an existing output file (and its <output>.data file)."
 )
 @click.option(
+    "--external-data",
+    is_flag=True,
+    help="Write the weights to <output>.data even when the input embeds them "
+    "(less resident memory when run: onnxruntime memory-maps them).",
+)
+@click.option(
     "--ops",
     multiple=True,
     metavar="OP[,OP]",
@@ -134,6 +140,7 @@ def convert(
     input_model: Path,
     output: Path | None,
     overwrite: bool,
+    external_data: bool,
     ops: tuple[str, ...],
     scope: str,
     include: tuple[str, ...],
@@ -230,6 +237,7 @@ def convert(
             calibration=calibration_options,
             portable=portable,
             overwrite=overwrite,
+            external_data=external_data,
         )
     except (ModelLoadError, OutputPathError, ValueError) as error:
         raise InputError(str(error)) from None

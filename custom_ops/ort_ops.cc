@@ -16,6 +16,11 @@
 #include <string>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
+
 #include "api_version.h"
 #include "kernels/conv_shapes.h"
 #include "kernels/lmul_conv.h"
@@ -61,6 +66,31 @@ constexpr const char* type_name() {
 }
 
 using lmul_ort::NodeError;
+
+// onnxruntime keeps its own copy of every initializer, and the API (version 21) offers
+// custom ops no PrePack through which it would drop it. Once constant weights are packed,
+// the kernels read that copy again only on the portable fall-back path (operands that a
+// one-add kernel cannot take). When onnxruntime has memory-mapped the copy from an
+// external-data file, its pages need not stay resident: MADV_PAGEOUT (Linux >= 5.4) asks
+// the kernel to reclaim the pages lying wholly inside it now, and a later read maps them
+// in again. The hint never changes what the memory holds (on anonymous memory without
+// swap it does nothing); when it fails (older kernels), nothing happens.
+void release_resident_pages(const void* data, size_t bytes) {
+#if defined(__linux__)
+#ifdef MADV_PAGEOUT
+  constexpr int kPageOut = MADV_PAGEOUT;
+#else
+  constexpr int kPageOut = 21;  // MADV_PAGEOUT, for C libraries older than Linux 5.4
+#endif
+  const long page_size = sysconf(_SC_PAGESIZE);
+  if (page_size <= 0 || !data) return;
+  const uintptr_t page = static_cast<uintptr_t>(page_size), start = reinterpret_cast<uintptr_t>(data);
+  const uintptr_t begin = (start + page - 1) / page * page, end = (start + bytes) / page * page;
+  if (end > begin) (void)madvise(reinterpret_cast<void*>(begin), end - begin, kPageOut);
+#else
+  (void)data, (void)bytes;
+#endif
+}
 
 // The `mantissa_bits` attribute (1..the type's width; absent = the type's width) and the
 // L-Mul constant of the `offset` attribute (SPEC 4; absent = the paper's), as every op
@@ -169,8 +199,13 @@ struct LMulKernel {
     } else {
       return;
     }
-    constant_b = lmul::pack_b<S>(static_cast<const T*>(b.GetTensorRawData()), shape, matrices, k, n, trans_b,
-                                 mantissa_bits, lmul::run_serially);
+    const T* data = static_cast<const T*>(b.GetTensorRawData());
+    constant_b = lmul::pack_b<S>(data, shape, matrices, k, n, trans_b, mantissa_bits, lmul::run_serially);
+    // B is read again only when no one-add kernel can take it (see above).
+    const lmul::OperandRange& range = constant_b->range;
+    if (!range.has_special && range.min_nonzero != 0xFFFFFFFFu) {
+      release_resident_pages(data, matrices * k * n * sizeof(T));
+    }
   }
 
   OrtStatusPtr ComputeV2(OrtKernelContext* raw_context) noexcept { return guarded<Kind>(node_name, [&] { Compute(raw_context); }); }
@@ -432,6 +467,7 @@ struct Registry {
 }  // namespace
 
 // Test hook: the matmul variant the pre-scan picks for float32 operands rounded to m bits
+// (against a per-call B; weights in 16-bit panels, m <= 7, take no clamped kernel)
 // with the given offset (-1: the paper's) (0 general, 1 add, 2 add-masked-a,
 // 3 add-masked-b, 4 add-masked-ab, 5 normal, 6 clamped, 7 clamped-masked-b, 8 clamped-high,
 // 9 clamped-high-masked-b, 10 clamped-low, 11 clamped-low-masked-b; -1 for a bad m or

@@ -173,17 +173,18 @@ def output_files(
     input_path: str | os.PathLike[str] | None = None,
     reads_from: Iterable[Path] = (),
     overwrite: bool = False,
+    external_data: bool = False,
 ) -> list[Path]:
-    """The files a conversion writes: the model and, when the input has external data,
-    ``<output>.data`` beside it; each checked by :func:`output_paths.check_output`
-    against the input and every file it reads."""
+    """The files a conversion writes: the model and, when the input has external data
+    or ``external_data`` asks for it, ``<output>.data`` beside it; each checked by
+    :func:`output_paths.check_output` against the input and every file it reads."""
     external = set(reads_from)
     protected = [(Path(p), "the external data of the input model") for p in sorted(external)]
     if input_path is not None:
         protected.insert(0, (Path(os.path.abspath(input_path)), "the input model"))
     model_file = check_output(output, protected=protected, overwrite=overwrite)
     files = [model_file]
-    if external:
+    if external or external_data:
         data_file = model_file.with_name(f"{model_file.name}.data")
         files.append(
             check_output(data_file, protected=protected, overwrite=overwrite, option="external data")
@@ -198,11 +199,15 @@ def save_model(
     reads_from: Iterable[Path] = (),
     overwrite: bool = True,
     input_path: str | os.PathLike[str] | None = None,
+    external_data: bool = False,
 ) -> list[Path]:
     """Write ``model`` atomically; return the files written. Weights stored externally in
-    the input go to a new external-data file ``<output name>.data``, which must not be one
-    the model reads from; nothing is written when a check fails."""
-    files = output_files(output, input_path=input_path, reads_from=reads_from, overwrite=overwrite)
+    the input (every weight, with ``external_data``) go to a new external-data file
+    ``<output name>.data``, which must not be one the model reads from; nothing is
+    written when a check fails."""
+    files = output_files(
+        output, input_path=input_path, reads_from=reads_from, overwrite=overwrite, external_data=external_data
+    )
     data_name = files[1].name if len(files) > 1 else None
     # The data file is moved into place before the model that names it.
     with staged_files(files[::-1]) as staged:
@@ -272,6 +277,7 @@ def convert_file(
     offsets: OffsetOptions | None = None,
     calibration: CalibrationOptions | None = None,
     portable: bool = False,
+    external_data: bool = False,
 ) -> ConversionReport:
     """Convert a model file into another file; the function behind ``lmul-onnx convert``.
 
@@ -283,13 +289,21 @@ def convert_file(
     runs). ``report.written`` names the files written.
     ``calibration``: the inputs of ``auto`` offsets (see :func:`convert_model`).
     ``portable`` adds the standard-op bodies of :mod:`lmul_onnx.portable`.
+    ``external_data`` writes the weights to ``<output>.data`` even when the input
+    embeds them (see :func:`convert`).
     """
     model, model_path = graph.load(input_path)
     source = os.fspath(input_path)
     target = Path(output_path) if output_path is not None else default_output_path(input_path)
     reads_from = referenced_files(model, Path(input_path).parent)
     if not dry_run:
-        output_files(target, input_path=input_path, reads_from=reads_from, overwrite=overwrite)
+        output_files(
+            target,
+            input_path=input_path,
+            reads_from=reads_from,
+            overwrite=overwrite,
+            external_data=external_data,
+        )
     energy.unbound_dims(model, dims or {})
     types = graph.infer(model, dims or {})
     records = convert_model(
@@ -308,7 +322,14 @@ def convert_file(
         if portable:
             model, added = make_portable(model, base_dir=Path(input_path).parent)
             report.portable = added.describe()
-        written = save_model(model, target, reads_from=reads_from, overwrite=overwrite, input_path=input_path)
+        written = save_model(
+            model,
+            target,
+            reads_from=reads_from,
+            overwrite=overwrite,
+            input_path=input_path,
+            external_data=external_data,
+        )
         report.written = [str(path) for path in written]
     return report
 
@@ -352,6 +373,7 @@ def convert(
     every_product: bool = False,
     plan: str | os.PathLike[str] | Plan | None = None,
     portable: bool = False,
+    external_data: bool = False,
 ) -> onnx.ModelProto:
     """Rewrite the MatMul / Gemm / Mul / Conv / ConvTranspose nodes of a model into L-Mul ops.
 
@@ -387,6 +409,11 @@ def convert(
         plan: a plan from :func:`lmul_onnx.tune` (a path or a ``Plan``): convert exactly
             the nodes it converts, at its widths and offsets; the selection and offset
             options are then ignored.
+        external_data: write the weights to an external-data file ``<output>.data``
+            even when the input embeds them (inputs with external data always get one).
+            onnxruntime memory-maps such weights, and the ``lmul`` kernels, which keep
+            their own packed copy, let the pages of onnxruntime's copy be reclaimed:
+            the converted model then takes less resident memory.
 
     Returns:
         The converted model as an ``onnx.ModelProto``. Models with external data are
@@ -427,6 +454,7 @@ def convert(
             calibration=calibration,
             overwrite=overwrite,
             portable=portable,
+            external_data=external_data,
         )
         return onnx.load(os.fspath(output_path), load_external_data=False)
     ir_model, ir_path = graph.load(model)  # a ModelProto is deserialised, so it stays untouched
@@ -434,5 +462,5 @@ def convert(
     if portable:
         ir_model, _ = make_portable(ir_model)
     if output_path is not None:
-        save_model(ir_model, output_path, overwrite=overwrite)
+        save_model(ir_model, output_path, overwrite=overwrite, external_data=external_data)
     return ir.to_proto(ir_model)

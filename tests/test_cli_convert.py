@@ -49,6 +49,14 @@ def test_default_output_and_summary(model_path: Path) -> None:
     assert "the 30 converted products use" in output and "all 30 of the model's multiplications" in output
 
 
+def test_external_data_option(model_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.onnx"
+    code, output = invoke("convert", str(model_path), "-o", str(out), "--external-data", "--json", "-")
+    assert code == 0, output
+    assert json.loads(output)["written"] == [str(out), str(tmp_path / "out.onnx.data")]
+    assert (tmp_path / "out.onnx.data").is_file()  # (this model's 48-byte weight stays inline)
+
+
 def test_json_report(model_path: Path, tmp_path: Path) -> None:
     code, output = invoke(
         "convert",

@@ -260,6 +260,63 @@ def test_external_data_gets_its_own_file(tmp_path: Path, rng: np.random.Generato
     assert np.allclose(y, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_external_data_on_request(tmp_path: Path, rng: np.random.Generator) -> None:
+    """An embedded model's weights go to <output>.data with external_data=True; the
+    converted model computes the same bits as the embedded conversion."""
+    weight = rng.standard_normal((64, 32)).astype(np.float32)
+    model = make(
+        [helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")],
+        [tensor("x", shape=[2, 64])],
+        [tensor("y", shape=[2, 32])],
+        [numpy_helper.from_array(weight, "W")],
+    )
+    source = tmp_path / "m.onnx"
+    onnx.save(model, source)
+    lmul_onnx.convert(source, tmp_path / "embedded.onnx", mantissa_bits=4)
+    lmul_onnx.convert(source, tmp_path / "external.onnx", mantissa_bits=4, external_data=True)
+    assert not (tmp_path / "embedded.onnx.data").exists()
+    stored = onnx.load(tmp_path / "external.onnx", load_external_data=False).graph.initializer[0]
+    assert stored.data_location == TensorProto.EXTERNAL
+    assert {e.value for e in stored.external_data if e.key == "location"} == {"external.onnx.data"}
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    outputs = [
+        lmul_onnx.InferenceSession(tmp_path / name).run(None, {"x": x})[0]
+        for name in ("embedded.onnx", "external.onnx")
+    ]
+    assert np.array_equal(outputs[0].view(np.uint32), outputs[1].view(np.uint32))
+    # in memory too (a ModelProto, not a path)
+    lmul_onnx.convert(model, tmp_path / "from_proto.onnx", external_data=True)
+    assert (tmp_path / "from_proto.onnx.data").is_file()
+
+
+def test_released_weight_pages_keep_their_content(tmp_path: Path, rng: np.random.Generator) -> None:
+    """After packing, the kernels let the pages of onnxruntime's memory-mapped copy of a
+    weight be reclaimed; a standard op reading the same weight, and the portable fall-back
+    (products that may overflow read B again on every call), still see every bit."""
+    weight = rng.standard_normal((256, 64)).astype(np.float32) * np.float32(1e19)  # 64 KiB
+    model = make(
+        [
+            helper.make_node("MatMul", ["x", "W"], ["y"], name="mm"),
+            helper.make_node("Identity", ["W"], ["w_out"], name="copy"),
+        ],
+        [tensor("x", shape=[3, 256])],
+        [tensor("y", shape=[3, 64]), tensor("w_out", shape=[256, 64])],
+        [numpy_helper.from_array(weight, "W")],
+    )
+    source = tmp_path / "m.onnx"
+    onnx.save(model, source)
+    lmul_onnx.convert(source, tmp_path / "m.lmul.onnx", mantissa_bits=4, external_data=True)
+    lmul_onnx.convert(source, tmp_path / "embedded.onnx", mantissa_bits=4)  # nothing released
+    session = lmul_onnx.InferenceSession(tmp_path / "m.lmul.onnx")
+    embedded = lmul_onnx.InferenceSession(tmp_path / "embedded.onnx")
+    for scale in (1.0, 1e19):  # one-add kernels; then products that overflow (portable loop)
+        x = rng.standard_normal((3, 256)).astype(np.float32) * np.float32(scale)
+        y, w_out = session.run(None, {"x": x})
+        assert np.array_equal(w_out.view(np.uint32), weight.view(np.uint32))
+        assert np.array_equal(y.view(np.uint32), embedded.run(None, {"x": x})[0].view(np.uint32))
+        assert np.isinf(y).any() == (scale > 1)
+
+
 def test_refuses_to_overwrite_input(tmp_path: Path, mlp: onnx.ModelProto) -> None:
     path = tmp_path / "m.onnx"
     onnx.save(mlp, path)

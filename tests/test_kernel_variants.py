@@ -115,11 +115,13 @@ def test_products_at_the_limits_are_the_reference_bits(
 RUNNER = textwrap.dedent(
     """
     import sys
+    import ml_dtypes
     import numpy as np
     import onnx
     import onnxruntime
     from onnx import TensorProto, helper, numpy_helper
     import lmul_onnx
+    import lmul_onnx.runtime
 
     rng = np.random.default_rng(7)
     a = rng.standard_normal((37, 70)).astype(np.float32)
@@ -183,7 +185,9 @@ RUNNER = textwrap.dedent(
                               ("LMulMatMul", {"mantissa_bits": 1}),
                               ("LMulMatMul", {"mantissa_bits": 3, "offset": 0}),
                               ("LMulMatMul", {"offset": 8388607}),
-                              ("LMulMatMul", {"mantissa_bits": 4, "offset": 471942})):
+                              ("LMulMatMul", {"mantissa_bits": 4, "offset": 471942}),
+                              # the widest 16-bit panels and the narrowest 32-bit ones
+                              ("LMulMatMul", {"mantissa_bits": 7}), ("LMulMatMul", {"mantissa_bits": 8})):
                 node = helper.make_node(op, ["A", "B"], ["Y"], domain="lmul", **attrs)
                 out = helper.make_tensor_value_info("Y", 1, None)
                 graph = helper.make_graph([node], "g", inputs, [out], inits)
@@ -203,6 +207,30 @@ RUNNER = textwrap.dedent(
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid("lmul", 1)]
     model = helper.make_model(graph, opset_imports=opsets, ir_version=9)
     results["gemm"] = lmul_onnx.InferenceSession(model.SerializeToString()).run(None, {"A": a})[0]
+    # float16 / bfloat16 weights (16-bit panels at m <= 7, bfloat16 at any width), with
+    # zeros and subnormals of B, M = 1 and more, B transposed by Gemm.
+    zeros_b = np.where(np.abs(b) < 0.3, 0, b).astype(np.float32)
+    zeros_b[::7, ::5] = 1e-41
+    for dtype, onnx_type, widths in ((np.float16, TensorProto.FLOAT16, (None, 4, 7, 8)),
+                                     (ml_dtypes.bfloat16, TensorProto.BFLOAT16, (None, 4))):
+        for rows in (1, 37):
+            for gemm in (False, True):
+                x = a[:rows].astype(dtype)
+                y = (zeros_b.T.copy() if gemm else zeros_b).astype(dtype)
+                init = helper.make_tensor("B", onnx_type, y.shape, y.view(np.uint16).tobytes(), raw=True)
+                for bits in widths:
+                    attrs = {} if bits is None else {"mantissa_bits": bits}
+                    if gemm:
+                        attrs["transB"] = 1
+                    node = helper.make_node("LMulGemm" if gemm else "LMulMatMul", ["A", "B"], ["Y"],
+                                            domain="lmul", **attrs)
+                    graph = helper.make_graph([node], "g",
+                                              [helper.make_tensor_value_info("A", onnx_type, x.shape)],
+                                              [helper.make_tensor_value_info("Y", onnx_type, None)], [init])
+                    model = helper.make_model(graph, opset_imports=opsets, ir_version=9)
+                    session = lmul_onnx.InferenceSession(model.SerializeToString())
+                    out = lmul_onnx.runtime.run(session, {"A": x})[0]
+                    results[f"{dtype.__name__}_{rows}_{gemm}_{bits}"] = out.view(np.uint16)
     np.savez(sys.argv[1], **results)
     """
 )
@@ -214,4 +242,5 @@ def test_every_simd_path_gives_the_portable_bits(tmp_path: Path, run_with_simd: 
         fast = run_with_simd(setting, tmp_path / f"{setting}.npz", RUNNER)
         assert fast.keys() == portable.keys()
         for key, expected in portable.items():
-            assert np.array_equal(fast[key].view(np.uint32), expected.view(np.uint32)), (setting, key)
+            assert fast[key].dtype == expected.dtype, key
+            assert np.array_equal(fast[key].view(np.uint8), expected.view(np.uint8)), (setting, key)

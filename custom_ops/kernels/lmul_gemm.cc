@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <new>
+#include <type_traits>
 
 #include "lmul_arith.h"
 
@@ -130,7 +133,8 @@ int detect_simd_lanes() {
   const bool allow_512 = !cap || (std::strcmp(cap, "avx2") != 0 && std::strcmp(cap, "none") != 0);
   const bool allow_256 = !cap || std::strcmp(cap, "none") != 0;
   __builtin_cpu_init();
-  if (allow_512 && __builtin_cpu_supports("avx512f")) return 16;
+  // (BW for the 16-bit panels' unpacking: every AVX-512 CPU but the Xeon Phi has it)
+  if (allow_512 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) return 16;
   if (allow_256 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 8;
 #endif
   return 0;
@@ -143,8 +147,6 @@ int simd_lanes() {
   return lanes;
 }
 
-size_t narrow_panel_width() { return simd_lanes() == 16 ? 32 : 0; }
-
 size_t panel_width() {
   switch (simd_lanes()) {
     case 16:
@@ -155,6 +157,8 @@ size_t panel_width() {
       return 0;
   }
 }
+
+size_t narrow_panel_width() { return simd_lanes() == 16 ? 32 : 0; }
 
 LMUL_TARGET_CLONES
 void prepare_a(uint32_t* a, float* mask, size_t count, GemmVariant variant, uint32_t bias, uint32_t zero_stand_in) {
@@ -177,36 +181,79 @@ void prepare_a(uint32_t* a, float* mask, size_t count, GemmVariant variant, uint
 
 #if LMUL_HAVE_X86_SIMD
 
+// How a tile kernel treats B's zero entries: there are none (or A's masks cover them),
+// a 0/1 float mask per entry (lmul_gemm_fast), or entries that hold 0 and are tested
+// (compact panels, lmul_gemm_panels).
+enum class ZerosOfB { kNone, kFloatMask, kTested };
+
+// One row of a panel as NV x 16 32-bit bit patterns (64 columns, or 32 for narrow
+// panels). 16-bit panels (always 64 wide) are stored in the order of AVX-512BW's word
+// unpacking (half_panel_slot), so that unpacking each word under a zero word (one
+// instruction per vector) yields the columns in order, already shifted into the high half.
+template <int NV>
+__attribute__((target("avx512f"), always_inline)) inline void load_row(const uint32_t* p, __m512i b[NV]) {
+  for (int v = 0; v < NV; ++v) b[v] = _mm512_loadu_si512(p + 16 * v);
+}
+template <int NV>
+__attribute__((target("avx512f,avx512bw"), always_inline)) inline void load_row(const uint16_t* p, __m512i b[NV]) {
+  static_assert(NV == 4, "16-bit panels are 64 columns wide");
+  const __m512i zero = _mm512_setzero_si512(), low = _mm512_loadu_si512(p), high = _mm512_loadu_si512(p + 32);
+  b[0] = _mm512_unpacklo_epi16(zero, low);
+  b[1] = _mm512_unpackhi_epi16(zero, low);
+  b[2] = _mm512_unpacklo_epi16(zero, high);
+  b[3] = _mm512_unpackhi_epi16(zero, high);
+}
+
+// 8 entries of a 24-wide panel (AVX2) as 32-bit bit patterns: 16-bit ones widened and
+// shifted into the high half.
+__attribute__((target("avx2"), always_inline)) inline __m256i load_b8(const uint32_t* p) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+}
+__attribute__((target("avx2"), always_inline)) inline __m256i load_b8(const uint16_t* p) {
+  return _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16);
+}
+
 // MR x (16 NV) tile: NV zmm of B per k (a panel of 64 columns, or 32 for narrow B), one
-// broadcast of A' per row, MR x NV accumulators. Masked variants multiply each
-// integer-sum product by its 0/1 select before adding. Half of the plain sums are
-// fma(x, 1, acc), the same single rounding as x + acc: on Zen 4 they issue to the FMA
-// pipes while the adds take the FADD pipes.
-template <int MR, int NV, bool kMaskA, bool kMaskB>
-__attribute__((target("avx512f"))) void tile_avx512(const uint32_t* a, const float* a_mask, size_t lda,
-                                                    const uint32_t* panel, const float* b_mask, size_t k,
-                                                    float* out, size_t ldo) {
+// broadcast of A' per row, MR x NV accumulators. Float masks multiply each integer-sum
+// product by its 0/1 select before adding; tested zeros of B leave their lanes out of the
+// add (a k-mask), whatever the sum holds there. Half of the plain sums are fma(x, 1, acc),
+// the same single rounding as x + acc: on Zen 4 they issue to the FMA pipes while the
+// adds take the FADD pipes.
+template <int MR, int NV, bool kMaskA, ZerosOfB kZeros, class W>
+__attribute__((target("avx512f,avx512bw"))) void tile_avx512(const uint32_t* a, const float* a_mask, size_t lda,
+                                                    const W* panel, const float* b_mask, size_t k, float* out,
+                                                    size_t ldo) {
+  constexpr bool kFloatMaskB = kZeros == ZerosOfB::kFloatMask, kTestB = kZeros == ZerosOfB::kTested;
   constexpr int kWidth = 16 * NV;
   __m512 acc[MR][NV];
   const __m512 one = _mm512_set1_ps(1.0f);
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
   for (size_t p = 0; p < k; ++p) {
+    const W* bp = panel + p * kWidth;
     __m512i b[NV];
     __m512 mb[NV];
+    __mmask16 nonzero[NV];
+    load_row<NV>(bp, b);
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
-      b[v] = _mm512_loadu_si512(panel + p * kWidth + 16 * v);
-      mb[v] = kMaskB ? _mm512_loadu_ps(b_mask + p * kWidth + 16 * v) : _mm512_setzero_ps();
+      mb[v] = kFloatMaskB ? _mm512_loadu_ps(b_mask + p * kWidth + 16 * v) : _mm512_setzero_ps();
+      nonzero[v] = kTestB ? _mm512_test_epi32_mask(b[v], b[v]) : __mmask16{0xFFFF};
     }
     for (int i = 0; i < MR; ++i) {
       const __m512i av = _mm512_set1_epi32(static_cast<int>(a[i * lda + p]));
       const __m512 ma = kMaskA ? _mm512_set1_ps(a_mask[i * lda + p]) : one;
+#pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) {
         const __m512 x = _mm512_castsi512_ps(_mm512_add_epi32(av, b[v]));
-        if (kMaskA && kMaskB) {
+        if (kMaskA && kFloatMaskB) {
           acc[i][v] = _mm512_fmadd_ps(x, _mm512_mul_ps(mb[v], ma), acc[i][v]);
-        } else if (kMaskB) {
+        } else if (kMaskA && kTestB) {
+          acc[i][v] = _mm512_mask3_fmadd_ps(x, ma, acc[i][v], nonzero[v]);
+        } else if (kFloatMaskB) {
           acc[i][v] = _mm512_fmadd_ps(x, mb[v], acc[i][v]);
+        } else if (kTestB) {
+          acc[i][v] = _mm512_mask_add_ps(acc[i][v], nonzero[v], acc[i][v], x);
         } else if (kMaskA) {
           acc[i][v] = _mm512_fmadd_ps(x, ma, acc[i][v]);
         } else if (v % 2 == 1) {
@@ -221,48 +268,43 @@ __attribute__((target("avx512f"))) void tile_avx512(const uint32_t* a, const flo
     for (int v = 0; v < NV; ++v) _mm512_storeu_ps(out + i * ldo + v * 16, acc[i][v]);
 }
 
-// MR x 24 tile with AVX2: 3 ymm of B per k, MR x 3 accumulators.
-template <int MR, bool kMaskA, bool kMaskB>
-__attribute__((target("avx2,fma"))) void tile_avx2(const uint32_t* a, const float* a_mask, size_t lda,
-                                                  const uint32_t* panel, const float* b_mask, size_t k,
-                                                  float* out, size_t ldo) {
+// MR x 24 tile with AVX2: 3 ymm of B per k, MR x 3 accumulators. Without mask
+// registers, the sums of tested zeros of B are cleared to +0 before the add (adding +0
+// leaves every sum as it was: a sum that starts at +0 never becomes -0).
+template <int MR, bool kMaskA, ZerosOfB kZeros, class W>
+__attribute__((target("avx2,fma"))) void tile_avx2(const uint32_t* a, const float* a_mask, size_t lda, const W* panel,
+                                                  const float* b_mask, size_t k, float* out, size_t ldo) {
+  constexpr bool kFloatMaskB = kZeros == ZerosOfB::kFloatMask, kTestB = kZeros == ZerosOfB::kTested;
   __m256 acc[MR][3];
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < 3; ++v) acc[i][v] = _mm256_setzero_ps();
   for (size_t p = 0; p < k; ++p) {
-    const uint32_t* bp = panel + p * 24;
-    const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp));
-    const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + 8));
-    const __m256i b2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + 16));
-    __m256 mb0 = _mm256_setzero_ps(), mb1 = mb0, mb2 = mb0;
-    if (kMaskB) {
-      mb0 = _mm256_loadu_ps(b_mask + p * 24);
-      mb1 = _mm256_loadu_ps(b_mask + p * 24 + 8);
-      mb2 = _mm256_loadu_ps(b_mask + p * 24 + 16);
+    const W* bp = panel + p * 24;
+    __m256i b[3], zero[3];
+    __m256 mb[3];
+#pragma GCC unroll 3
+    for (int v = 0; v < 3; ++v) {
+      b[v] = load_b8(bp + 8 * v);
+      mb[v] = kFloatMaskB ? _mm256_loadu_ps(b_mask + p * 24 + 8 * v) : _mm256_setzero_ps();
+      zero[v] = kTestB ? _mm256_cmpeq_epi32(b[v], _mm256_setzero_si256()) : _mm256_setzero_si256();
     }
     for (int i = 0; i < MR; ++i) {
       const __m256i av = _mm256_set1_epi32(static_cast<int>(a[i * lda + p]));
-      const __m256 x0 = _mm256_castsi256_ps(_mm256_add_epi32(av, b0));
-      const __m256 x1 = _mm256_castsi256_ps(_mm256_add_epi32(av, b1));
-      const __m256 x2 = _mm256_castsi256_ps(_mm256_add_epi32(av, b2));
-      if (kMaskA && kMaskB) {
-        const __m256 ma = _mm256_set1_ps(a_mask[i * lda + p]);
-        acc[i][0] = _mm256_fmadd_ps(x0, _mm256_mul_ps(mb0, ma), acc[i][0]);
-        acc[i][1] = _mm256_fmadd_ps(x1, _mm256_mul_ps(mb1, ma), acc[i][1]);
-        acc[i][2] = _mm256_fmadd_ps(x2, _mm256_mul_ps(mb2, ma), acc[i][2]);
-      } else if (kMaskB) {
-        acc[i][0] = _mm256_fmadd_ps(x0, mb0, acc[i][0]);
-        acc[i][1] = _mm256_fmadd_ps(x1, mb1, acc[i][1]);
-        acc[i][2] = _mm256_fmadd_ps(x2, mb2, acc[i][2]);
-      } else if (kMaskA) {
-        const __m256 m = _mm256_set1_ps(a_mask[i * lda + p]);
-        acc[i][0] = _mm256_fmadd_ps(x0, m, acc[i][0]);
-        acc[i][1] = _mm256_fmadd_ps(x1, m, acc[i][1]);
-        acc[i][2] = _mm256_fmadd_ps(x2, m, acc[i][2]);
-      } else {
-        acc[i][0] = _mm256_add_ps(acc[i][0], x0);
-        acc[i][1] = _mm256_add_ps(acc[i][1], x1);
-        acc[i][2] = _mm256_add_ps(acc[i][2], x2);
+      const __m256 ma = kMaskA ? _mm256_set1_ps(a_mask[i * lda + p]) : _mm256_setzero_ps();
+#pragma GCC unroll 3
+    for (int v = 0; v < 3; ++v) {
+        __m256i sum = _mm256_add_epi32(av, b[v]);
+        if (kTestB) sum = _mm256_andnot_si256(zero[v], sum);
+        const __m256 x = _mm256_castsi256_ps(sum);
+        if (kMaskA && kFloatMaskB) {
+          acc[i][v] = _mm256_fmadd_ps(x, _mm256_mul_ps(mb[v], ma), acc[i][v]);
+        } else if (kFloatMaskB) {
+          acc[i][v] = _mm256_fmadd_ps(x, mb[v], acc[i][v]);
+        } else if (kMaskA) {
+          acc[i][v] = _mm256_fmadd_ps(x, ma, acc[i][v]);
+        } else {
+          acc[i][v] = _mm256_add_ps(acc[i][v], x);
+        }
       }
     }
   }
@@ -366,46 +408,55 @@ __attribute__((target("avx2,fma"))) void tile_clamped_avx2(const uint32_t* a, co
     for (int v = 0; v < 3; ++v) _mm256_storeu_ps(out + i * ldo + v * 8, acc[i][v]);
 }
 
-// Computes a rows x nr tile and stores it at out (row stride ldo).
-using TileFn = void (*)(const uint32_t*, const float*, size_t, const uint32_t*, const float*, size_t, float*, size_t);
+// Rows of A per tile: 6 (AVX-512) or 4 (AVX2).
+size_t tile_rows() { return simd_lanes() == 16 ? 6 : 4; }
 
-template <bool kMaskA, bool kMaskB>
-TileFn avx512_tile(size_t rows) {
+// Computes a rows x nr tile and stores it at out (row stride ldo).
+template <class W>
+using TileFn = void (*)(const uint32_t*, const float*, size_t, const W*, const float*, size_t, float*, size_t);
+
+template <bool kMaskA, ZerosOfB kZeros, class W>
+TileFn<W> avx512_tile(size_t rows) {
   switch (rows) {
-    case 1: return tile_avx512<1, 4, kMaskA, kMaskB>;
-    case 2: return tile_avx512<2, 4, kMaskA, kMaskB>;
-    case 3: return tile_avx512<3, 4, kMaskA, kMaskB>;
-    case 4: return tile_avx512<4, 4, kMaskA, kMaskB>;
-    case 5: return tile_avx512<5, 4, kMaskA, kMaskB>;
-    default: return tile_avx512<6, 4, kMaskA, kMaskB>;
+    case 1: return tile_avx512<1, 4, kMaskA, kZeros, W>;
+    case 2: return tile_avx512<2, 4, kMaskA, kZeros, W>;
+    case 3: return tile_avx512<3, 4, kMaskA, kZeros, W>;
+    case 4: return tile_avx512<4, 4, kMaskA, kZeros, W>;
+    case 5: return tile_avx512<5, 4, kMaskA, kZeros, W>;
+    default: return tile_avx512<6, 4, kMaskA, kZeros, W>;
   }
 }
 
-// Narrow panels (32 columns): up to 12 rows.
-template <bool kMaskA, bool kMaskB>
-TileFn avx512_narrow_tile(size_t rows) {
-  static constexpr TileFn kTiles[] = {
-      tile_avx512<1, 2, kMaskA, kMaskB>, tile_avx512<2, 2, kMaskA, kMaskB>,  tile_avx512<3, 2, kMaskA, kMaskB>,
-      tile_avx512<4, 2, kMaskA, kMaskB>, tile_avx512<5, 2, kMaskA, kMaskB>,  tile_avx512<6, 2, kMaskA, kMaskB>,
-      tile_avx512<7, 2, kMaskA, kMaskB>, tile_avx512<8, 2, kMaskA, kMaskB>,  tile_avx512<9, 2, kMaskA, kMaskB>,
-      tile_avx512<10, 2, kMaskA, kMaskB>, tile_avx512<11, 2, kMaskA, kMaskB>, tile_avx512<12, 2, kMaskA, kMaskB>};
+// Narrow panels (32 columns, 32-bit): up to 12 rows.
+template <bool kMaskA, ZerosOfB kZeros>
+TileFn<uint32_t> avx512_narrow_tile(size_t rows) {
+  static constexpr TileFn<uint32_t> kTiles[] = {
+      tile_avx512<1, 2, kMaskA, kZeros, uint32_t>,  tile_avx512<2, 2, kMaskA, kZeros, uint32_t>,
+      tile_avx512<3, 2, kMaskA, kZeros, uint32_t>,  tile_avx512<4, 2, kMaskA, kZeros, uint32_t>,
+      tile_avx512<5, 2, kMaskA, kZeros, uint32_t>,  tile_avx512<6, 2, kMaskA, kZeros, uint32_t>,
+      tile_avx512<7, 2, kMaskA, kZeros, uint32_t>,  tile_avx512<8, 2, kMaskA, kZeros, uint32_t>,
+      tile_avx512<9, 2, kMaskA, kZeros, uint32_t>,  tile_avx512<10, 2, kMaskA, kZeros, uint32_t>,
+      tile_avx512<11, 2, kMaskA, kZeros, uint32_t>, tile_avx512<12, 2, kMaskA, kZeros, uint32_t>};
   return kTiles[std::min<size_t>(rows, 12) - 1];
 }
 
-template <bool kMaskA, bool kMaskB>
-TileFn avx2_tile(size_t rows) {
+template <bool kMaskA, ZerosOfB kZeros, class W>
+TileFn<W> avx2_tile(size_t rows) {
   switch (rows) {
-    case 1: return tile_avx2<1, kMaskA, kMaskB>;
-    case 2: return tile_avx2<2, kMaskA, kMaskB>;
-    case 3: return tile_avx2<3, kMaskA, kMaskB>;
-    default: return tile_avx2<4, kMaskA, kMaskB>;
+    case 1: return tile_avx2<1, kMaskA, kZeros, W>;
+    case 2: return tile_avx2<2, kMaskA, kZeros, W>;
+    case 3: return tile_avx2<3, kMaskA, kZeros, W>;
+    default: return tile_avx2<4, kMaskA, kZeros, W>;
   }
 }
 
-template <bool kMaskA, bool kMaskB>
-TileFn tile_for(size_t rows, bool narrow) {
-  if (narrow) return avx512_narrow_tile<kMaskA, kMaskB>(rows);
-  return simd_lanes() == 16 ? avx512_tile<kMaskA, kMaskB>(rows) : avx2_tile<kMaskA, kMaskB>(rows);
+// Narrow panels exist for 32-bit panels only (a per-call B of at most 32 columns).
+template <bool kMaskA, ZerosOfB kZeros, class W>
+TileFn<W> tile_for(size_t rows, bool narrow) {
+  if constexpr (std::is_same_v<W, uint32_t>) {
+    if (narrow) return avx512_narrow_tile<kMaskA, kZeros>(rows);
+  }
+  return simd_lanes() == 16 ? avx512_tile<kMaskA, kZeros, W>(rows) : avx2_tile<kMaskA, kZeros, W>(rows);
 }
 
 // Computes a rows x nr clamped tile: b_min (the smallest non-zero magnitude of B) tells
@@ -438,11 +489,8 @@ ClampedTileFn clamped_tile(size_t rows, bool narrow) {
   }
 }
 
-// Rows per tile of a variant's kernels.
-size_t tile_rows(GemmVariant variant, bool narrow) {
-  if (is_clamped(variant)) return simd_lanes() == 16 ? 4 : 2;
-  return narrow ? 12 : simd_lanes() == 16 ? 6 : 4;
-}
+// Rows of A per clamped tile: 4 (AVX-512, also narrow) or 2 (AVX2).
+size_t clamped_tile_rows() { return simd_lanes() == 16 ? 4 : 2; }
 
 ClampedTileFn select_clamped_tile(GemmVariant variant, size_t rows, bool narrow) {
   switch (variant) {
@@ -455,12 +503,112 @@ ClampedTileFn select_clamped_tile(GemmVariant variant, size_t rows, bool narrow)
   }
 }
 
-TileFn select_tile(GemmVariant variant, size_t rows, bool narrow) {
+// The tile of `variant` for panels whose zeros of B are `kZeros` when it masks B.
+template <ZerosOfB kZeros, class W>
+TileFn<W> select_tile(GemmVariant variant, size_t rows, bool narrow) {
   switch (variant) {
-    case GemmVariant::kAddMaskedA: return tile_for<true, false>(rows, narrow);
-    case GemmVariant::kAddMaskedB: return tile_for<false, true>(rows, narrow);
-    case GemmVariant::kAddMaskedAB: return tile_for<true, true>(rows, narrow);
-    default: return tile_for<false, false>(rows, narrow);
+    case GemmVariant::kAddMaskedA: return tile_for<true, ZerosOfB::kNone, W>(rows, narrow);
+    case GemmVariant::kAddMaskedB: return tile_for<false, kZeros, W>(rows, narrow);
+    case GemmVariant::kAddMaskedAB: return tile_for<true, kZeros, W>(rows, narrow);
+    default: return tile_for<false, ZerosOfB::kNone, W>(rows, narrow);
+  }
+}
+
+// Rows [row_begin, row_end) x panels [panel_begin, panel_end) with the tiles of one
+// panel format, panels of panel_columns (0: panel_width()).
+template <ZerosOfB kZeros, class W>
+void gemm_tiles(GemmVariant variant, const uint32_t* a, const float* a_mask, const W* panels, const float* b_masks,
+                size_t k, size_t n, size_t row_begin, size_t row_end, size_t panel_begin, size_t panel_end, float* c,
+                size_t ldc, size_t panel_columns = 0) {
+  const size_t nr = panel_columns ? panel_columns : panel_width();
+  const bool narrow = nr != panel_width() && nr == narrow_panel_width();
+  const size_t mr = narrow ? 12 : tile_rows();
+  alignas(64) float tile[6 * 64];  // also 12 x 32
+  for (size_t r = row_begin; r < row_end; r += mr) {
+    const size_t rows = std::min(mr, row_end - r);
+    const TileFn<W> fn = select_tile<kZeros, W>(variant, rows, narrow);
+    for (size_t panel = panel_begin; panel < panel_end; ++panel) {
+      const size_t j0 = panel * nr, width = std::min(nr, n - j0);
+      // Full panels go straight to C; the last, narrower one through a tile buffer.
+      float* out = width == nr ? c + r * ldc + j0 : tile;
+      const size_t ldo = width == nr ? ldc : nr;
+      fn(a + r * k, a_mask ? a_mask + r * k : nullptr, k, panels + panel * k * nr,
+         b_masks ? b_masks + panel * k * nr : nullptr, k, out, ldo);
+      if (width != nr) {
+        for (size_t i = 0; i < rows; ++i) std::memcpy(c + (r + i) * ldc + j0, tile + i * nr, width * sizeof(float));
+      }
+    }
+  }
+}
+
+// The clamped variants over rows [row_begin, row_end) x panels [panel_begin, panel_end) of
+// 32-bit panels of panel_columns (0: panel_width()), entries stored minus b_fold.
+void clamped_tiles(GemmVariant variant, const uint32_t* a, const float* a_sign, const uint32_t* panels, size_t k,
+                   size_t n, size_t row_begin, size_t row_end, size_t panel_begin, size_t panel_end, float* c,
+                   size_t ldc, size_t panel_columns, uint32_t b_min, uint32_t b_fold) {
+  const size_t nr = panel_columns ? panel_columns : panel_width();
+  const bool narrow = nr != panel_width() && nr == narrow_panel_width();
+  const size_t mr = clamped_tile_rows();
+  alignas(64) float tile[4 * 64];
+  for (size_t r = row_begin; r < row_end; r += mr) {
+    const size_t rows = std::min(mr, row_end - r);
+    const ClampedTileFn fn = select_clamped_tile(variant, rows, narrow);
+    for (size_t panel = panel_begin; panel < panel_end; ++panel) {
+      const size_t j0 = panel * nr, width = std::min(nr, n - j0);
+      // Full panels go straight to C; the last, narrower one through a tile buffer.
+      float* out = width == nr ? c + r * ldc + j0 : tile;
+      fn(a + r * k, a_sign + r * k, k, panels + panel * k * nr, b_min, b_fold, k, out, width == nr ? ldc : nr);
+      if (width != nr) {
+        for (size_t i = 0; i < rows; ++i) std::memcpy(c + (r + i) * ldc + j0, tile + i * nr, width * sizeof(float));
+      }
+    }
+  }
+}
+
+// A 16-bit panel (k rows of nr) widened to the 32-bit compact panel it stands for.
+__attribute__((target("avx512f,avx512bw"))) void widen_panel_avx512(const uint16_t* half, size_t k, uint32_t* wide) {
+  __m512i b[4];
+  for (size_t p = 0; p < k; ++p) {
+    load_row<4>(half + p * 64, b);
+    for (int v = 0; v < 4; ++v) _mm512_storeu_si512(wide + p * 64 + 16 * v, b[v]);
+  }
+}
+
+__attribute__((target("avx2"))) void widen_panel_avx2(const uint16_t* half, size_t k, uint32_t* wide) {
+  for (size_t i = 0; i < k * 24; i += 8) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(wide + i), load_b8(half + i));
+  }
+}
+
+// 16-bit panels against more rows than one tile holds: each panel is widened once into a
+// per-thread 32-bit buffer (in cache: K x nr x 4 bytes) that every tile of rows then
+// reads, so that the unpacking is paid once per panel, not once per tile. Same sums.
+void gemm_tiles_widened(GemmVariant variant, const uint32_t* a, const float* a_mask, const uint16_t* panels, size_t k,
+                        size_t n, size_t row_begin, size_t row_end, size_t panel_begin, size_t panel_end, float* c,
+                        size_t ldc) {
+  const size_t nr = panel_width();
+  // 64-byte aligned, so that no vector load of it straddles two cache lines.
+  struct Buffer {
+    std::unique_ptr<uint32_t[], decltype(&std::free)> data{nullptr, &std::free};
+    size_t size = 0;
+  };
+  thread_local Buffer wide;
+  if (wide.size < k * nr) {
+    const size_t bytes = (k * nr * sizeof(uint32_t) + 63) / 64 * 64;
+    wide.data.reset(static_cast<uint32_t*>(std::aligned_alloc(64, bytes)));
+    if (!wide.data) throw std::bad_alloc();
+    wide.size = k * nr;
+  }
+  for (size_t panel = panel_begin; panel < panel_end; ++panel) {
+    if (nr == 64) {
+      widen_panel_avx512(panels + panel * k * nr, k, wide.data.get());
+    } else {
+      widen_panel_avx2(panels + panel * k * nr, k, wide.data.get());
+    }
+    // The widened panel is panel 0 of a one-panel matrix whose columns start at j0.
+    const size_t j0 = panel * nr;
+    gemm_tiles<ZerosOfB::kTested>(variant, a, a_mask, wide.data.get(), nullptr, k, std::min(n - j0, nr), row_begin,
+                                  row_end, 0, 1, c + j0, ldc);
   }
 }
 
@@ -471,34 +619,35 @@ void lmul_gemm_fast(GemmVariant variant, const uint32_t* a, const float* a_mask,
                     size_t panel_end, float* c, size_t ldc, size_t panel_columns, uint32_t b_min_nonzero,
                     uint32_t b_fold) {
 #if LMUL_HAVE_X86_SIMD
-  const size_t nr = panel_columns ? panel_columns : panel_width();
-  const bool narrow = nr != panel_width() && nr == narrow_panel_width();
-  const size_t mr = tile_rows(variant, narrow);
-  const bool clamped = is_clamped(variant);
-  alignas(64) float tile[6 * 64];
-  for (size_t r = row_begin; r < row_end; r += mr) {
-    const size_t rows = std::min(mr, row_end - r);
-    const TileFn fn = clamped ? nullptr : select_tile(variant, rows, narrow);
-    const ClampedTileFn clamped_fn = clamped ? select_clamped_tile(variant, rows, narrow) : nullptr;
-    for (size_t panel = panel_begin; panel < panel_end; ++panel) {
-      const size_t j0 = panel * nr, width = std::min(nr, n - j0);
-      // Full panels go straight to C; the last, narrower one through a tile buffer.
-      float* out = width == nr ? c + r * ldc + j0 : tile;
-      const size_t ldo = width == nr ? ldc : nr;
-      if (clamped) {
-        clamped_fn(a + r * k, a_mask + r * k, k, panels + panel * k * nr, b_min_nonzero, b_fold, k, out, ldo);
-      } else {
-        fn(a + r * k, a_mask ? a_mask + r * k : nullptr, k, panels + panel * k * nr,
-           b_masks ? b_masks + panel * k * nr : nullptr, k, out, ldo);
-      }
-      if (width != nr) {
-        for (size_t i = 0; i < rows; ++i) std::memcpy(c + (r + i) * ldc + j0, tile + i * nr, width * sizeof(float));
-      }
-    }
+  if (is_clamped(variant)) {
+    clamped_tiles(variant, a, a_mask, panels, k, n, row_begin, row_end, panel_begin, panel_end, c, ldc, panel_columns,
+                  b_min_nonzero, b_fold);
+    return;
   }
+  gemm_tiles<ZerosOfB::kFloatMask>(variant, a, a_mask, panels, b_masks, k, n, row_begin, row_end, panel_begin,
+                                   panel_end, c, ldc, panel_columns);
 #else
   (void)variant, (void)a, (void)a_mask, (void)panels, (void)b_masks, (void)k, (void)n, (void)row_begin, (void)row_end;
   (void)panel_begin, (void)panel_end, (void)c, (void)ldc, (void)panel_columns, (void)b_min_nonzero, (void)b_fold;
+#endif
+}
+
+void lmul_gemm_panels(GemmVariant variant, const uint32_t* a, const float* a_mask, PanelsView panels, size_t k,
+                      size_t n, size_t row_begin, size_t row_end, size_t panel_begin, size_t panel_end, float* c,
+                      size_t ldc) {
+#if LMUL_HAVE_X86_SIMD
+  if (panels.half && row_end - row_begin > tile_rows()) {
+    gemm_tiles_widened(variant, a, a_mask, panels.half, k, n, row_begin, row_end, panel_begin, panel_end, c, ldc);
+  } else if (panels.half) {
+    gemm_tiles<ZerosOfB::kTested>(variant, a, a_mask, panels.half, nullptr, k, n, row_begin, row_end, panel_begin,
+                                  panel_end, c, ldc);
+  } else {
+    gemm_tiles<ZerosOfB::kTested>(variant, a, a_mask, panels.wide, nullptr, k, n, row_begin, row_end, panel_begin,
+                                  panel_end, c, ldc);
+  }
+#else
+  (void)variant, (void)a, (void)a_mask, (void)panels, (void)k, (void)n, (void)row_begin, (void)row_end;
+  (void)panel_begin, (void)panel_end, (void)c, (void)ldc;
 #endif
 }
 

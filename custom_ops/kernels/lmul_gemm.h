@@ -44,6 +44,12 @@
 //      replaced by zero_stand_in_b(b_range) (masks needed when b_range.has_zero);
 //   4. prepare A in place with prepare_a (and its masks when masks_a(variant));
 //   5. lmul_gemm_fast over any split of rows and panels (calls never share output).
+//
+// Compact panels (constant weights, lmul_matmul.h) replace steps 3 and 5: B packed by
+// pack_panels_compact, zero entries stored as 0 and recognised by the kernels themselves
+// (a lane test, not a float mask per entry), and, when every rounded value of B is a
+// bfloat16 bit pattern (m <= 7: the low 16 bits are zero), only the high 16 bits of each
+// entry, widened in registers; then lmul_gemm_panels. Same sums, same bits.
 #pragma once
 
 #include <cstddef>
@@ -113,7 +119,7 @@ const char* variant_name(GemmVariant variant);
 GemmVariant choose_variant(const OperandRange& a, const OperandRange& b, uint32_t bias, bool simd = true,
                            bool clamped = false);
 
-// SIMD width the fast kernels use on this CPU: 16 (AVX-512F), 8 (AVX2) or 0 (none).
+// SIMD width the fast kernels use on this CPU: 16 (AVX-512F and BW), 8 (AVX2) or 0 (none).
 // LMUL_SIMD=avx2|none in the environment caps it (tests use it to force each path).
 int simd_lanes();
 
@@ -139,6 +145,34 @@ void lmul_gemm_fast(GemmVariant variant, const uint32_t* a, const float* a_mask,
                     const float* b_masks, size_t k, size_t n, size_t row_begin, size_t row_end, size_t panel_begin,
                     size_t panel_end, float* c, size_t ldc, size_t panel_columns = 0, uint32_t b_min_nonzero = 0,
                     uint32_t b_fold = 0);
+
+// The widest mantissa whose rounded float32 values are all bfloat16 bit patterns (the low
+// 16 bits zero), so that panels of B can hold 16 bits per entry.
+constexpr int kHalfPanelMantissaBits = 7;
+
+// Compact panels of one B matrix (see above): `wide` (32-bit entries) or `half` (the high
+// 16 bits of each entry) is set. Zero and subnormal entries and the padding hold 0.
+struct PanelsView {
+  const uint32_t* wide = nullptr;
+  const uint16_t* half = nullptr;
+
+  // The same view advanced by `entries` panel entries (to another matrix's panels).
+  PanelsView operator+(size_t entries) const {
+    return PanelsView{wide ? wide + entries : nullptr, half ? half + entries : nullptr};
+  }
+};
+
+// Where 16-bit panels of width nr store column j (< nr) of a row: 64-wide (AVX-512)
+// panels hold each 32 columns in the order of the kernels' word unpacking (columns
+// 0-3, 16-19, 4-7, 20-23, ... per 128-bit lane); 24-wide (AVX2) ones in order.
+constexpr size_t half_panel_slot(size_t j, size_t nr) {
+  return nr != 64 ? j : (j / 32) * 32 + ((j % 16) / 4) * 8 + ((j % 32) / 16) * 4 + j % 4;
+}
+
+// lmul_gemm_fast on compact panels: any one-add variant (B's zeros are tested, not masked).
+void lmul_gemm_panels(GemmVariant variant, const uint32_t* a, const float* a_mask, PanelsView panels, size_t k,
+                      size_t n, size_t row_begin, size_t row_end, size_t panel_begin, size_t panel_end, float* c,
+                      size_t ldc);
 
 }  // namespace lmul
 
@@ -166,6 +200,16 @@ void scan_rounded(const typename S::type* src, size_t row_begin, size_t row_end,
 // columns [q*nr, q*nr + nr) as K rows of nr entries. Zero entries become `zero_stand_in`;
 // `masks` (same layout, may be null when B has no zeros) gets 1 or 0 per entry. Padding
 // columns hold 0 with mask 0.
+// Row p of a panel: columns [j0, j0 + width) of a strided matrix rounded, then 0 up to nr.
+template <class S>
+void round_panel_row(const typename S::type* src, size_t p, size_t j0, size_t width, size_t nr, size_t row_stride,
+                     size_t col_stride, int mantissa_bits, uint32_t* row) {
+  for (size_t j = 0; j < width; ++j) {
+    row[j] = round_mantissa_bits(float_bits(S::load(src[p * row_stride + (j0 + j) * col_stride])), mantissa_bits);
+  }
+  for (size_t j = width; j < nr; ++j) row[j] = 0u;
+}
+
 template <class S>
 void pack_panels_rounded(const typename S::type* src, size_t k, size_t n, size_t row_stride, size_t col_stride,
                          int mantissa_bits, size_t nr, uint32_t zero_stand_in, size_t panel_begin, size_t panel_end,
@@ -176,10 +220,7 @@ void pack_panels_rounded(const typename S::type* src, size_t k, size_t n, size_t
     float* out_mask = masks ? masks + panel * k * nr : nullptr;
     for (size_t p = 0; p < k; ++p) {
       uint32_t* row = out + p * nr;
-      for (size_t j = 0; j < width; ++j) {
-        row[j] = round_mantissa_bits(float_bits(S::load(src[p * row_stride + (j0 + j) * col_stride])), mantissa_bits);
-      }
-      for (size_t j = width; j < nr; ++j) row[j] = 0u;
+      round_panel_row<S>(src, p, j0, width, nr, row_stride, col_stride, mantissa_bits, row);
       if (out_mask) {
         float* mask_row = out_mask + p * nr;
         for (size_t j = 0; j < nr; ++j) {
@@ -187,6 +228,28 @@ void pack_panels_rounded(const typename S::type* src, size_t k, size_t n, size_t
           mask_row[j] = zero ? 0.0f : 1.0f;
           row[j] = (zero && j < width) ? zero_stand_in : row[j];
         }
+      }
+    }
+  }
+}
+
+// Panels [panel_begin, panel_end) of a strided K x N matrix as compact panels (see
+// PanelsView): rounded values, zero and subnormal ones as 0, padding 0. W = uint32_t keeps
+// every bit; W = uint16_t keeps the high 16 bits (at half_panel_slot) and needs
+// mantissa_bits <= kHalfPanelMantissaBits (then the low 16 bits are zero).
+template <class S, class W>
+void pack_panels_compact(const typename S::type* src, size_t k, size_t n, size_t row_stride, size_t col_stride,
+                         int mantissa_bits, size_t nr, size_t panel_begin, size_t panel_end, W* panels) {
+  constexpr unsigned kShift = sizeof(W) == 2 ? 16u : 0u;
+  uint32_t row[64];  // nr <= 64
+  for (size_t panel = panel_begin; panel < panel_end; ++panel) {
+    const size_t j0 = panel * nr, width = n - j0 < nr ? n - j0 : nr;
+    W* out = panels + panel * k * nr;
+    for (size_t p = 0; p < k; ++p) {
+      round_panel_row<S>(src, p, j0, width, nr, row_stride, col_stride, mantissa_bits, row);
+      for (size_t j = 0; j < nr; ++j) {
+        const bool zero = (row[j] & kMagnitudeMask) < kSmallestNormalBits;
+        out[p * nr + (kShift ? half_panel_slot(j, nr) : j)] = static_cast<W>((zero ? 0u : row[j]) >> kShift);
       }
     }
   }

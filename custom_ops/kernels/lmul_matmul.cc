@@ -169,6 +169,8 @@ std::unique_ptr<const PackedB> pack_b(const typename S::type* data, const Shape&
                                       size_t n, bool transposed, int mantissa_bits, const ParallelFor& parallel_for) {
   auto b = std::make_unique<PackedB>();
   b->shape = shape;
+  b->matrices = matrices;
+  b->shape_entries = k * n;
   const size_t row_stride = transposed ? 1 : n, col_stride = transposed ? k : 1;
   // Scan in chunks of rows, in parallel, then merge.
   const size_t chunks = ceil_div(std::max<size_t>(k, 1), kRowsPerChunk);
@@ -184,17 +186,35 @@ std::unique_ptr<const PackedB> pack_b(const typename S::type* data, const Shape&
     return b;
   }
   b->panels_per_matrix = ceil_div(n, nr);
-  const size_t per_matrix = b->panels_per_matrix * k * nr;
-  b->panels.reset(new uint32_t[std::max<size_t>(1, matrices * per_matrix)]);
-  if (b->range.has_zero) b->masks.reset(new float[std::max<size_t>(1, matrices * per_matrix)]);
-  const uint32_t stand_in = zero_stand_in_b(b->range);
+  const size_t per_matrix = b->panels_per_matrix * k * nr, entries = std::max<size_t>(1, matrices * per_matrix);
+  b->entries_per_matrix = per_matrix;
+  const bool half = mantissa_bits <= kHalfPanelMantissaBits;
+  if (half) {
+    b->half_panels.reset(new uint16_t[entries]);
+  } else {
+    b->panels.reset(new uint32_t[entries]);
+  }
   for_elements(matrices * k * n, parallel_for)(matrices * b->panels_per_matrix, [&](size_t t) {
     const size_t i = t / b->panels_per_matrix, panel = t % b->panels_per_matrix;
-    pack_panels_rounded<S>(data + i * k * n, k, n, row_stride, col_stride, mantissa_bits, nr, stand_in, panel,
-                           panel + 1, b->panels.get() + i * per_matrix,
-                           b->masks ? b->masks.get() + i * per_matrix : nullptr);
+    if (half) {
+      pack_panels_compact<S>(data + i * k * n, k, n, row_stride, col_stride, mantissa_bits, nr, panel, panel + 1,
+                             b->half_panels.get() + i * per_matrix);
+    } else {
+      pack_panels_compact<S>(data + i * k * n, k, n, row_stride, col_stride, mantissa_bits, nr, panel, panel + 1,
+                             b->panels.get() + i * per_matrix);
+    }
   });
   return std::unique_ptr<const PackedB>(std::move(b));
+}
+
+PanelsView PackedB::matrix(size_t i) const {
+  return PanelsView{panels.get(), half_panels.get()} + i * entries_per_matrix;
+}
+
+size_t PackedB::bytes() const {
+  const size_t panel_entries = has_panels() ? matrices * entries_per_matrix : 0;
+  return panel_entries * (half_panels ? sizeof(uint16_t) : sizeof(uint32_t)) +
+         (rounded ? matrices * shape_entries * sizeof(uint32_t) : 0);
 }
 
 namespace {
@@ -255,6 +275,11 @@ struct BView {
   const float* masks = nullptr;
   const uint32_t* rounded = nullptr;
   size_t panels_per_matrix = 0;
+  // Constant weights: compact panels (32- or 16-bit, zeros tested by the kernels, no
+  // masks), read through lmul_gemm_panels instead of `panels`.
+  const PackedB* constant = nullptr;
+
+  bool has_panels() const { return panels != nullptr || (constant != nullptr && constant->has_panels()); }
 };
 
 // Phase 1 of a product, in one pass of tasks: A rounded and scanned in row chunks, and,
@@ -360,17 +385,17 @@ void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& opera
   }
   if (prepared) {
     b_view.range = prepared->range;
-    b_view.panels = prepared->panels.get();
+    b_view.constant = prepared;
     b_view.panel_columns = panel_width();
-    b_view.masks = prepared->masks.get();
     b_view.rounded = prepared->rounded.get();
     b_view.panels_per_matrix = prepared->panels_per_matrix;
   }
 
   // Can every product be one integer add, or else a clamped one (lmul_gemm.h)?
   const size_t nr = b_view.panel_columns;
-  const GemmVariant variant =
-      choose_variant(a_range, b_view.range, bias, b_view.panels != nullptr, /*clamped=*/true);
+  // (the clamped kernels read 32-bit panels: a per-call B, or weights kept in 32 bits)
+  const bool wide_panels = b_view.panels != nullptr || (b_view.constant && b_view.constant->panels);
+  const GemmVariant variant = choose_variant(a_range, b_view.range, bias, b_view.has_panels(), wide_panels);
   const bool fast = uses_panels(variant), clamped = is_clamped(variant);
   const size_t panels = fast ? b_view.panels_per_matrix : 1;
   // The portable loop needs row-major rounded B, which packed panels do not keep.
@@ -386,7 +411,10 @@ void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& opera
   // (a - bias, zeros' stand-ins and masks) in its own buffer. Few rows (e.g.
   // matrix-vector): split the columns too, so that every thread gets work.
   const size_t row_ops = std::max<size_t>(1, k * n);
-  const size_t rows_per_task = std::min(m, std::max<size_t>(fast ? 48 : 1, kMinOpsPerTask / row_ops));
+  // 16-bit panels are widened once per task and panel (lmul_gemm_panels): more rows per
+  // task spread that over more tiles.
+  const size_t min_rows = !fast ? 1 : (prepared && prepared->half_panels) ? 384 : 48;
+  const size_t rows_per_task = std::min(m, std::max<size_t>(min_rows, kMinOpsPerTask / row_ops));
   const size_t row_blocks = ceil_div(m, rows_per_task);
   const size_t panel_ops = std::max<size_t>(1, rows_per_task * k * (fast ? nr : n));
   // A task prepares its rows of A once for all its panels: all of them when B's panels
@@ -440,9 +468,17 @@ void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& opera
         a_block = prepared_rows;
         a_mask = mask;
       }
-      const size_t b_offset = plan.b_matrix[batch] * panels * k * nr;
-      lmul_gemm_fast(variant, a_block, a_mask, b_view.panels + b_offset, b_masks ? b_masks + b_offset : nullptr, k,
-                     n, 0, r1 - r0, p0, p1, acc + r0 * n, n, nr, b_view.range.min_nonzero, fold);
+      if (b_view.constant && !clamped) {
+        lmul_gemm_panels(variant, a_block, a_mask, b_view.constant->matrix(plan.b_matrix[batch]), k, n, 0, r1 - r0,
+                         p0, p1, acc + r0 * n, n);
+      } else {
+        // (constant 32-bit compact panels hold their zeros as 0, below B's smallest magnitude)
+        const uint32_t* b_panels = b_view.constant ? b_view.constant->matrix(plan.b_matrix[batch]).wide
+                                                   : b_view.panels + plan.b_matrix[batch] * panels * k * nr;
+        const float* masks = b_masks ? b_masks + plan.b_matrix[batch] * panels * k * nr : nullptr;
+        lmul_gemm_fast(variant, a_block, a_mask, b_panels, masks, k, n, 0, r1 - r0, p0, p1, acc + r0 * n, n, nr,
+                       b_view.range.min_nonzero, fold);
+      }
       task_buffers.a.trim();
       task_buffers.mask.trim();
     } else {

@@ -28,16 +28,28 @@ void run_serially(size_t tasks, const std::function<void(size_t)>& task);
 // Work below this many scalar operations is not worth handing to another thread.
 constexpr size_t kMinOpsPerTask = size_t{1} << 16;
 
-// B of a matrix product, rounded, analysed and packed into the one-add kernels' panels
-// (lmul_gemm.h): per call, or once when B is a constant initializer (weights). Without
-// SIMD it keeps row-major rounded B for the portable loop instead.
+// B of a matrix product, rounded, analysed and packed into the one-add kernels' compact
+// panels (lmul_gemm.h, PanelsView): per call, or once when B is a constant initializer
+// (weights). Rounded to m <= 7 bits, every entry is a bfloat16 bit pattern and the panels
+// keep 16 bits per entry (half the memory and the bytes read of 32-bit panels); zeros
+// are stored as 0 and tested by the kernels, so no mask is kept. Without SIMD it keeps
+// row-major rounded B for the portable loop instead.
 struct PackedB {
   Shape shape;  // the tensor shape it was packed from (a constant B is reused only for it)
   OperandRange range;
-  std::unique_ptr<uint32_t[]> rounded;  // row-major K x N per matrix, only without SIMD
-  std::unique_ptr<uint32_t[]> panels;   // panels_per_matrix panels of K x panel_width() each
-  std::unique_ptr<float[]> masks;       // 0/1 per panel entry, when B has zeros
+  std::unique_ptr<uint32_t[]> rounded;      // row-major K x N per matrix, only without SIMD
+  std::unique_ptr<uint32_t[]> panels;       // panels_per_matrix panels of K x panel_width() each,
+  std::unique_ptr<uint16_t[]> half_panels;  // or their high halves (m <= kHalfPanelMantissaBits)
   size_t panels_per_matrix = 0;
+  size_t entries_per_matrix = 0;  // panels_per_matrix * K * panel_width()
+  size_t matrices = 0;            // K x N matrices packed
+  size_t shape_entries = 0;       // K * N
+
+  bool has_panels() const { return panels || half_panels; }
+  // The panels of B matrix `i`.
+  PanelsView matrix(size_t i) const;
+  // Bytes of packed data it holds (what constant weights add to a session).
+  size_t bytes() const;
 };
 
 // Packs `matrices` K x N matrices of B (each stored N x K when `transposed`), consecutive

@@ -93,6 +93,8 @@ void conversions() {
 }
 
 // Every fast variant must equal the portable loop bit for bit on data that selects it.
+size_t differing_bits(const std::vector<float>& got, const std::vector<float>& expected);
+
 void matmul_variants() {
   std::mt19937 rng(7);
   std::normal_distribution<float> normal(0.0f, 1.0f);
@@ -133,6 +135,29 @@ void matmul_variants() {
       size_t differ = 0;
       for (size_t i = 0; i < got.size(); ++i) differ += lmul::float_bits(got[i]) != lmul::float_bits(expected[i]);
       check(differ == 0, lmul::variant_name(variant), differ);
+      // Compact panels (zeros stored as 0 and tested), 32-bit and, at m <= 7, 16-bit.
+      std::vector<uint32_t> wide(packed.size());
+      lmul::pack_panels_compact<lmul::Float32Storage>(b_values.data(), k, n, n, 1, 23, nr, 0, panels, wide.data());
+      std::fill(got.begin(), got.end(), -1.0f);
+      lmul::lmul_gemm_panels(variant, a.data(), a_mask.data(), lmul::PanelsView{wide.data(), nullptr}, k, n, 0, m, 0,
+                             panels, got.data(), n);
+      check(differing_bits(got, expected) == 0, "compact 32-bit panels", static_cast<uint64_t>(variant));
+      if (bits <= lmul::kHalfPanelMantissaBits) {
+        std::vector<uint16_t> half(packed.size());
+        lmul::pack_panels_compact<lmul::Float32Storage>(b_values.data(), k, n, n, 1, 23, nr, 0, panels, half.data());
+        size_t wrong = 0;
+        for (size_t row = 0; row < half.size() / nr; ++row) {
+          for (size_t j = 0; j < nr; ++j) {
+            const uint32_t entry = wide[row * nr + j];
+            wrong += half[row * nr + lmul::half_panel_slot(j, nr)] != entry >> 16 || (entry & 0xFFFFu) != 0;
+          }
+        }
+        check(wrong == 0, "16-bit panel entries are the high halves", wrong);
+        std::fill(got.begin(), got.end(), -1.0f);
+        lmul::lmul_gemm_panels(variant, a.data(), a_mask.data(), lmul::PanelsView{nullptr, half.data()}, k, n, 0, m,
+                               0, panels, got.data(), n);
+        check(differing_bits(got, expected) == 0, "compact 16-bit panels", static_cast<uint64_t>(variant));
+      }
     }
   }
   // Data that must not take a one-add kernel.
@@ -475,6 +500,101 @@ void gemm_terms_and_storage() {
   check(differ == 0, "bfloat16 product", differ);
 }
 
+// Storage type S's values of `v` (rounded to it) and their exact float32 widening.
+template <class S>
+std::vector<typename S::type> stored(const std::vector<float>& v, std::vector<float>& widened) {
+  std::vector<typename S::type> out(v.size());
+  widened.resize(v.size());
+  for (size_t i = 0; i < v.size(); ++i) widened[i] = S::load(out[i] = S::store(v[i]));
+  return out;
+}
+
+// Constant weights packed once (pack_b): 16-bit panels exactly when the rounded values
+// are bfloat16 bit patterns (m <= 7, whatever the storage type), 32-bit from m = 8, and
+// products through either equal the scalar reference, zeros and subnormals of B included,
+// transposed or not, for every storage type, on any schedule.
+template <class S>
+void compact_weights_of(std::mt19937& rng, int type_bits) {
+  const size_t nr = lmul::panel_width();
+  const size_t ms[] = {1, 3, 7, 13};
+  for (int bits : {1, 4, 6, 7, 8, 10, 23}) {
+    if (bits > type_bits) continue;
+    for (int kind : {0, 1, 2}) {
+      for (bool transposed : {false, true}) {
+        const size_t m = ms[(static_cast<size_t>(bits) + static_cast<size_t>(kind)) % 4], k = 37, n = 70;
+        std::vector<float> a_wide, b_wide;
+        const auto a = stored<S>(operand(rng, m * k, kind == 1 ? 1 : 0), a_wide);
+        const auto b = stored<S>(operand(rng, k * n, kind), b_wide);
+        std::vector<float> b_rows(b_wide);  // K x N row-major view of B for the reference
+        if (transposed) {
+          for (size_t p = 0; p < k; ++p)
+            for (size_t j = 0; j < n; ++j) b_rows[p * n + j] = b_wide[j * k + p];
+        }
+        const uint32_t bias = lmul::lmul_bias(bits);
+        const std::vector<float> sums = reference_product(a_wide, b_rows, 1, m, k, n, false, bits, bias);
+        const lmul::Shape b_shape =
+            transposed ? lmul::Shape{int64_t(n), int64_t(k)} : lmul::Shape{int64_t(k), int64_t(n)};
+        const auto packed = lmul::pack_b<S>(b.data(), b_shape, 1, k, n, transposed, bits, two_threads);
+        const bool half = bits <= lmul::kHalfPanelMantissaBits;
+        if (nr > 0) {
+          check(half ? packed->half_panels && !packed->panels : packed->panels && !packed->half_panels,
+                "16-bit panels exactly at m <= 7", static_cast<uint64_t>(bits));
+          const size_t entries = (n + nr - 1) / nr * k * nr;
+          check(packed->bytes() == entries * (half ? 2 : 4), "packed bytes", packed->bytes());
+        }
+        lmul::MatMulPlan plan;
+        plan.m = m;
+        plan.k = k;
+        plan.n = n;
+        plan.out_shape = {int64_t(m), int64_t(n)};
+        plan.a_matrices = plan.b_matrices = 1;
+        plan.a_matrix = plan.b_matrix = {0};
+        lmul::ProductOperands<S> operands;
+        operands.a = a.data();
+        operands.b = b.data();
+        operands.trans_b = transposed;
+        for (const lmul::PackedB* prepared : {packed.get(), static_cast<const lmul::PackedB*>(nullptr)}) {
+          operands.prepared_b = prepared;
+          std::vector<typename S::type> y(m * n);
+          lmul::lmul_matrix_product<S>(plan, operands, bits, bias, nullptr, y.data(), two_threads);
+          size_t differ = 0;
+          for (size_t i = 0; i < y.size(); ++i) {
+            const float want = S::load(S::store(sums[i])), got = S::load(y[i]);
+            differ += lmul::float_bits(got) != lmul::float_bits(want);
+          }
+          check(differ == 0, prepared ? "compact weights, packed" : "compact weights, per call",
+                (uint64_t(bits) << 8) | (uint64_t(kind) << 1) | uint64_t(transposed));
+        }
+      }
+    }
+  }
+}
+
+void compact_weights() {
+  std::mt19937 rng(13);
+  compact_weights_of<lmul::Float32Storage>(rng, lmul::kFloat32MantissaBits);
+  compact_weights_of<lmul::Float16Storage>(rng, lmul::kFloat16MantissaBits);
+  compact_weights_of<lmul::BFloat16Storage>(rng, lmul::kBFloat16MantissaBits);
+  // More rows than one task takes against 16-bit panels (several widened row blocks),
+  // zeros on both sides.
+  const size_t m = 800, k = 20, n = 70;
+  const std::vector<float> a = operand(rng, m * k, 1), b = operand(rng, k * n, 1);
+  const std::vector<float> expected = reference_product(a, b, 1, m, k, n, false, 4);
+  lmul::MatMulPlan plan;
+  std::string error;
+  check(lmul::make_matmul_plan({int64_t(m), int64_t(k)}, {int64_t(k), int64_t(n)}, plan, error), "plan");
+  const auto packed = lmul::pack_b<lmul::Float32Storage>(b.data(), {int64_t(k), int64_t(n)}, 1, k, n, false, 4,
+                                                         two_threads);
+  lmul::ProductOperands<lmul::Float32Storage> operands;
+  operands.a = a.data();
+  operands.b = b.data();
+  operands.prepared_b = packed.get();
+  std::vector<float> got(m * n, -1.0f);
+  lmul::lmul_matrix_product<lmul::Float32Storage>(plan, operands, 4, lmul::lmul_bias(4), nullptr, got.data(),
+                                                  two_threads);
+  check(differing_bits(got, expected) == 0, "compact weights, many rows", differing_bits(got, expected));
+}
+
 // The element-wise map's one-add first pass (and its fall-back) equal the scalar product.
 void elementwise_pass() {
   std::mt19937 rng(9);
@@ -508,6 +628,7 @@ int main() {
   clamped_variants();
   matrix_products();
   small_m_paths();
+  compact_weights();
   gemm_terms_and_storage();
   elementwise_pass();
   std::printf("%d passed, %d failed\n", passed, failed);
