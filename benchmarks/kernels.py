@@ -235,10 +235,27 @@ def main() -> None:
     def relu_product(threads: int) -> dict:
         return matmul_case(np.maximum(normal(size, size), 0), normal(size, size), threads, timing, True)
 
+    def wide(rows: int, cols: int) -> np.ndarray:
+        """Magnitudes e^-80..e^80 with random signs: products underflow and overflow."""
+        signs = rng.choice([-1, 1], (rows, cols))
+        return (np.exp(rng.uniform(-80, 80, (rows, cols))) * signs).astype(np.float32)
+
     def wide_product(threads: int) -> dict:
-        signs = rng.choice([-1, 1], (size, size))
-        wide = (np.exp(rng.uniform(-80, 80, (size, size))) * signs).astype(np.float32)
-        return matmul_case(wide, wide.T.copy(), threads, timing, False)
+        a = wide(size, size)
+        return matmul_case(a, a.T.copy(), threads, timing, False)
+
+    def wide_zeros_product(threads: int) -> dict:
+        # half of A zero (ReLU), a tenth of B zero, products under- and overflow
+        a, b = wide(size, size), wide(size, size)
+        b[rng.random(b.shape) < 0.1] = 0
+        return matmul_case(np.maximum(a, 0), b, threads, timing, False)
+
+    def overflow_zeros_product(threads: int) -> dict:
+        # zeros together with possible overflow: ReLU activations (half zero) against a B
+        # with a few float32-min entries (as in masks filled with finfo(float32).min)
+        b = normal(size, size)
+        b[rng.random(b.shape) < 0.001] = np.finfo(np.float32).min
+        return matmul_case(np.maximum(normal(size, size), 0), b, threads, timing, False)
 
     def gemm(threads: int) -> dict:
         a, b = normal(size, size), normal(size, size)
@@ -278,6 +295,8 @@ def main() -> None:
         ),
         (f"MatMul {size}^3 half of A zero, B weights", relu_product),
         (f"MatMul {size}^3 whole exponent range", wide_product),
+        (f"MatMul {size}^3 whole exponent range, zeros", wide_zeros_product),
+        (f"MatMul {size}^3 zeros, possible overflow", overflow_zeros_product),
         ("MatMul attention 12x(128x64 @ 64x128)", product((12, 128, 64), (12, 64, 128), False)),
         # Attention's other shapes: p.V with 32-wide heads (MiniLM: narrow panels), SmolLM2's
         # 9 heads, and one step of its decoding loop at 40 tokens.

@@ -65,7 +65,20 @@ def single_op_model(
 
 
 # The names of the matmul variants (custom_ops/kernels/lmul_gemm.h, GemmVariant).
-MATMUL_VARIANTS = ("general", "add", "add-masked-a", "add-masked-b", "add-masked-ab", "normal")
+MATMUL_VARIANTS = (
+    "general",
+    "add",
+    "add-masked-a",
+    "add-masked-b",
+    "add-masked-ab",
+    "normal",
+    "clamped",
+    "clamped-masked-b",
+    "clamped-high",
+    "clamped-high-masked-b",
+    "clamped-low",
+    "clamped-low-masked-b",
+)
 
 
 @functools.cache

@@ -75,7 +75,7 @@ def test_lmul_float32_one_add_pass(
 ) -> None:
     # Data whose products are each one integer add take lmul_run_float32's first pass
     # (zeros and subnormals included); one infinity, an overflow or a value that saturates
-    # when rounded sends its run (of up to 65536 elements) back to the full product.
+    # when rounded sends its block (of 1024 elements) back to the full product.
     a = rng.standard_normal(70000).astype(np.float32)
     b = rng.standard_normal(70000).astype(np.float32)
     a[::7], a[3::11], b[5::13], b[6::17] = 0.0, -0.0, np.float32(1e-41), np.float32(-1e-41)
@@ -88,3 +88,20 @@ def test_lmul_float32_one_add_pass(
         attrs = {"mantissa_bits": m} if offset is None else {"mantissa_bits": m, "offset": offset}
         expected = numerics.lmul(x, y, mantissa_bits=m, offset=offset)
         assert_same_bits(run_op("LMul", [x, y], **attrs), expected)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_lmul_large_output_is_streamed(threads: int, rng: np.random.Generator, run_op: Callable) -> None:
+    """Outputs of 8 MiB or more are written with streaming stores (lmul_elementwise): the
+    same bits, with specials in some blocks, an odd length and on both threads."""
+    n = (1 << 21) + 37
+    a = rng.standard_normal(n).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    specials = np.array(SPECIAL_BITS, dtype=np.uint32).view(np.float32)
+    a[5000 : 5000 + len(specials)] = specials
+    b[n - len(specials) :] = specials
+    a[::9], b[4::13] = 0.0, np.float32(-1e-41)
+    assert_same_bits(run_op("LMul", [a, b], threads=threads), numerics.lmul(a, b))
+    assert_same_bits(
+        run_op("LMul", [a, b], threads=threads, mantissa_bits=4), numerics.lmul(a, b, mantissa_bits=4)
+    )

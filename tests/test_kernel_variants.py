@@ -17,6 +17,9 @@ import pytest
 from lmul_onnx.testing import matmul_variant
 
 GENERAL, ADD, ADD_MASKED_A, ADD_MASKED_B, ADD_MASKED_AB, NORMAL = 0, 1, 2, 3, 4, 5
+CLAMPED, CLAMPED_MASKED_B, CLAMPED_HIGH, CLAMPED_HIGH_MASKED_B, CLAMPED_LOW, CLAMPED_LOW_MASKED_B = range(
+    6, 12
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,19 +50,66 @@ def test_variant_selection(choose: Callable[..., int], rng: np.random.Generator)
     assert variant(choose, subnormal, b) == ADD_MASKED_A  # subnormals are zeros (SPEC 1)
     assert variant(choose, a, np.maximum(b, 0)) == ADD_MASKED_B
     assert variant(choose, np.maximum(a, 0), np.maximum(b, 0)) == ADD_MASKED_AB
+    # no B range to derive the one-add stand-ins from: the clamped kernel's B masks
+    assert variant(choose, a, np.zeros_like(b)) == CLAMPED_LOW_MASKED_B
     # data that must not take a fast kernel
-    assert variant(choose, a, np.zeros_like(b)) == GENERAL  # no B range to derive stand-ins from
     for special in (np.inf, -np.inf, np.nan):
         bad = a.copy()
         bad[3, 3] = special
         assert variant(choose, bad, b) == GENERAL
         assert variant(choose, b, bad) == GENERAL
-    # products may overflow or underflow: the portable loop, with only those checks when
-    # every operand is a normal number, with every check otherwise
-    assert variant(choose, a * 1e20, b * 1e20) == NORMAL
-    assert variant(choose, a * 1e-20, b * 1e-20) == NORMAL
-    assert variant(choose, np.maximum(a, 0) * 1e20, b * 1e20) == GENERAL
+    # products may overflow or underflow: the clamped kernels, with the checks the data needs
+    assert variant(choose, a * 1e20, b * 1e20) == CLAMPED_HIGH
+    assert variant(choose, a * 1e-20, b * 1e-20) == CLAMPED_LOW
+    assert variant(choose, np.maximum(a, 0) * 1e20, b * 1e20) == CLAMPED_HIGH
+    assert variant(choose, a * 1e20, np.maximum(b, 0) * 1e20) == CLAMPED_HIGH_MASKED_B
+    assert variant(choose, a * 1e-20, np.maximum(b, 0) * 1e-20) == CLAMPED_LOW_MASKED_B
+    wide = (a * np.exp(rng.uniform(-80, 80, a.shape))).astype(np.float32)
+    wide_b = (b * np.exp(rng.uniform(-80, 80, b.shape))).astype(np.float32)
+    assert variant(choose, wide, wide_b) == CLAMPED
+    assert variant(choose, np.maximum(wide, 0), np.maximum(wide_b, 0)) == CLAMPED_MASKED_B
     assert variant(choose, a, b, m=0) == -1
+
+
+def outer_cases(rng: np.random.Generator) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """K = 1 products (every output is one product) at the limits of SPEC 1 step 3: for
+    each row a, columns b with |a| + |b| - 0x3F800000 + offset just below, at and above
+    2^23 (underflow) and 0x7F800000 (overflow), for the paper's offset at m = 23; with
+    zeros, negative zeros and subnormals in both operands."""
+    magnitudes = np.exp(rng.uniform(-87, 88, 23)).astype(np.float32)
+    a = (magnitudes * rng.choice([-1, 1], 23)).astype(np.float32)
+    a[[3, 11]] = [0.0, -0.0]
+    a[17] = 1e-41
+    bias = 0x3F800000 - (1 << 19)
+    columns = []
+    for bits in np.abs(a).view(np.uint32):
+        if bits < 0x00800000:
+            continue
+        for target in (0x007FFFFF, 0x00800000, 0x00800001, 0x7F7FFFFF, 0x7F800000):
+            wanted = target + bias - int(bits)
+            if 0x00800000 <= wanted < 0x7F800000:
+                columns.append(wanted | (int(rng.integers(0, 2)) << 31))
+    b = np.array(columns, np.uint32).view(np.float32)
+    b_zeros = b.copy()
+    b_zeros[::7] = -0.0
+    b_zeros[1::7] = 1e-42
+    return {"limits": (a[:, None], b[None, :]), "limits_zeros_b": (a[:, None], b_zeros[None, :])}
+
+
+def test_products_at_the_limits_are_the_reference_bits(
+    choose: Callable[..., int], rng: np.random.Generator, run_op: Callable[..., np.ndarray]
+) -> None:
+    """With K = 1 each output is +0 + one product, so it must be the element-wise
+    reference's bits exactly (a -0 product sums to +0), for every m = 1..23."""
+    from lmul_onnx import numerics
+
+    for name, (a, b) in outer_cases(rng).items():
+        if has_simd(choose):
+            assert variant(choose, a, b) in (CLAMPED, CLAMPED_MASKED_B), name
+        for m in range(1, 24):
+            expected = numerics.lmul(a, b, mantissa_bits=m) + np.float32(0)
+            got = run_op("LMulMatMul", [a, b], mantissa_bits=m)
+            assert np.array_equal(got.view(np.uint32), expected.view(np.uint32)), (name, m)
 
 
 RUNNER = textwrap.dedent(
@@ -85,7 +135,17 @@ RUNNER = textwrap.dedent(
                      (b * np.exp(rng.uniform(-60, 60, b.shape))).astype(np.float32)),
         "batched": (rng.standard_normal((3, 9, 70)).astype(np.float32), b),
         "wide": (a * np.float32(1e18), b * np.float32(1e19)),
+        # the clamped kernels: zeros with products that may overflow, underflow or both
+        "overflow_zeros": (np.maximum(a, 0) * np.float32(1e20), np.where(np.abs(b) < 0.3, -0.0, b * 1e20)),
+        "underflow_zeros": (np.where(a > 1, 1e-41, a * 1e-20), np.where(np.abs(b) < 0.3, 0.0, b * 1e-20)),
+        "range_zeros": (np.maximum(a, 0) * np.exp(rng.uniform(-80, 80, a.shape)),
+                        np.where(np.abs(b) < 0.2, 0.0, b * np.exp(rng.uniform(-80, 80, b.shape)))),
+        # narrow B (at most 32 columns: narrow panels), batched heads, products that overflow
+        "narrow_overflow": (rng.standard_normal((3, 37, 70)) * np.float32(1e20),
+                            np.where(rng.random((3, 70, 29)) < 0.2, 0.0,
+                                     rng.standard_normal((3, 70, 29)) * 1e20)),
     }
+    cases = {name: (x.astype(np.float32), y.astype(np.float32)) for name, (x, y) in cases.items()}
     # Small M against a per-call B (custom_ops/kernels/lmul_small_m.h): every M up to 8,
     # N off the vector width, heads, and each special value.
     specials = {"inf": np.inf, "nan": np.nan, "zero": 0.0, "subnormal": 1e-41, "huge": 3e38}

@@ -141,13 +141,21 @@ def variant_cases(rng: np.random.Generator) -> dict[str, tuple[np.ndarray, np.nd
             np.maximum(a, 0),
             np.where(np.abs(b) < 0.3, np.float32(1e-41), b).astype(np.float32),
         ),
-        "normal": ((a * np.float32(1e-20)).astype(np.float32), (b * np.float32(1e-20)).astype(np.float32)),
+        "clamped-low": (
+            (a * np.float32(1e-20)).astype(np.float32),
+            (b * np.float32(1e-20)).astype(np.float32),
+        ),
+        "clamped-masked-b": (
+            (np.maximum(a, 0) * np.exp(rng.uniform(-45, 45, a.shape))).astype(np.float32),
+            np.where(np.abs(b) < 0.3, 0, b * np.exp(rng.uniform(-45, 45, b.shape))).astype(np.float32),
+        ),
         "general": (np.where(a > 2, np.inf, a).astype(np.float32), b),
     }
 
 
 @pytest.mark.parametrize(
-    "case", ["add", "add-masked-a", "add-masked-b", "add-masked-ab", "normal", "general"]
+    "case",
+    ["add", "add-masked-a", "add-masked-b", "add-masked-ab", "clamped-low", "clamped-masked-b", "general"],
 )
 @pytest.mark.parametrize("constant_b", [False, True])
 def test_every_matmul_variant_with_offsets(
@@ -176,7 +184,7 @@ def test_every_matmul_variant_with_offsets(
                 np.float64
             )
             finite = np.isfinite(exact) & np.isfinite(magnitude)
-            with np.errstate(invalid="ignore"):
+            with np.errstate(invalid="ignore", over="ignore"):  # float64 sums beyond float32
                 assert np.array_equal(np.isnan(got), np.isnan(exact.astype(np.float32)))
             close = np.abs(got[finite] - exact[finite]) <= 2 * 70 * 2.0**-23 * magnitude[finite] + 1e-37
             assert close.all(), (case, m, offset)
@@ -185,11 +193,12 @@ def test_every_matmul_variant_with_offsets(
 def test_variant_choice_depends_on_the_offset(choose: Callable, run_op: Callable) -> None:
     """2^-63 x 1.5 * 2^-64: |a| + |b| - 0x3F800000 = 0x400000, so the product underflows
     exactly when offset < 0x400000. The pre-scan must use the node's offset: the paper's
-    (0x80000) and 0 may underflow (the checked "normal" loop), 2^23 - 1 cannot (one add)."""
+    (0x80000) and 0 may underflow (the clamped kernel with the underflow check; without
+    SIMD the checked "normal" loop), 2^23 - 1 cannot (one add)."""
     a = np.full((4, 8), 2.0**-63, np.float32)
     b = np.full((8, 3), 1.5 * 2.0**-64, np.float32)
     simd = choose(np.ones(4, np.float32), np.ones(4, np.float32), 23, -1) == 1
-    assert choose(a, b, 23, -1) == choose(a, b, 23, 0) == 5
+    assert choose(a, b, 23, -1) == choose(a, b, 23, 0) == (10 if simd else 5)
     assert choose(a, b, 23, (1 << 23) - 1) == (1 if simd else 5)
     assert choose(a, b, 23, 1 << 23) == -1 and choose(a, b, 23, -2) == -1
     for offset in (0, 0x3FFFFF, 0x400000, (1 << 23) - 1):

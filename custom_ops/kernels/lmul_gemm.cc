@@ -15,6 +15,16 @@
 
 namespace lmul {
 
+namespace {
+
+// The clamped kernels' constants (lmul_gemm.h): A is prepared as |a| + kClampOffset - bias,
+// so that u = a'' + |b| = |a| + |b| - bias + kClampOffset never wraps around.
+constexpr uint32_t kClampOffset = 0x40000000u;
+constexpr uint32_t kClampLow = kClampOffset + kSmallestNormalBits;  // u below: underflow
+constexpr uint32_t kClampHigh = kClampOffset + kInfBits;            // u at or above: overflow
+
+}  // namespace
+
 LMUL_TARGET_CLONES
 void OperandRange::scan(const uint32_t* bits, size_t count) {
   // Plain min/max reductions over masked values (GCC does not vectorise select
@@ -55,6 +65,18 @@ const char* variant_name(GemmVariant variant) {
       return "add-masked-ab";
     case GemmVariant::kNormal:
       return "normal";
+    case GemmVariant::kClamped:
+      return "clamped";
+    case GemmVariant::kClampedMaskedB:
+      return "clamped-masked-b";
+    case GemmVariant::kClampedHigh:
+      return "clamped-high";
+    case GemmVariant::kClampedHighMaskedB:
+      return "clamped-high-masked-b";
+    case GemmVariant::kClampedLow:
+      return "clamped-low";
+    case GemmVariant::kClampedLowMaskedB:
+      return "clamped-low-masked-b";
     default:
       return "general";
   }
@@ -68,20 +90,37 @@ const char* variant_name(GemmVariant variant) {
 uint32_t zero_stand_in_a(const OperandRange& b) { return kSmallestNormalBits - b.min_nonzero; }
 uint32_t zero_stand_in_b(const OperandRange& b) { return b.min_nonzero - kSmallestNormalBits; }
 
-GemmVariant choose_variant(const OperandRange& a, const OperandRange& b, uint32_t bias, bool simd) {
+// For the clamped kernels a zero A entry adds 0 * r, which needs r finite: with this
+// stand-in u = 2^30 + |b| - min|b| lies in [2^30, 2^30 + 0x7F000000), so r is finite.
+uint32_t zero_stand_in_a(const OperandRange& b, GemmVariant variant) {
+  if (!is_clamped(variant)) return zero_stand_in_a(b);
+  return b.min_nonzero == 0xFFFFFFFFu ? 0u : kClampOffset - b.min_nonzero;
+}
+
+GemmVariant choose_variant(const OperandRange& a, const OperandRange& b, uint32_t bias, bool simd, bool clamped) {
   if (a.has_special || b.has_special) return GemmVariant::kGeneral;
   const bool normal_only = !a.has_zero && !b.has_zero;
-  const GemmVariant fallback = normal_only ? GemmVariant::kNormal : GemmVariant::kGeneral;
-  if (!simd) return fallback;
+  const GemmVariant portable = normal_only ? GemmVariant::kNormal : GemmVariant::kGeneral;
+  if (!simd) return portable;
   const bool a_all_zero = a.min_nonzero == 0xFFFFFFFFu, b_all_zero = b.min_nonzero == 0xFFFFFFFFu;
-  if (b_all_zero) return fallback;  // no B range to derive stand-ins from
   // Every product of non-zero operands must land in [2^23, 0x7F800000) before the sign.
   const uint64_t smallest = uint64_t{a.min_nonzero} + b.min_nonzero;
   const uint64_t largest = uint64_t{a.max_magnitude} + b.max_magnitude;
-  if (!a_all_zero && smallest < uint64_t{bias} + kSmallestNormalBits) return fallback;
-  if (largest >= uint64_t{bias} + kInfBits) return fallback;
+  const bool may_underflow = !a_all_zero && !b_all_zero && smallest < uint64_t{bias} + kSmallestNormalBits;
+  const bool may_overflow = largest >= uint64_t{bias} + kInfBits;
+  // Where no one-add kernel is exact: the clamped kernel with the checks the data needs,
+  // when the caller runs them (the underflow check doubles as the zero-B mask).
+  const bool z = b.has_zero;
+  const GemmVariant fallback =
+      !clamped                        ? portable
+      : may_underflow && may_overflow ? (z ? GemmVariant::kClampedMaskedB : GemmVariant::kClamped)
+      : may_overflow                  ? (z ? GemmVariant::kClampedHighMaskedB : GemmVariant::kClampedHigh)
+                                      : (z ? GemmVariant::kClampedLowMaskedB : GemmVariant::kClampedLow);
+  if (b_all_zero || may_underflow || may_overflow) return fallback;  // (all of B zero: no stand-ins)
   if (normal_only) return GemmVariant::kAdd;
-  if (b.max_magnitude - b.min_nonzero >= kInfBits - kSmallestNormalBits) return GemmVariant::kGeneral;
+  if (b.max_magnitude - b.min_nonzero >= kInfBits - kSmallestNormalBits) {
+    return clamped ? fallback : GemmVariant::kGeneral;
+  }
   if (a.has_zero && b.has_zero) return GemmVariant::kAddMaskedAB;
   return a.has_zero ? GemmVariant::kAddMaskedA : GemmVariant::kAddMaskedB;
 }
@@ -123,6 +162,15 @@ size_t narrow_panel_width() { return simd_lanes() == 16 ? 32 : 0; }
 
 LMUL_TARGET_CLONES
 void prepare_a(uint32_t* a, float* mask, size_t count, GemmVariant variant, uint32_t bias, uint32_t zero_stand_in) {
+  if (is_clamped(variant)) {
+    for (size_t i = 0; i < count; ++i) {
+      const uint32_t magnitude = a[i] & kMagnitudeMask;
+      const bool zero = magnitude < kSmallestNormalBits;
+      mask[i] = zero ? 0.0f : (a[i] & kSignBit) ? -1.0f : 1.0f;
+      a[i] = zero ? zero_stand_in : magnitude + (kClampOffset - bias);
+    }
+    return;
+  }
   const bool masked = masks_a(variant);
   for (size_t i = 0; i < count; ++i) {
     const bool zero = (a[i] & kMagnitudeMask) < kSmallestNormalBits;
@@ -264,6 +312,102 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const uint32_t* a, const floa
     for (int v = 0; v < 3; ++v) _mm256_storeu_ps(out + i * ldo + v * 8, acc[i][v]);
 }
 
+// MR x (16 NV) clamped tile (lmul_gemm.h; 64 columns, or 32 for narrow B), with b read as
+// panel entry + b_fold: per product u = a'' + |b|, r = min(u, kClampHigh) -
+// ((b & sign) | kClampOffset), and acc += s_a * r in the lanes where u >= kClampLow and
+// (kMaskB) b is not zero. kLow / kHigh: whether products may underflow / overflow (the
+// compare / the clamp are left out where they cannot). |b|, b's constant and the zero
+// mask are made once per k.
+template <int MR, int NV, bool kMaskB, bool kLow, bool kHigh>
+__attribute__((target("avx512f"))) void tile_clamped_avx512(const uint32_t* a, const float* a_sign, size_t lda,
+                                                            const uint32_t* panel, uint32_t b_min, uint32_t b_fold,
+                                                            size_t k, float* out, size_t ldo) {
+  constexpr int kWidth = 16 * NV;
+  __m512 acc[MR][NV];
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
+  const __m512i magnitude_mask = _mm512_set1_epi32(static_cast<int>(kMagnitudeMask));
+  const __m512i sign_bit = _mm512_set1_epi32(static_cast<int>(kSignBit));
+  const __m512i offset = _mm512_set1_epi32(static_cast<int>(kClampOffset));
+  const __m512i low = _mm512_set1_epi32(static_cast<int>(kClampLow));
+  const __m512i high = _mm512_set1_epi32(static_cast<int>(kClampHigh));
+  const __m512i smallest = _mm512_set1_epi32(static_cast<int>(b_min));
+  const __m512i fold = _mm512_set1_epi32(static_cast<int>(b_fold));
+  for (size_t p = 0; p < k; ++p) {
+    __m512i bm[NV], bc[NV];
+    __mmask16 nonzero[NV];
+    for (int v = 0; v < NV; ++v) {
+      const __m512i b = _mm512_add_epi32(_mm512_loadu_si512(panel + p * kWidth + 16 * v), fold);
+      bm[v] = _mm512_and_si512(b, magnitude_mask);
+      bc[v] = _mm512_ternarylogic_epi32(b, sign_bit, offset, 0xEA);  // (b & sign) | offset
+      // zeros and their stand-ins lie below B's smallest non-zero magnitude
+      nonzero[v] = kMaskB ? _mm512_cmpge_epu32_mask(bm[v], smallest) : static_cast<__mmask16>(0xFFFF);
+    }
+    for (int i = 0; i < MR; ++i) {
+      const __m512i av = _mm512_set1_epi32(static_cast<int>(a[i * lda + p]));
+      const __m512 sv = _mm512_set1_ps(a_sign[i * lda + p]);
+      for (int v = 0; v < NV; ++v) {
+        const __m512i u = _mm512_add_epi32(av, bm[v]);
+        const __mmask16 keep = kLow ? _mm512_mask_cmpge_epu32_mask(nonzero[v], u, low) : nonzero[v];
+        // (maskz with all lanes: GCC 12 warns about _mm512_min_epu32's undefined source)
+        const __m512i r = _mm512_sub_epi32(kHigh ? _mm512_maskz_min_epu32(0xFFFF, u, high) : u, bc[v]);
+        acc[i][v] = _mm512_mask3_fmadd_ps(_mm512_castsi512_ps(r), sv, acc[i][v], keep);
+      }
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(out + i * ldo + v * 16, acc[i][v]);
+}
+
+// MR x 24 clamped tile with AVX2: no unsigned compares, so u is kept offset by 2^31 (as
+// a signed value) and the lanes to skip are zeroed before the multiply-add.
+template <int MR, bool kMaskB, bool kLow, bool kHigh>
+__attribute__((target("avx2,fma"))) void tile_clamped_avx2(const uint32_t* a, const float* a_sign, size_t lda,
+                                                          const uint32_t* panel, uint32_t b_min, uint32_t b_fold,
+                                                          size_t k, float* out, size_t ldo) {
+  __m256 acc[MR][3];
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < 3; ++v) acc[i][v] = _mm256_setzero_ps();
+  const __m256i magnitude_mask = _mm256_set1_epi32(static_cast<int>(kMagnitudeMask));
+  const __m256i sign_bit = _mm256_set1_epi32(static_cast<int>(kSignBit));
+  // u - 2^31 as signed: below kClampLow - 2^31 (i.e. <= the value below) is an underflow;
+  // without the underflow check, every u of a non-zero b (u > 0) is kept.
+  const __m256i low = _mm256_set1_epi32(kLow ? static_cast<int>(kClampLow - kSignBit - 1u) : INT32_MIN);
+  const __m256i high = _mm256_set1_epi32(static_cast<int>(kClampHigh - kSignBit));
+  const __m256i never = _mm256_set1_epi32(0x7FFFFFFF);
+  const __m256i constant = _mm256_set1_epi32(static_cast<int>(kClampOffset ^ kSignBit));
+  const __m256i smallest = _mm256_set1_epi32(static_cast<int>(b_min ^ kSignBit));
+  const __m256i fold = _mm256_set1_epi32(static_cast<int>(b_fold));
+  for (size_t p = 0; p < k; ++p) {
+    const uint32_t* bp = panel + p * 24;
+    __m256i bm[3], bc[3], threshold[3];
+    for (int v = 0; v < 3; ++v) {
+      const __m256i b = _mm256_add_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + 8 * v)), fold);
+      bm[v] = _mm256_and_si256(b, magnitude_mask);
+      // (b & sign) | kClampOffset, offset by 2^31 like u
+      bc[v] = _mm256_xor_si256(_mm256_and_si256(b, sign_bit), constant);
+      threshold[v] = low;
+      if (kMaskB) {  // zero entries of B (below min|b|, as signed after the offset): a threshold no u exceeds
+        const __m256i zero = _mm256_cmpgt_epi32(smallest, _mm256_xor_si256(bm[v], sign_bit));
+        threshold[v] = _mm256_blendv_epi8(low, never, zero);
+      }
+    }
+    for (int i = 0; i < MR; ++i) {
+      // a'' - 2^31: u - 2^31 = (a'' - 2^31) + |b| without signed overflow
+      const __m256i av = _mm256_set1_epi32(static_cast<int>(a[i * lda + p] ^ kSignBit));
+      const __m256 sv = _mm256_set1_ps(a_sign[i * lda + p]);
+      for (int v = 0; v < 3; ++v) {
+        const __m256i u = _mm256_add_epi32(av, bm[v]);
+        const __m256i r = _mm256_sub_epi32(kHigh ? _mm256_min_epi32(u, high) : u, bc[v]);
+        const __m256i masked = kLow || kMaskB ? _mm256_and_si256(r, _mm256_cmpgt_epi32(u, threshold[v])) : r;
+        acc[i][v] = _mm256_fmadd_ps(_mm256_castsi256_ps(masked), sv, acc[i][v]);
+      }
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < 3; ++v) _mm256_storeu_ps(out + i * ldo + v * 8, acc[i][v]);
+}
+
 // Rows of A per tile: 6 (AVX-512) or 4 (AVX2).
 size_t tile_rows() { return simd_lanes() == 16 ? 6 : 4; }
 
@@ -315,6 +459,50 @@ TileFn<W> tile_for(size_t rows, bool narrow) {
   return simd_lanes() == 16 ? avx512_tile<kMaskA, kZeros, W>(rows) : avx2_tile<kMaskA, kZeros, W>(rows);
 }
 
+// Computes a rows x nr clamped tile: b_min (the smallest non-zero magnitude of B) tells
+// zero entries (and their stand-ins) from the others; b_fold is added back to every panel
+// entry (B packed with the bias folded in).
+using ClampedTileFn = void (*)(const uint32_t*, const float*, size_t, const uint32_t*, uint32_t, uint32_t, size_t,
+                               float*, size_t);
+
+template <bool kMaskB, bool kLow, bool kHigh>
+ClampedTileFn clamped_tile(size_t rows, bool narrow) {
+  if (narrow) {  // 32 columns (AVX-512 only)
+    switch (rows) {
+      case 1: return tile_clamped_avx512<1, 2, kMaskB, kLow, kHigh>;
+      case 2: return tile_clamped_avx512<2, 2, kMaskB, kLow, kHigh>;
+      case 3: return tile_clamped_avx512<3, 2, kMaskB, kLow, kHigh>;
+      default: return tile_clamped_avx512<4, 2, kMaskB, kLow, kHigh>;
+    }
+  }
+  if (simd_lanes() == 16) {
+    switch (rows) {
+      case 1: return tile_clamped_avx512<1, 4, kMaskB, kLow, kHigh>;
+      case 2: return tile_clamped_avx512<2, 4, kMaskB, kLow, kHigh>;
+      case 3: return tile_clamped_avx512<3, 4, kMaskB, kLow, kHigh>;
+      default: return tile_clamped_avx512<4, 4, kMaskB, kLow, kHigh>;
+    }
+  }
+  switch (rows) {
+    case 1: return tile_clamped_avx2<1, kMaskB, kLow, kHigh>;
+    default: return tile_clamped_avx2<2, kMaskB, kLow, kHigh>;
+  }
+}
+
+// Rows of A per clamped tile: 4 (AVX-512, also narrow) or 2 (AVX2).
+size_t clamped_tile_rows() { return simd_lanes() == 16 ? 4 : 2; }
+
+ClampedTileFn select_clamped_tile(GemmVariant variant, size_t rows, bool narrow) {
+  switch (variant) {
+    case GemmVariant::kClamped: return clamped_tile<false, true, true>(rows, narrow);
+    case GemmVariant::kClampedMaskedB: return clamped_tile<true, true, true>(rows, narrow);
+    case GemmVariant::kClampedHigh: return clamped_tile<false, false, true>(rows, narrow);
+    case GemmVariant::kClampedHighMaskedB: return clamped_tile<true, false, true>(rows, narrow);
+    case GemmVariant::kClampedLow: return clamped_tile<false, true, false>(rows, narrow);
+    default: return clamped_tile<true, true, false>(rows, narrow);
+  }
+}
+
 // The tile of `variant` for panels whose zeros of B are `kZeros` when it masks B.
 template <ZerosOfB kZeros, class W>
 TileFn<W> select_tile(GemmVariant variant, size_t rows, bool narrow) {
@@ -343,8 +531,33 @@ void gemm_tiles(GemmVariant variant, const uint32_t* a, const float* a_mask, con
       const size_t j0 = panel * nr, width = std::min(nr, n - j0);
       // Full panels go straight to C; the last, narrower one through a tile buffer.
       float* out = width == nr ? c + r * ldc + j0 : tile;
+      const size_t ldo = width == nr ? ldc : nr;
       fn(a + r * k, a_mask ? a_mask + r * k : nullptr, k, panels + panel * k * nr,
-         b_masks ? b_masks + panel * k * nr : nullptr, k, out, width == nr ? ldc : nr);
+         b_masks ? b_masks + panel * k * nr : nullptr, k, out, ldo);
+      if (width != nr) {
+        for (size_t i = 0; i < rows; ++i) std::memcpy(c + (r + i) * ldc + j0, tile + i * nr, width * sizeof(float));
+      }
+    }
+  }
+}
+
+// The clamped variants over rows [row_begin, row_end) x panels [panel_begin, panel_end) of
+// 32-bit panels of panel_columns (0: panel_width()), entries stored minus b_fold.
+void clamped_tiles(GemmVariant variant, const uint32_t* a, const float* a_sign, const uint32_t* panels, size_t k,
+                   size_t n, size_t row_begin, size_t row_end, size_t panel_begin, size_t panel_end, float* c,
+                   size_t ldc, size_t panel_columns, uint32_t b_min, uint32_t b_fold) {
+  const size_t nr = panel_columns ? panel_columns : panel_width();
+  const bool narrow = nr != panel_width() && nr == narrow_panel_width();
+  const size_t mr = clamped_tile_rows();
+  alignas(64) float tile[4 * 64];
+  for (size_t r = row_begin; r < row_end; r += mr) {
+    const size_t rows = std::min(mr, row_end - r);
+    const ClampedTileFn fn = select_clamped_tile(variant, rows, narrow);
+    for (size_t panel = panel_begin; panel < panel_end; ++panel) {
+      const size_t j0 = panel * nr, width = std::min(nr, n - j0);
+      // Full panels go straight to C; the last, narrower one through a tile buffer.
+      float* out = width == nr ? c + r * ldc + j0 : tile;
+      fn(a + r * k, a_sign + r * k, k, panels + panel * k * nr, b_min, b_fold, k, out, width == nr ? ldc : nr);
       if (width != nr) {
         for (size_t i = 0; i < rows; ++i) std::memcpy(c + (r + i) * ldc + j0, tile + i * nr, width * sizeof(float));
       }
@@ -513,13 +726,19 @@ OffsetsTileFn select_offsets_tile(GemmVariant variant, size_t rows, size_t vecto
 
 void lmul_gemm_fast(GemmVariant variant, const uint32_t* a, const float* a_mask, const uint32_t* panels,
                     const float* b_masks, size_t k, size_t n, size_t row_begin, size_t row_end, size_t panel_begin,
-                    size_t panel_end, float* c, size_t ldc, size_t panel_columns) {
+                    size_t panel_end, float* c, size_t ldc, size_t panel_columns, uint32_t b_min_nonzero,
+                    uint32_t b_fold) {
 #if LMUL_HAVE_X86_SIMD
+  if (is_clamped(variant)) {
+    clamped_tiles(variant, a, a_mask, panels, k, n, row_begin, row_end, panel_begin, panel_end, c, ldc, panel_columns,
+                  b_min_nonzero, b_fold);
+    return;
+  }
   gemm_tiles<ZerosOfB::kFloatMask>(variant, a, a_mask, panels, b_masks, k, n, row_begin, row_end, panel_begin,
                                    panel_end, c, ldc, panel_columns);
 #else
   (void)variant, (void)a, (void)a_mask, (void)panels, (void)b_masks, (void)k, (void)n, (void)row_begin, (void)row_end;
-  (void)panel_begin, (void)panel_end, (void)c, (void)ldc, (void)panel_columns;
+  (void)panel_begin, (void)panel_end, (void)c, (void)ldc, (void)panel_columns, (void)b_min_nonzero, (void)b_fold;
 #endif
 }
 

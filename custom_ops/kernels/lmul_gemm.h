@@ -19,6 +19,22 @@
 // Every variant sums each output element over k = 0..K-1 in order, in float32, exactly
 // like the portable loop in lmul_kernels.cc, so all variants give identical bits.
 //
+// When products may underflow or overflow (operands spanning the whole exponent range),
+// possibly with zeros, the clamped kernels (kClamped, kClampedMaskedB) still work on the
+// panels, at a few integer operations per product instead of one add. With A prepared as
+// a'' = |a| + 2^30 - bias and s_a = +-1 (for a zero: a stand-in and 0),
+//     u = a'' + |b|                    in [0, 2^32): no wrap-around for normal operands
+//     r = min(u, 2^30 + 0x7F800000) - ((b & 2^31) | 2^30)
+// is SPEC 1's magnitude |a| + |b| - bias, saturated to infinity, with b's sign; the
+// product is skipped (adds +-0) when u < 2^30 + 2^23 (underflow: SPEC's signed zero) or
+// b is zero (|b| below B's smallest non-zero magnitude: zeros and their stand-ins; a
+// k-mask / a lane mask), and acc += s_a * r adds it with a's sign (a fused
+// multiply-add by +-1 is exact: the same rounding as the plain add). A zero in A adds
+// 0 * r = +-0, its stand-in keeping r finite. Where the pre-scan shows that products cannot
+// underflow (or overflow), the compare (or the clamp) is left out. The accumulators start at +0 and a float sum never turns +0
+// into -0 by adding +-0, so skipping a product and adding its signed zero give the same
+// bits. Only infinities and NaN (SPEC 1, step 2) still need the portable loop.
+//
 // Using the kernels (lmul_matmul.cc does this for LMulMatMul / LMulGemm):
 //   1. round both operands to m bits and scan them: OperandRange::scan, or scan_rounded
 //      straight from a tensor;
@@ -62,22 +78,46 @@ enum class GemmVariant {
   kAddMaskedAB,  // both have zeros
   kNormal,       // all operands are normal numbers, but products may under/overflow:
                  // the portable loop with only those checks (lmul_matmul_rows_normal)
+  kClamped,         // no infinity or NaN; products may underflow and overflow, A may have
+                    // zeros: the clamped kernels (above)
+  kClampedMaskedB,  // as kClamped, and B has zeros
+  kClampedHigh,     // as kClamped, but no product can underflow (no underflow check)
+  kClampedHighMaskedB,
+  kClampedLow,      // as kClamped, but no product can overflow (no clamp to infinity)
+  kClampedLowMaskedB,
 };
 
 // The variants of the register-blocked one-add kernels (lmul_gemm_fast).
-constexpr bool is_one_add(GemmVariant v) { return v != GemmVariant::kGeneral && v != GemmVariant::kNormal; }
-constexpr bool masks_a(GemmVariant v) { return v == GemmVariant::kAddMaskedA || v == GemmVariant::kAddMaskedAB; }
+constexpr bool is_clamped(GemmVariant v) {
+  return v == GemmVariant::kClamped || v == GemmVariant::kClampedMaskedB || v == GemmVariant::kClampedHigh ||
+         v == GemmVariant::kClampedHighMaskedB || v == GemmVariant::kClampedLow ||
+         v == GemmVariant::kClampedLowMaskedB;
+}
+constexpr bool is_one_add(GemmVariant v) {
+  return v != GemmVariant::kGeneral && v != GemmVariant::kNormal && !is_clamped(v);
+}
+// The variants lmul_gemm_fast computes from packed panels.
+constexpr bool uses_panels(GemmVariant v) { return is_one_add(v) || is_clamped(v); }
+// A mask (or, clamped, a sign) per A entry; B's 0/1 masks (the clamped kernels tell B's
+// zeros by their magnitude instead).
+constexpr bool masks_a(GemmVariant v) {
+  return v == GemmVariant::kAddMaskedA || v == GemmVariant::kAddMaskedAB || is_clamped(v);
+}
 constexpr bool masks_b(GemmVariant v) { return v == GemmVariant::kAddMaskedB || v == GemmVariant::kAddMaskedAB; }
 
-// The stand-ins of zero entries (see above), from B's range.
+// The stand-ins of zero entries (see above), from B's range; the variant's for A (the
+// clamped kernels use their own).
 uint32_t zero_stand_in_a(const OperandRange& b);
+uint32_t zero_stand_in_a(const OperandRange& b, GemmVariant variant);
 uint32_t zero_stand_in_b(const OperandRange& b);
 
 const char* variant_name(GemmVariant variant);
 
 // The fastest variant that is exact for these operands. `simd` says whether the one-add
-// kernels exist (panel_width() > 0).
-GemmVariant choose_variant(const OperandRange& a, const OperandRange& b, uint32_t bias, bool simd = true);
+// kernels exist (panel_width() > 0); `clamped` whether the caller can run the clamped
+// ones (lmul_gemm_fast with A prepared by prepare_a) where no one-add kernel is exact.
+GemmVariant choose_variant(const OperandRange& a, const OperandRange& b, uint32_t bias, bool simd = true,
+                           bool clamped = false);
 
 // SIMD width the fast kernels use on this CPU: 16 (AVX-512F and BW), 8 (AVX2) or 0 (none).
 // LMUL_SIMD=avx2|none in the environment caps it (tests use it to force each path).
@@ -87,7 +127,8 @@ int simd_lanes();
 size_t panel_width();
 
 // Rewrites packed rounded A in place for `variant`: a -> a - bias, and for zero entries
-// the stand-in; mask (one float per entry, null unless masks_a) gets 1 or 0.
+// the stand-in; mask (one float per entry, null unless masks_a) gets 1 or 0. Clamped
+// variants: a -> |a| + 2^30 - bias and mask -> sign(a) * 1.0 (for a zero: the stand-in and 0).
 void prepare_a(uint32_t* a, float* mask, size_t count, GemmVariant variant, uint32_t bias, uint32_t zero_stand_in);
 
 // Column width of narrow panels, for B of at most that many columns (attention's p.V
@@ -96,10 +137,14 @@ size_t narrow_panel_width();
 
 // Rows [row_begin, row_end) x panels [panel_begin, panel_end) of C (row stride ldc, N
 // columns) = A' (+) B for a fast variant; A' is prepared A (row stride k). Panels are
-// panel_columns wide: panel_width() (0 says the same) or narrow_panel_width().
+// panel_columns wide: panel_width() (0 says the same) or narrow_panel_width(). The
+// clamped variants need no B masks: b_min_nonzero (B's OperandRange::min_nonzero) tells
+// zero entries and their stand-ins (all below it) from the others; b_fold is the constant
+// subtracted from every panel entry when B was packed with the bias folded in (0 if not).
 void lmul_gemm_fast(GemmVariant variant, const uint32_t* a, const float* a_mask, const uint32_t* panels,
                     const float* b_masks, size_t k, size_t n, size_t row_begin, size_t row_end, size_t panel_begin,
-                    size_t panel_end, float* c, size_t ldc, size_t panel_columns = 0);
+                    size_t panel_end, float* c, size_t ldc, size_t panel_columns = 0, uint32_t b_min_nonzero = 0,
+                    uint32_t b_fold = 0);
 
 // The widest mantissa whose rounded float32 values are all bfloat16 bit patterns (the low
 // 16 bits zero), so that panels of B can hold 16 bits per entry.

@@ -50,9 +50,10 @@ struct BFloat16Storage {
 
 // float32 out[i] = LMul(a[i * a_step], b[i * b_step]) for i < length (steps 0 or 1),
 // vectorised; the same bits as lmul_run<Float32Storage>. `bias` is lmul_bias_for_offset
-// of the node's offset (SPEC 4).
+// of the node's offset (SPEC 4). `stream`: write `out` with streaming stores (for outputs
+// too large to stay in the cache), with a store fence at the end.
 void lmul_run_float32(const float* a, size_t a_step, const float* b, size_t b_step, float* out, size_t length,
-                      int mantissa_bits, uint32_t bias);
+                      int mantissa_bits, uint32_t bias, bool stream = false);
 
 // out[i] = LMul(a[i * a_step], b[i * b_step]) for i < length (steps are 0 or 1).
 template <class S>

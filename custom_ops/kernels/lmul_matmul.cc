@@ -391,10 +391,12 @@ void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& opera
     b_view.panels_per_matrix = prepared->panels_per_matrix;
   }
 
-  // Can every product be one integer add (lmul_gemm.h)?
+  // Can every product be one integer add, or else a clamped one (lmul_gemm.h)?
   const size_t nr = b_view.panel_columns;
-  const GemmVariant variant = choose_variant(a_range, b_view.range, bias, b_view.has_panels());
-  const bool fast = is_one_add(variant);
+  // (the clamped kernels read 32-bit panels: a per-call B, or weights kept in 32 bits)
+  const bool wide_panels = b_view.panels != nullptr || (b_view.constant && b_view.constant->panels);
+  const GemmVariant variant = choose_variant(a_range, b_view.range, bias, b_view.has_panels(), wide_panels);
+  const bool fast = uses_panels(variant), clamped = is_clamped(variant);
   const size_t panels = fast ? b_view.panels_per_matrix : 1;
   // The portable loop needs row-major rounded B, which packed panels do not keep.
   std::unique_ptr<uint32_t[]> b_rounded;
@@ -403,7 +405,7 @@ void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& opera
   }
   const uint32_t* b_row_major = b_view.rounded ? b_view.rounded : b_rounded.get();
   const float* b_masks = masks_b(variant) ? b_view.masks : nullptr;
-  const uint32_t stand_in = fast ? zero_stand_in_a(b_view.range) : 0;
+  const uint32_t stand_in = fast ? zero_stand_in_a(b_view.range, variant) : 0;
 
   // Phase 2, tasks: (batch, row block, panel block), each preparing its block of A
   // (a - bias, zeros' stand-ins and masks) in its own buffer. Few rows (e.g.
@@ -425,6 +427,9 @@ void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& opera
   // A task prepares its rows of A itself when no other task needs them; with several
   // panel blocks per row block, A is prepared once beforehand instead (in place).
   const uint32_t fold = b_view.folded_bias;
+  // A for the one-add kernels absorbs what B's fold left of the bias; the clamped kernels
+  // add the fold back to B's entries and take A with the whole bias.
+  const uint32_t a_bias = clamped ? bias : bias - fold, a_stand_in = clamped ? stand_in : stand_in + fold;
   const bool prepare_a_per_task = fast && (fold == 0 || masks_a(variant)) && panel_blocks == 1;
   float* a_masks = nullptr;
   if (fast && (fold == 0 || masks_a(variant)) && panel_blocks > 1) {
@@ -434,8 +439,8 @@ void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& opera
     for_elements(count, parallel_for)(plan.a_matrices * chunks, [&](size_t t) {
       const size_t i = t / chunks, r0 = (t % chunks) * kRowsPerChunk, r1 = std::min(m, r0 + kRowsPerChunk);
       const size_t offset = i * m * k + r0 * k;
-      prepare_a(a_rounded + offset, a_masks ? a_masks + offset : nullptr, (r1 - r0) * k, variant, bias - fold,
-                stand_in + fold);
+      prepare_a(a_rounded + offset, a_masks ? a_masks + offset : nullptr, (r1 - r0) * k, variant, a_bias,
+                a_stand_in);
     });
   }
 
@@ -459,17 +464,20 @@ void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& opera
         uint32_t* prepared_rows = task_buffers.a.get(std::max<size_t>(1, count));
         float* mask = masks_a(variant) ? task_buffers.mask.get(std::max<size_t>(1, count)) : nullptr;
         std::memcpy(prepared_rows, a_block, count * sizeof(uint32_t));
-        prepare_a(prepared_rows, mask, count, variant, bias - fold, stand_in + fold);
+        prepare_a(prepared_rows, mask, count, variant, a_bias, a_stand_in);
         a_block = prepared_rows;
         a_mask = mask;
       }
-      if (b_view.constant) {
+      if (b_view.constant && !clamped) {
         lmul_gemm_panels(variant, a_block, a_mask, b_view.constant->matrix(plan.b_matrix[batch]), k, n, 0, r1 - r0,
                          p0, p1, acc + r0 * n, n);
       } else {
-        const size_t b_offset = plan.b_matrix[batch] * panels * k * nr;
-        lmul_gemm_fast(variant, a_block, a_mask, b_view.panels + b_offset, b_masks ? b_masks + b_offset : nullptr,
-                       k, n, 0, r1 - r0, p0, p1, acc + r0 * n, n, nr);
+        // (constant 32-bit compact panels hold their zeros as 0, below B's smallest magnitude)
+        const uint32_t* b_panels = b_view.constant ? b_view.constant->matrix(plan.b_matrix[batch]).wide
+                                                   : b_view.panels + plan.b_matrix[batch] * panels * k * nr;
+        const float* masks = b_masks ? b_masks + plan.b_matrix[batch] * panels * k * nr : nullptr;
+        lmul_gemm_fast(variant, a_block, a_mask, b_panels, masks, k, n, 0, r1 - r0, p0, p1, acc + r0 * n, n, nr,
+                       b_view.range.min_nonzero, fold);
       }
       task_buffers.a.trim();
       task_buffers.mask.trim();
@@ -486,11 +494,15 @@ void lmul_elementwise(const BroadcastPlan& plan, const typename S::type* a, cons
                       typename S::type* y, int mantissa_bits, uint32_t bias, const ParallelFor& parallel_for) {
   if (plan.total == 0) return;
   const size_t chunk = kMinOpsPerTask;
+  // An output larger than this many bytes is written with streaming stores (it would not
+  // stay in the cache anyway, and they save reading it in before overwriting it).
+  constexpr size_t kStreamBytes = size_t{8} << 20;
+  const bool stream = plan.total * sizeof(float) >= kStreamBytes;
   parallel_for(ceil_div(plan.total, chunk), [&](size_t t) {
     const size_t begin = t * chunk, end = std::min(plan.total, begin + chunk);
     for_each_run(plan, begin, end, [&](size_t ao, size_t bo, size_t yo, size_t length, size_t as, size_t bs) {
       if constexpr (std::is_same<typename S::type, float>::value) {
-        lmul_run_float32(a + ao, as, b + bo, bs, y + yo, length, mantissa_bits, bias);
+        lmul_run_float32(a + ao, as, b + bo, bs, y + yo, length, mantissa_bits, bias, stream);
       } else {
         lmul_run<S>(a + ao, as, b + bo, bs, y + yo, length, mantissa_bits, bias);
       }

@@ -3,6 +3,7 @@
 // products (packing, scheduling, the small-M kernel) against a scalar reference.
 // Built by tests/test_cpp_kernels.py (or CMake with -DLMUL_BUILD_TESTS=ON); prints
 // "N passed, M failed" and exits non-zero on a failure.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -187,6 +188,128 @@ void matmul_variants() {
   check(differ == 0, "normal-operand loop", differ);
 }
 
+
+// The clamped kernels (products that underflow or overflow, zeros, the whole exponent
+// range) against the portable loop, bit for bit, with products exactly at both limits.
+void clamped_variants() {
+  std::mt19937 rng(11);
+  std::uniform_int_distribution<uint32_t> pick(0u, 99u);
+  std::uniform_int_distribution<uint32_t> any_offset(0u, lmul::kOffsetLimit - 1u);
+  const size_t n = 150;  // a narrower last panel
+  const size_t nr = lmul::panel_width();
+  // Magnitudes per mode: the whole range (products under- and overflow), the upper half
+  // (they may only overflow), the lower half (they may only underflow).
+  const uint32_t lows[] = {0x00800000u, 0x3F000000u, 0x00800000u}, highs[] = {0x7F7FFFFFu, 0x7F7FFFFFu, 0x3F000000u};
+  std::vector<int> chosen(16, 0);
+  for (int trial = 0; trial < 48; ++trial) {
+    const int mode = trial % 3;
+    // k = 1: every output is one product, so each limit case shows in the result bits
+    const size_t m = 1 + static_cast<size_t>(trial) % 13, k = trial % 2 ? 37 : 1;
+    const bool zeros_a = (trial / 3) % 2 == 0, zeros_b = (trial / 6) % 2 == 0;
+    const uint32_t offset = trial % 4 == 0 ? 0u : trial % 4 == 1 ? lmul::kOffsetLimit - 1u : any_offset(rng);
+    const uint32_t bias = trial == 2 ? lmul::lmul_bias(23) : lmul::lmul_bias_for_offset(offset);
+    // Mostly moderate magnitudes (so that most sums stay finite), some from the whole
+    // range of the mode, and with zeros: +-0 and subnormals (SPEC: zeros).
+    std::uniform_int_distribution<uint32_t> extreme(lows[mode], highs[mode]);
+    std::uniform_int_distribution<uint32_t> moderate(std::max(lows[mode], 0x35000000u),
+                                                     std::min(highs[mode], 0x49000000u));
+    auto entry = [&](bool zeros) -> uint32_t {
+      const uint32_t sign = rng() & lmul::kSignBit, choice = pick(rng);
+      if (zeros && choice < 10) return sign | (choice < 5 ? 0u : 1u + (rng() & 0x7FFFFFu));
+      return sign | (choice < (k == 1 ? 40u : 15u) ? extreme(rng) : moderate(rng));
+    };
+    std::vector<uint32_t> a(m * k), b(k * n);
+    for (auto& x : a) x = entry(zeros_a);
+    for (auto& x : b) x = entry(zeros_b);
+    // k = 1: products exactly at the limits, for every row: |a| + |b| - bias = 2^23 - 1,
+    // 2^23 (smallest normal), 0x7F7FFFFF (largest finite), 0x7F800000 (infinity), where
+    // the mode's range allows.
+    const uint32_t targets[] = {0x007FFFFFu, 0x00800000u, 0x7F7FFFFFu, 0x7F800000u};
+    for (size_t p = 0; p < (k == 1 ? k : 0); ++p) {
+      for (size_t i = 0; i < m; ++i) {
+        const uint32_t am = a[i * k + p] & lmul::kMagnitudeMask;
+        if (am < lmul::kSmallestNormalBits) continue;
+        for (size_t t = 0; t < 4; ++t) {
+          const uint64_t wanted = uint64_t{targets[t]} + bias - am;
+          if (wanted >= lows[mode] && wanted <= highs[mode]) {
+            b[p * n + (i * 4 + t + p * 11) % n] = static_cast<uint32_t>(wanted) | (rng() & lmul::kSignBit);
+          }
+        }
+      }
+    }
+    if (trial == 5) std::fill(a.begin(), a.end(), 0x80000000u);  // all of A zero
+    if (trial == 6) std::fill(b.begin(), b.end(), 0u);           // all of B zero
+    lmul::OperandRange ar, br;
+    ar.scan(a.data(), a.size());
+    br.scan(b.data(), b.size());
+    const lmul::GemmVariant variant = lmul::choose_variant(ar, br, bias, nr > 0, /*clamped=*/true);
+    if (nr == 0) {
+      check(!lmul::uses_panels(variant), "no SIMD: no clamped kernel", static_cast<uint64_t>(variant));
+      continue;
+    }
+    using V = lmul::GemmVariant;
+    const V wanted[2][3] = {{V::kClamped, V::kClampedHigh, V::kClampedLow},
+                            {V::kClampedMaskedB, V::kClampedHighMaskedB, V::kClampedLowMaskedB}};
+    // (where the data happens to keep every product in range, e.g. all of A zero, a
+    // one-add kernel is exact and chosen; all of B zero: the plain clamped kernel)
+    const bool b_all_zero = trial == 6;
+    check(variant == wanted[br.has_zero][mode] || lmul::is_one_add(variant) ||
+              (b_all_zero && variant == lmul::GemmVariant::kClampedLowMaskedB),
+          "clamped variant chosen",
+          static_cast<uint64_t>(variant));
+    ++chosen[static_cast<size_t>(variant)];
+    std::vector<float> expected(m * n), got(m * n);
+    lmul::lmul_matmul_rows(a.data(), b.data(), k, n, 0, m, bias, expected.data());
+    size_t numbers = 0;  // (+-inf + -+inf: NaN hides the other products)
+    for (float x : expected) numbers += !std::isnan(x);
+    check(numbers > expected.size() * 3 / 4, "clamped test data: mostly not NaN", numbers);
+    std::vector<float> a_sign(a.size()), b_values(b.size());
+    for (size_t i = 0; i < b.size(); ++i) b_values[i] = lmul::bits_float(b[i]);
+    const uint32_t a_stand_in = lmul::zero_stand_in_a(br, variant);
+    lmul::prepare_a(a.data(), a_sign.data(), a.size(), variant, bias, a_stand_in);
+    // Panels of the full width, the same with the bias folded into B (as a per-call B is
+    // packed; one-add kernels then take A without it), and narrow panels (AVX-512).
+    size_t differ = 0;
+    for (int layout = 0; layout < 3; ++layout) {
+      const size_t width = layout == 2 ? lmul::narrow_panel_width() : nr;
+      if (width == 0 || (layout > 0 && !lmul::is_clamped(variant))) continue;
+      const uint32_t fold = layout > 0 ? bias : 0u;
+      const size_t panels = (n + width - 1) / width;
+      std::vector<uint32_t> packed(panels * k * width);
+      std::vector<float> masks(packed.size());
+      lmul::pack_panels_rounded<lmul::Float32Storage>(b_values.data(), k, n, n, 1, 23, width, lmul::zero_stand_in_b(br),
+                                                      0, panels, packed.data(), br.has_zero ? masks.data() : nullptr);
+      for (auto& x : packed) x -= fold;
+      std::fill(got.begin(), got.end(), 0.0f);
+      // (the clamped kernels need no B masks: they tell zeros from B's smallest magnitude)
+      lmul::lmul_gemm_fast(variant, a.data(), a_sign.data(), packed.data(),
+                           lmul::masks_b(variant) ? masks.data() : nullptr, k, n, 0, m, 0, panels, got.data(), n,
+                           width, br.min_nonzero, fold);
+      for (size_t i = 0; i < got.size(); ++i) {
+        const bool both_nan = std::isnan(got[i]) && std::isnan(expected[i]);
+        differ += !both_nan && lmul::float_bits(got[i]) != lmul::float_bits(expected[i]);
+      }
+    }
+    check(differ == 0, lmul::variant_name(variant), differ);
+  }
+  if (nr > 0) {
+    using V = lmul::GemmVariant;
+    for (V v : {V::kClamped, V::kClampedMaskedB, V::kClampedHigh, V::kClampedHighMaskedB, V::kClampedLow,
+                V::kClampedLowMaskedB}) {
+      check(chosen[static_cast<size_t>(v)] >= 2, lmul::variant_name(v), chosen[static_cast<size_t>(v)]);
+    }
+  }
+  // Infinity and NaN still take the portable loop.
+  lmul::OperandRange with_inf, with_nan, wide;
+  const uint32_t inf = 0x7F800000u, nan = 0x7FC00000u, extremes[] = {0u, 0x00800000u, 0x7F7FFFFFu};
+  with_inf.scan(&inf, 1);
+  with_nan.scan(&nan, 1);
+  wide.scan(extremes, 3);
+  const uint32_t bias = lmul::lmul_bias(23);
+  check(lmul::choose_variant(with_inf, wide, bias, true, true) == lmul::GemmVariant::kGeneral, "clamped: inf");
+  check(lmul::choose_variant(wide, with_nan, bias, true, true) == lmul::GemmVariant::kGeneral, "clamped: nan");
+  check(lmul::choose_variant(wide, wide, bias, false, true) == lmul::GemmVariant::kGeneral, "clamped: no SIMD");
+}
 
 // A ParallelFor on two threads that take tasks in turn (what onnxruntime's pool may do).
 void two_threads(size_t tasks, const std::function<void(size_t)>& task) {
@@ -477,12 +600,21 @@ void elementwise_pass() {
   std::mt19937 rng(9);
   for (int kind : {0, 1, 2, 3, 4, 6, 7}) {
     for (int bits : {23, 4, 1}) {
-      const std::vector<float> a = operand(rng, 1000, kind), b = operand(rng, 1000, kind == 6 ? 6 : 0);
+      // 2500: blocks of 1024 and a partial one
+      std::vector<float> a = operand(rng, 2500, kind), b = operand(rng, 2500, kind == 6 ? 6 : 0);
+      if (kind == 0) a[1500] = std::numeric_limits<float>::infinity();  // one block falls back
       const uint32_t bias = lmul::lmul_bias_for_offset(static_cast<uint32_t>(kind) * 1000003u % lmul::kOffsetLimit);
-      std::vector<float> fast(a.size()), scalar(a.size());
-      lmul::lmul_run_float32(a.data(), 1, b.data(), 1, fast.data(), a.size(), bits, bias);
+      std::vector<float> scalar(a.size());
       lmul::lmul_run<lmul::Float32Storage>(a.data(), 1, b.data(), 1, scalar.data(), a.size(), bits, bias);
-      check(differing_bits(fast, scalar) == 0, "element-wise pass", (uint64_t(kind) << 8) | uint64_t(bits));
+      for (bool stream : {false, true}) {
+        // streamed: to an output that is not 16-byte aligned (its head stored plainly)
+        std::vector<float> out(a.size() + 1);
+        std::vector<float> fast(a.size());
+        lmul::lmul_run_float32(a.data(), 1, b.data(), 1, out.data() + stream, a.size(), bits, bias, stream);
+        std::copy(out.begin() + stream, out.begin() + stream + a.size(), fast.begin());
+        check(differing_bits(fast, scalar) == 0, "element-wise pass",
+              (uint64_t(stream) << 16) | (uint64_t(kind) << 8) | uint64_t(bits));
+      }
     }
   }
 }
@@ -493,6 +625,7 @@ int main() {
   spec_worked_values();
   conversions();
   matmul_variants();
+  clamped_variants();
   matrix_products();
   small_m_paths();
   compact_weights();
