@@ -56,7 +56,7 @@ from lmul_onnx.convert import (
     save_model,
     selection_options,
 )
-from lmul_onnx.energy import energy
+from lmul_onnx.energy import count, energy
 from lmul_onnx.metrics import DriftAccumulator, looks_like_logits
 from lmul_onnx.ops import DOMAIN, STANDARD_TO_LMUL, SUPPORTED_OPS
 from lmul_onnx.output_paths import check_output
@@ -246,6 +246,42 @@ def lift_weights(model: onnx.ModelProto) -> tuple[bytes, dict[str, np.ndarray]]:
     return copy.SerializeToString(), weights
 
 
+def observed_energy(
+    proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray], dims: Mapping[str, int]
+) -> dict[str, Any]:
+    """:func:`lmul_onnx.energy.energy` of ``proto``, with the shapes of the main graph's
+    products (operands and result) as one run on ``feeds`` gives them.
+
+    For models whose shapes follow the data itself (a speech synthesiser's length follows
+    its predicted durations), which shape inference cannot know. Only the results of
+    added ``Shape`` nodes are fetched, so the run costs no more memory than a plain one.
+    """
+    model, _ = graph.load(proto, validate=False)
+    types = graph.infer(model, dims)
+    values = list(
+        dict.fromkeys(
+            value
+            for node in model.graph
+            if node.op_type in STANDARD_TO_LMUL and node.domain in ("", "ai.onnx")
+            for value in (*node.inputs[:2], *node.outputs[:1])
+            if value is not None and value.const_value is None and value.name
+        )
+    )
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    names = [f"__lmul_observed_shape_{i}" for i in range(len(values))]
+    for value, name in zip(values, names, strict=True):
+        probe.graph.node.append(onnx.helper.make_node("Shape", [value.name], [name]))
+        probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.INT64, [None]))
+    session = ort.InferenceSession(
+        probe.SerializeToString(), session_options(), providers=["CPUExecutionProvider"]
+    )
+    del probe
+    for value, shape in zip(values, run(session, feeds, names), strict=True):
+        types.values[value] = graph.TensorType(types.of(value).dtype, tuple(int(d) for d in shape))
+    return count(model, types, dims=dims)
+
+
 Variant = tuple[int | None, Choice]  # (mantissa bits, offset choice) of one converted node
 Assignment = Mapping[str, Variant]  # node key -> its variant; other nodes stay exact
 
@@ -324,9 +360,12 @@ class Evaluator:
             name: DriftAccumulator(*self.tolerances[name], min_cosine=budget.min_cosine)
             for name in work.output_names
         }
-        for want, got in zip(work.reference, converted, strict=True):
+        for index, (want, got) in enumerate(zip(work.reference, converted, strict=True)):
             for name in work.output_names:
-                accumulators[name].add(want[name], got[name], logits=looks_like_logits(name, want[name]))
+                try:
+                    accumulators[name].add(want[name], got[name], logits=looks_like_logits(name, want[name]))
+                except ValueError as error:  # output shapes differ (a changed length): it fails
+                    return Measurement(False, math.inf, error=f"{name}: {error} on sample {index}")
         outputs = {name: a.result() for name, a in accumulators.items()}
         passed = all(m["passed"] for m in outputs.values())
         if budget.min_snr_db is not None:
@@ -729,7 +768,10 @@ def tune(
         raise model_inputs.InputError(f"the inputs do not fit the model: {error}") from None
     del original
 
-    counts = energy(proto, dims={**_bound_dims(specs, feeds[0]), **dict(dims or {})})
+    bound = {**_bound_dims(specs, feeds[0]), **dict(dims or {})}
+    counts = energy(proto, dims=bound)
+    if counts["total"]["unknown_nodes"]:  # shapes that follow the data: take them from a run
+        counts = observed_energy(proto, feeds[0], bound)
     per_key = {n["key"]: n["energy_pj"] for n in counts["nodes"]}  # function bodies: per call site
     model_energy = float(counts["total"]["energy_pj"]["original"])
     candidates = [Candidate(r, per_key.get(r.key)) for r in records if r.decision.convert]
@@ -798,7 +840,7 @@ def tune(
         "candidate_nodes": len(candidates),
         "converted_nodes": len(chosen),
         "unknown_nodes": counts["total"]["unknown_nodes"],
-        "dims": {**_bound_dims(specs, feeds[0]), **dict(dims or {})},
+        "dims": bound,
     }
     plan = Plan(
         nodes,

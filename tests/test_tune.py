@@ -363,3 +363,68 @@ def test_python_api_refuses_an_existing_output(fragile_path: Path, tmp_path: Pat
     with pytest.raises(ValueError, match="--overwrite"):
         tune(fragile_path, target, budget=Budget(min_cosine=0.99))
     assert target.read_bytes() == b"keep me"
+
+
+def length_model() -> onnx.ModelProto:
+    """out = (x @ W) flattened, followed by n zeros scaled by 0.7, n = 4 + ceil(1000 |sum(3y - (y + y + y))|).
+
+    Exactly the sum is 0 and n = 4; with L-Mul on ``length_maker`` the output grows, as a
+    speech model's output grows with a mispredicted duration. The last product's shape
+    follows the data: shape inference cannot know it."""
+    rng = np.random.default_rng(5)
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["y"], name="mm"),
+        helper.make_node("Mul", ["y", "three"], ["t"], name="length_maker"),
+        helper.make_node("Add", ["y", "y"], ["u"]),
+        helper.make_node("Add", ["u", "y"], ["v"]),
+        helper.make_node("Sub", ["t", "v"], ["d"]),
+        helper.make_node("ReduceSum", ["d"], ["s"], keepdims=0),
+        helper.make_node("Abs", ["s"], ["a"]),
+        helper.make_node("Mul", ["a", "thousand"], ["k"], name="scale_sum"),
+        helper.make_node("Ceil", ["k"], ["c"]),
+        helper.make_node("Add", ["c", "four"], ["f"]),
+        helper.make_node("Cast", ["f"], ["n0"], to=TensorProto.INT64),
+        helper.make_node("Reshape", ["n0", "one_dim"], ["n"]),
+        helper.make_node("ConstantOfShape", ["n"], ["z"]),
+        helper.make_node("Reshape", ["y", "flat"], ["yf"]),
+        helper.make_node("Concat", ["yf", "z"], ["cat"], axis=0),
+        helper.make_node("Mul", ["cat", "gain"], ["out"], name="gain_mul"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "length",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["length"])],
+        [
+            numpy_helper.from_array(np.abs(rng.standard_normal((16, 8))).astype(np.float32), "W"),
+            numpy_helper.from_array(np.float32([3.0]), "three"),
+            numpy_helper.from_array(np.float32(1000.0), "thousand"),
+            numpy_helper.from_array(np.float32(4.0), "four"),
+            numpy_helper.from_array(np.int64([1]), "one_dim"),
+            numpy_helper.from_array(np.int64([-1]), "flat"),
+            numpy_helper.from_array(np.float32([0.7]), "gain"),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def test_variant_that_changes_the_output_length_fails_and_energy_follows_the_data(tmp_path: Path) -> None:
+    """A converted variant whose output shape differs from the original's fails the budget
+    (the search goes on; before, the comparison raised and tune gave up with exit 2), and
+    the products whose shapes only a run can tell are priced from a run."""
+    model = length_model()
+    ranges = {"x": (0.0, 1.0)}
+    full = lmul_onnx.validate(model, lmul_onnx.convert(model, every_product=True), input_ranges=ranges)
+    assert not full.passed and "shapes differ" in full.outputs["out"]["error"]
+    result = tune(model, tmp_path / "out.onnx", budget=Budget(min_cosine=0.99), input_ranges=ranges)
+    assert result.passed
+    decided = decisions(result.plan)
+    assert decided["length_maker"][0] is False and decided["mm"][0] is True
+    assert "shapes differ" in decided["length_maker"][1]
+    energy = {n["node"]: n["energy_pj"] for n in result.plan.nodes}
+    # 4 x 8 products, then 32 + 4 gains: only a run knows the 36
+    assert energy["gain_mul"]["original"] == pytest.approx(36 * 3.7)
+    assert energy["mm"]["original"] == pytest.approx(32 * (16 * 3.7 + 15 * 0.9))
+    assert result.energy["unknown_nodes"] == 0
+    report = lmul_onnx.validate(model, onnx.load(tmp_path / "out.onnx"), input_ranges=ranges)
+    assert report.passed
