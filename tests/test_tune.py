@@ -428,3 +428,42 @@ def test_variant_that_changes_the_output_length_fails_and_energy_follows_the_dat
     assert result.energy["unknown_nodes"] == 0
     report = lmul_onnx.validate(model, onnx.load(tmp_path / "out.onnx"), input_ranges=ranges)
     assert report.passed
+
+
+def test_nodes_that_break_the_budget_alone_get_a_second_chance_together(tmp_path: Path) -> None:
+    """out = tanh(x) + (x * 3 + x * -3). Exactly the bracket is 0; L-Mul's error is odd in
+    the sign, so with both products converted it is 0 again, while either one alone leaves
+    3x times its relative error: each breaks the budget alone, the two together keep it."""
+    nodes = [
+        helper.make_node("Tanh", ["x"], ["y"]),
+        helper.make_node("Mul", ["x", "three"], ["a"], name="plus"),
+        helper.make_node("Mul", ["x", "minus_three"], ["b"], name="minus"),
+        helper.make_node("Add", ["a", "b"], ["s"]),
+        helper.make_node("Add", ["y", "s"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "cancel",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [4, 16])],
+        [
+            numpy_helper.from_array(np.float32([3.0]), "three"),
+            numpy_helper.from_array(np.float32([-3.0]), "minus_three"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    budget = Budget(atol=1e-6, rtol=0.0)
+    result = tune(model, tmp_path / "out.onnx", budget=budget, input_ranges={"x": (0.0, 1.0)})
+    decided = decisions(result.plan)
+    assert result.passed and decided["plus"][0] and decided["minus"][0]
+    assert all(
+        "though it breaks it alone" in decided[name][1] and n["drift"]["passed"] is False
+        for name in ("plus", "minus")
+        for n in result.plan.nodes
+        if n["node"] == name
+    )
+    assert [t["step"] for t in result.trace] == ["retry 2 (ranks 1-2)"]
+    report = lmul_onnx.validate(
+        model, onnx.load(tmp_path / "out.onnx"), input_ranges={"x": (0.0, 1.0)}, atol=1e-6, rtol=0.0
+    )
+    assert report.passed and report.outputs["out"]["max_abs"] == 0
