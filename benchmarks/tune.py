@@ -120,6 +120,11 @@ def cases(build: Path, work: Path, tokens: int) -> dict[str, dict[str, Any]]:
     return table
 
 
+def recorded(command: list[str]) -> str:
+    """The command as recorded: paths relative to the repository root."""
+    return shlex.join(command).replace(f"{ROOT}/", "")
+
+
 def recompute_metric(name: str, original: Path, converted: Path, feeds: list[dict[str, np.ndarray]]) -> float:
     """The task metric from fresh sessions of the two models (independent of tune's runs)."""
     outputs = []
@@ -151,7 +156,7 @@ def run_case(
     validation = json.loads(checked.stdout)
     record: dict[str, Any] = {
         "model": name,
-        "command": shlex.join(command),
+        "command": recorded(command),
         "budget": report["budget"],
         "passed": report["passed"],
         "saved_percent": report["energy"]["saved_percent"],
@@ -164,7 +169,7 @@ def run_case(
         "wall_seconds": wall,
         "drift_during_tune": report["drift"],
         "validate": {
-            "command": shlex.join(verify),
+            "command": recorded(verify),
             "exit": checked.returncode,
             "outputs": {
                 k: {m: v.get(m) for m in ("cosine", "snr_db", "max_abs", "top1_agreement") if m in v}
