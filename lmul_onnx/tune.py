@@ -605,8 +605,12 @@ class _Search:
                 chosen += block
                 best, position, size = measurement, position + len(block), 2 * len(block)
             elif len(block) == 1:
-                again = "; with the chosen nodes too (" if retry else "the model breaks the budget with it added ("
-                block[0].reason = (block[0].reason if retry else "") + again + _describe(measurement) + ")"
+                why = _describe(measurement)
+                block[0].reason = (
+                    f"{block[0].reason}; with the chosen nodes too ({why})"
+                    if retry
+                    else f"the model breaks the budget with it added ({why})"
+                )
                 position, size = position + 1, 1
             else:
                 size = len(block) // 2
