@@ -189,6 +189,60 @@ def parse_range(text: str) -> tuple[float, float]:
         raise ValueError(f"{text!r} is not LO:HI") from None
 
 
+def generated_input_options(
+    purpose: str = "", ignored_with: str = "--inputs", dim_help: str | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The options of generated inputs, the same in every verb that runs a model:
+    ``--samples``, ``--seed``, ``--dim NAME=N`` and ``--input-range NAME=LO:HI``.
+
+    ``purpose`` names what the inputs are for (``"calibration "``), ``ignored_with`` the
+    option that supplies real inputs instead. Parse the last two with
+    :func:`parse_generation_bindings`.
+    """
+    options = [
+        click.option(
+            "--samples",
+            type=click.IntRange(min=1),
+            default=1,
+            show_default=True,
+            help=f"Generated {purpose}input samples, made one at a time (ignored with {ignored_with}).",
+        ),
+        click.option(
+            "--seed", type=int, default=0, show_default=True, help=f"Seed of the generated {purpose}inputs."
+        ),
+        click.option(
+            "--dim",
+            multiple=True,
+            metavar="NAME=N",
+            help=dim_help
+            or "Value of a symbolic input dimension (repeatable) [default: 1 for batch-like names, else 16].",
+        ),
+        click.option(
+            "--input-range",
+            multiple=True,
+            metavar="NAME=LO:HI",
+            help=f"Range of a generated {purpose}input, e.g. input_ids=0:30000 (repeatable) "
+            "[default: integers 0:100].",
+        ),
+    ]
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def parse_generation_bindings(
+    dim: Iterable[str], input_range: Iterable[str]
+) -> tuple[dict[str, int], dict[str, tuple[float, float]]]:
+    """``--dim`` and ``--input-range`` values as ``(dims, ranges)`` dicts."""
+    return parse_bindings("--dim", dim, positive_dim), parse_bindings(
+        "--input-range", input_range, parse_range
+    )
+
+
 class ProgressBar:
     """``[#####.....] 12/32`` for stderr, redrawn in place at most five times a second
     (the caller adds a label, an ETA, a unit)."""

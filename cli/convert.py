@@ -14,11 +14,11 @@ from lmul_onnx.cli.common import (
     InputError,
     check_outputs,
     emit_json,
+    generated_input_options,
     integer,
     is_tty,
     parse_bindings,
-    parse_range,
-    positive_dim,
+    parse_generation_bindings,
     quiet_libraries,
     split_names,
     status,
@@ -103,27 +103,10 @@ _SELECTION_OPTIONS = (
     help="Inputs for --offset auto: an .npz keyed by input name (or I/NAME for several samples) "
     "[default: generated as validate generates them].",
 )
-@click.option(
-    "--samples",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Generated calibration samples for --offset auto (ignored with --calibration).",
-)
-@click.option(
-    "--seed", type=int, default=0, show_default=True, help="Seed of the generated calibration inputs."
-)
-@click.option(
-    "--input-range",
-    multiple=True,
-    metavar="NAME=LO:HI",
-    help="Value range of a generated calibration input (repeatable).",
-)
-@click.option(
-    "--dim",
-    multiple=True,
-    metavar="NAME=N",
-    help="Bind a symbolic input dimension, for the energy estimate and generated calibration "
+@generated_input_options(
+    purpose="calibration ",
+    ignored_with="--calibration; used by --offset auto",
+    dim_help="Bind a symbolic input dimension, for the energy estimate and generated calibration "
     "inputs (repeatable).",
 )
 @click.option(
@@ -181,8 +164,7 @@ def convert(
     """
     overrides = tuple(parse_bindings("--mantissa-bits-for", mantissa_bits_for, integer).items())
     offset_overrides = tuple(parse_bindings("--offset-for", offset_for, str).items())
-    dims = parse_bindings("--dim", dim, positive_dim)
-    ranges = parse_bindings("--input-range", input_range, parse_range)
+    dims, ranges = parse_generation_bindings(dim, input_range)
     check_outputs(("--json", json_path), reads=(input_model, output, plan_path, calibration))
     quiet = quiet or json_path == "-"
     if quiet:

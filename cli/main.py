@@ -92,19 +92,11 @@ def main() -> None:
     """
 
 
-@main.command()
-def info() -> None:
-    """Print the versions and the path of the native custom-op library."""
-    import onnxruntime
-
-    from lmul_onnx.runtime import LibraryNotFoundError, get_library_path
-
-    click.echo(f"lmul-onnx     {lmul_onnx.__version__}")
-    click.echo(f"onnxruntime   {onnxruntime.__version__}")
-    try:
-        click.echo(f"library       {get_library_path()}")
-    except LibraryNotFoundError as error:
-        raise click.ClickException(str(error)) from error
+@main.command(hidden=True, deprecated=True)
+@click.pass_context
+def info(ctx: click.Context) -> None:
+    """Replaced by ``doctor``, which prints the same versions and library path and more."""
+    ctx.invoke(doctor_command)
 
 
 main.add_command(convert_command)

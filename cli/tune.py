@@ -17,11 +17,10 @@ from lmul_onnx.cli.common import (
     ProgressBar,
     check_outputs,
     emit_json,
+    generated_input_options,
     is_tty,
-    parse_bindings,
-    parse_range,
+    parse_generation_bindings,
     parse_tolerances,
-    positive_dim,
     split_names,
 )
 from lmul_onnx.ops import SUPPORTED_OPS
@@ -135,12 +134,7 @@ def _plot(result: TuneResult, path: Path) -> None:
 @click.option(
     "--inputs", type=click.Path(dir_okay=False, path_type=Path), help="An .npz of inputs, as in validate."
 )
-@click.option(
-    "--samples", type=click.IntRange(min=1), default=1, show_default=True, help="Generated samples."
-)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated inputs.")
-@click.option("--dim", multiple=True, metavar="NAME=N", help="Value of a symbolic input dimension.")
-@click.option("--input-range", multiple=True, metavar="NAME=LO:HI", help="Range of a generated input.")
+@generated_input_options()
 @click.option(
     "--mantissa-bits",
     default="full",
@@ -217,8 +211,7 @@ def tune_command(
     """
     atol_default, atol_per_output = parse_tolerances("--atol", atol, None)  # type: ignore[arg-type]
     rtol_default, rtol_per_output = parse_tolerances("--rtol", rtol, None)  # type: ignore[arg-type]
-    dims = parse_bindings("--dim", dim, positive_dim)
-    ranges = parse_bindings("--input-range", input_range, parse_range)
+    dims, ranges = parse_generation_bindings(dim, input_range)
     check_outputs(("--json", json_path), reads=(model, inputs, output, plan_out))
     as_json = json_path == "-"
     from lmul_onnx.convert import ModelLoadError, default_output_path

@@ -14,11 +14,10 @@ from lmul_onnx.cli.common import (
     ProgressBar,
     check_outputs,
     emit_json,
+    generated_input_options,
     is_tty,
-    parse_bindings,
-    parse_range,
+    parse_generation_bindings,
     parse_tolerances,
-    positive_dim,
     quiet_libraries,
     split_names,
 )
@@ -48,14 +47,7 @@ class Progress:
     type=click.Path(dir_okay=False, path_type=Path),
     help="An .npz of inputs keyed by input name (or I/NAME for several samples).",
 )
-@click.option(
-    "--samples",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Generated input samples, made one at a time (ignored with --inputs).",
-)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated inputs.")
+@generated_input_options()
 @click.option(
     "--atol",
     multiple=True,
@@ -73,18 +65,6 @@ class Progress:
     type=click.FloatRange(-1, 1),
     default=None,
     help="Also fail an output whose cosine similarity to the original is below this.",
-)
-@click.option(
-    "--dim",
-    multiple=True,
-    metavar="NAME=N",
-    help="Value of a symbolic input dimension (repeatable) [default: 1 for batch-like names, else 16].",
-)
-@click.option(
-    "--input-range",
-    multiple=True,
-    metavar="NAME=LO:HI",
-    help="Range of a generated input, e.g. input_ids=0:30000 (repeatable) [default: integers 0:100].",
 )
 @click.option(
     "--logits",
@@ -143,8 +123,7 @@ def validate_command(
     """
     atol_default, atol_per_output = parse_tolerances("--atol", atol, DEFAULT_ATOL)
     rtol_default, rtol_per_output = parse_tolerances("--rtol", rtol, DEFAULT_RTOL)
-    dims = parse_bindings("--dim", dim, positive_dim)
-    ranges = parse_bindings("--input-range", input_range, parse_range)
+    dims, ranges = parse_generation_bindings(dim, input_range)
     kinds = split_names(compare)
     unknown = [k for k in kinds if k not in BASELINE_TYPES]
     if unknown:

@@ -9,10 +9,11 @@ runs wherever onnxruntime runs, no library needed.
 The bodies compute SPEC section 1 with standard ops: ``BitCast`` (opset 26) to the bit
 patterns, the operand rounding in int64, the one integer addition in uint32, the special
 cases as a float factor per operand (``+-1`` normal, ``+-0`` zero, ``+-inf``, NaN) multiplied
-into the result. Element-wise products are bit-exact; matrix products materialise the
-``(..., M, K, N)`` tensor of products and sum it with ``ReduceSum`` (float32), which is
-what they cost: ``4 * M * K * N`` bytes per product tensor (uint32 or float32), several
-of them alive at once, and several passes over them.
+into the result. Element-wise products are bit-exact. Matrix products run a ``Loop`` over
+slices of :data:`K_CHUNK` columns of A (rows of B): each step forms the ``(..., M,
+K_CHUNK, N)`` products of its slice, sums them with ``ReduceSum`` (float32) and adds the
+partial sum to the result, so the memory a product needs grows with ``M * N``, not
+``M * K * N`` (SPEC section 3 lets the sum run in any order).
 
 Costs and limits:
 
@@ -46,6 +47,9 @@ PORTABLE_OPSET = 26  # BitCast
 PORTABLE_ONNXRUNTIME = (1, 30)  # the first onnxruntime releases that run BitCast
 MIN_IR_VERSION = 9  # FunctionProto.attribute_proto (attribute defaults)
 PORTABLE_OPS = ("LMul", "LMulMatMul", "LMulGemm")
+# Columns of A summed per Loop step of a matrix product: bounds the product tensors at
+# 4 * M * K_CHUNK * N bytes each, while keeping the Loop's per-step cost small against K.
+K_CHUNK = 32
 
 _ONE_BITS = 0x3F800000
 _INF_BITS = 0x7F800000
@@ -103,13 +107,15 @@ _TABLES = _mantissa_tables()
 class _Body:
     """Builds the node list of one function body; every helper returns its output name."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = "") -> None:
         self.nodes: list[onnx.NodeProto] = []
         self._count = 0
+        # Names of a subgraph's body must not shadow those of the scope around it.
+        self._prefix = prefix
 
     def op(self, op_type: str, *inputs: str, **attributes: object) -> str:
         self._count += 1
-        output = f"_{op_type.lower()}{self._count}"
+        output = f"_{self._prefix}{op_type.lower()}{self._count}"
         self.nodes.append(helper.make_node(op_type, list(inputs), [output], **attributes))
         return output
 
@@ -188,14 +194,51 @@ class _Body:
         return self.op("Mul", value, self.op("Mul", a[1], b[1]))
 
     def matrix_product(self, a32: str, b32: str, m: str) -> str:
-        """Sum over K of the (..., M, K, N) products of 2-D-or-more float32 operands."""
+        """Sum over K of the products of 2-D-or-more float32 operands (..., M, K) and
+        (..., K, N): a Loop over slices of K_CHUNK along K (see the module docstring)."""
         a_int, a_factor = self.operand(a32, m)
         b_int, b_factor = self.operand(b32, m)
+        bias = self.bias(m)
         last, third = self.const([-1]), self.const([-3])
-        a_parts = (self.op("Unsqueeze", a_int, last), self.op("Unsqueeze", a_factor, last))
-        b_parts = (self.op("Unsqueeze", b_int, third), self.op("Unsqueeze", b_factor, third))
-        products = self.products(a_parts, b_parts, self.bias(m))
-        return self.op("ReduceSum", products, self.const([-2]), keepdims=0)
+        k = self.op("Gather", self.op("Shape", a32), self.const(-1))
+        steps = self.op("Div", self.op("Add", k, self.const(K_CHUNK - 1)), self.const(K_CHUNK))
+        # Zeros of the broadcast result shape (..., M, N): only the shape of the sum is used.
+        # (K = 0 included: a sum over an empty axis is 0).
+        a_rows = self.op("ReduceSum", a_factor, last, keepdims=1)
+        b_cols = self.op("ReduceSum", b_factor, self.const([-2]), keepdims=1)
+        zeros = self.op(
+            "Expand", self.const(0.0, np.float32), self.op("Shape", self.op("Add", a_rows, b_cols))
+        )
+
+        step = _Body(prefix="step")
+        start = step.op("Mul", step.op("Reshape", "_step_i", step.const([1])), step.const([K_CHUNK]))
+        end = step.op("Add", start, step.const([K_CHUNK]))
+        a_cols, b_rows = step.const([-1]), step.const([-2])
+        a_parts = tuple(
+            step.op("Unsqueeze", step.op("Slice", x, start, end, a_cols), last) for x in (a_int, a_factor)
+        )
+        b_parts = tuple(
+            step.op("Unsqueeze", step.op("Slice", x, start, end, b_rows), third) for x in (b_int, b_factor)
+        )
+        partial = step.op("ReduceSum", step.products(a_parts, b_parts, bias), step.const([-2]), keepdims=0)
+        step.nodes.append(helper.make_node("Add", ["_step_sum", partial], ["_step_sum_out"]))
+        step.nodes.append(helper.make_node("Identity", ["_step_cond"], ["_step_cond_out"]))
+        loop_body = helper.make_graph(
+            step.nodes,
+            "k_chunk",
+            [
+                helper.make_tensor_value_info("_step_i", TensorProto.INT64, []),
+                helper.make_tensor_value_info("_step_cond", TensorProto.BOOL, []),
+                helper.make_tensor_value_info("_step_sum", TensorProto.FLOAT, None),
+            ],
+            [
+                helper.make_tensor_value_info("_step_cond_out", TensorProto.BOOL, []),
+                helper.make_tensor_value_info("_step_sum_out", TensorProto.FLOAT, None),
+            ],
+        )
+        # An explicit condition: onnx.reference's Loop never runs when it is omitted.
+        keep_going = self.const(True, np.bool_)
+        return self.op("Loop", steps, keep_going, zeros, body=loop_body)
 
     def function(
         self, name: str, inputs: list[str], attributes: dict[str, object], opset: int

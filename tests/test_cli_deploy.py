@@ -59,3 +59,13 @@ def test_doctor_follows_the_simd_cap() -> None:
     lines = dict(line.split(maxsplit=1) for line in result.stdout.splitlines())
     assert lines["simd"] == "none" and lines["LMUL_SIMD"] == "none" and lines["self-test"] == "ok"
     assert lines["needs"].startswith(f"C API {library_api_version()} (onnxruntime >= 1.21): ok")
+
+
+def test_info_is_a_hidden_alias_of_doctor() -> None:
+    """``info`` (round 1) still works, prints doctor's report and is gone from --help."""
+    assert " info " not in CliRunner().invoke(main, ["--help"]).output
+    result = CliRunner().invoke(main, ["info"])
+    assert result.exit_code == 0, result.output
+    assert "deprecated" in result.output
+    assert f"library       {lmul_onnx.get_library_path()}" in result.output
+    assert "self-test     ok" in result.output

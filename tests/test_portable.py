@@ -20,7 +20,13 @@ from onnx.reference import ReferenceEvaluator
 import lmul_onnx
 from lmul_onnx import numerics, zoo
 from lmul_onnx.energy import energy
-from lmul_onnx.portable import PORTABLE_OPSET, PortableError, add_portable_functions, with_explicit_attributes
+from lmul_onnx.portable import (
+    K_CHUNK,
+    PORTABLE_OPSET,
+    PortableError,
+    add_portable_functions,
+    with_explicit_attributes,
+)
 from lmul_onnx.runtime import run
 from lmul_onnx.testing import (
     SPECIAL_BITS,
@@ -88,7 +94,16 @@ def test_lmul_every_float32_width_and_broadcasting(rng: np.random.Generator) -> 
             assert_same_bits(result, numerics.lmul(a, b, mantissa_bits=m))
 
 
-MATMUL_SHAPES = [((2, 6, 8), (8, 7)), ((5,), (5, 3)), ((4, 5), (5,)), ((6,), (6,)), ((2, 1, 3, 4), (5, 4, 2))]
+MATMUL_SHAPES = [
+    ((2, 6, 8), (8, 7)),
+    ((5,), (5, 3)),
+    ((4, 5), (5,)),
+    ((6,), (6,)),
+    ((2, 1, 3, 4), (5, 4, 2)),
+    # K over several Loop steps of K_CHUNK, the last one partial; and K = 0 (no step).
+    ((3, 2 * K_CHUNK + 6), (2 * K_CHUNK + 6, 5)),
+    ((2, 0), (0, 3)),
+]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
