@@ -591,8 +591,8 @@ class _Search:
         breaks it is halved (bisection) until the single node that breaks it is found,
         which stays exact. The first block is the whole ranking, so a model that keeps its
         budget fully converted costs one run, and one breaking node about 2 log2(n).
-        ``retry``: the walk over the nodes that broke the budget alone (their reason is
-        kept, and extended when they break it again)."""
+        ``retry``: the second-chance walk over nodes left exact before (their reason is
+        kept, and extended when they break the budget again)."""
         chosen = list(chosen)
         best, position, size, done = baseline, 0, len(ranked), 0
         verb = "retry" if retry else "add"
@@ -812,10 +812,11 @@ def tune(
     viable = [c for c in candidates if not c.reason]
     ranked = sorted(viable, key=_rank_key)
     chosen, final = search.select(ranked, model_energy, baseline)
-    # A node that breaks the budget alone by a small, finite drift gets a second chance
-    # with the chosen ones: errors interact, and a coarse budget (a top-1 class of a
-    # photo whose two best classes are close) can flip on one node's noise and not on the
-    # sum of many. Each try is verified on the whole model like any other.
+    # Every node left exact with a finite drift of its own (it broke the budget alone, or
+    # the walk rejected it beside the nodes taken by then) gets a second chance beside the
+    # final choice: errors interact, and a coarse budget (a top-1 class of a photo whose
+    # two best classes are close) can flip on one node's noise and not on the sum of
+    # many. Each try is verified on the whole model like any other.
     second = sorted(
         (c for c in candidates if c.reason and c.best is not None and math.isfinite(c.best.nsr)),
         key=_rank_key,
@@ -833,8 +834,7 @@ def tune(
     for candidate in second:
         if candidate.record.key in chosen_keys:
             candidate.convert = True
-            alone = candidate.reason.removeprefix("breaks the budget alone ")
-            candidate.reason = f"within budget with the chosen nodes, though it breaks it alone {alone}"
+            candidate.reason = f"within budget at the second chance (first: {candidate.reason})"
 
     by_key = {c.record.key: c for c in candidates}
     nodes = []
