@@ -11,6 +11,9 @@ steal each other's core.
     python benchmarks/kernels.py [--threads 1,2] [--repeat 7] [--statistic min] [--quick] [--only TEXT]
                                  [--cpu-time] [--model MODEL] [--json out.json]
 
+``--model`` times one forward run of a whole model; benchmarks/models.py does more
+(conversion options, greedy decoding, onnxruntime's profile).
+
 ``--only Conv`` runs the Conv / ConvTranspose cases; ``--cpu-time`` times with the CPU
 time of this process instead of wall time (on a loaded machine, with 1 thread).
 """
@@ -33,6 +36,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import lmul_onnx
 from lmul_onnx.runtime import cpu_name
+from models import feeds_for, session_options  # benchmarks/models.py
 
 
 def model(
@@ -59,11 +63,7 @@ def model(
 
 
 def session(data: bytes | str, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return lmul_onnx.InferenceSession(data, options)
+    return lmul_onnx.InferenceSession(data, session_options(threads))
 
 
 STATISTICS: dict[str, Callable[[list[float]], float]] = {"median": statistics.median, "min": min}
@@ -249,16 +249,7 @@ def main() -> None:
     def whole_model(threads: int) -> dict:
         converted = lmul_onnx.convert(str(args.model))
         reference_session = session(onnx.load(args.model).SerializeToString(), threads)
-        feeds = {}
-        for arg in reference_session.get_inputs():
-            shape = [d if isinstance(d, int) else (1 if "batch" in str(d) else 128) for d in arg.shape]
-            feeds[arg.name] = (
-                rng.integers(1000, 3000, shape).astype(np.int64)
-                if "int" in arg.type
-                else rng.standard_normal(shape).astype(np.float32)
-            )
-            if "mask" in arg.name:
-                feeds[arg.name] = np.ones(shape, np.int64)
+        feeds = feeds_for(reference_session, 128, rng)
         return ratio(reference_session, session(converted.SerializeToString(), threads), feeds, timing)
 
     wide_k = 768 * size // 1024
@@ -274,6 +265,12 @@ def main() -> None:
         (f"MatMul {size}^3 half of A zero, B weights", relu_product),
         (f"MatMul {size}^3 whole exponent range", wide_product),
         ("MatMul attention 12x(128x64 @ 64x128)", product((12, 128, 64), (12, 64, 128), False)),
+        # Attention's other shapes: p.V with 32-wide heads (MiniLM: narrow panels), SmolLM2's
+        # 9 heads, and one step of its decoding loop at 40 tokens.
+        ("MatMul attention 12x(128x128 @ 128x32) (p.V)", product((12, 128, 128), (12, 128, 32), False)),
+        ("MatMul attention 9x(128x64 @ 64x128)", product((9, 128, 64), (9, 64, 128), False)),
+        ("MatMul attention 9x(128x128 @ 128x64) (p.V)", product((9, 128, 128), (9, 128, 64), False)),
+        ("MatMul attention 9x(40x64 @ 64x40)", product((9, 40, 64), (9, 64, 40), False)),
         (f"MatMul 1x{big}x{big} (decoding), B weights", product((1, big), (big, big), True)),
         # Decoding against a per-call B (a KV cache): the small-M kernel, B never packed.
         (f"MatMul 1x{big}x{big}, B input", product((1, big), (big, big), False)),

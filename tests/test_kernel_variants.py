@@ -102,6 +102,16 @@ RUNNER = textwrap.dedent(
                       rng.standard_normal((12, 70, 37)).astype(np.float32))
     cases["long_rows"] = (rng.standard_normal((2, 70)).astype(np.float32),
                           rng.standard_normal((70, 700)).astype(np.float32))
+    # Batched attention against a per-call B (custom_ops/kernels/lmul_matmul.cc): q.K^T,
+    # p.V with narrow heads (N <= 32: narrow panels), causal probabilities (zeros in A),
+    # and a B with zeros (stand-ins in the folded panels).
+    heads = rng.standard_normal((4, 30, 40)).astype(np.float32)
+    probabilities = np.tril(rng.uniform(0.01, 1, (4, 30, 30))).astype(np.float32)
+    cases["attention"] = (heads, rng.standard_normal((4, 40, 70)).astype(np.float32))
+    cases["attention_narrow"] = (heads, rng.standard_normal((4, 40, 32)).astype(np.float32))
+    cases["attention_causal"] = (probabilities, rng.standard_normal((4, 30, 20)).astype(np.float32))
+    cases["attention_zeros_b"] = (heads, np.where(rng.random((4, 40, 32)) < 0.2, 0,
+                                                  rng.standard_normal((4, 40, 32))).astype(np.float32))
     results = {}
     for name, (x, y) in cases.items():
         for constant in (False, True):

@@ -104,6 +104,8 @@ int simd_lanes() {
   return lanes;
 }
 
+size_t narrow_panel_width() { return simd_lanes() == 16 ? 32 : 0; }
+
 size_t panel_width() {
   switch (simd_lanes()) {
     case 16:
@@ -127,60 +129,48 @@ void prepare_a(uint32_t* a, float* mask, size_t count, GemmVariant variant, uint
 
 #if LMUL_HAVE_X86_SIMD
 
-// MR x 64 tile: 4 zmm of B per k, one broadcast of A' per row, MR x 4 accumulators.
-// Masked variants multiply each integer-sum product by its 0/1 select before adding.
-template <int MR, bool kMaskA, bool kMaskB>
+// MR x (16 NV) tile: NV zmm of B per k (a panel of 64 columns, or 32 for narrow B), one
+// broadcast of A' per row, MR x NV accumulators. Masked variants multiply each
+// integer-sum product by its 0/1 select before adding. Half of the plain sums are
+// fma(x, 1, acc), the same single rounding as x + acc: on Zen 4 they issue to the FMA
+// pipes while the adds take the FADD pipes.
+template <int MR, int NV, bool kMaskA, bool kMaskB>
 __attribute__((target("avx512f"))) void tile_avx512(const uint32_t* a, const float* a_mask, size_t lda,
                                                     const uint32_t* panel, const float* b_mask, size_t k,
                                                     float* out, size_t ldo) {
-  __m512 acc[MR][4];
+  constexpr int kWidth = 16 * NV;
+  __m512 acc[MR][NV];
+  const __m512 one = _mm512_set1_ps(1.0f);
   for (int i = 0; i < MR; ++i)
-    for (int v = 0; v < 4; ++v) acc[i][v] = _mm512_setzero_ps();
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
   for (size_t p = 0; p < k; ++p) {
-    const uint32_t* bp = panel + p * 64;
-    const __m512i b0 = _mm512_loadu_si512(bp), b1 = _mm512_loadu_si512(bp + 16);
-    const __m512i b2 = _mm512_loadu_si512(bp + 32), b3 = _mm512_loadu_si512(bp + 48);
-    __m512 mb0 = _mm512_setzero_ps(), mb1 = mb0, mb2 = mb0, mb3 = mb0;
-    if (kMaskB) {
-      const float* mp = b_mask + p * 64;
-      mb0 = _mm512_loadu_ps(mp);
-      mb1 = _mm512_loadu_ps(mp + 16);
-      mb2 = _mm512_loadu_ps(mp + 32);
-      mb3 = _mm512_loadu_ps(mp + 48);
+    __m512i b[NV];
+    __m512 mb[NV];
+    for (int v = 0; v < NV; ++v) {
+      b[v] = _mm512_loadu_si512(panel + p * kWidth + 16 * v);
+      mb[v] = kMaskB ? _mm512_loadu_ps(b_mask + p * kWidth + 16 * v) : _mm512_setzero_ps();
     }
     for (int i = 0; i < MR; ++i) {
       const __m512i av = _mm512_set1_epi32(static_cast<int>(a[i * lda + p]));
-      const __m512 x0 = _mm512_castsi512_ps(_mm512_add_epi32(av, b0));
-      const __m512 x1 = _mm512_castsi512_ps(_mm512_add_epi32(av, b1));
-      const __m512 x2 = _mm512_castsi512_ps(_mm512_add_epi32(av, b2));
-      const __m512 x3 = _mm512_castsi512_ps(_mm512_add_epi32(av, b3));
-      if (kMaskA && kMaskB) {
-        const __m512 ma = _mm512_set1_ps(a_mask[i * lda + p]);
-        acc[i][0] = _mm512_fmadd_ps(x0, _mm512_mul_ps(mb0, ma), acc[i][0]);
-        acc[i][1] = _mm512_fmadd_ps(x1, _mm512_mul_ps(mb1, ma), acc[i][1]);
-        acc[i][2] = _mm512_fmadd_ps(x2, _mm512_mul_ps(mb2, ma), acc[i][2]);
-        acc[i][3] = _mm512_fmadd_ps(x3, _mm512_mul_ps(mb3, ma), acc[i][3]);
-      } else if (kMaskB) {
-        acc[i][0] = _mm512_fmadd_ps(x0, mb0, acc[i][0]);
-        acc[i][1] = _mm512_fmadd_ps(x1, mb1, acc[i][1]);
-        acc[i][2] = _mm512_fmadd_ps(x2, mb2, acc[i][2]);
-        acc[i][3] = _mm512_fmadd_ps(x3, mb3, acc[i][3]);
-      } else if (kMaskA) {
-        const __m512 m = _mm512_set1_ps(a_mask[i * lda + p]);
-        acc[i][0] = _mm512_fmadd_ps(x0, m, acc[i][0]);
-        acc[i][1] = _mm512_fmadd_ps(x1, m, acc[i][1]);
-        acc[i][2] = _mm512_fmadd_ps(x2, m, acc[i][2]);
-        acc[i][3] = _mm512_fmadd_ps(x3, m, acc[i][3]);
-      } else {
-        acc[i][0] = _mm512_add_ps(acc[i][0], x0);
-        acc[i][1] = _mm512_add_ps(acc[i][1], x1);
-        acc[i][2] = _mm512_add_ps(acc[i][2], x2);
-        acc[i][3] = _mm512_add_ps(acc[i][3], x3);
+      const __m512 ma = kMaskA ? _mm512_set1_ps(a_mask[i * lda + p]) : one;
+      for (int v = 0; v < NV; ++v) {
+        const __m512 x = _mm512_castsi512_ps(_mm512_add_epi32(av, b[v]));
+        if (kMaskA && kMaskB) {
+          acc[i][v] = _mm512_fmadd_ps(x, _mm512_mul_ps(mb[v], ma), acc[i][v]);
+        } else if (kMaskB) {
+          acc[i][v] = _mm512_fmadd_ps(x, mb[v], acc[i][v]);
+        } else if (kMaskA) {
+          acc[i][v] = _mm512_fmadd_ps(x, ma, acc[i][v]);
+        } else if (v % 2 == 1) {
+          acc[i][v] = _mm512_fmadd_ps(x, one, acc[i][v]);
+        } else {
+          acc[i][v] = _mm512_add_ps(acc[i][v], x);
+        }
       }
     }
   }
   for (int i = 0; i < MR; ++i)
-    for (int v = 0; v < 4; ++v) _mm512_storeu_ps(out + i * ldo + v * 16, acc[i][v]);
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(out + i * ldo + v * 16, acc[i][v]);
 }
 
 // MR x 24 tile with AVX2: 3 ymm of B per k, MR x 3 accumulators.
@@ -238,13 +228,24 @@ using TileFn = void (*)(const uint32_t*, const float*, size_t, const uint32_t*, 
 template <bool kMaskA, bool kMaskB>
 TileFn avx512_tile(size_t rows) {
   switch (rows) {
-    case 1: return tile_avx512<1, kMaskA, kMaskB>;
-    case 2: return tile_avx512<2, kMaskA, kMaskB>;
-    case 3: return tile_avx512<3, kMaskA, kMaskB>;
-    case 4: return tile_avx512<4, kMaskA, kMaskB>;
-    case 5: return tile_avx512<5, kMaskA, kMaskB>;
-    default: return tile_avx512<6, kMaskA, kMaskB>;
+    case 1: return tile_avx512<1, 4, kMaskA, kMaskB>;
+    case 2: return tile_avx512<2, 4, kMaskA, kMaskB>;
+    case 3: return tile_avx512<3, 4, kMaskA, kMaskB>;
+    case 4: return tile_avx512<4, 4, kMaskA, kMaskB>;
+    case 5: return tile_avx512<5, 4, kMaskA, kMaskB>;
+    default: return tile_avx512<6, 4, kMaskA, kMaskB>;
   }
+}
+
+// Narrow panels (32 columns): up to 12 rows.
+template <bool kMaskA, bool kMaskB>
+TileFn avx512_narrow_tile(size_t rows) {
+  static constexpr TileFn kTiles[] = {
+      tile_avx512<1, 2, kMaskA, kMaskB>, tile_avx512<2, 2, kMaskA, kMaskB>,  tile_avx512<3, 2, kMaskA, kMaskB>,
+      tile_avx512<4, 2, kMaskA, kMaskB>, tile_avx512<5, 2, kMaskA, kMaskB>,  tile_avx512<6, 2, kMaskA, kMaskB>,
+      tile_avx512<7, 2, kMaskA, kMaskB>, tile_avx512<8, 2, kMaskA, kMaskB>,  tile_avx512<9, 2, kMaskA, kMaskB>,
+      tile_avx512<10, 2, kMaskA, kMaskB>, tile_avx512<11, 2, kMaskA, kMaskB>, tile_avx512<12, 2, kMaskA, kMaskB>};
+  return kTiles[std::min<size_t>(rows, 12) - 1];
 }
 
 template <bool kMaskA, bool kMaskB>
@@ -258,16 +259,17 @@ TileFn avx2_tile(size_t rows) {
 }
 
 template <bool kMaskA, bool kMaskB>
-TileFn tile_for(size_t rows) {
+TileFn tile_for(size_t rows, bool narrow) {
+  if (narrow) return avx512_narrow_tile<kMaskA, kMaskB>(rows);
   return simd_lanes() == 16 ? avx512_tile<kMaskA, kMaskB>(rows) : avx2_tile<kMaskA, kMaskB>(rows);
 }
 
-TileFn select_tile(GemmVariant variant, size_t rows) {
+TileFn select_tile(GemmVariant variant, size_t rows, bool narrow) {
   switch (variant) {
-    case GemmVariant::kAddMaskedA: return tile_for<true, false>(rows);
-    case GemmVariant::kAddMaskedB: return tile_for<false, true>(rows);
-    case GemmVariant::kAddMaskedAB: return tile_for<true, true>(rows);
-    default: return tile_for<false, false>(rows);
+    case GemmVariant::kAddMaskedA: return tile_for<true, false>(rows, narrow);
+    case GemmVariant::kAddMaskedB: return tile_for<false, true>(rows, narrow);
+    case GemmVariant::kAddMaskedAB: return tile_for<true, true>(rows, narrow);
+    default: return tile_for<false, false>(rows, narrow);
   }
 }
 
@@ -275,14 +277,15 @@ TileFn select_tile(GemmVariant variant, size_t rows) {
 
 void lmul_gemm_fast(GemmVariant variant, const uint32_t* a, const float* a_mask, const uint32_t* panels,
                     const float* b_masks, size_t k, size_t n, size_t row_begin, size_t row_end, size_t panel_begin,
-                    size_t panel_end, float* c, size_t ldc) {
+                    size_t panel_end, float* c, size_t ldc, size_t panel_columns) {
 #if LMUL_HAVE_X86_SIMD
-  const size_t nr = panel_width();
-  const size_t mr = simd_lanes() == 16 ? 6 : 4;
+  const size_t nr = panel_columns ? panel_columns : panel_width();
+  const bool narrow = nr != panel_width() && nr == narrow_panel_width();
+  const size_t mr = narrow ? 12 : simd_lanes() == 16 ? 6 : 4;
   alignas(64) float tile[6 * 64];
   for (size_t r = row_begin; r < row_end; r += mr) {
     const size_t rows = std::min(mr, row_end - r);
-    const TileFn fn = select_tile(variant, rows);
+    const TileFn fn = select_tile(variant, rows, narrow);
     for (size_t panel = panel_begin; panel < panel_end; ++panel) {
       const size_t j0 = panel * nr, width = std::min(nr, n - j0);
       // Full panels go straight to C; the last, narrower one through a tile buffer.
@@ -296,7 +299,7 @@ void lmul_gemm_fast(GemmVariant variant, const uint32_t* a, const float* a_mask,
   }
 #else
   (void)variant, (void)a, (void)a_mask, (void)panels, (void)b_masks, (void)k, (void)n, (void)row_begin, (void)row_end;
-  (void)panel_begin, (void)panel_end, (void)c, (void)ldc;
+  (void)panel_begin, (void)panel_end, (void)c, (void)ldc, (void)panel_columns;
 #endif
 }
 

@@ -84,11 +84,16 @@ size_t panel_width();
 // the stand-in; mask (one float per entry, null unless masks_a) gets 1 or 0.
 void prepare_a(uint32_t* a, float* mask, size_t count, GemmVariant variant, uint32_t bias, uint32_t zero_stand_in);
 
+// Column width of narrow panels, for B of at most that many columns (attention's p.V
+// with 32-wide heads): 32 with AVX-512, else 0 (none).
+size_t narrow_panel_width();
+
 // Rows [row_begin, row_end) x panels [panel_begin, panel_end) of C (row stride ldc, N
-// columns) = A' (+) B for a fast variant; A' is prepared A (row stride k).
+// columns) = A' (+) B for a fast variant; A' is prepared A (row stride k). Panels are
+// panel_columns wide: panel_width() (0 says the same) or narrow_panel_width().
 void lmul_gemm_fast(GemmVariant variant, const uint32_t* a, const float* a_mask, const uint32_t* panels,
                     const float* b_masks, size_t k, size_t n, size_t row_begin, size_t row_end, size_t panel_begin,
-                    size_t panel_end, float* c, size_t ldc);
+                    size_t panel_end, float* c, size_t ldc, size_t panel_columns = 0);
 
 }  // namespace lmul
 

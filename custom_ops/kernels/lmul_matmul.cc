@@ -1,6 +1,7 @@
 #include "lmul_matmul.h"
 
 #include <algorithm>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -15,11 +16,134 @@ size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
 // Rows per chunk when operands are rounded and scanned in parallel.
 constexpr size_t kRowsPerChunk = 64;
 
+// Packed entries of B (256 KiB) that a task reads for every block of rows.
+constexpr size_t kCachedPanelEntries = size_t{1} << 16;
+
 // `parallel_for` for a preparation pass over `elements` operand elements, or the calling
 // thread when they are too few to pay for waking the pool's threads.
 const ParallelFor& for_elements(size_t elements, const ParallelFor& parallel_for) {
   static const ParallelFor serial = run_serially;
   return elements >= kMinOpsPerTask ? parallel_for : serial;
+}
+
+// A buffer of one thread kept from call to call. Per-call operands (rounded A, packed B)
+// are rewritten on every call; allocated afresh, buffers over 128 KiB come straight from
+// mmap and every call would fault their pages in again (measured: half the time of a
+// 12x(128x64 @ 64x128) product). Buffers over kKeptBytes are released after use.
+template <class T>
+class ThreadBuffer {
+ public:
+  static constexpr size_t kKeptBytes = size_t{32} << 20;
+  T* get(size_t count) {
+    if (count > capacity_) {
+      data_.reset(new T[count]);
+      capacity_ = count;
+    }
+    return data_.get();
+  }
+  void trim() {
+    if (capacity_ * sizeof(T) > kKeptBytes) {
+      data_.reset();
+      capacity_ = 0;
+    }
+  }
+
+ private:
+  std::unique_ptr<T[]> data_;
+  size_t capacity_ = 0;
+};
+
+// The calling thread's buffers for one lmul_matrix_product (it never runs nested on one
+// thread: tasks use their own, TaskBuffers).
+struct CallBuffers {
+  ThreadBuffer<uint32_t> a_rounded, b_packed;
+  ThreadBuffer<float> a_masks, b_masks, sums;
+  void trim() {
+    a_rounded.trim();
+    a_masks.trim();
+    b_packed.trim();
+    b_masks.trim();
+    sums.trim();
+  }
+};
+
+// A task's prepared block of A (and its zero masks).
+struct TaskBuffers {
+  ThreadBuffer<uint32_t> a;
+  ThreadBuffer<float> mask;
+};
+
+// dst[i] = float32 bits of src[i] rounded to `mantissa_bits` (SPEC 1, step 1), vectorised.
+LMUL_TARGET_CLONES
+void round_float32_run(const float* src, size_t count, int mantissa_bits, uint32_t* dst) {
+  if (mantissa_bits == kFloat32MantissaBits) {
+    std::memcpy(dst, src, count * sizeof(float));
+    return;
+  }
+  const uint32_t drop = static_cast<uint32_t>(kFloat32MantissaBits - mantissa_bits);
+  for (size_t i = 0; i < count; ++i) dst[i] = round_dropping_bits(float_bits(src[i]), drop);
+}
+
+// run[i] -= value (modulo 2^32), vectorised.
+LMUL_TARGET_CLONES
+void subtract_from_run(uint32_t* run, size_t count, uint32_t value) {
+  if (value == 0) return;
+  for (size_t i = 0; i < count; ++i) run[i] -= value;
+}
+
+// Rows x cols of a strided matrix rounded into dst (row stride dst_stride).
+template <class S>
+void round_block(const typename S::type* src, size_t rows, size_t cols, size_t row_stride, size_t col_stride,
+                 int mantissa_bits, uint32_t* dst, size_t dst_stride) {
+  for (size_t r = 0; r < rows; ++r) {
+    if constexpr (std::is_same<typename S::type, float>::value) {
+      if (col_stride == 1) {
+        round_float32_run(src + r * row_stride, cols, mantissa_bits, dst + r * dst_stride);
+        continue;
+      }
+    }
+    pack_rounded<S>(src + r * row_stride, 1, cols, 0, col_stride, mantissa_bits, dst + r * dst_stride);
+  }
+}
+
+// Packs one panel of a strided K x N matrix (columns [panel*nr, panel*nr + nr)), rounded,
+// and returns the range of its entries; then subtracts `fold` from every entry (see
+// BView::folded_bias). One pass over the panel while it is in the L1 cache; no stand-ins
+// for zeros yet (mask_panel_zeros). Padding columns hold 0 - fold.
+template <class S>
+OperandRange pack_panel_scanned(const typename S::type* src, size_t k, size_t n, size_t row_stride,
+                                size_t col_stride, int mantissa_bits, size_t nr, size_t panel, uint32_t fold,
+                                uint32_t* out) {
+  const size_t j0 = panel * nr, width = std::min(nr, n - j0);
+  round_block<S>(src + j0 * col_stride, k, width, row_stride, col_stride, mantissa_bits, out, nr);
+  OperandRange range;
+  if (width == nr) {
+    range.scan(out, k * nr);
+  } else {
+    for (size_t p = 0; p < k; ++p) {
+      range.scan(out + p * nr, width);
+      std::fill(out + p * nr + width, out + (p + 1) * nr, 0u);
+    }
+  }
+  subtract_from_run(out, k * nr, fold);
+  return range;
+}
+
+// Gives the zero entries of a packed panel (entries stored minus `fold`) the stand-in
+// `stand_in` (also minus `fold`) and mask 0, as pack_panels_rounded does; padding columns
+// get mask 0.
+LMUL_TARGET_CLONES
+void mask_panel_zeros(uint32_t* panel, float* masks, size_t k, size_t nr, size_t width, uint32_t stand_in,
+                      uint32_t fold) {
+  for (size_t p = 0; p < k; ++p) {
+    uint32_t* row = panel + p * nr;
+    float* mask_row = masks + p * nr;
+    for (size_t j = 0; j < nr; ++j) {
+      const bool zero = j >= width || ((row[j] + fold) & kMagnitudeMask) < kSmallestNormalBits;
+      mask_row[j] = zero ? 0.0f : 1.0f;
+      row[j] = (zero && j < width) ? stand_in - fold : row[j];
+    }
+  }
 }
 
 // Each K x N matrix of B rounded into row-major order (what the portable loops read).
@@ -95,24 +219,6 @@ void finish_block(const float* acc, size_t n, size_t r0, size_t r1, size_t j0, s
   }
 }
 
-// Rounds and scans the A matrices, in parallel row chunks; returns the range.
-template <class S>
-OperandRange round_a(const typename S::type* a, bool trans_a, size_t matrices, size_t m, size_t k, int mantissa_bits,
-                     uint32_t* rounded, const ParallelFor& parallel_for) {
-  const size_t chunks = ceil_div(m, kRowsPerChunk);
-  std::vector<OperandRange> ranges(matrices * chunks);
-  const size_t row_stride = trans_a ? 1 : k, col_stride = trans_a ? m : 1;
-  for_elements(matrices * m * k, parallel_for)(matrices * chunks, [&](size_t t) {
-    const size_t i = t / chunks, r0 = (t % chunks) * kRowsPerChunk, r1 = std::min(m, r0 + kRowsPerChunk);
-    uint32_t* rows = rounded + i * m * k + r0 * k;
-    pack_rounded<S>(a + i * m * k + r0 * row_stride, r1 - r0, k, row_stride, col_stride, mantissa_bits, rows);
-    ranges[t].scan(rows, (r1 - r0) * k);
-  });
-  OperandRange range;
-  for (const OperandRange& part : ranges) range.merge(part);
-  return range;
-}
-
 // Small M against a per-call float32 B, read in place (lmul_small_m.h): tasks are
 // (batch, column block) pairs, each over all M rows, so B streams through once.
 template <class S>
@@ -135,6 +241,85 @@ void small_m_product(const MatMulPlan& plan, const uint32_t* a_rounded, const Op
   });
 }
 
+// B as the product kernels read it: packed panels (with masks where B has zeros) for the
+// one-add kernels, or row-major rounded matrices for the portable loops.
+//
+// A per-call B is packed with SPEC 1's bias already subtracted ("folded"): the one-add
+// product (a - bias) + b equals a + (b - bias) modulo 2^32, so A then needs no pass of
+// its own unless it has zeros (stand-ins and masks).
+struct BView {
+  OperandRange range;
+  uint32_t folded_bias = 0;
+  size_t panel_columns = 0;  // panel_width(), or narrow_panel_width() for a narrow per-call B
+  const uint32_t* panels = nullptr;
+  const float* masks = nullptr;
+  const uint32_t* rounded = nullptr;
+  size_t panels_per_matrix = 0;
+};
+
+// Phase 1 of a product, in one pass of tasks: A rounded and scanned in row chunks, and,
+// for a per-call B, each matrix of B rounded, scanned and packed panel by panel (or
+// rounded row-major without SIMD). Returns A's range; fills `b` for a per-call B.
+template <class S>
+OperandRange prepare_operands(const MatMulPlan& plan, const ProductOperands<S>& operands, int mantissa_bits,
+                              uint32_t bias, bool pack_per_call_b, uint32_t* a_rounded, CallBuffers& buffers, BView& b,
+                              const ParallelFor& parallel_for) {
+  const size_t m = plan.m, k = plan.k, n = plan.n;
+  // Narrow B (p.V with 32-wide heads) in narrow panels: a 64-wide panel would be half padding.
+  const size_t nr = n <= narrow_panel_width() ? narrow_panel_width() : panel_width();
+  const size_t a_chunks = ceil_div(m, kRowsPerChunk), a_tasks = plan.a_matrices * a_chunks;
+  const size_t a_row_stride = operands.trans_a ? 1 : k, a_col_stride = operands.trans_a ? m : 1;
+  const size_t b_row_stride = operands.trans_b ? 1 : n, b_col_stride = operands.trans_b ? k : 1;
+  const size_t b_units = !pack_per_call_b ? 0 : nr > 0 ? ceil_div(n, nr) : 1;  // per matrix
+  const size_t b_tasks = plan.b_matrices * b_units;
+  const size_t per_matrix = nr > 0 ? b_units * k * nr : k * n;
+  uint32_t* b_out = pack_per_call_b ? buffers.b_packed.get(std::max<size_t>(1, plan.b_matrices * per_matrix)) : nullptr;
+  std::vector<OperandRange> ranges(a_tasks + b_tasks);
+  const size_t elements = plan.a_matrices * m * k + (pack_per_call_b ? plan.b_matrices * k * n : 0);
+  for_elements(elements, parallel_for)(a_tasks + b_tasks, [&](size_t t) {
+    if (t < a_tasks) {
+      const size_t i = t / a_chunks, r0 = (t % a_chunks) * kRowsPerChunk, r1 = std::min(m, r0 + kRowsPerChunk);
+      uint32_t* rows = a_rounded + i * m * k + r0 * k;
+      round_block<S>(operands.a + i * m * k + r0 * a_row_stride, r1 - r0, k, a_row_stride, a_col_stride,
+                     mantissa_bits, rows, k);
+      ranges[t].scan(rows, (r1 - r0) * k);
+      return;
+    }
+    const size_t u = t - a_tasks, i = u / b_units, unit = u % b_units;
+    const typename S::type* src = operands.b + i * k * n;
+    if (nr > 0) {
+      ranges[t] = pack_panel_scanned<S>(src, k, n, b_row_stride, b_col_stride, mantissa_bits, nr, unit, bias,
+                                        b_out + i * per_matrix + unit * k * nr);
+    } else {
+      round_block<S>(src, k, n, b_row_stride, b_col_stride, mantissa_bits, b_out + i * per_matrix, n);
+      ranges[t].scan(b_out + i * per_matrix, k * n);
+    }
+  });
+  OperandRange a_range;
+  for (size_t t = 0; t < a_tasks; ++t) a_range.merge(ranges[t]);
+  if (!pack_per_call_b) return a_range;
+  b = BView();
+  for (size_t t = a_tasks; t < ranges.size(); ++t) b.range.merge(ranges[t]);
+  if (nr == 0) {
+    b.rounded = b_out;
+    return a_range;
+  }
+  b.panels = b_out;
+  b.panel_columns = nr;
+  b.panels_per_matrix = b_units;
+  b.folded_bias = bias;
+  if (b.range.has_zero) {  // stand-ins and masks, now that B's smallest magnitude is known
+    float* masks = buffers.b_masks.get(plan.b_matrices * per_matrix);
+    const uint32_t stand_in = zero_stand_in_b(b.range);
+    for_elements(plan.b_matrices * k * n, parallel_for)(b_tasks, [&](size_t u) {
+      const size_t i = u / b_units, unit = u % b_units, offset = i * per_matrix + unit * k * nr;
+      mask_panel_zeros(b_out + offset, masks + offset, k, nr, std::min(nr, n - unit * nr), stand_in, bias);
+    });
+    b.masks = masks;
+  }
+  return a_range;
+}
+
 }  // namespace
 
 template <class S>
@@ -143,82 +328,119 @@ void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& opera
   using T = typename S::type;
   const size_t m = plan.m, k = plan.k, n = plan.n, batches = plan.a_matrix.size();
   if (m == 0 || n == 0 || batches == 0) return;
+  thread_local CallBuffers buffers;
+  struct Trim {
+    CallBuffers& b;
+    ~Trim() { b.trim(); }
+  } trim{buffers};
 
   // float32 results are summed in place; other types and Gemm's terms go through a
   // float32 scratch buffer.
   const bool in_place = std::is_same<T, float>::value && gemm == nullptr;
-  std::unique_ptr<float[]> scratch(in_place ? nullptr : new float[batches * m * n]);
+  float* scratch = in_place ? nullptr : buffers.sums.get(batches * m * n);
 
-  // A rounded once (not once per product) and scanned.
-  std::unique_ptr<uint32_t[]> a_packed(new uint32_t[std::max<size_t>(1, plan.a_matrices * m * k)]);
-  const OperandRange a_range =
-      round_a<S>(operands.a, operands.trans_a, plan.a_matrices, m, k, mantissa_bits, a_packed.get(), parallel_for);
-
+  // Few rows against a B that changes per call: stream B instead of packing it.
   const PackedB* prepared = operands.prepared_b;
+  bool small_m = false;
   if constexpr (std::is_same<T, float>::value) {
-    // Few rows against a B that changes per call: stream B instead of packing it.
-    if (!prepared && !operands.trans_b && m <= kSmallMMaxRows && panel_width() > 0) {
-      small_m_product<S>(plan, a_packed.get(), a_range, operands.b, mantissa_bits, bias, gemm, y, scratch.get(),
-                         parallel_for);
+    small_m = !prepared && !operands.trans_b && m <= kSmallMMaxRows && panel_width() > 0;
+  }
+
+  // Phase 1: A rounded once (not once per product) and scanned; a per-call B packed.
+  uint32_t* a_rounded = buffers.a_rounded.get(std::max<size_t>(1, plan.a_matrices * m * k));
+  BView b_view;
+  const bool pack_per_call_b = !prepared && !small_m;
+  const OperandRange a_range = prepare_operands<S>(plan, operands, mantissa_bits, bias, pack_per_call_b, a_rounded,
+                                                   buffers, b_view, parallel_for);
+  if constexpr (std::is_same<T, float>::value) {
+    if (small_m) {
+      small_m_product<S>(plan, a_rounded, a_range, operands.b, mantissa_bits, bias, gemm, y, scratch, parallel_for);
       return;
     }
   }
-
-  std::unique_ptr<const PackedB> per_call_b;
-  if (!prepared) {
-    per_call_b =
-        pack_b<S>(operands.b, Shape{}, plan.b_matrices, k, n, operands.trans_b, mantissa_bits, parallel_for);
-    prepared = per_call_b.get();
+  if (prepared) {
+    b_view.range = prepared->range;
+    b_view.panels = prepared->panels.get();
+    b_view.panel_columns = panel_width();
+    b_view.masks = prepared->masks.get();
+    b_view.rounded = prepared->rounded.get();
+    b_view.panels_per_matrix = prepared->panels_per_matrix;
   }
-  const PackedB& packed_b = *prepared;
 
   // Can every product be one integer add (lmul_gemm.h)?
-  const size_t nr = panel_width();
-  const GemmVariant variant = choose_variant(a_range, packed_b.range, bias, packed_b.panels != nullptr);
+  const size_t nr = b_view.panel_columns;
+  const GemmVariant variant = choose_variant(a_range, b_view.range, bias, b_view.panels != nullptr);
   const bool fast = is_one_add(variant);
-  const size_t panels = fast ? packed_b.panels_per_matrix : 1;
+  const size_t panels = fast ? b_view.panels_per_matrix : 1;
   // The portable loop needs row-major rounded B, which packed panels do not keep.
   std::unique_ptr<uint32_t[]> b_rounded;
-  if (!fast && !packed_b.rounded) {
+  if (!fast && !b_view.rounded) {
     b_rounded = round_row_major<S>(operands.b, plan.b_matrices, k, n, operands.trans_b, mantissa_bits, parallel_for);
   }
-  const uint32_t* b_row_major = packed_b.rounded ? packed_b.rounded.get() : b_rounded.get();
-  std::unique_ptr<float[]> a_mask(masks_a(variant) ? new float[plan.a_matrices * m * k] : nullptr);
-  const float* b_masks = masks_b(variant) ? packed_b.masks.get() : nullptr;
-  if (fast) {
-    const uint32_t stand_in = zero_stand_in_a(packed_b.range);
-    const size_t chunks = ceil_div(m, kRowsPerChunk);
-    for_elements(plan.a_matrices * m * k, parallel_for)(plan.a_matrices * chunks, [&](size_t t) {
-      const size_t i = t / chunks, r0 = (t % chunks) * kRowsPerChunk, r1 = std::min(m, r0 + kRowsPerChunk);
-      const size_t offset = i * m * k + r0 * k;
-      prepare_a(a_packed.get() + offset, a_mask ? a_mask.get() + offset : nullptr, (r1 - r0) * k, variant, bias,
-                stand_in);
-    });
-  }
+  const uint32_t* b_row_major = b_view.rounded ? b_view.rounded : b_rounded.get();
+  const float* b_masks = masks_b(variant) ? b_view.masks : nullptr;
+  const uint32_t stand_in = fast ? zero_stand_in_a(b_view.range) : 0;
 
-  // Tasks: (batch, row block, panel block). Few rows (e.g. matrix-vector): split the
-  // columns too, so that every thread gets work.
+  // Phase 2, tasks: (batch, row block, panel block), each preparing its block of A
+  // (a - bias, zeros' stand-ins and masks) in its own buffer. Few rows (e.g.
+  // matrix-vector): split the columns too, so that every thread gets work.
   const size_t row_ops = std::max<size_t>(1, k * n);
   const size_t rows_per_task = std::min(m, std::max<size_t>(fast ? 48 : 1, kMinOpsPerTask / row_ops));
   const size_t row_blocks = ceil_div(m, rows_per_task);
   const size_t panel_ops = std::max<size_t>(1, rows_per_task * k * (fast ? nr : n));
-  const size_t panels_per_task = fast ? std::max<size_t>(1, (kMinOpsPerTask * 4) / panel_ops) : 1;
+  // A task prepares its rows of A once for all its panels: all of them when B's panels
+  // stay in the L2 cache (attention's small per-head B), else blocks that do.
+  const size_t panels_per_task = !fast                                        ? 1
+                                 : k * panels * nr <= kCachedPanelEntries ? panels
+                                                                              : std::max<size_t>(1, (kMinOpsPerTask * 4) / panel_ops);
   const size_t panel_blocks = fast ? ceil_div(panels, panels_per_task) : 1;
+
+  // A task prepares its rows of A itself when no other task needs them; with several
+  // panel blocks per row block, A is prepared once beforehand instead (in place).
+  const uint32_t fold = b_view.folded_bias;
+  const bool prepare_a_per_task = fast && (fold == 0 || masks_a(variant)) && panel_blocks == 1;
+  float* a_masks = nullptr;
+  if (fast && (fold == 0 || masks_a(variant)) && panel_blocks > 1) {
+    const size_t count = plan.a_matrices * m * k;
+    a_masks = masks_a(variant) ? buffers.a_masks.get(std::max<size_t>(1, count)) : nullptr;
+    const size_t chunks = ceil_div(m, kRowsPerChunk);
+    for_elements(count, parallel_for)(plan.a_matrices * chunks, [&](size_t t) {
+      const size_t i = t / chunks, r0 = (t % chunks) * kRowsPerChunk, r1 = std::min(m, r0 + kRowsPerChunk);
+      const size_t offset = i * m * k + r0 * k;
+      prepare_a(a_rounded + offset, a_masks ? a_masks + offset : nullptr, (r1 - r0) * k, variant, bias - fold,
+                stand_in + fold);
+    });
+  }
 
   parallel_for(batches * row_blocks * panel_blocks, [&](size_t t) {
     const size_t batch = t / (row_blocks * panel_blocks), rest = t % (row_blocks * panel_blocks);
     const size_t r0 = (rest / panel_blocks) * rows_per_task, r1 = std::min(m, r0 + rows_per_task);
-    float* acc = in_place ? reinterpret_cast<float*>(y) + batch * m * n : scratch.get() + batch * m * n;
-    const uint32_t* a_matrix = a_packed.get() + plan.a_matrix[batch] * m * k;
+    float* acc = in_place ? reinterpret_cast<float*>(y) + batch * m * n : scratch + batch * m * n;
+    const uint32_t* a_matrix = a_rounded + plan.a_matrix[batch] * m * k;
     size_t j0 = 0, j1 = n;
     if (fast) {
       const size_t p0 = (rest % panel_blocks) * panels_per_task, p1 = std::min(panels, p0 + panels_per_task);
       j0 = p0 * nr;
       j1 = std::min(n, p1 * nr);
+      // Rows of A as the kernel takes them: a - bias, zeros replaced (prepare_a), or,
+      // against a B with the bias folded in, rounded A itself when it has no zeros.
+      const uint32_t* a_block = a_matrix + r0 * k;
+      const float* a_mask = a_masks ? a_masks + plan.a_matrix[batch] * m * k + r0 * k : nullptr;
+      thread_local TaskBuffers task_buffers;
+      if (prepare_a_per_task) {
+        const size_t count = (r1 - r0) * k;
+        uint32_t* prepared_rows = task_buffers.a.get(std::max<size_t>(1, count));
+        float* mask = masks_a(variant) ? task_buffers.mask.get(std::max<size_t>(1, count)) : nullptr;
+        std::memcpy(prepared_rows, a_block, count * sizeof(uint32_t));
+        prepare_a(prepared_rows, mask, count, variant, bias - fold, stand_in + fold);
+        a_block = prepared_rows;
+        a_mask = mask;
+      }
       const size_t b_offset = plan.b_matrix[batch] * panels * k * nr;
-      lmul_gemm_fast(variant, a_matrix, a_mask ? a_mask.get() + plan.a_matrix[batch] * m * k : nullptr,
-                     packed_b.panels.get() + b_offset, b_masks ? b_masks + b_offset : nullptr, k, n, r0, r1, p0, p1,
-                     acc, n);
+      lmul_gemm_fast(variant, a_block, a_mask, b_view.panels + b_offset, b_masks ? b_masks + b_offset : nullptr, k,
+                     n, 0, r1 - r0, p0, p1, acc + r0 * n, n, nr);
+      task_buffers.a.trim();
+      task_buffers.mask.trim();
     } else {
       const auto rows = variant == GemmVariant::kNormal ? lmul_matmul_rows_normal : lmul_matmul_rows;
       rows(a_matrix, b_row_major + plan.b_matrix[batch] * k * n, k, n, r0, r1, bias, acc + r0 * n);

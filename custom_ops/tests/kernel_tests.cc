@@ -234,14 +234,17 @@ void matrix_products() {
     size_t batches, m, k, n;
     bool b_batched;
   };
-  // b_batched: one B matrix per batch (attention) rather than one B for all. The last
-  // two take several passes over B, the last one a B too large to stay in cache.
+  // b_batched: one B matrix per batch (attention) rather than one B for all. {1, 1, 200,
+  // 100} and {1, 2, 300, 530} take several passes over B, the second a B too large to stay
+  // in cache; {3, 30, 40, 32} and {2, 25, 17, 20} per-call B in narrow panels (N <= 32);
+  // {1, 12, 130, 600} several panel blocks per row block (A prepared before the tasks).
   const Shape3 shapes[] = {{1, 1, 64, 80, false},  {1, 2, 33, 16, false}, {1, 3, 17, 47, false},
                            {1, 4, 5, 130, false},  {1, 5, 70, 64, false}, {1, 6, 9, 7, false},
                            {1, 7, 40, 150, false}, {1, 8, 64, 96, false}, {3, 1, 64, 33, false},
                            {12, 1, 20, 70, true},  {2, 8, 3, 17, true},   {1, 13, 70, 150, false},
                            {1, 1, 0, 20, false},   {2, 9, 31, 65, true},  {1, 1, 200, 100, false},
-                           {1, 2, 300, 530, false}};
+                           {1, 2, 300, 530, false}, {3, 30, 40, 32, true},  {2, 25, 17, 20, true},
+                           {4, 50, 9, 64, true},    {1, 12, 130, 600, false}};
   for (const Shape3& s : shapes) {
     for (int kind_a : {0, 1, 2, 3, 4, 5, 6}) {
       for (int kind_b : {0, 1, 2, 3, 4, 5, 6, 7}) {
