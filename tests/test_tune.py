@@ -103,6 +103,9 @@ def test_bisection_backs_off_when_two_good_nodes_are_too_much(fragile_path: Path
     assert len(converted) == 1 and result.passed
     kept = next(k for k, (convert, _) in decisions(result.plan).items() if not convert)
     assert "breaks the budget with it" in decisions(result.plan)[kept][1]
+    # the rejected node gets its second chance beside the final choice, and fails it again
+    assert result.trace[-1]["step"] == "retry 1 (ranks 1-1)" and not result.trace[-1]["passed"]
+    assert decisions(result.plan)[kept][1].count("(cosine") == 2
     assert result.measurement.summary()["cosine"] >= threshold
 
 
@@ -363,3 +366,108 @@ def test_python_api_refuses_an_existing_output(fragile_path: Path, tmp_path: Pat
     with pytest.raises(ValueError, match="--overwrite"):
         tune(fragile_path, target, budget=Budget(min_cosine=0.99))
     assert target.read_bytes() == b"keep me"
+
+
+def length_model() -> onnx.ModelProto:
+    """out = (x @ W) flattened, followed by n zeros scaled by 0.7, n = 4 + ceil(1000 |sum(3y - (y + y + y))|).
+
+    Exactly the sum is 0 and n = 4; with L-Mul on ``length_maker`` the output grows, as a
+    speech model's output grows with a mispredicted duration. The last product's shape
+    follows the data: shape inference cannot know it."""
+    rng = np.random.default_rng(5)
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["y"], name="mm"),
+        helper.make_node("Mul", ["y", "three"], ["t"], name="length_maker"),
+        helper.make_node("Add", ["y", "y"], ["u"]),
+        helper.make_node("Add", ["u", "y"], ["v"]),
+        helper.make_node("Sub", ["t", "v"], ["d"]),
+        helper.make_node("ReduceSum", ["d"], ["s"], keepdims=0),
+        helper.make_node("Abs", ["s"], ["a"]),
+        helper.make_node("Mul", ["a", "thousand"], ["k"], name="scale_sum"),
+        helper.make_node("Ceil", ["k"], ["c"]),
+        helper.make_node("Add", ["c", "four"], ["f"]),
+        helper.make_node("Cast", ["f"], ["n0"], to=TensorProto.INT64),
+        helper.make_node("Reshape", ["n0", "one_dim"], ["n"]),
+        helper.make_node("ConstantOfShape", ["n"], ["z"]),
+        helper.make_node("Reshape", ["y", "flat"], ["yf"]),
+        helper.make_node("Concat", ["yf", "z"], ["cat"], axis=0),
+        helper.make_node("Mul", ["cat", "gain"], ["out"], name="gain_mul"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "length",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["length"])],
+        [
+            numpy_helper.from_array(np.abs(rng.standard_normal((16, 8))).astype(np.float32), "W"),
+            numpy_helper.from_array(np.float32([3.0]), "three"),
+            numpy_helper.from_array(np.float32(1000.0), "thousand"),
+            numpy_helper.from_array(np.float32(4.0), "four"),
+            numpy_helper.from_array(np.int64([1]), "one_dim"),
+            numpy_helper.from_array(np.int64([-1]), "flat"),
+            numpy_helper.from_array(np.float32([0.7]), "gain"),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def test_variant_that_changes_the_output_length_fails_and_energy_follows_the_data(tmp_path: Path) -> None:
+    """A converted variant whose output shape differs from the original's fails the budget
+    (the search goes on; before, the comparison raised and tune gave up with exit 2), and
+    the products whose shapes only a run can tell are priced from a run."""
+    model = length_model()
+    ranges = {"x": (0.0, 1.0)}
+    full = lmul_onnx.validate(model, lmul_onnx.convert(model, every_product=True), input_ranges=ranges)
+    assert not full.passed and "shapes differ" in full.outputs["out"]["error"]
+    result = tune(model, tmp_path / "out.onnx", budget=Budget(min_cosine=0.99), input_ranges=ranges)
+    assert result.passed
+    decided = decisions(result.plan)
+    assert decided["length_maker"][0] is False and decided["mm"][0] is True
+    assert "shapes differ" in decided["length_maker"][1]
+    energy = {n["node"]: n["energy_pj"] for n in result.plan.nodes}
+    # 4 x 8 products, then 32 + 4 gains: only a run knows the 36
+    assert energy["gain_mul"]["original"] == pytest.approx(36 * 3.7)
+    assert energy["mm"]["original"] == pytest.approx(32 * (16 * 3.7 + 15 * 0.9))
+    assert result.energy["unknown_nodes"] == 0
+    report = lmul_onnx.validate(model, onnx.load(tmp_path / "out.onnx"), input_ranges=ranges)
+    assert report.passed
+
+
+def test_nodes_that_break_the_budget_alone_get_a_second_chance_together(tmp_path: Path) -> None:
+    """out = tanh(x) + (x * 3 + x * -3). Exactly the bracket is 0; L-Mul's error is odd in
+    the sign, so with both products converted it is 0 again, while either one alone leaves
+    3x times its relative error: each breaks the budget alone, the two together keep it."""
+    nodes = [
+        helper.make_node("Tanh", ["x"], ["y"]),
+        helper.make_node("Mul", ["x", "three"], ["a"], name="plus"),
+        helper.make_node("Mul", ["x", "minus_three"], ["b"], name="minus"),
+        helper.make_node("Add", ["a", "b"], ["s"]),
+        helper.make_node("Add", ["y", "s"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "cancel",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [4, 16])],
+        [
+            numpy_helper.from_array(np.float32([3.0]), "three"),
+            numpy_helper.from_array(np.float32([-3.0]), "minus_three"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    budget = Budget(atol=1e-6, rtol=0.0)
+    result = tune(model, tmp_path / "out.onnx", budget=budget, input_ranges={"x": (0.0, 1.0)})
+    decided = decisions(result.plan)
+    assert result.passed and decided["plus"][0] and decided["minus"][0]
+    assert all(
+        decided[name][1].startswith("within budget at the second chance (first: breaks the budget alone")
+        and n["drift"]["passed"] is False
+        for name in ("plus", "minus")
+        for n in result.plan.nodes
+        if n["node"] == name
+    )
+    assert [t["step"] for t in result.trace] == ["retry 2 (ranks 1-2)"]
+    report = lmul_onnx.validate(
+        model, onnx.load(tmp_path / "out.onnx"), input_ranges={"x": (0.0, 1.0)}, atol=1e-6, rtol=0.0
+    )
+    assert report.passed and report.outputs["out"]["max_abs"] == 0
