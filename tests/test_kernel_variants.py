@@ -140,11 +140,19 @@ RUNNER = textwrap.dedent(
         "underflow_zeros": (np.where(a > 1, 1e-41, a * 1e-20), np.where(np.abs(b) < 0.3, 0.0, b * 1e-20)),
         "range_zeros": (np.maximum(a, 0) * np.exp(rng.uniform(-80, 80, a.shape)),
                         np.where(np.abs(b) < 0.2, 0.0, b * np.exp(rng.uniform(-80, 80, b.shape)))),
+        # zeros of B in a few rows of each panel (quantised weights: only those rows test
+        # B's lanes), A zero in whole columns of a tile (skipped steps) and in single rows
+        "sparse_zeros": (np.where((np.arange(a.shape[1]) % 7 == 0) | (rng.random(a.shape) < 0.01), 0.0, a),
+                         np.where((np.arange(b.shape[0])[:, None] % 9 == 0) & (rng.random(b.shape) < 0.05),
+                                  -0.0, b)),
+        "sparse_zeros_b": (a, np.where((np.arange(b.shape[0])[:, None] % 9 == 0) & (rng.random(b.shape) < 0.05),
+                                       0.0, b)),
         # narrow B (at most 32 columns: narrow panels), batched heads, products that overflow
         "narrow_overflow": (rng.standard_normal((3, 37, 70)) * np.float32(1e20),
                             np.where(rng.random((3, 70, 29)) < 0.2, 0.0,
                                      rng.standard_normal((3, 70, 29)) * 1e20)),
     }
+    cases["sparse_zeros_m3"] = (cases["sparse_zeros"][0][:3], cases["sparse_zeros"][1])
     cases = {name: (x.astype(np.float32), y.astype(np.float32)) for name, (x, y) in cases.items()}
     # Small M against a per-call B (custom_ops/kernels/lmul_small_m.h): every M up to 8,
     # N off the vector width, heads, and each special value.

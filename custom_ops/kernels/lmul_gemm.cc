@@ -213,55 +213,96 @@ __attribute__((target("avx2"), always_inline)) inline __m256i load_b8(const uint
   return _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16);
 }
 
-// MR x (16 NV) tile: NV zmm of B per k (a panel of 64 columns, or 32 for narrow B), one
-// broadcast of A' per row, MR x NV accumulators. Float masks multiply each integer-sum
-// product by its 0/1 select before adding; tested zeros of B leave their lanes out of the
-// add (a k-mask), whatever the sum holds there. Half of the plain sums are fma(x, 1, acc),
-// the same single rounding as x + acc: on Zen 4 they issue to the FMA pipes while the
-// adds take the FADD pipes.
+// Whether row p of a panel may hold a zero of B: bit p of zero_rows (null: every row may).
+inline bool row_has_zero(const uint64_t* zero_rows, size_t p) {
+  return zero_rows == nullptr || ((zero_rows[p / 64] >> (p % 64)) & 1u) != 0;
+}
+
+// One k step (row p of the panel) of tile_avx512: NV zmm of B, one broadcast of A' per
+// row, MR x NV accumulators. Float masks multiply each integer-sum product by its 0/1
+// select before adding; tested zeros of B leave their lanes out of the add (a k-mask),
+// whatever the sum holds there. Half of the plain sums are fma(x, 1, acc), the same
+// single rounding as x + acc: on Zen 4 they issue to the FMA pipes while the adds take the
+// FADD pipes.
 template <int MR, int NV, bool kMaskA, ZerosOfB kZeros, class W>
-__attribute__((target("avx512f,avx512bw"))) void tile_avx512(const uint32_t* a, const float* a_mask, size_t lda,
-                                                    const W* panel, const float* b_mask, size_t k, float* out,
-                                                    size_t ldo) {
+__attribute__((target("avx512f,avx512bw"), always_inline)) inline void tile_step_avx512(
+    __m512 (&acc)[MR][NV], const uint32_t* a, const float* a_mask, size_t lda, const W* panel, const float* b_mask,
+    size_t p) {
   constexpr bool kFloatMaskB = kZeros == ZerosOfB::kFloatMask, kTestB = kZeros == ZerosOfB::kTested;
   constexpr int kWidth = 16 * NV;
-  __m512 acc[MR][NV];
   const __m512 one = _mm512_set1_ps(1.0f);
-  for (int i = 0; i < MR; ++i)
-    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
-  for (size_t p = 0; p < k; ++p) {
-    const W* bp = panel + p * kWidth;
-    __m512i b[NV];
-    __m512 mb[NV];
-    __mmask16 nonzero[NV];
-    load_row<NV>(bp, b);
+  const W* bp = panel + p * kWidth;
+  __m512i b[NV];
+  __m512 mb[NV];
+  __mmask16 nonzero[NV];
+  load_row<NV>(bp, b);
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) {
+    mb[v] = kFloatMaskB ? _mm512_loadu_ps(b_mask + p * kWidth + 16 * v) : _mm512_setzero_ps();
+    nonzero[v] = kTestB ? _mm512_test_epi32_mask(b[v], b[v]) : __mmask16{0xFFFF};
+  }
+  for (int i = 0; i < MR; ++i) {
+    const __m512i av = _mm512_set1_epi32(static_cast<int>(a[i * lda + p]));
+    const __m512 ma = kMaskA ? _mm512_set1_ps(a_mask[i * lda + p]) : one;
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
-      mb[v] = kFloatMaskB ? _mm512_loadu_ps(b_mask + p * kWidth + 16 * v) : _mm512_setzero_ps();
-      nonzero[v] = kTestB ? _mm512_test_epi32_mask(b[v], b[v]) : __mmask16{0xFFFF};
-    }
-    for (int i = 0; i < MR; ++i) {
-      const __m512i av = _mm512_set1_epi32(static_cast<int>(a[i * lda + p]));
-      const __m512 ma = kMaskA ? _mm512_set1_ps(a_mask[i * lda + p]) : one;
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) {
-        const __m512 x = _mm512_castsi512_ps(_mm512_add_epi32(av, b[v]));
-        if (kMaskA && kFloatMaskB) {
-          acc[i][v] = _mm512_fmadd_ps(x, _mm512_mul_ps(mb[v], ma), acc[i][v]);
-        } else if (kMaskA && kTestB) {
-          acc[i][v] = _mm512_mask3_fmadd_ps(x, ma, acc[i][v], nonzero[v]);
-        } else if (kFloatMaskB) {
-          acc[i][v] = _mm512_fmadd_ps(x, mb[v], acc[i][v]);
-        } else if (kTestB) {
-          acc[i][v] = _mm512_mask_add_ps(acc[i][v], nonzero[v], acc[i][v], x);
-        } else if (kMaskA) {
-          acc[i][v] = _mm512_fmadd_ps(x, ma, acc[i][v]);
-        } else if (v % 2 == 1) {
-          acc[i][v] = _mm512_fmadd_ps(x, one, acc[i][v]);
-        } else {
-          acc[i][v] = _mm512_add_ps(acc[i][v], x);
-        }
+      const __m512 x = _mm512_castsi512_ps(_mm512_add_epi32(av, b[v]));
+      if (kMaskA && kFloatMaskB) {
+        acc[i][v] = _mm512_fmadd_ps(x, _mm512_mul_ps(mb[v], ma), acc[i][v]);
+      } else if (kMaskA && kTestB) {
+        acc[i][v] = _mm512_mask3_fmadd_ps(x, ma, acc[i][v], nonzero[v]);
+      } else if (kFloatMaskB) {
+        acc[i][v] = _mm512_fmadd_ps(x, mb[v], acc[i][v]);
+      } else if (kTestB) {
+        acc[i][v] = _mm512_mask_add_ps(acc[i][v], nonzero[v], acc[i][v], x);
+      } else if (kMaskA) {
+        acc[i][v] = _mm512_fmadd_ps(x, ma, acc[i][v]);
+      } else if (v % 2 == 1) {
+        acc[i][v] = _mm512_fmadd_ps(x, one, acc[i][v]);
+      } else {
+        acc[i][v] = _mm512_add_ps(acc[i][v], x);
       }
+    }
+  }
+}
+
+// MR x (16 NV) tile (a panel of 64 columns, or 32 for narrow B), k steps of
+// tile_step_avx512, each without the masks it does not need: tested zeros of B only in the
+// rows of the panel that zero_rows (if given) shows with a zero (quantised weights have
+// one in about 2% of their panel rows; masked adds all take the FADD pipes), A's masks
+// only where one of the tile's rows has a zero at p; where all of them have one (a causal
+// mask's zeros in p.V), the step is skipped: its products are all +-0, and adding +-0
+// never changes a sum that starts at +0.
+template <int MR, int NV, bool kMaskA, ZerosOfB kZeros, class W>
+__attribute__((target("avx512f,avx512bw"))) void tile_avx512(const uint32_t* a, const float* a_mask, size_t lda,
+                                                    const W* panel, const float* b_mask,
+                                                    const uint64_t* zero_rows, size_t k, float* out, size_t ldo) {
+  __m512 acc[MR][NV];
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
+  constexpr ZerosOfB kNone = ZerosOfB::kNone;
+  for (size_t p = 0; p < k; ++p) {
+    bool mask_a = kMaskA;
+    if constexpr (kMaskA) {  // A's masks are 0.0f or 1.0f
+      uint32_t all = ~0u, any = 0;
+      for (int i = 0; i < MR; ++i) {
+        uint32_t bits;
+        std::memcpy(&bits, a_mask + i * lda + p, sizeof bits);
+        all &= bits;
+        any |= bits;
+      }
+      if (any == 0) continue;
+      mask_a = all == 0;
+    }
+    const bool mask_b = kZeros != ZerosOfB::kTested || row_has_zero(zero_rows, p);
+    if (mask_a && mask_b) {
+      tile_step_avx512<MR, NV, kMaskA, kZeros>(acc, a, a_mask, lda, panel, b_mask, p);
+    } else if (mask_a) {
+      tile_step_avx512<MR, NV, kMaskA, kNone>(acc, a, a_mask, lda, panel, b_mask, p);
+    } else if (mask_b) {
+      tile_step_avx512<MR, NV, false, kZeros>(acc, a, a_mask, lda, panel, b_mask, p);
+    } else {
+      tile_step_avx512<MR, NV, false, kNone>(acc, a, a_mask, lda, panel, b_mask, p);
     }
   }
   for (int i = 0; i < MR; ++i)
@@ -273,12 +314,15 @@ __attribute__((target("avx512f,avx512bw"))) void tile_avx512(const uint32_t* a, 
 // leaves every sum as it was: a sum that starts at +0 never becomes -0).
 template <int MR, bool kMaskA, ZerosOfB kZeros, class W>
 __attribute__((target("avx2,fma"))) void tile_avx2(const uint32_t* a, const float* a_mask, size_t lda, const W* panel,
-                                                  const float* b_mask, size_t k, float* out, size_t ldo) {
-  constexpr bool kFloatMaskB = kZeros == ZerosOfB::kFloatMask, kTestB = kZeros == ZerosOfB::kTested;
+                                                  const float* b_mask, const uint64_t* zero_rows, size_t k,
+                                                  float* out, size_t ldo) {
+  constexpr bool kFloatMaskB = kZeros == ZerosOfB::kFloatMask;
   __m256 acc[MR][3];
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < 3; ++v) acc[i][v] = _mm256_setzero_ps();
   for (size_t p = 0; p < k; ++p) {
+    // (rows of the panel without a zero of B, as zero_rows shows, skip the lane clearing)
+    const bool kTestB = kZeros == ZerosOfB::kTested && row_has_zero(zero_rows, p);
     const W* bp = panel + p * 24;
     __m256i b[3], zero[3];
     __m256 mb[3];
@@ -413,7 +457,8 @@ size_t tile_rows() { return simd_lanes() == 16 ? 6 : 4; }
 
 // Computes a rows x nr tile and stores it at out (row stride ldo).
 template <class W>
-using TileFn = void (*)(const uint32_t*, const float*, size_t, const W*, const float*, size_t, float*, size_t);
+using TileFn = void (*)(const uint32_t*, const float*, size_t, const W*, const float*, const uint64_t*, size_t, float*,
+                        size_t);
 
 template <bool kMaskA, ZerosOfB kZeros, class W>
 TileFn<W> avx512_tile(size_t rows) {
@@ -516,10 +561,11 @@ TileFn<W> select_tile(GemmVariant variant, size_t rows, bool narrow) {
 
 // Rows [row_begin, row_end) x panels [panel_begin, panel_end) with the tiles of one
 // panel format, panels of panel_columns (0: panel_width()).
+// zero_rows: the compact panels' rows without a zero of B (zero_row_bits), or null.
 template <ZerosOfB kZeros, class W>
 void gemm_tiles(GemmVariant variant, const uint32_t* a, const float* a_mask, const W* panels, const float* b_masks,
-                size_t k, size_t n, size_t row_begin, size_t row_end, size_t panel_begin, size_t panel_end, float* c,
-                size_t ldc, size_t panel_columns = 0) {
+                const uint64_t* zero_rows, size_t k, size_t n, size_t row_begin, size_t row_end, size_t panel_begin,
+                size_t panel_end, float* c, size_t ldc, size_t panel_columns = 0) {
   const size_t nr = panel_columns ? panel_columns : panel_width();
   const bool narrow = nr != panel_width() && nr == narrow_panel_width();
   const size_t mr = narrow ? 12 : tile_rows();
@@ -533,7 +579,8 @@ void gemm_tiles(GemmVariant variant, const uint32_t* a, const float* a_mask, con
       float* out = width == nr ? c + r * ldc + j0 : tile;
       const size_t ldo = width == nr ? ldc : nr;
       fn(a + r * k, a_mask ? a_mask + r * k : nullptr, k, panels + panel * k * nr,
-         b_masks ? b_masks + panel * k * nr : nullptr, k, out, ldo);
+         b_masks ? b_masks + panel * k * nr : nullptr, zero_rows ? zero_rows + panel * zero_row_words(k) : nullptr,
+         k, out, ldo);
       if (width != nr) {
         for (size_t i = 0; i < rows; ++i) std::memcpy(c + (r + i) * ldc + j0, tile + i * nr, width * sizeof(float));
       }
@@ -583,9 +630,9 @@ __attribute__((target("avx2"))) void widen_panel_avx2(const uint16_t* half, size
 // 16-bit panels against more rows than one tile holds: each panel is widened once into a
 // per-thread 32-bit buffer (in cache: K x nr x 4 bytes) that every tile of rows then
 // reads, so that the unpacking is paid once per panel, not once per tile. Same sums.
-void gemm_tiles_widened(GemmVariant variant, const uint32_t* a, const float* a_mask, const uint16_t* panels, size_t k,
-                        size_t n, size_t row_begin, size_t row_end, size_t panel_begin, size_t panel_end, float* c,
-                        size_t ldc) {
+void gemm_tiles_widened(GemmVariant variant, const uint32_t* a, const float* a_mask, const uint16_t* panels,
+                        const uint64_t* zero_rows, size_t k, size_t n, size_t row_begin, size_t row_end,
+                        size_t panel_begin, size_t panel_end, float* c, size_t ldc) {
   const size_t nr = panel_width();
   // 64-byte aligned, so that no vector load of it straddles two cache lines.
   struct Buffer {
@@ -607,8 +654,9 @@ void gemm_tiles_widened(GemmVariant variant, const uint32_t* a, const float* a_m
     }
     // The widened panel is panel 0 of a one-panel matrix whose columns start at j0.
     const size_t j0 = panel * nr;
-    gemm_tiles<ZerosOfB::kTested>(variant, a, a_mask, wide.data.get(), nullptr, k, std::min(n - j0, nr), row_begin,
-                                  row_end, 0, 1, c + j0, ldc);
+    gemm_tiles<ZerosOfB::kTested>(variant, a, a_mask, wide.data.get(), nullptr,
+                                  zero_rows ? zero_rows + panel * zero_row_words(k) : nullptr, k,
+                                  std::min(n - j0, nr), row_begin, row_end, 0, 1, c + j0, ldc);
   }
 }
 
@@ -734,8 +782,8 @@ void lmul_gemm_fast(GemmVariant variant, const uint32_t* a, const float* a_mask,
                   b_min_nonzero, b_fold);
     return;
   }
-  gemm_tiles<ZerosOfB::kFloatMask>(variant, a, a_mask, panels, b_masks, k, n, row_begin, row_end, panel_begin,
-                                   panel_end, c, ldc, panel_columns);
+  gemm_tiles<ZerosOfB::kFloatMask>(variant, a, a_mask, panels, b_masks, nullptr, k, n, row_begin, row_end,
+                                   panel_begin, panel_end, c, ldc, panel_columns);
 #else
   (void)variant, (void)a, (void)a_mask, (void)panels, (void)b_masks, (void)k, (void)n, (void)row_begin, (void)row_end;
   (void)panel_begin, (void)panel_end, (void)c, (void)ldc, (void)panel_columns, (void)b_min_nonzero, (void)b_fold;
@@ -747,18 +795,39 @@ void lmul_gemm_panels(GemmVariant variant, const uint32_t* a, const float* a_mas
                       size_t ldc) {
 #if LMUL_HAVE_X86_SIMD
   if (panels.half && row_end - row_begin > tile_rows()) {
-    gemm_tiles_widened(variant, a, a_mask, panels.half, k, n, row_begin, row_end, panel_begin, panel_end, c, ldc);
+    gemm_tiles_widened(variant, a, a_mask, panels.half, panels.zero_rows, k, n, row_begin, row_end, panel_begin,
+                       panel_end, c, ldc);
   } else if (panels.half) {
-    gemm_tiles<ZerosOfB::kTested>(variant, a, a_mask, panels.half, nullptr, k, n, row_begin, row_end, panel_begin,
-                                  panel_end, c, ldc);
+    gemm_tiles<ZerosOfB::kTested>(variant, a, a_mask, panels.half, nullptr, panels.zero_rows, k, n, row_begin,
+                                  row_end, panel_begin, panel_end, c, ldc);
   } else {
-    gemm_tiles<ZerosOfB::kTested>(variant, a, a_mask, panels.wide, nullptr, k, n, row_begin, row_end, panel_begin,
-                                  panel_end, c, ldc);
+    gemm_tiles<ZerosOfB::kTested>(variant, a, a_mask, panels.wide, nullptr, panels.zero_rows, k, n, row_begin,
+                                  row_end, panel_begin, panel_end, c, ldc);
   }
 #else
   (void)variant, (void)a, (void)a_mask, (void)panels, (void)k, (void)n, (void)row_begin, (void)row_end;
   (void)panel_begin, (void)panel_end, (void)c, (void)ldc;
 #endif
+}
+
+void zero_row_bits(PanelsView panels, size_t k, size_t n, size_t nr, size_t panel_begin, size_t panel_end,
+                   uint64_t* bits) {
+  const size_t words = zero_row_words(k);
+  for (size_t panel = panel_begin; panel < panel_end; ++panel) {
+    const size_t width = std::min(nr, n - panel * nr);
+    uint64_t* out = bits + panel * words;
+    std::fill(out, out + words, uint64_t{0});
+    for (size_t p = 0; p < k; ++p) {
+      const size_t row = (panel * k + p) * nr;
+      bool zero = false;
+      // (padding columns hold 0 too, but their sums are never stored)
+      for (size_t j = 0; j < width; ++j) {
+        const size_t slot = panels.half ? half_panel_slot(j, nr) : j;
+        zero |= panels.half ? panels.half[row + slot] == 0 : panels.wide[row + slot] == 0;
+      }
+      if (zero) out[p / 64] |= uint64_t{1} << (p % 64);
+    }
+  }
 }
 
 bool offsets_gemm_available() { return simd_lanes() == 16; }

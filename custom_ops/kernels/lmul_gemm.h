@@ -155,12 +155,21 @@ constexpr int kHalfPanelMantissaBits = 7;
 struct PanelsView {
   const uint32_t* wide = nullptr;
   const uint16_t* half = nullptr;
-
-  // The same view advanced by `entries` panel entries (to another matrix's panels).
-  PanelsView operator+(size_t entries) const {
-    return PanelsView{wide ? wide + entries : nullptr, half ? half + entries : nullptr};
-  }
+  // Optional (zero_row_bits): which rows of each panel hold a zero of B. The kernels test
+  // B's lanes for zeros only in those rows; null: in every row.
+  const uint64_t* zero_rows = nullptr;
 };
+
+// Words of zero_row_bits per panel of k rows.
+constexpr size_t zero_row_words(size_t k) { return (k + 63) / 64; }
+
+// For panels [panel_begin, panel_end) of compact panels (nr wide, of a K x N matrix): bit
+// p % 64 of bits[panel * zero_row_words(k) + p / 64] is set when row p of the panel has a
+// zero entry in one of its n columns (padding columns do not count: their sums are never
+// stored). Weights quantised to few levels (SmolLM2's Q4_1 checkpoint) have a zero in
+// about 2% of their panel rows.
+void zero_row_bits(PanelsView panels, size_t k, size_t n, size_t nr, size_t panel_begin, size_t panel_end,
+                   uint64_t* bits);
 
 // Where 16-bit panels of width nr store column j (< nr) of a row: 64-wide (AVX-512)
 // panels hold each 32 columns in the order of the kernels' word unpacking (columns

@@ -194,6 +194,8 @@ std::unique_ptr<const PackedB> pack_b(const typename S::type* data, const Shape&
   } else {
     b->panels.reset(new uint32_t[entries]);
   }
+  b->zero_row_words_per_matrix = b->panels_per_matrix * zero_row_words(k);
+  b->zero_rows.reset(new uint64_t[std::max<size_t>(1, matrices * b->zero_row_words_per_matrix)]);
   for_elements(matrices * k * n, parallel_for)(matrices * b->panels_per_matrix, [&](size_t t) {
     const size_t i = t / b->panels_per_matrix, panel = t % b->panels_per_matrix;
     if (half) {
@@ -203,17 +205,23 @@ std::unique_ptr<const PackedB> pack_b(const typename S::type* data, const Shape&
       pack_panels_compact<S>(data + i * k * n, k, n, row_stride, col_stride, mantissa_bits, nr, panel, panel + 1,
                              b->panels.get() + i * per_matrix);
     }
+    const PanelsView view = b->matrix(i);
+    zero_row_bits(PanelsView{view.wide, view.half}, k, n, nr, panel, panel + 1,
+                  b->zero_rows.get() + i * b->zero_row_words_per_matrix);
   });
   return std::unique_ptr<const PackedB>(std::move(b));
 }
 
 PanelsView PackedB::matrix(size_t i) const {
-  return PanelsView{panels.get(), half_panels.get()} + i * entries_per_matrix;
+  const size_t entries = i * entries_per_matrix;
+  return PanelsView{panels ? panels.get() + entries : nullptr, half_panels ? half_panels.get() + entries : nullptr,
+                    zero_rows ? zero_rows.get() + i * zero_row_words_per_matrix : nullptr};
 }
 
 size_t PackedB::bytes() const {
   const size_t panel_entries = has_panels() ? matrices * entries_per_matrix : 0;
   return panel_entries * (half_panels ? sizeof(uint16_t) : sizeof(uint32_t)) +
+         (zero_rows ? matrices * zero_row_words_per_matrix * sizeof(uint64_t) : 0) +
          (rounded ? matrices * shape_entries * sizeof(uint32_t) : 0);
 }
 

@@ -40,8 +40,10 @@ struct PackedB {
   std::unique_ptr<uint32_t[]> rounded;      // row-major K x N per matrix, only without SIMD
   std::unique_ptr<uint32_t[]> panels;       // panels_per_matrix panels of K x panel_width() each,
   std::unique_ptr<uint16_t[]> half_panels;  // or their high halves (m <= kHalfPanelMantissaBits)
+  std::unique_ptr<uint64_t[]> zero_rows;    // zero_row_bits of every panel, with panels
   size_t panels_per_matrix = 0;
   size_t entries_per_matrix = 0;  // panels_per_matrix * K * panel_width()
+  size_t zero_row_words_per_matrix = 0;  // panels_per_matrix * zero_row_words(K)
   size_t matrices = 0;            // K x N matrices packed
   size_t shape_entries = 0;       // K * N
 

@@ -100,13 +100,28 @@ void matmul_variants() {
   std::normal_distribution<float> normal(0.0f, 1.0f);
   const size_t m = 13, k = 70, n = 150;
   std::uniform_int_distribution<uint32_t> any_offset(0u, lmul::kOffsetLimit - 1u);
-  for (int zeros = 0; zeros < 4; ++zeros) {
+  // zeros & 1: in A, & 2: in B; zeros & 4: sparse ones (a causal mask's columns of A
+  // zero in every row of a tile, a zero in one row of a tile, and a zero of B in a few rows
+  // of each panel: the kernels' steps without masks, skipped steps, zero_row_bits).
+  for (int zeros = 0; zeros < 8; ++zeros) {
+    if (zeros == 4) continue;
     for (int bits : {23, 4, 3}) {
       std::vector<uint32_t> a(m * k), b(k * n);
       for (auto& x : a) x = lmul::round_mantissa_bits(lmul::float_bits(normal(rng)), bits);
       for (auto& x : b) x = lmul::round_mantissa_bits(lmul::float_bits(normal(rng)), bits);
-      if (zeros & 1) for (size_t i = 0; i < a.size(); i += 3) a[i] = 0;
-      if (zeros & 2) for (size_t i = 0; i < b.size(); i += 5) b[i] = 0x80000000u;  // -0
+      const bool sparse = zeros & 4;
+      for (size_t r = 0; r < m; ++r) {
+        for (size_t p = 0; p < k; ++p) {
+          const bool zero = sparse ? p % 7 == 0 || (p % 11 == 0 && r == p % m) : (r * k + p) % 3 == 0;
+          if ((zeros & 1) && zero) a[r * k + p] = 0;
+        }
+      }
+      for (size_t p = 0; p < k; ++p) {
+        for (size_t j = 0; j < n; ++j) {
+          const bool zero = sparse ? p % 9 == 0 && j % 64 == (p * 7) % 64 : (p * n + j) % 5 == 0;
+          if ((zeros & 2) && zero) b[p * n + j] = 0x80000000u;  // -0
+        }
+      }
       // m = 3: a random offset (SPEC 4), including the extremes 0 and 2^23 - 1.
       const uint32_t offset = bits != 3 ? lmul::paper_offset(bits) : zeros == 0 ? 0u : zeros == 1 ? lmul::kOffsetLimit - 1u : any_offset(rng);
       const uint32_t bias = lmul::lmul_bias_for_offset(offset);
@@ -118,7 +133,7 @@ void matmul_variants() {
       const lmul::GemmVariant variant = lmul::choose_variant(ar, br, bias);
       const lmul::GemmVariant wanted[] = {lmul::GemmVariant::kAdd, lmul::GemmVariant::kAddMaskedA,
                                           lmul::GemmVariant::kAddMaskedB, lmul::GemmVariant::kAddMaskedAB};
-      check(variant == wanted[zeros], "variant chosen", static_cast<uint64_t>(variant));
+      check(variant == wanted[zeros & 3], "variant chosen", static_cast<uint64_t>(variant));
       const size_t nr = lmul::panel_width();
       if (nr == 0) continue;  // no SIMD: only the portable loop exists
       const size_t panels = (n + nr - 1) / nr;
@@ -142,6 +157,27 @@ void matmul_variants() {
       lmul::lmul_gemm_panels(variant, a.data(), a_mask.data(), lmul::PanelsView{wide.data(), nullptr}, k, n, 0, m, 0,
                              panels, got.data(), n);
       check(differing_bits(got, expected) == 0, "compact 32-bit panels", static_cast<uint64_t>(variant));
+      // The rows of each panel with a zero of B: only those test B's lanes.
+      std::vector<uint64_t> zero_rows(panels * lmul::zero_row_words(k));
+      lmul::zero_row_bits(lmul::PanelsView{wide.data(), nullptr}, k, n, nr, 0, panels, zero_rows.data());
+      size_t marked = 0, wrong_marks = 0;
+      for (size_t panel = 0; panel < panels; ++panel) {
+        for (size_t p = 0; p < k; ++p) {
+          bool zero = false;
+          for (size_t j = panel * nr; j < std::min(n, panel * nr + nr); ++j) {
+            zero |= (b[p * n + j] & lmul::kMagnitudeMask) == 0;
+          }
+          const bool bit = (zero_rows[panel * lmul::zero_row_words(k) + p / 64] >> (p % 64)) & 1u;
+          marked += bit;
+          wrong_marks += bit != zero;
+        }
+      }
+      check(wrong_marks == 0, "zero_row_bits marks the rows with a zero of B", wrong_marks);
+      check((marked > 0) == ((zeros & 2) != 0), "zero_row_bits marks some rows", marked);
+      std::fill(got.begin(), got.end(), -1.0f);
+      lmul::lmul_gemm_panels(variant, a.data(), a_mask.data(), lmul::PanelsView{wide.data(), nullptr, zero_rows.data()},
+                             k, n, 0, m, 0, panels, got.data(), n);
+      check(differing_bits(got, expected) == 0, "compact 32-bit panels, zero rows", static_cast<uint64_t>(variant));
       if (bits <= lmul::kHalfPanelMantissaBits) {
         std::vector<uint16_t> half(packed.size());
         lmul::pack_panels_compact<lmul::Float32Storage>(b_values.data(), k, n, n, 1, 23, nr, 0, panels, half.data());
@@ -157,6 +193,19 @@ void matmul_variants() {
         lmul::lmul_gemm_panels(variant, a.data(), a_mask.data(), lmul::PanelsView{nullptr, half.data()}, k, n, 0, m,
                                0, panels, got.data(), n);
         check(differing_bits(got, expected) == 0, "compact 16-bit panels", static_cast<uint64_t>(variant));
+        std::vector<uint64_t> half_zero_rows(zero_rows.size());
+        lmul::zero_row_bits(lmul::PanelsView{nullptr, half.data()}, k, n, nr, 0, panels, half_zero_rows.data());
+        check(half_zero_rows == zero_rows, "zero_row_bits of 16-bit panels");
+        // Few rows (one tile per panel, unpacked per tile) and more (widened per panel).
+        for (size_t rows : {m, size_t{5}}) {
+          std::fill(got.begin(), got.end(), -1.0f);
+          lmul::lmul_gemm_panels(variant, a.data(), a_mask.data(),
+                                 lmul::PanelsView{nullptr, half.data(), zero_rows.data()}, k, n, 0, rows, 0, panels,
+                                 got.data(), n);
+          std::vector<float> got_rows(got.begin(), got.begin() + rows * n);
+          std::vector<float> expected_rows(expected.begin(), expected.begin() + rows * n);
+          check(differing_bits(got_rows, expected_rows) == 0, "compact 16-bit panels, zero rows", rows);
+        }
       }
     }
   }
@@ -540,7 +589,8 @@ void compact_weights_of(std::mt19937& rng, int type_bits) {
           check(half ? packed->half_panels && !packed->panels : packed->panels && !packed->half_panels,
                 "16-bit panels exactly at m <= 7", static_cast<uint64_t>(bits));
           const size_t entries = (n + nr - 1) / nr * k * nr;
-          check(packed->bytes() == entries * (half ? 2 : 4), "packed bytes", packed->bytes());
+          const size_t zero_row_bytes = (n + nr - 1) / nr * lmul::zero_row_words(k) * sizeof(uint64_t);
+          check(packed->bytes() == entries * (half ? 2 : 4) + zero_row_bytes, "packed bytes", packed->bytes());
         }
         lmul::MatMulPlan plan;
         plan.m = m;
