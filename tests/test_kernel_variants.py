@@ -145,8 +145,8 @@ RUNNER = textwrap.dedent(
         "sparse_zeros": (np.where((np.arange(a.shape[1]) % 7 == 0) | (rng.random(a.shape) < 0.01), 0.0, a),
                          np.where((np.arange(b.shape[0])[:, None] % 9 == 0) & (rng.random(b.shape) < 0.05),
                                   -0.0, b)),
-        "sparse_zeros_b": (a, np.where((np.arange(b.shape[0])[:, None] % 9 == 0) & (rng.random(b.shape) < 0.05),
-                                       0.0, b)),
+        "sparse_zeros_b": (a, np.where((np.arange(b.shape[0])[:, None] % 9 == 0)
+                                       & (rng.random(b.shape) < 0.05), 0.0, b)),
         # narrow B (at most 32 columns: narrow panels), batched heads, products that overflow
         "narrow_overflow": (rng.standard_normal((3, 37, 70)) * np.float32(1e20),
                             np.where(rng.random((3, 70, 29)) < 0.2, 0.0,
