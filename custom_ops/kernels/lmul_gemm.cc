@@ -213,9 +213,36 @@ __attribute__((target("avx2"), always_inline)) inline __m256i load_b8(const uint
   return _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16);
 }
 
-// Whether row p of a panel may hold a zero of B: bit p of zero_rows (null: every row may).
-inline bool row_has_zero(const uint64_t* zero_rows, size_t p) {
-  return zero_rows == nullptr || ((zero_rows[p / 64] >> (p % 64)) & 1u) != 0;
+// Which masks k step p of an MR-row tile needs (the tiles below run each step without the
+// masks it does not need): B's tested zeros only in the rows of the panel that zero_rows
+// (zero_row_bits; null: every row) shows with a zero (quantised weights have one in about
+// 2% of their panel rows; masked adds all take the FADD pipes, and on AVX2 the lane
+// clearing costs an op per product), A's masks (0.0f or 1.0f) only where one of the
+// tile's rows has a zero at p. Where all of them have one (a causal mask's zeros in p.V),
+// the step is skipped: its products are all +-0, and adding +-0 never changes a sum that
+// starts at +0.
+struct StepMasks {
+  bool skip, mask_a, mask_b;
+};
+template <int MR, bool kMaskA, ZerosOfB kZeros>
+__attribute__((always_inline)) inline StepMasks step_masks(const float* a_mask, size_t lda, const uint64_t* zero_rows,
+                                                           size_t p) {
+  StepMasks step{false, kMaskA, kZeros != ZerosOfB::kNone};
+  if constexpr (kMaskA) {
+    uint32_t all = ~0u, any = 0;
+    for (int i = 0; i < MR; ++i) {
+      uint32_t bits;
+      std::memcpy(&bits, a_mask + i * lda + p, sizeof bits);
+      all &= bits;
+      any |= bits;
+    }
+    step.skip = any == 0;
+    step.mask_a = all == 0;
+  }
+  if constexpr (kZeros == ZerosOfB::kTested) {
+    step.mask_b = zero_rows == nullptr || ((zero_rows[p / 64] >> (p % 64)) & 1u) != 0;
+  }
+  return step;
 }
 
 // One k step (row p of the panel) of tile_avx512: NV zmm of B, one broadcast of A' per
@@ -267,12 +294,7 @@ __attribute__((target("avx512f,avx512bw"), always_inline)) inline void tile_step
 }
 
 // MR x (16 NV) tile (a panel of 64 columns, or 32 for narrow B), k steps of
-// tile_step_avx512, each without the masks it does not need: tested zeros of B only in the
-// rows of the panel that zero_rows (if given) shows with a zero (quantised weights have
-// one in about 2% of their panel rows; masked adds all take the FADD pipes), A's masks
-// only where one of the tile's rows has a zero at p; where all of them have one (a causal
-// mask's zeros in p.V), the step is skipped: its products are all +-0, and adding +-0
-// never changes a sum that starts at +0.
+// tile_step_avx512, each with the masks step_masks says it needs.
 template <int MR, int NV, bool kMaskA, ZerosOfB kZeros, class W>
 __attribute__((target("avx512f,avx512bw"))) void tile_avx512(const uint32_t* a, const float* a_mask, size_t lda,
                                                     const W* panel, const float* b_mask,
@@ -282,24 +304,13 @@ __attribute__((target("avx512f,avx512bw"))) void tile_avx512(const uint32_t* a, 
     for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
   constexpr ZerosOfB kNone = ZerosOfB::kNone;
   for (size_t p = 0; p < k; ++p) {
-    bool mask_a = kMaskA;
-    if constexpr (kMaskA) {  // A's masks are 0.0f or 1.0f
-      uint32_t all = ~0u, any = 0;
-      for (int i = 0; i < MR; ++i) {
-        uint32_t bits;
-        std::memcpy(&bits, a_mask + i * lda + p, sizeof bits);
-        all &= bits;
-        any |= bits;
-      }
-      if (any == 0) continue;
-      mask_a = all == 0;
-    }
-    const bool mask_b = kZeros != ZerosOfB::kTested || row_has_zero(zero_rows, p);
-    if (mask_a && mask_b) {
+    const StepMasks step = step_masks<MR, kMaskA, kZeros>(a_mask, lda, zero_rows, p);
+    if (step.skip) continue;
+    if (step.mask_a && step.mask_b) {
       tile_step_avx512<MR, NV, kMaskA, kZeros>(acc, a, a_mask, lda, panel, b_mask, p);
-    } else if (mask_a) {
+    } else if (step.mask_a) {
       tile_step_avx512<MR, NV, kMaskA, kNone>(acc, a, a_mask, lda, panel, b_mask, p);
-    } else if (mask_b) {
+    } else if (step.mask_b) {
       tile_step_avx512<MR, NV, false, kZeros>(acc, a, a_mask, lda, panel, b_mask, p);
     } else {
       tile_step_avx512<MR, NV, false, kNone>(acc, a, a_mask, lda, panel, b_mask, p);
@@ -309,47 +320,66 @@ __attribute__((target("avx512f,avx512bw"))) void tile_avx512(const uint32_t* a, 
     for (int v = 0; v < NV; ++v) _mm512_storeu_ps(out + i * ldo + v * 16, acc[i][v]);
 }
 
-// MR x 24 tile with AVX2: 3 ymm of B per k, MR x 3 accumulators. Without mask
-// registers, the sums of tested zeros of B are cleared to +0 before the add (adding +0
-// leaves every sum as it was: a sum that starts at +0 never becomes -0).
+// One k step (row p of the panel) of tile_avx2: 3 ymm of B, MR x 3 accumulators. Without
+// mask registers, the sums of tested zeros of B are cleared to +0 before the add (adding
+// +0 leaves every sum as it was: a sum that starts at +0 never becomes -0).
+template <int MR, bool kMaskA, ZerosOfB kZeros, class W>
+__attribute__((target("avx2,fma"), always_inline)) inline void tile_step_avx2(__m256 (&acc)[MR][3], const uint32_t* a,
+                                                                             const float* a_mask, size_t lda,
+                                                                             const W* panel, const float* b_mask,
+                                                                             size_t p) {
+  constexpr bool kFloatMaskB = kZeros == ZerosOfB::kFloatMask, kTestB = kZeros == ZerosOfB::kTested;
+  const W* bp = panel + p * 24;
+  __m256i b[3], zero[3];
+  __m256 mb[3];
+#pragma GCC unroll 3
+  for (int v = 0; v < 3; ++v) {
+    b[v] = load_b8(bp + 8 * v);
+    mb[v] = kFloatMaskB ? _mm256_loadu_ps(b_mask + p * 24 + 8 * v) : _mm256_setzero_ps();
+    zero[v] = kTestB ? _mm256_cmpeq_epi32(b[v], _mm256_setzero_si256()) : _mm256_setzero_si256();
+  }
+  for (int i = 0; i < MR; ++i) {
+    const __m256i av = _mm256_set1_epi32(static_cast<int>(a[i * lda + p]));
+    const __m256 ma = kMaskA ? _mm256_set1_ps(a_mask[i * lda + p]) : _mm256_setzero_ps();
+#pragma GCC unroll 3
+    for (int v = 0; v < 3; ++v) {
+      __m256i sum = _mm256_add_epi32(av, b[v]);
+      if (kTestB) sum = _mm256_andnot_si256(zero[v], sum);
+      const __m256 x = _mm256_castsi256_ps(sum);
+      if (kMaskA && kFloatMaskB) {
+        acc[i][v] = _mm256_fmadd_ps(x, _mm256_mul_ps(mb[v], ma), acc[i][v]);
+      } else if (kFloatMaskB) {
+        acc[i][v] = _mm256_fmadd_ps(x, mb[v], acc[i][v]);
+      } else if (kMaskA) {
+        acc[i][v] = _mm256_fmadd_ps(x, ma, acc[i][v]);
+      } else {
+        acc[i][v] = _mm256_add_ps(acc[i][v], x);
+      }
+    }
+  }
+}
+
+// MR x 24 tile with AVX2: k steps of tile_step_avx2, each with the masks step_masks says
+// it needs.
 template <int MR, bool kMaskA, ZerosOfB kZeros, class W>
 __attribute__((target("avx2,fma"))) void tile_avx2(const uint32_t* a, const float* a_mask, size_t lda, const W* panel,
                                                   const float* b_mask, const uint64_t* zero_rows, size_t k,
                                                   float* out, size_t ldo) {
-  constexpr bool kFloatMaskB = kZeros == ZerosOfB::kFloatMask;
   __m256 acc[MR][3];
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < 3; ++v) acc[i][v] = _mm256_setzero_ps();
+  constexpr ZerosOfB kNone = ZerosOfB::kNone;
   for (size_t p = 0; p < k; ++p) {
-    // (rows of the panel without a zero of B, as zero_rows shows, skip the lane clearing)
-    const bool kTestB = kZeros == ZerosOfB::kTested && row_has_zero(zero_rows, p);
-    const W* bp = panel + p * 24;
-    __m256i b[3], zero[3];
-    __m256 mb[3];
-#pragma GCC unroll 3
-    for (int v = 0; v < 3; ++v) {
-      b[v] = load_b8(bp + 8 * v);
-      mb[v] = kFloatMaskB ? _mm256_loadu_ps(b_mask + p * 24 + 8 * v) : _mm256_setzero_ps();
-      zero[v] = kTestB ? _mm256_cmpeq_epi32(b[v], _mm256_setzero_si256()) : _mm256_setzero_si256();
-    }
-    for (int i = 0; i < MR; ++i) {
-      const __m256i av = _mm256_set1_epi32(static_cast<int>(a[i * lda + p]));
-      const __m256 ma = kMaskA ? _mm256_set1_ps(a_mask[i * lda + p]) : _mm256_setzero_ps();
-#pragma GCC unroll 3
-    for (int v = 0; v < 3; ++v) {
-        __m256i sum = _mm256_add_epi32(av, b[v]);
-        if (kTestB) sum = _mm256_andnot_si256(zero[v], sum);
-        const __m256 x = _mm256_castsi256_ps(sum);
-        if (kMaskA && kFloatMaskB) {
-          acc[i][v] = _mm256_fmadd_ps(x, _mm256_mul_ps(mb[v], ma), acc[i][v]);
-        } else if (kFloatMaskB) {
-          acc[i][v] = _mm256_fmadd_ps(x, mb[v], acc[i][v]);
-        } else if (kMaskA) {
-          acc[i][v] = _mm256_fmadd_ps(x, ma, acc[i][v]);
-        } else {
-          acc[i][v] = _mm256_add_ps(acc[i][v], x);
-        }
-      }
+    const StepMasks step = step_masks<MR, kMaskA, kZeros>(a_mask, lda, zero_rows, p);
+    if (step.skip) continue;
+    if (step.mask_a && step.mask_b) {
+      tile_step_avx2<MR, kMaskA, kZeros>(acc, a, a_mask, lda, panel, b_mask, p);
+    } else if (step.mask_a) {
+      tile_step_avx2<MR, kMaskA, kNone>(acc, a, a_mask, lda, panel, b_mask, p);
+    } else if (step.mask_b) {
+      tile_step_avx2<MR, false, kZeros>(acc, a, a_mask, lda, panel, b_mask, p);
+    } else {
+      tile_step_avx2<MR, false, kNone>(acc, a, a_mask, lda, panel, b_mask, p);
     }
   }
   for (int i = 0; i < MR; ++i)
