@@ -128,6 +128,13 @@ _SELECTION_OPTIONS = (
     "(the paper's 'every multiplication'; by default they stay exact: L-Mul only adds error there).",
 )
 @click.option(
+    "--fold-pad/--no-fold-pad",
+    default=True,
+    show_default=True,
+    help="Fold zero Pad nodes into the pads of the LMulConv nodes they feed (same outputs, faster: "
+    "onnxruntime fuses Pad only into its own Conv).",
+)
+@click.option(
     "--plan",
     "plan_path",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -156,6 +163,7 @@ def convert(
     dim: tuple[str, ...],
     portable: bool,
     every_product: bool,
+    fold_pad: bool,
     plan_path: Path | None,
     dry_run: bool,
     json_path: str | None,
@@ -238,6 +246,7 @@ def convert(
             portable=portable,
             overwrite=overwrite,
             external_data=external_data,
+            fold_pads=fold_pad,
         )
     except (ModelLoadError, OutputPathError, ValueError) as error:
         raise InputError(str(error)) from None
