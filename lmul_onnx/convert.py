@@ -237,13 +237,13 @@ def convert_model(
     offsets: OffsetOptions | None = None,
     calibration: CalibrationOptions | None = None,
     path: Path | None = None,
-    fold_pads: bool = True,
+    fold_pads: bool = False,
     folded: list[str] | None = None,
 ) -> list[NodeRecord]:
     """Rewrite ``model`` in place (unless ``dry_run``); return the per-node records.
-    ``fold_pads``: fold zero ``Pad`` nodes into the ``LMulConv`` nodes they feed
-    (:mod:`lmul_onnx.passes.fold_pad`; the same values, faster); their names are appended
-    to ``folded`` when given.
+    ``fold_pads`` (on in :func:`convert` and :func:`convert_file`): fold zero ``Pad`` nodes
+    into the ``LMulConv`` nodes they feed (:mod:`lmul_onnx.passes.fold_pad`; the same
+    values, faster), which removes nodes; their names are appended to ``folded`` when given.
     ``types``: the model's :func:`lmul_onnx.graph.infer` result (inferred when not given).
     Where an offset choice is ``auto``, the unchanged model is first run on the
     ``calibration`` inputs (default: one generated sample) to calibrate the nodes that
