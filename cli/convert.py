@@ -172,7 +172,8 @@ def convert(
     """Rewrite MatMul/Gemm/Mul/Conv/ConvTranspose nodes of INPUT_MODEL into the `lmul` op domain.
 
     Only float32/float16/bfloat16 nodes are rewritten; node names, inputs, outputs,
-    initializers, metadata, IR and opset versions stay as exported. Subgraphs
+    initializers, metadata, IR and opset versions stay as exported (zero Pad nodes
+    that feed only converted Convs are folded into their pads unless --no-fold-pad). Subgraphs
     (If/Loop/Scan) and model-local functions are walked. Converting twice changes
     nothing. The output is never the input or a file it reads; an existing output is
     replaced only with --overwrite; every file written is named.
