@@ -247,3 +247,50 @@ def test_efficientnet_folds_every_pad_with_the_same_bits(tmp_path: Path) -> None
     (a,) = run(onnx.load(folded), {"input": photos})
     (b,) = run(onnx.load(kept), {"input": photos})
     assert np.array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
+def test_folds_inside_functions_and_subgraphs() -> None:
+    """A Pad -> Conv pair in a model-local function body and in an If branch."""
+    inner = pad_conv_model()
+    body = list(inner.graph.node)
+    pads = onnx.helper.make_node(
+        "Constant", [], ["pads"], value=numpy_helper.from_array(np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64))
+    )
+    function = helper.make_function(
+        "local", "PadConv", ["x", "w", "b"], ["y"], [pads, *body], [helper.make_opsetid("", 17)]
+    )
+    weights = [i for i in inner.graph.initializer if i.name in ("w", "b")]
+    branch = helper.make_graph(
+        [helper.make_node("Constant", [], ["pads"], value=pads.attribute[0].t), *body],
+        "branch",
+        [],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    nodes = [
+        helper.make_node("PadConv", ["x", "w", "b"], ["y_f"], domain="local", name="call"),
+        helper.make_node("If", ["flag"], ["y_if"], name="if", then_branch=branch, else_branch=branch),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, X_SHAPE),
+            helper.make_tensor_value_info("flag", TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y_f", "y_if")],
+        weights,
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)],
+        functions=[function],
+        ir_version=IR_VERSION,
+    )
+    folded = lmul_onnx.convert(model)
+    kept = lmul_onnx.convert(model, fold_pads=False)
+    assert [n.op_type for n in folded.functions[0].node] == ["LMulConv"]
+    then_branch = next(a.g for a in folded.graph.node[1].attribute if a.name == "then_branch")
+    assert [n.op_type for n in then_branch.node] == ["LMulConv"]
+    feeds = {"x": feeds_for(model)["x"], "flag": np.array(True)}
+    for a, b in zip(run(folded, feeds), run(kept, feeds), strict=True):
+        assert np.array_equal(a.view(np.uint32), b.view(np.uint32))
