@@ -136,9 +136,13 @@ def _run_node(node: ir.Node, inputs: list[np.ndarray | None], opset: int) -> lis
 
 
 def _is_positive_zero(values: np.ndarray | None) -> bool:
-    if values is None or values.size > 1 or values.dtype.kind not in "fiu":
+    """True for a scalar (or one-element) +0 of any numeric type, bfloat16 included."""
+    if values is None or values.size > 1:
         return False
-    flat = values.astype(np.float64).reshape(-1)
+    try:
+        flat = values.astype(np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        return False
     return bool(np.all(flat == 0) and not np.any(np.signbit(flat)))
 
 
