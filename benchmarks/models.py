@@ -2,7 +2,7 @@
 
     python benchmarks/models.py [--model models/build/smollm2.onnx] [--ops MatMul,Gemm]
                                 [--mantissa-bits 4] [--threads 1,2] [--tokens 128] [--decode 64]
-                                [--prompt 16] [--rounds 3] [--profile DIR] [--cpu-time] [--unfolded]
+                                [--prompt 16] [--rounds 3] [--profile DIR] [--cpu-time] [--folded]
                                 [--json out.json]
 
 Two measurements per thread count, each original and converted interleaved over --rounds
@@ -16,8 +16,9 @@ rounds, the fastest round kept (on a shared machine load only ever adds time):
   is for that loop, not for a decoder with a cache. Each step's length is the same for
   both models whichever tokens they pick; the script says how many tokens agree.
 
---unfolded also times the conversion made with ``fold_pads=False`` (convert --no-fold-pad:
-every ``Pad`` kept before its LMulConv) as a third side, "unfolded", in the same rounds.
+--folded also times the conversion made with ``fold_pads=True`` (convert --fold-pad: zero
+``Pad`` nodes folded into the LMulConv nodes they feed) as a third side, "folded", in the
+same rounds.
 
 --profile DIR turns on onnxruntime's profiler (SessionOptions.enable_profiling) for one
 extra forward run of each side and prints where the time went per op type, so that what
@@ -161,7 +162,7 @@ def main() -> None:
         help="time with this process's CPU time instead of wall time (for a loaded machine, 1 thread)",
     )
     parser.add_argument(
-        "--unfolded", action="store_true", help="also time the conversion without Pad folding (--no-fold-pad)"
+        "--folded", action="store_true", help="also time the conversion with Pad folding (--fold-pad)"
     )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -172,7 +173,7 @@ def main() -> None:
     original = onnx.load(args.model).SerializeToString()
     started = time.perf_counter()
     models = {"original": original}
-    for name, fold_pads in [("converted", True)] + ([("unfolded", False)] if args.unfolded else []):
+    for name, fold_pads in [("converted", False)] + ([("folded", True)] if args.folded else []):
         try:
             converted = lmul_onnx.convert(
                 str(args.model),
@@ -224,17 +225,17 @@ def main() -> None:
             "forward_converted_ms": 1e3 * forward["converted"],
             "forward_ratio": forward["original"] / forward["converted"],
         }
-        if "unfolded" in forward:
-            row["forward_unfolded_ms"] = 1e3 * forward["unfolded"]
-            row["forward_unfolded_ratio"] = forward["original"] / forward["unfolded"]
+        if "folded" in forward:
+            row["forward_folded_ms"] = 1e3 * forward["folded"]
+            row["forward_folded_ratio"] = forward["original"] / forward["folded"]
         print(
             f"forward {args.tokens} tokens, {threads} thread(s): "
             f"original {row['forward_original_ms']:.1f} ms, converted {row['forward_converted_ms']:.1f} ms, "
             f"ratio {row['forward_ratio']:.2f}"
             + (
-                f"; unfolded (Pad kept) {row['forward_unfolded_ms']:.1f} ms, "
-                f"ratio {row['forward_unfolded_ratio']:.2f}"
-                if "unfolded" in forward
+                f"; folded (--fold-pad) {row['forward_folded_ms']:.1f} ms, "
+                f"ratio {row['forward_folded_ratio']:.2f}"
+                if "folded" in forward
                 else ""
             ),
             flush=True,

@@ -241,9 +241,10 @@ def convert_model(
     folded: list[str] | None = None,
 ) -> list[NodeRecord]:
     """Rewrite ``model`` in place (unless ``dry_run``); return the per-node records.
-    ``fold_pads`` (on in :func:`convert` and :func:`convert_file`): fold zero ``Pad`` nodes
-    into the ``LMulConv`` nodes they feed (:mod:`lmul_onnx.passes.fold_pad`; the same
-    values, faster), which removes nodes; their names are appended to ``folded`` when given.
+    ``fold_pads``: fold zero ``Pad`` nodes into the ``LMulConv`` nodes they feed
+    (:mod:`lmul_onnx.passes.fold_pad`; the same values, faster), which removes nodes (an
+    opt-in exception to SPEC section 3's "keeps node names"); their names are appended to
+    ``folded`` when given.
     ``types``: the model's :func:`lmul_onnx.graph.infer` result (inferred when not given).
     Where an offset choice is ``auto``, the unchanged model is first run on the
     ``calibration`` inputs (default: one generated sample) to calibrate the nodes that
@@ -295,7 +296,7 @@ def convert_file(
     calibration: CalibrationOptions | None = None,
     portable: bool = False,
     external_data: bool = False,
-    fold_pads: bool = True,
+    fold_pads: bool = False,
 ) -> ConversionReport:
     """Convert a model file into another file; the function behind ``lmul-onnx convert``.
 
@@ -395,7 +396,7 @@ def convert(
     plan: str | os.PathLike[str] | Plan | None = None,
     portable: bool = False,
     external_data: bool = False,
-    fold_pads: bool = True,
+    fold_pads: bool = False,
 ) -> onnx.ModelProto:
     """Rewrite the MatMul / Gemm / Mul / Conv / ConvTranspose nodes of a model into L-Mul ops.
 
@@ -438,7 +439,9 @@ def convert(
             the converted model then takes less resident memory.
         fold_pads: fold each zero ``Pad`` that feeds only converted ``LMulConv`` nodes
             into their ``pads`` attribute and remove it (:mod:`lmul_onnx.passes.fold_pad`):
-            bit-identical outputs, one copy of the activations fewer.
+            bit-identical outputs, one copy of the activations fewer. Off by default:
+            SPEC section 3 has a rewritten model keep every node name, and this removes
+            the folded ``Pad`` nodes.
 
     Returns:
         The converted model as an ``onnx.ModelProto``. Models with external data are

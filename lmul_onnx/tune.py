@@ -896,9 +896,7 @@ def tune(
             )
         else:
             result_model = ir.from_proto(proto)
-            convert_model(
-                result_model, plan.selection_options(), offsets=plan.offset_options(), fold_pads=True
-            )
+            convert_model(result_model, plan.selection_options(), offsets=plan.offset_options())
             save_model(result_model, output_path, overwrite=overwrite)
         written = os.fspath(output_path)
     if plan_path is not None:

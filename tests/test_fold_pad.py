@@ -129,8 +129,8 @@ def feeds_for(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 def assert_same_outputs(model: onnx.ModelProto, **options: Any) -> onnx.ModelProto:
     """Convert with and without folding: bit-identical outputs; the folded model returned."""
-    folded = lmul_onnx.convert(model, **options)
-    kept = lmul_onnx.convert(model, fold_pads=False, **options)
+    folded = lmul_onnx.convert(model, fold_pads=True, **options)
+    kept = lmul_onnx.convert(model, **options)
     assert any(n.op_type == "Pad" for n in kept.graph.node)
     feeds = feeds_for(model)
     for a, b in zip(run(folded, feeds), run(kept, feeds), strict=True):
@@ -195,7 +195,7 @@ KEPT = {
 @pytest.mark.parametrize("name", sorted(KEPT))
 def test_keeps_pads_it_cannot_fold(name: str) -> None:
     model = pad_conv_model(**KEPT[name])
-    converted = lmul_onnx.convert(model)
+    converted = lmul_onnx.convert(model, fold_pads=True)
     assert "Pad" in op_types(converted) and "LMulConv" in op_types(converted)
     assert onnx.printer.to_text(converted.graph) == onnx.printer.to_text(
         lmul_onnx.convert(model, fold_pads=False).graph
@@ -204,24 +204,25 @@ def test_keeps_pads_it_cannot_fold(name: str) -> None:
 
 def test_only_converted_convolutions_take_the_pads() -> None:
     model = pad_conv_model()
-    assert "Pad" in op_types(lmul_onnx.convert(model, nodes_to_exclude=["^conv$"]))
-    assert "Pad" in op_types(lmul_onnx.convert(model, op_types_to_quantize=["MatMul"]))
-    twice = lmul_onnx.convert(lmul_onnx.convert(model, fold_pads=False))  # LMulConv nodes already
+    assert "Pad" in op_types(lmul_onnx.convert(model, nodes_to_exclude=["^conv$"], fold_pads=True))
+    assert "Pad" in op_types(lmul_onnx.convert(model, op_types_to_quantize=["MatMul"], fold_pads=True))
+    assert "Pad" in op_types(lmul_onnx.convert(model))  # off by default (SPEC section 3 keeps nodes)
+    twice = lmul_onnx.convert(lmul_onnx.convert(model), fold_pads=True)  # LMulConv nodes already
     assert "Pad" not in op_types(twice)
 
 
-def test_cli_reports_and_turns_off_folding(tmp_path: Path) -> None:
+def test_cli_folds_on_request(tmp_path: Path) -> None:
     source = tmp_path / "model.onnx"
     onnx.save(pad_conv_model(source="computed"), source)
     runner = CliRunner()
-    result = runner.invoke(main, ["convert", str(source), "-q"])
+    result = runner.invoke(main, ["convert", str(source), "--fold-pad", "-q"])
     assert result.exit_code == 0, result.output
     assert "folded 1 Pad node(s) into the LMulConv nodes they feed" in result.output
-    result = runner.invoke(main, ["convert", str(source), "--dry-run", "--json", "-"])
+    result = runner.invoke(main, ["convert", str(source), "--fold-pad", "--dry-run", "--json", "-"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["folded_pads"] == ["pad"]
     out = tmp_path / "kept.onnx"
-    result = runner.invoke(main, ["convert", str(source), "-o", str(out), "--no-fold-pad", "--json", "-"])
+    result = runner.invoke(main, ["convert", str(source), "-o", str(out), "--json", "-"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["folded_pads"] == []
     assert "Pad" in op_types(onnx.load(out))
@@ -239,8 +240,8 @@ def test_cli_reports_and_turns_off_folding(tmp_path: Path) -> None:
 @pytest.mark.skipif(not EFFICIENTNET.is_file(), reason="models/build/efficientnet.onnx not exported")
 def test_efficientnet_folds_every_pad_with_the_same_bits(tmp_path: Path) -> None:
     folded, kept = tmp_path / "folded.onnx", tmp_path / "kept.onnx"
-    report = convert_file(EFFICIENTNET, folded, SelectionOptions())
-    convert_file(EFFICIENTNET, kept, SelectionOptions(), fold_pads=False)
+    report = convert_file(EFFICIENTNET, folded, SelectionOptions(), fold_pads=True)
+    convert_file(EFFICIENTNET, kept, SelectionOptions())
     assert len(report.folded_pads) == 17
     assert "Pad" not in op_types(onnx.load(folded))
     photos = np.load(EFFICIENTNET.with_name("efficientnet-photos.npz"))["input"][:2]
@@ -286,8 +287,8 @@ def test_folds_inside_functions_and_subgraphs() -> None:
         functions=[function],
         ir_version=IR_VERSION,
     )
-    folded = lmul_onnx.convert(model)
-    kept = lmul_onnx.convert(model, fold_pads=False)
+    folded = lmul_onnx.convert(model, fold_pads=True)
+    kept = lmul_onnx.convert(model)
     assert [n.op_type for n in folded.functions[0].node] == ["LMulConv"]
     then_branch = next(a.g for a in folded.graph.node[1].attribute if a.name == "then_branch")
     assert [n.op_type for n in then_branch.node] == ["LMulConv"]
