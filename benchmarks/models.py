@@ -2,7 +2,8 @@
 
     python benchmarks/models.py [--model models/build/smollm2.onnx] [--ops MatMul,Gemm]
                                 [--mantissa-bits 4] [--threads 1,2] [--tokens 128] [--decode 64]
-                                [--prompt 16] [--rounds 3] [--profile DIR] [--cpu-time] [--json out.json]
+                                [--prompt 16] [--rounds 3] [--profile DIR] [--cpu-time] [--folded]
+                                [--json out.json]
 
 Two measurements per thread count, each original and converted interleaved over --rounds
 rounds, the fastest round kept (on a shared machine load only ever adds time):
@@ -14,6 +15,10 @@ rounds, the fastest round kept (on a shared machine load only ever adds time):
   exported SmolLM2 has none) every step re-runs the whole, growing sequence: the figure
   is for that loop, not for a decoder with a cache. Each step's length is the same for
   both models whichever tokens they pick; the script says how many tokens agree.
+
+--folded also times the conversion made with ``fold_pads=True`` (convert --fold-pad: zero
+``Pad`` nodes folded into the LMulConv nodes they feed) as a third side, "folded", in the
+same rounds.
 
 --profile DIR turns on onnxruntime's profiler (SessionOptions.enable_profiling) for one
 extra forward run of each side and prints where the time went per op type, so that what
@@ -156,6 +161,9 @@ def main() -> None:
         action="store_true",
         help="time with this process's CPU time instead of wall time (for a loaded machine, 1 thread)",
     )
+    parser.add_argument(
+        "--folded", action="store_true", help="also time the conversion with Pad folding (--fold-pad)"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     clock = time.process_time if args.cpu_time else time.perf_counter
@@ -164,17 +172,22 @@ def main() -> None:
 
     original = onnx.load(args.model).SerializeToString()
     started = time.perf_counter()
-    try:
-        converted = lmul_onnx.convert(
-            str(args.model), op_types_to_quantize=args.ops.split(","), mantissa_bits=args.mantissa_bits
-        )
-    except ValueError as error:  # an unknown op type, mantissa bits out of range
-        parser.exit(2, f"error: {error}\n")
-    # Weights that stay in the original's external data file are read in from there.
-    onnx.external_data_helper.load_external_data_for_model(converted, str(args.model.parent))
-    converted_nodes = sum(1 for n in converted.graph.node if n.domain == lmul_onnx.DOMAIN)
-    converted_bytes = converted.SerializeToString()
-    del converted
+    models = {"original": original}
+    for name, fold_pads in [("converted", False)] + ([("folded", True)] if args.folded else []):
+        try:
+            converted = lmul_onnx.convert(
+                str(args.model),
+                op_types_to_quantize=args.ops.split(","),
+                mantissa_bits=args.mantissa_bits,
+                fold_pads=fold_pads,
+            )
+        except ValueError as error:  # an unknown op type, mantissa bits out of range
+            parser.exit(2, f"error: {error}\n")
+        # Weights that stay in the original's external data file are read in from there.
+        onnx.external_data_helper.load_external_data_for_model(converted, str(args.model.parent))
+        converted_nodes = sum(1 for n in converted.graph.node if n.domain == lmul_onnx.DOMAIN)
+        models[name] = converted.SerializeToString()
+        del converted
     load = os.getloadavg()[0]
     print(
         f"CPU: {cpu_name()}; onnxruntime {ort.__version__}; load {load:.1f}; {args.model.name}: "
@@ -190,7 +203,7 @@ def main() -> None:
             name: lmul_onnx.InferenceSession(
                 data, session_options(threads, args.profile / f"{name}-{threads}t" if args.profile else None)
             )
-            for name, data in (("original", original), ("converted", converted_bytes))
+            for name, data in models.items()
         }
         rng = np.random.default_rng(0)
         feeds = feeds_for(sides["original"], args.tokens, rng)
@@ -212,16 +225,26 @@ def main() -> None:
             "forward_converted_ms": 1e3 * forward["converted"],
             "forward_ratio": forward["original"] / forward["converted"],
         }
+        if "folded" in forward:
+            row["forward_folded_ms"] = 1e3 * forward["folded"]
+            row["forward_folded_ratio"] = forward["original"] / forward["folded"]
         print(
             f"forward {args.tokens} tokens, {threads} thread(s): "
             f"original {row['forward_original_ms']:.1f} ms, converted {row['forward_converted_ms']:.1f} ms, "
-            f"ratio {row['forward_ratio']:.2f}",
+            f"ratio {row['forward_ratio']:.2f}"
+            + (
+                f"; folded (--fold-pad) {row['forward_folded_ms']:.1f} ms, "
+                f"ratio {row['forward_folded_ratio']:.2f}"
+                if "folded" in forward
+                else ""
+            ),
             flush=True,
         )
         names = {i.name for i in sides["original"].get_inputs()}
         if args.decode and names == {"input_ids"}:
             prompt = rng.integers(1000, 3000, (1, args.prompt)).astype(np.int64)
-            row.update(time_decoding(sides, prompt, args.decode, args.rounds, clock))
+            pair = {name: sides[name] for name in ("original", "converted")}
+            row.update(time_decoding(pair, prompt, args.decode, args.rounds, clock))
             print(
                 f"decode {args.decode} greedy tokens after {args.prompt} (no KV cache: each step re-runs "
                 f"the sequence), {threads} thread(s): "

@@ -128,6 +128,14 @@ _SELECTION_OPTIONS = (
     "(the paper's 'every multiplication'; by default they stay exact: L-Mul only adds error there).",
 )
 @click.option(
+    "--fold-pad/--no-fold-pad",
+    default=False,
+    show_default=True,
+    help="Fold zero Pad nodes into the pads of the LMulConv nodes they feed and remove them (same "
+    "outputs, faster: onnxruntime fuses Pad only into its own Conv; off by default because SPEC §3 "
+    "keeps every node of the exported graph).",
+)
+@click.option(
     "--plan",
     "plan_path",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -156,6 +164,7 @@ def convert(
     dim: tuple[str, ...],
     portable: bool,
     every_product: bool,
+    fold_pad: bool,
     plan_path: Path | None,
     dry_run: bool,
     json_path: str | None,
@@ -164,7 +173,8 @@ def convert(
     """Rewrite MatMul/Gemm/Mul/Conv/ConvTranspose nodes of INPUT_MODEL into the `lmul` op domain.
 
     Only float32/float16/bfloat16 nodes are rewritten; node names, inputs, outputs,
-    initializers, metadata, IR and opset versions stay as exported. Subgraphs
+    initializers, metadata, IR and opset versions stay as exported (with --fold-pad, zero Pad
+    nodes that feed only converted Convs are folded into their pads and removed). Subgraphs
     (If/Loop/Scan) and model-local functions are walked. Converting twice changes
     nothing. The output is never the input or a file it reads; an existing output is
     replaced only with --overwrite; every file written is named.
@@ -238,6 +248,7 @@ def convert(
             portable=portable,
             overwrite=overwrite,
             external_data=external_data,
+            fold_pads=fold_pad,
         )
     except (ModelLoadError, OutputPathError, ValueError) as error:
         raise InputError(str(error)) from None

@@ -23,6 +23,7 @@ from lmul_onnx.calibration import CalibrationOptions, calibrate
 from lmul_onnx.graph import ModelInput, ModelLoadError
 from lmul_onnx.ops import SUPPORTED_OPS
 from lmul_onnx.output_paths import check_output, staged_files
+from lmul_onnx.passes.fold_pad import FoldPadPass
 from lmul_onnx.passes.offsets import (
     AUTO,
     Choice,
@@ -51,6 +52,7 @@ class ConversionReport:
     energy: dict[str, Any] | None = None  # lmul_onnx.energy.count of the result (not on dry runs)
     written: list[str] = field(default_factory=list)
     portable: str | None = None  # what --portable changed (lmul_onnx.portable)
+    folded_pads: list[str] = field(default_factory=list)  # Pad nodes folded into LMulConv pads
 
     @property
     def converted(self) -> list[NodeRecord]:
@@ -77,6 +79,7 @@ class ConversionReport:
             "dry_run": self.dry_run,
             "converted": len(self.converted),
             "portable": self.portable,
+            "folded_pads": self.folded_pads,
             "ops": self.per_op(),
             "offsets": self.offsets(),
             "nodes": [
@@ -128,6 +131,9 @@ class ConversionReport:
             lines.append(f"{op:<12} {entry['found']:>6} {entry['converted']:>10}  {skipped or '-'}")
         verb = "would convert" if self.dry_run else "converted"
         lines.append(f"{verb} {len(self.converted)} of {len(self.nodes)} candidate nodes")
+        if self.folded_pads:
+            verb = "would fold" if self.dry_run else "folded"
+            lines.append(f"{verb} {len(self.folded_pads)} Pad node(s) into the LMulConv nodes they feed")
         calibrated: dict[int, list[int]] = {}
         for entry in self.offsets():
             if entry["choice"] == AUTO:
@@ -231,8 +237,14 @@ def convert_model(
     offsets: OffsetOptions | None = None,
     calibration: CalibrationOptions | None = None,
     path: Path | None = None,
+    fold_pads: bool = False,
+    folded: list[str] | None = None,
 ) -> list[NodeRecord]:
     """Rewrite ``model`` in place (unless ``dry_run``); return the per-node records.
+    ``fold_pads``: fold zero ``Pad`` nodes into the ``LMulConv`` nodes they feed
+    (:mod:`lmul_onnx.passes.fold_pad`; the same values, faster), which removes nodes (an
+    opt-in exception to SPEC section 3's "keeps node names"); their names are appended to
+    ``folded`` when given.
     ``types``: the model's :func:`lmul_onnx.graph.infer` result (inferred when not given).
     Where an offset choice is ``auto``, the unchanged model is first run on the
     ``calibration`` inputs (default: one generated sample) to calibrate the nodes that
@@ -262,6 +274,12 @@ def convert_model(
     rewrite(model)
     offset_pass = LMulOffsetPass(offsets, converted, dry_run=dry_run, calibrated=calibrated)
     offset_pass(model)
+    if fold_pads:
+        convs = [node for node, record in converted if record.new_op_type == "LMulConv"]
+        fold = FoldPadPass(convs, dry_run=dry_run)
+        fold(model)
+        if folded is not None:
+            folded.extend(fold.result.folded)
     return offset_pass.annotate(rewrite.result.records)
 
 
@@ -278,6 +296,7 @@ def convert_file(
     calibration: CalibrationOptions | None = None,
     portable: bool = False,
     external_data: bool = False,
+    fold_pads: bool = False,
 ) -> ConversionReport:
     """Convert a model file into another file; the function behind ``lmul-onnx convert``.
 
@@ -290,7 +309,7 @@ def convert_file(
     ``calibration``: the inputs of ``auto`` offsets (see :func:`convert_model`).
     ``portable`` adds the standard-op bodies of :mod:`lmul_onnx.portable`.
     ``external_data`` writes the weights to ``<output>.data`` even when the input
-    embeds them (see :func:`convert`).
+    embeds them (see :func:`convert`). ``fold_pads``: see :func:`convert_model`.
     """
     model, model_path = graph.load(input_path)
     source = os.fspath(input_path)
@@ -306,6 +325,7 @@ def convert_file(
         )
     energy.unbound_dims(model, dims or {})
     types = graph.infer(model, dims or {})
+    folded: list[str] = []
     records = convert_model(
         model,
         options,
@@ -315,8 +335,10 @@ def convert_file(
         offsets=offsets,
         calibration=calibration,
         path=model_path,
+        fold_pads=fold_pads,
+        folded=folded,
     )
-    report = ConversionReport(source, None if dry_run else str(target), dry_run, records)
+    report = ConversionReport(source, None if dry_run else str(target), dry_run, records, folded_pads=folded)
     if not dry_run:
         report.energy = energy.count(model, types, dims=dims)
         if portable:
@@ -374,6 +396,7 @@ def convert(
     plan: str | os.PathLike[str] | Plan | None = None,
     portable: bool = False,
     external_data: bool = False,
+    fold_pads: bool = False,
 ) -> onnx.ModelProto:
     """Rewrite the MatMul / Gemm / Mul / Conv / ConvTranspose nodes of a model into L-Mul ops.
 
@@ -414,6 +437,11 @@ def convert(
             onnxruntime memory-maps such weights, and the ``lmul`` kernels, which keep
             their own packed copy, let the pages of onnxruntime's copy be reclaimed:
             the converted model then takes less resident memory.
+        fold_pads: fold each zero ``Pad`` that feeds only converted ``LMulConv`` nodes
+            into their ``pads`` attribute and remove it (:mod:`lmul_onnx.passes.fold_pad`):
+            bit-identical outputs, one copy of the activations fewer. Off by default:
+            SPEC section 3 has a rewritten model keep every node name, and this removes
+            the folded ``Pad`` nodes.
 
     Returns:
         The converted model as an ``onnx.ModelProto``. Models with external data are
@@ -455,10 +483,13 @@ def convert(
             overwrite=overwrite,
             portable=portable,
             external_data=external_data,
+            fold_pads=fold_pads,
         )
         return onnx.load(os.fspath(output_path), load_external_data=False)
     ir_model, ir_path = graph.load(model)  # a ModelProto is deserialised, so it stays untouched
-    convert_model(ir_model, options, offsets=offsets, calibration=calibration, path=ir_path)
+    convert_model(
+        ir_model, options, offsets=offsets, calibration=calibration, path=ir_path, fold_pads=fold_pads
+    )
     if portable:
         ir_model, _ = make_portable(ir_model)
     if output_path is not None:

@@ -183,12 +183,22 @@ def assert_same_bits(result: np.ndarray, expected: np.ndarray) -> None:
     )
 
 
-# Rounding of the final value to the tensor type: half an ulp, relative.
+# SPEC 2: the float32 sum is converted to the tensor type once, round-to-nearest-even: an
+# error of at most half an ulp, which is 2^-p relative for normal results and half the
+# subnormal spacing absolute below them (float16: 2^-25, as 2^-24 is its smallest subnormal;
+# float32 results are the sum itself, its subnormals exact). (relative, absolute) per type.
 TYPE_ROUNDING = {
-    np.dtype(np.float32): 2.0**-24,
-    np.dtype(np.float16): 2.0**-11,
-    np.dtype(ml_dtypes.bfloat16): 2.0**-8,
+    np.dtype(np.float32): (2.0**-24, 0.0),
+    np.dtype(np.float16): (2.0**-11, 2.0**-25),
+    np.dtype(ml_dtypes.bfloat16): (2.0**-8, 2.0**-134),
 }
+
+
+def rounding_bound(dtype: np.dtype, expected64: np.ndarray, tolerance: np.ndarray | float) -> np.ndarray:
+    """The largest error the final rounding to ``dtype`` adds (SPEC 2) to a float32 value
+    within ``tolerance`` of ``expected64``: half an ulp of that value, subnormals included."""
+    relative, absolute = TYPE_ROUNDING[np.dtype(dtype)]
+    return relative * (np.abs(expected64) + tolerance) + absolute
 
 
 def sum_tolerance(a: np.ndarray, b: np.ndarray, m: int | None, inner: int) -> np.ndarray:
@@ -200,9 +210,8 @@ def sum_tolerance(a: np.ndarray, b: np.ndarray, m: int | None, inner: int) -> np
 
 def assert_close_to_reference(result: np.ndarray, expected64: np.ndarray, tolerance: np.ndarray) -> None:
     assert result.shape == expected64.shape, (result.shape, expected64.shape)
-    rounding = TYPE_ROUNDING[result.dtype] * np.abs(expected64)
     error = np.abs(result.astype(np.float64) - expected64)
-    bound = tolerance + rounding + 1e-30
+    bound = tolerance + rounding_bound(result.dtype, expected64, tolerance) + 1e-30
     assert np.all(error <= bound), f"max error/bound {np.max(error / bound):.3g}"
 
 

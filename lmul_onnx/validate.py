@@ -17,6 +17,7 @@ the report names the first converted node, in graph order, whose output holds th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -249,18 +250,35 @@ def open_session(
 
 def converted_nodes(original: ir.Model, converted: ir.Model) -> list[graph.NodeEntry]:
     """The ``lmul`` nodes of ``converted`` (wherever they sit), each checked against the
-    node at the same place in ``original``: the standard op it replaces."""
+    node at the same place in ``original``: the standard op it replaces. The same place is
+    the node with the same first output in the same graph or function (a conversion keeps
+    output names, and folding a ``Pad`` removes nodes before it), else the same position;
+    each entry is returned with the original node's key."""
     entries = [e for e in graph.walk(converted) if e.node.domain == DOMAIN]
-    originals = graph.find(original, {e.key for e in entries})
+    originals = list(graph.walk(original))
+    by_key = {e.key: e for e in originals}
+    by_output: dict[tuple[Any, str], graph.NodeEntry] = {}
+    for each in originals:
+        if each.node.outputs and each.node.outputs[0].name:
+            by_output.setdefault((_scope(each), each.node.outputs[0].name), each)
+    matched = []
     for entry in entries:
-        source = originals.get(entry.key)
+        output = entry.node.outputs[0].name if entry.node.outputs else None
+        source = by_output.get((_scope(entry), output)) if output else None
+        source = source or by_key.get(entry.key)
         expected = LMUL_TO_STANDARD.get(entry.node.op_type)
         if source is None or graph.standard_op(source.node) != expected or source.node.domain == DOMAIN:
             raise ValidationInputError(
                 f"the converted model does not match the original: its node {entry.name} "
                 f"({entry.node.op_type}) has no {expected} at the same place in the original"
             )
-    return entries
+        matched.append(dataclasses.replace(entry, key=source.key))
+    return matched
+
+
+def _scope(entry: graph.NodeEntry) -> Any:
+    """The function whose body holds the node (``None``: the main graph or its subgraphs)."""
+    return entry.function.identifier() if entry.function is not None else None
 
 
 def _not_measured(entry: graph.NodeEntry) -> dict[str, Any]:

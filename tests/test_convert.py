@@ -228,14 +228,19 @@ def test_subgraphs_and_functions_are_walked(rng: np.random.Generator) -> None:
     assert np.allclose(native, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_external_data_gets_its_own_file(tmp_path: Path, rng: np.random.Generator) -> None:
-    weight = rng.standard_normal((64, 32)).astype(np.float32)
-    model = make(
+def _matmul_against(weight: np.ndarray) -> onnx.ModelProto:
+    """x (2 x K) @ the constant ``weight`` (K x N)."""
+    return make(
         [helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")],
-        [tensor("x", shape=[2, 64])],
-        [tensor("y", shape=[2, 32])],
+        [tensor("x", shape=[2, weight.shape[0]])],
+        [tensor("y", shape=[2, weight.shape[1]])],
         [numpy_helper.from_array(weight, "W")],
     )
+
+
+def test_external_data_gets_its_own_file(tmp_path: Path, rng: np.random.Generator) -> None:
+    weight = rng.standard_normal((64, 32)).astype(np.float32)
+    model = _matmul_against(weight)
     source = tmp_path / "big.onnx"
     onnx.save(model, source, save_as_external_data=True, location="big.onnx.data", size_threshold=0)
     before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.iterdir()}
@@ -264,12 +269,7 @@ def test_external_data_on_request(tmp_path: Path, rng: np.random.Generator) -> N
     """An embedded model's weights go to <output>.data with external_data=True; the
     converted model computes the same bits as the embedded conversion."""
     weight = rng.standard_normal((64, 32)).astype(np.float32)
-    model = make(
-        [helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")],
-        [tensor("x", shape=[2, 64])],
-        [tensor("y", shape=[2, 32])],
-        [numpy_helper.from_array(weight, "W")],
-    )
+    model = _matmul_against(weight)
     source = tmp_path / "m.onnx"
     onnx.save(model, source)
     lmul_onnx.convert(source, tmp_path / "embedded.onnx", mantissa_bits=4)

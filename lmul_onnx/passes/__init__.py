@@ -7,4 +7,5 @@
 * :mod:`rewrite` -- the in-place pass that swaps selected nodes into the ``lmul`` domain,
   in the main graph, every subgraph and every model-local function.
 * :mod:`offsets` -- the SPEC section 4 ``offset`` of the nodes a rewrite converted.
+* :mod:`fold_pad` -- folds zero ``Pad`` nodes into the ``pads`` of the ``LMulConv`` nodes they feed.
 """
