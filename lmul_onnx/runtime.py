@@ -159,11 +159,11 @@ def _check_domain(source: str | bytes) -> None:
 
 def _to_ort_value(array: np.ndarray) -> ort.OrtValue | np.ndarray:
     """numpy arrays go through as they are, except bfloat16, which onnxruntime's numpy
-    bridge does not know: it travels as raw 16-bit patterns tagged BFLOAT16."""
+    bridge does not know: it travels as raw 16-bit patterns tagged BFLOAT16 (in the array's
+    own shape: ``np.ascontiguousarray`` alone would make a rank-0 array rank 1)."""
     if array.dtype.name == "bfloat16":
-        return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
-            np.ascontiguousarray(array).view(np.uint16), onnx.TensorProto.BFLOAT16
-        )
+        bits = np.ascontiguousarray(array).view(np.uint16).reshape(array.shape)
+        return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(bits, onnx.TensorProto.BFLOAT16)
     return array
 
 

@@ -68,6 +68,17 @@ def test_lmul_broadcasting(
     )
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, ml_dtypes.bfloat16])
+@pytest.mark.parametrize(("a_shape", "b_shape"), [((), ()), ((), (1,)), ((1,), ())])
+def test_lmul_scalars_keep_their_rank(
+    dtype: type, a_shape: tuple, b_shape: tuple, rng: np.random.Generator, run_op: Callable
+) -> None:
+    # Rank-0 operands give a rank-0 product in every type (bfloat16 travels as raw bits).
+    a = rng.standard_normal(a_shape).astype(dtype)
+    b = rng.standard_normal(b_shape).astype(dtype)
+    assert_same_bits(run_op("LMul", [a, b]), numerics.lmul(a, b))
+
+
 @pytest.mark.parametrize("m", [1, 4, 7, 23])
 @pytest.mark.parametrize("offset", [None, 0, (1 << 23) - 1])
 def test_lmul_float32_one_add_pass(
