@@ -161,6 +161,20 @@ size_t panel_width() {
 size_t narrow_panel_width() { return simd_lanes() == 16 ? 32 : 0; }
 
 LMUL_TARGET_CLONES
+void mask_panel_zeros(uint32_t* panel, float* masks, size_t k, size_t nr, size_t width, uint32_t stand_in,
+                      uint32_t fold) {
+  for (size_t p = 0; p < k; ++p) {
+    uint32_t* row = panel + p * nr;
+    float* mask_row = masks + p * nr;
+    for (size_t j = 0; j < nr; ++j) {
+      const bool zero = j >= width || ((row[j] + fold) & kMagnitudeMask) < kSmallestNormalBits;
+      mask_row[j] = zero ? 0.0f : 1.0f;
+      row[j] = (zero && j < width) ? stand_in - fold : row[j];
+    }
+  }
+}
+
+LMUL_TARGET_CLONES
 void prepare_a(uint32_t* a, float* mask, size_t count, GemmVariant variant, uint32_t bias, uint32_t zero_stand_in) {
   if (is_clamped(variant)) {
     for (size_t i = 0; i < count; ++i) {

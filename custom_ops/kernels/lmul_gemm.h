@@ -41,7 +41,9 @@
 //   2. choose_variant(a_range, b_range, lmul_bias(m), panel_width() > 0); if it is not
 //      is_one_add, use lmul_matmul_rows / lmul_matmul_rows_normal (lmul_kernels.h);
 //   3. pack B into panels of panel_width() columns with pack_panels_rounded, zeros
-//      replaced by zero_stand_in_b(b_range) (masks needed when b_range.has_zero);
+//      replaced by zero_stand_in_b(b_range) (masks needed when b_range.has_zero); a
+//      per-call B (lmul_matmul.cc) is rounded and scanned panel by panel first, then
+//      given its stand-ins and masks by mask_panel_zeros;
 //   4. prepare A in place with prepare_a (and its masks when masks_a(variant));
 //   5. lmul_gemm_fast over any split of rows and panels (calls never share output).
 //
@@ -125,6 +127,12 @@ int simd_lanes();
 
 // Column-panel width of packed B for the current SIMD width (0 when there is none).
 size_t panel_width();
+
+// Gives the zero entries of a packed, rounded panel (k rows of nr entries, the first
+// `width` of them real columns, every entry stored minus `fold`) the stand-in `stand_in`
+// (also minus `fold`) and mask 0, the others mask 1; padding columns get mask 0.
+void mask_panel_zeros(uint32_t* panel, float* masks, size_t k, size_t nr, size_t width, uint32_t stand_in,
+                      uint32_t fold);
 
 // Rewrites packed rounded A in place for `variant`: a -> a - bias, and for zero entries
 // the stand-in; mask (one float per entry, null unless masks_a) gets 1 or 0. Clamped
@@ -222,10 +230,6 @@ void scan_rounded(const typename S::type* src, size_t row_begin, size_t row_end,
   }
 }
 
-// Panels [panel_begin, panel_end) of a strided K x N matrix, rounded: panel q holds
-// columns [q*nr, q*nr + nr) as K rows of nr entries. Zero entries become `zero_stand_in`;
-// `masks` (same layout, may be null when B has no zeros) gets 1 or 0 per entry. Padding
-// columns hold 0 with mask 0.
 // Row p of a panel: columns [j0, j0 + width) of a strided matrix rounded, then 0 up to nr.
 template <class S>
 void round_panel_row(const typename S::type* src, size_t p, size_t j0, size_t width, size_t nr, size_t row_stride,
@@ -236,6 +240,10 @@ void round_panel_row(const typename S::type* src, size_t p, size_t j0, size_t wi
   for (size_t j = width; j < nr; ++j) row[j] = 0u;
 }
 
+// Panels [panel_begin, panel_end) of a strided K x N matrix, rounded: panel q holds
+// columns [q*nr, q*nr + nr) as K rows of nr entries. Zero entries become `zero_stand_in`;
+// `masks` (same layout, may be null when B has no zeros) gets 1 or 0 per entry. Padding
+// columns hold 0 with mask 0.
 template <class S>
 void pack_panels_rounded(const typename S::type* src, size_t k, size_t n, size_t row_stride, size_t col_stride,
                          int mantissa_bits, size_t nr, uint32_t zero_stand_in, size_t panel_begin, size_t panel_end,
@@ -245,17 +253,9 @@ void pack_panels_rounded(const typename S::type* src, size_t k, size_t n, size_t
     uint32_t* out = panels + panel * k * nr;
     float* out_mask = masks ? masks + panel * k * nr : nullptr;
     for (size_t p = 0; p < k; ++p) {
-      uint32_t* row = out + p * nr;
-      round_panel_row<S>(src, p, j0, width, nr, row_stride, col_stride, mantissa_bits, row);
-      if (out_mask) {
-        float* mask_row = out_mask + p * nr;
-        for (size_t j = 0; j < nr; ++j) {
-          const bool zero = j >= width || (row[j] & kMagnitudeMask) < kSmallestNormalBits;
-          mask_row[j] = zero ? 0.0f : 1.0f;
-          row[j] = (zero && j < width) ? zero_stand_in : row[j];
-        }
-      }
+      round_panel_row<S>(src, p, j0, width, nr, row_stride, col_stride, mantissa_bits, out + p * nr);
     }
+    if (out_mask) mask_panel_zeros(out, out_mask, k, nr, width, zero_stand_in, 0);
   }
 }
 

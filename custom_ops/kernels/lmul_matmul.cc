@@ -129,23 +129,6 @@ OperandRange pack_panel_scanned(const typename S::type* src, size_t k, size_t n,
   return range;
 }
 
-// Gives the zero entries of a packed panel (entries stored minus `fold`) the stand-in
-// `stand_in` (also minus `fold`) and mask 0, as pack_panels_rounded does; padding columns
-// get mask 0.
-LMUL_TARGET_CLONES
-void mask_panel_zeros(uint32_t* panel, float* masks, size_t k, size_t nr, size_t width, uint32_t stand_in,
-                      uint32_t fold) {
-  for (size_t p = 0; p < k; ++p) {
-    uint32_t* row = panel + p * nr;
-    float* mask_row = masks + p * nr;
-    for (size_t j = 0; j < nr; ++j) {
-      const bool zero = j >= width || ((row[j] + fold) & kMagnitudeMask) < kSmallestNormalBits;
-      mask_row[j] = zero ? 0.0f : 1.0f;
-      row[j] = (zero && j < width) ? stand_in - fold : row[j];
-    }
-  }
-}
-
 // Each K x N matrix of B rounded into row-major order (what the portable loops read).
 template <class S>
 std::unique_ptr<uint32_t[]> round_row_major(const typename S::type* data, size_t matrices, size_t k, size_t n,
