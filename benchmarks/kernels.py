@@ -11,11 +11,16 @@ steal each other's core.
     python benchmarks/kernels.py [--threads 1,2] [--repeat 7] [--statistic min] [--quick] [--only TEXT]
                                  [--cpu-time] [--model MODEL] [--json out.json]
 
+Thread scaling (on a many-core machine): ``--threads 1,2,4,8,all`` and the closing table
+gives, per case, each side's speed-up over its own time on the first thread count, and
+L-Mul's speed-up divided by onnxruntime's (1.0 = L-Mul scales exactly as well).
+
 ``--model`` times one forward run of a whole model; benchmarks/models.py does more
 (conversion options, greedy decoding, onnxruntime's profile).
 
-``--only Conv`` runs the Conv / ConvTranspose cases; ``--cpu-time`` times with the CPU
-time of this process instead of wall time (on a loaded machine, with 1 thread).
+``--only Conv`` runs the Conv / ConvTranspose cases (``--only 'attention|decoding'``: either);
+``--cpu-time`` times with the CPU time of this process instead of wall time (on a loaded
+machine, with 1 thread).
 """
 
 from __future__ import annotations
@@ -185,16 +190,57 @@ def conv_case(
     )
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on (the affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def thread_scaling(results: list[dict]) -> list[dict]:
+    """Per case and thread count, each side's speed-up over its time at the case's first
+    thread count, and L-Mul's speed-up relative to onnxruntime's."""
+    first: dict[str, dict] = {}
+    rows = []
+    for result in results:
+        base = first.setdefault(result["case"], result)
+        native = base["native_ms"] / result["native_ms"]
+        lmul = base["lmul_ms"] / result["lmul_ms"]
+        rows.append(
+            {
+                "case": result["case"],
+                "threads": result["threads"],
+                "from_threads": base["threads"],
+                "native_speedup": native,
+                "lmul_speedup": lmul,
+                "relative": lmul / native,
+            }
+        )
+    return rows
+
+
+def print_scaling(rows: list[dict]) -> None:
+    print("\nThread scaling: speed-up over each side's own time at the first thread count")
+    print(f"{'case':<46} {'th':>3}  {'native':>7}  {'L-Mul':>7}  L-Mul/native")
+    order = {case: i for i, case in reversed(list(enumerate(row["case"] for row in rows)))}
+    for row in sorted(rows, key=lambda r: order[r["case"]]):  # stable: thread order kept
+        if row["threads"] != row["from_threads"]:
+            print(
+                f"{row['case']:<46} {row['threads']:>3}  {row['native_speedup']:>6.2f}x  "
+                f"{row['lmul_speedup']:>6.2f}x  {row['relative']:.2f}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--threads", default="1,2", help="thread counts, e.g. 1,2,4,all (all: every CPU)")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="smaller shapes, for a smoke run")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--model", type=Path, help="an ONNX model to time original vs converted (always run)")
-    parser.add_argument("--only", default="", help="run only the cases whose name contains this text")
+    parser.add_argument(
+        "--only", default="", help="run only the cases whose name contains this text (TEXT|TEXT: either)"
+    )
     parser.add_argument("--statistic", choices=sorted(STATISTICS), default="median")
     parser.add_argument(
         "--cpu-time",
@@ -348,14 +394,19 @@ def main() -> None:
         cases.append(
             (name, lambda threads, c=(op, x_shape, w_shape, attrs): conv_case(*c, threads, timing, rng))
         )
-    for threads in [int(t) for t in args.threads.split(",")]:
+    wanted = args.only.split("|")
+    thread_counts = [available_cpus() if t == "all" else int(t) for t in args.threads.split(",")]
+    for threads in thread_counts:
         for name, run in cases:
-            if args.only in name:
+            if any(text in name for text in wanted):
                 report(name, threads, run(threads))
         if args.model:  # whatever --only says
             report(
                 f"model {args.model.name} (symbolic dims: batch 1, others 128)", threads, whole_model(threads)
             )
+    scaling = thread_scaling(results)
+    if len(thread_counts) > 1:
+        print_scaling(scaling)
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -365,7 +416,9 @@ def main() -> None:
                     "statistic": args.statistic,
                     "load_before": load,
                     "load_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+                    "cpus": available_cpus(),
                     "results": results,
+                    "scaling": scaling,
                 },
                 indent=2,
             )

@@ -163,6 +163,7 @@ struct LMulKernel {
   bool trans_a = false, trans_b = false;
   float alpha = 1.0f, beta = 1.0f;
   std::unique_ptr<const lmul::PackedB> constant_b;  // B prepared at session creation, if constant
+  mutable lmul::Concurrency concurrency;  // of this session's thread pool, measured when first needed
 
   LMulKernel(const OrtKernelInfo* info) {
     node_name = Ort::ConstKernelInfo(info).GetNodeName();
@@ -271,7 +272,7 @@ struct LMulKernel {
       terms.c_col_stride = gemm.c_col_stride;
     }
     lmul::lmul_matrix_product<S>(mm, operands, mantissa_bits, bias, Kind == OpKind::kGemm ? &terms : nullptr,
-                                 static_cast<T*>(y.GetTensorMutableRawData()), pool_of(context));
+                                 static_cast<T*>(y.GetTensorMutableRawData()), pool_of(context), &concurrency);
   }
 };
 

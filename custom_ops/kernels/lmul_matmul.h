@@ -7,6 +7,7 @@
 // the result (each output element is summed over k in order by exactly one task).
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -27,6 +28,28 @@ void run_serially(size_t tasks, const std::function<void(size_t)>& task);
 
 // Work below this many scalar operations is not worth handing to another thread.
 constexpr size_t kMinOpsPerTask = size_t{1} << 16;
+
+// The most threads that ran tasks of one call of `parallel_for` at once, at most `limit`:
+// it runs `limit` tasks that each wait until all have started (or none has for `wait_us`
+// microseconds, or 8 times that has passed in all), and counts the threads they ran on.
+size_t measure_concurrency(const ParallelFor& parallel_for, size_t limit, unsigned wait_us);
+
+// The hardware threads of this machine (std::thread::hardware_concurrency, at least 1).
+size_t hardware_threads();
+
+// How many threads a ParallelFor runs at once, measured on first use and then kept (one
+// per kernel instance). onnxruntime's C API does not tell a custom op the size of its
+// intra-op pool (a session of one thread has none: every task runs on the caller), and
+// some splits of work only pay when threads run them side by side. A hint for the split,
+// never for the bits: no result depends on it.
+class Concurrency {
+ public:
+  // The threads `parallel_for` runs at once, up to the hardware's (1 without threads).
+  size_t of(const ParallelFor& parallel_for);
+
+ private:
+  std::atomic<size_t> threads_{0};
+};
 
 // B of a matrix product, rounded, analysed and packed into the one-add kernels' compact
 // panels (lmul_gemm.h, PanelsView): per call, or once when B is a constant initializer
@@ -84,10 +107,12 @@ struct ProductOperands {
 // y (plan.out_shape, row-major) = A (*) B per batch of `plan`, every product an L-Mul at
 // `mantissa_bits` (the operands' own precision at most) with SPEC 1's additive constant
 // `bias` (lmul_bias, or lmul_bias_for_offset of a node's `offset`: SPEC 4), sums in float32 in k order, then the Gemm terms when `gemm` is not
-// null. Picks the fastest exact kernel for the data.
+// null. Picks the fastest exact kernel for the data. `concurrency` (may be null: one
+// thread is assumed) tells how finely to split work that only pays on several threads.
 template <class S>
 void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& operands, int mantissa_bits, uint32_t bias,
-                         const GemmTerms<S>* gemm, typename S::type* y, const ParallelFor& parallel_for);
+                         const GemmTerms<S>* gemm, typename S::type* y, const ParallelFor& parallel_for,
+                         Concurrency* concurrency = nullptr);
 
 // y (plan.out_shape) = LMul(a, b) element-wise with numpy broadcasting, with SPEC 1's
 // additive constant `bias`.

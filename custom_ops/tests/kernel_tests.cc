@@ -512,6 +512,34 @@ void small_m_paths() {
   check(!run(0, 7, 1), "small M: saturation goes to the portable loop");
 }
 
+// measure_concurrency counts the threads that run tasks at once, and a product split for
+// them (narrower small-M blocks than one thread gets) keeps every bit.
+void concurrency_and_split() {
+  check(lmul::measure_concurrency(lmul::run_serially, 2, 1000) == 1, "concurrency: serial");
+  check(lmul::measure_concurrency(two_threads, 2, 5000000) == 2, "concurrency: two threads");
+  check(lmul::measure_concurrency(two_threads, 1, 1000) == 1, "concurrency: limit 1");
+  std::mt19937 rng(17);
+  struct Shape3 {
+    size_t m, k, n;
+  };
+  for (const Shape3& s : {Shape3{1, 64, 2048}, Shape3{1, 64, 1000}, Shape3{3, 40, 700}, Shape3{8, 8, 4100}}) {
+    const std::vector<float> a = operand(rng, s.m * s.k, 1), b = operand(rng, s.k * s.n, 2);
+    const std::vector<float> expected = reference_product(a, b, 1, s.m, s.k, s.n, false, 23);
+    lmul::MatMulPlan plan;
+    std::string error;
+    const lmul::Shape a_shape{int64_t(s.m), int64_t(s.k)}, b_shape{int64_t(s.k), int64_t(s.n)};
+    check(lmul::make_matmul_plan(a_shape, b_shape, plan, error), "plan");
+    lmul::ProductOperands<lmul::Float32Storage> operands;
+    operands.a = a.data();
+    operands.b = b.data();
+    lmul::Concurrency concurrency;
+    std::vector<float> got(expected.size(), -1.0f);
+    lmul::lmul_matrix_product<lmul::Float32Storage>(plan, operands, 23, lmul::lmul_bias(23), nullptr, got.data(),
+                                                    two_threads, &concurrency);
+    check(differing_bits(got, expected) == 0, "small-M product split for the threads", s.n);
+  }
+}
+
 // Gemm's terms and the 16-bit storage types go through the same driver.
 void gemm_terms_and_storage() {
   std::mt19937 rng(3);
@@ -678,6 +706,7 @@ int main() {
   clamped_variants();
   matrix_products();
   small_m_paths();
+  concurrency_and_split();
   compact_weights();
   gemm_terms_and_storage();
   elementwise_pass();
