@@ -304,6 +304,7 @@ struct LMulConvKernel {
   uint32_t bias = 0;  // the L-Mul constant of `offset` or the paper's (SPEC 4)
   lmul::ConvAttributes attributes;
   std::unique_ptr<const lmul::ConvWeights> constant_w;
+  mutable lmul::Concurrency concurrency;  // of this session's thread pool, measured when first needed
 
   explicit LMulConvKernel(const OrtKernelInfo* info) {
     node_name = Ort::ConstKernelInfo(info).GetNodeName();
@@ -405,7 +406,7 @@ struct LMulConvKernel {
     constexpr bool kInPlace = std::is_same<T, float>::value;
     std::unique_ptr<float[]> scratch(kInPlace ? nullptr : new float[y_count]);
     float* out = kInPlace ? reinterpret_cast<float*>(py) : scratch.get();
-    lmul::lmul_conv(plan, weights, x_bits, b ? b_values.data() : nullptr, bias, out, parallel);
+    lmul::lmul_conv(plan, weights, x_bits, b ? b_values.data() : nullptr, bias, out, parallel, &concurrency);
     if (!kInPlace) {
       parallel((y_count + chunk - 1) / chunk, [&](size_t t) {
         const size_t begin = t * chunk, end = std::min(y_count, begin + chunk);

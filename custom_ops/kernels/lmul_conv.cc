@@ -1,6 +1,7 @@
 #include "lmul_conv.h"
 
 #include <algorithm>
+#include <functional>
 #include <memory>
 
 #include "lmul_arith.h"
@@ -428,10 +429,10 @@ std::vector<Box> output_boxes(const ConvPlan& plan) {
 // Border boxes (and every box with strides) go through im2col with zeros for padding.
 void conv_forward_offsets(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x, GemmVariant interior,
                           GemmVariant border, const float* bias, uint32_t bias_bits, float* y,
-                          const ParallelFor& parallel);
+                          const ParallelFor& parallel, size_t threads);
 
 void conv_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x, const OperandRange& x_range,
-                  const float* bias, uint32_t bias_bits, float* y, const ParallelFor& parallel) {
+                  const float* bias, uint32_t bias_bits, float* y, const ParallelFor& parallel, size_t threads) {
   const size_t groups = plan.group, cg = plan.in_per_group(), mg = plan.out_per_group();
   const size_t depth = w.depth, pixels = plan.out_pixels;
   OperandRange padded_range = x_range;
@@ -444,7 +445,7 @@ void conv_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x,
     return;
   }
   if (is_one_add(border) && offsets_gemm_available()) {
-    conv_forward_offsets(plan, w, x, interior, border, bias, bias_bits, y, parallel);
+    conv_forward_offsets(plan, w, x, interior, border, bias, bias_bits, y, parallel, threads);
     return;
   }
   // Splitting off the interior pays when it then needs no masks and the boxes' partial
@@ -573,7 +574,7 @@ void conv_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x,
 
 void conv_forward_offsets(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x, GemmVariant interior,
                           GemmVariant border, const float* bias, uint32_t bias_bits, float* y,
-                          const ParallelFor& parallel) {
+                          const ParallelFor& parallel, size_t threads) {
   const size_t groups = plan.group, cg = plan.in_per_group(), mg = plan.out_per_group();
   const size_t depth = w.depth, pixels = plan.out_pixels;
   const OffsetsOperand a(w, bias_bits);  // W's zeros serve both variants
@@ -599,18 +600,28 @@ void conv_forward_offsets(const ConvPlan& plan, const ConvWeights& w, const uint
     }
   }
 
-  // Rows of output channels per task: all of a group's, unless that leaves few tasks.
+  // Rows of output channels per task: all of a group's, unless that leaves few tasks (at
+  // least 16, and two per thread), in blocks of equal size (64 rows: 32 + 32, not 48 + 16).
+  const size_t wanted_tasks = std::max<size_t>(16, 2 * threads);
   auto rows_per_task = [&](size_t tasks) {
     size_t r = mg;
-    while (plan.batch * groups * tasks * ceil_div(mg, r) < 16 && r > 48) r = std::max<size_t>(48, ceil_div(r, 2));
-    return r;
+    while (plan.batch * groups * tasks * ceil_div(mg, r) < wanted_tasks && r > 48) {
+      r = std::max<size_t>(48, ceil_div(r, 2));
+    }
+    return ceil_div(mg, ceil_div(mg, r));
   };
 
+  // The interior's tasks and the other boxes' run in one parallel pass: the borders'
+  // few tasks in a pass of their own would leave most threads idle.
+  size_t interior_tasks = 0;
+  bool interior_runs_cross_borders = false;  // its direct runs span the border columns
+  std::function<void(size_t)> interior_task;
+  std::vector<ptrdiff_t> offsets;
   if (!in_place.empty()) {
-    const Box& box = in_place.front();
+    const Box box = in_place.front();
     const size_t hw = plan.in[1] * plan.in[2];
     const size_t in_w = plan.in[2];
-    std::vector<ptrdiff_t> offsets(depth);
+    offsets.assign(depth, 0);
     size_t k = 0;
     for (size_t c = 0; c < cg; ++c) {
       for (size_t kz = 0; kz < plan.kernel[0]; ++kz) {
@@ -628,13 +639,21 @@ void conv_forward_offsets(const ConvPlan& plan, const ConvWeights& w, const uint
     // Runs: per interior plane, its first to its last pixel, cut into chunks of columns.
     const size_t first_row = box.begin[1], last_row = box.begin[1] + box.extent[1] - 1;
     const size_t run = (last_row - first_row) * in_w + box.extent[2];
-    const size_t chunk = 256;
+    // Chunks of 256 columns, fewer where many threads would otherwise idle.
+    auto tasks_for = [&](size_t chunk) {
+      const size_t t = box.extent[0] * ceil_div(run, chunk);
+      return plan.batch * groups * t * ceil_div(mg, rows_per_task(t));
+    };
+    size_t chunk = 256;
+    while (chunk > 64 && tasks_for(chunk) < wanted_tasks) chunk /= 2;
     const size_t chunks_per_plane = ceil_div(run, chunk), tasks = box.extent[0] * chunks_per_plane;
     const size_t rows = rows_per_task(tasks), row_blocks = ceil_div(mg, rows);
     // Y holds the run's outputs at the same v when the output rows have the input's width.
     const bool direct = plan.out[2] == in_w && (plan.out[1] == plan.in[1] || plan.out[0] == 1);
+    interior_runs_cross_borders = direct && box.extent[1] > 1 && box.extent[2] < in_w;
     const size_t per_image = groups * tasks * row_blocks;
-    parallel(plan.batch * per_image, [&](size_t t) {
+    interior_tasks = plan.batch * per_image;
+    interior_task = [=, &plan, &a, &offsets](size_t t) {
       const size_t n = t / per_image, g = (t / (tasks * row_blocks)) % groups;
       const size_t task = (t / row_blocks) % tasks, r0 = (t % row_blocks) * rows, r1 = std::min(mg, r0 + rows);
       const size_t oz = box.begin[0] + task / chunks_per_plane, j0 = (task % chunks_per_plane) * chunk;
@@ -665,9 +684,12 @@ void conv_forward_offsets(const ConvPlan& plan, const ConvWeights& w, const uint
           j += stretch;
         }
       }
-    });
+    };
   }
-  if (boxes.empty()) return;
+  if (boxes.empty()) {
+    parallel(interior_tasks, interior_task);
+    return;
+  }
 
   // The other boxes: im2col with zeros at padding, in pieces of about 128 KiB.
   const size_t chunk = 64 * std::max<size_t>(1, (size_t{32} << 10) / std::max<size_t>(1, depth * 64));
@@ -679,47 +701,74 @@ void conv_forward_offsets(const ConvPlan& plan, const ConvWeights& w, const uint
     for (size_t p0 = 0; p0 < boxes[b].pixels(); p0 += chunk) pieces.push_back({b, p0, std::min(chunk, boxes[b].pixels() - p0)});
   }
   const size_t rows = rows_per_task(pieces.size()), row_blocks = ceil_div(mg, rows);
-  const size_t per_image = groups * pieces.size() * row_blocks;
-  parallel(plan.batch * per_image, [&](size_t t) {
-    const size_t n = t / per_image, rest = t % per_image;
-    const size_t g = rest / (pieces.size() * row_blocks), piece_index = (rest / row_blocks) % pieces.size();
-    const size_t r0 = (rest % row_blocks) * rows, r1 = std::min(mg, r0 + rows);
-    const Piece& piece = pieces[piece_index];
-    const Box& box = boxes[piece.box];
-    const size_t p0 = piece.p0, count = piece.count, channel0 = g * mg + r0;
-    const GemmVariant variant = box.padded ? border : interior;
-    std::unique_ptr<uint32_t[]> col(new uint32_t[depth * count]);
-    im2col<false>(plan, x + (n * plan.in_channels + g * cg) * plan.in_pixels, nullptr, cg, box, p0, count, 0u,
-                  col.get(), nullptr, count);
-    std::vector<ptrdiff_t> offsets(depth);
-    for (size_t k = 0; k < depth; ++k) offsets[k] = static_cast<ptrdiff_t>(k * count);
-    float* y0 = y + (n * plan.out_channels + channel0) * pixels;
-    const uint32_t* a_rows = a.bits + channel0 * depth;
-    const uint64_t* mask_rows = a.zero ? a.zero + channel0 * a.words : nullptr;
-    const bool consecutive = (box.extent[2] == plan.out[2] || (box.extent[1] == 1 && box.extent[0] == 1)) &&
-                             (box.extent[1] == plan.out[1] || box.extent[0] == 1);
-    size_t first = 0;  // Y position of pixel p0
-    for_each_run(box, p0, 1, [&](size_t, size_t oz, size_t oy, size_t ox, size_t) {
-      first = (oz * plan.out[1] + oy) * plan.out[2] + ox;
-    });
-    if (consecutive) {
-      lmul_gemm_offsets(variant, a_rows, mask_rows, depth, col.get(), offsets.data(), depth, r1 - r0, count,
-                        bias ? bias + channel0 : nullptr, y0 + first, pixels);
-      return;
-    }
-    std::unique_ptr<float[]> sums(new float[(r1 - r0) * count]);
-    lmul_gemm_offsets(variant, a_rows, mask_rows, depth, col.get(), offsets.data(), depth, r1 - r0, count, nullptr,
-                      sums.get(), count);
-    for (size_t r = r0; r < r1; ++r) {
-      const float b = bias ? bias[g * mg + r] : 0.0f;
-      const float* s = sums.get() + (r - r0) * count;
-      float* out = y0 + (r - r0) * pixels;
-      for_each_run(box, p0, count, [&](size_t j, size_t oz, size_t oy, size_t ox, size_t stretch) {
+  const size_t per_image = groups * pieces.size() * row_blocks, border_tasks = plan.batch * per_image;
+  // Task t: image n, group g, output channels [r0, r1) of the group, a piece of a box.
+  struct BorderTask {
+    size_t n, g, r0, r1;
+    const Piece* piece;
+    const Box* box;
+  };
+  auto border_task_of = [&](size_t t) {
+    const size_t rest = t % per_image, r0 = (rest % row_blocks) * rows;
+    const Piece* piece = &pieces[(rest / row_blocks) % pieces.size()];
+    return BorderTask{t / per_image, rest / (pieces.size() * row_blocks), r0, std::min(mg, r0 + rows), piece,
+                      &boxes[piece->box]};
+  };
+  // Sums of a task (rows x piece count, bias not added) to their places in Y.
+  auto write_border = [&](const BorderTask& task, const float* sums) {
+    const size_t count = task.piece->count;
+    for (size_t r = task.r0; r < task.r1; ++r) {
+      const float b = bias ? bias[task.g * mg + r] : 0.0f;
+      const float* s = sums + (r - task.r0) * count;
+      float* out = y + (task.n * plan.out_channels + task.g * mg + r) * pixels;
+      for_each_run(*task.box, task.piece->p0, count, [&](size_t j, size_t oz, size_t oy, size_t ox, size_t stretch) {
         float* dst = out + (oz * plan.out[1] + oy) * plan.out[2] + ox;
         for (size_t i = 0; i < stretch; ++i) dst[i] = bias ? s[j + i] + b : s[j + i];
       });
     }
-  });
+  };
+  // The interior's direct runs also write (wrong) sums at the border columns between
+  // its rows, which the borders' sums must overwrite: in a shared pass those are kept
+  // aside and written out after it.
+  const bool keep_aside = interior_tasks > 0 && interior_runs_cross_borders;
+  std::vector<float> aside(keep_aside ? border_tasks * rows * chunk : 0);
+  auto border_task = [&](size_t t) {
+    const BorderTask task = border_task_of(t);
+    const Box& box = *task.box;
+    const size_t p0 = task.piece->p0, count = task.piece->count, channel0 = task.g * mg + task.r0;
+    const size_t n = task.n, g = task.g, r0 = task.r0, r1 = task.r1;
+    const GemmVariant variant = box.padded ? border : interior;
+    std::unique_ptr<uint32_t[]> col(new uint32_t[depth * count]);
+    im2col<false>(plan, x + (n * plan.in_channels + g * cg) * plan.in_pixels, nullptr, cg, box, p0, count, 0u,
+                  col.get(), nullptr, count);
+    std::vector<ptrdiff_t> col_offsets(depth);  // row k of the piece's columns
+    for (size_t k = 0; k < depth; ++k) col_offsets[k] = static_cast<ptrdiff_t>(k * count);
+    const uint32_t* a_rows = a.bits + channel0 * depth;
+    const uint64_t* mask_rows = a.zero ? a.zero + channel0 * a.words : nullptr;
+    const bool consecutive = (box.extent[2] == plan.out[2] || (box.extent[1] == 1 && box.extent[0] == 1)) &&
+                             (box.extent[1] == plan.out[1] || box.extent[0] == 1);
+    if (consecutive && !keep_aside) {
+      size_t first = 0;  // Y position of pixel p0
+      for_each_run(box, p0, 1, [&](size_t, size_t oz, size_t oy, size_t ox, size_t) {
+        first = (oz * plan.out[1] + oy) * plan.out[2] + ox;
+      });
+      lmul_gemm_offsets(variant, a_rows, mask_rows, depth, col.get(), col_offsets.data(), depth, r1 - r0, count,
+                        bias ? bias + channel0 : nullptr, y + (n * plan.out_channels + channel0) * pixels + first,
+                        pixels);
+      return;
+    }
+    std::unique_ptr<float[]> own(keep_aside ? nullptr : new float[(r1 - r0) * count]);
+    float* sums = keep_aside ? aside.data() + t * rows * chunk : own.get();
+    lmul_gemm_offsets(variant, a_rows, mask_rows, depth, col.get(), col_offsets.data(), depth, r1 - r0, count, nullptr,
+                      sums, count);
+    if (!keep_aside) write_border(task, sums);
+  };
+  // The borders' tasks first: with their im2col, they are the longer ones.
+  parallel(border_tasks + interior_tasks,
+           [&](size_t t) { t < border_tasks ? border_task(t) : interior_task(t - border_tasks); });
+  if (keep_aside) {
+    for (size_t t = 0; t < border_tasks; ++t) write_border(border_task_of(t), aside.data() + t * rows * chunk);
+  }
 }
 
 // The matmul variant for these weights and X; padding zeros count as zero operands.
@@ -896,13 +945,15 @@ void prepare_offsets_operand(ConvWeights& w, uint32_t bias_bits) {
 }
 
 void lmul_conv(const ConvPlan& plan, const ConvWeights& weights, const uint32_t* x, const float* bias,
-               uint32_t bias_bits, float* y, const ParallelFor& parallel) {
+               uint32_t bias_bits, float* y, const ParallelFor& parallel, Concurrency* concurrency) {
   if (plan.batch == 0 || plan.out_channels == 0 || plan.out_pixels == 0) return;
+  // (With 8 threads or fewer the split is the same for any count: no need to measure.)
+  const size_t threads = concurrency != nullptr && hardware_threads() > 8 ? concurrency->of(parallel) : 1;
   const OperandRange x_range = scan_range(x, plan.batch * plan.in_channels * plan.in_pixels, parallel);
   if (plan.transpose) {
     conv_transpose_forward(plan, weights, x, x_range, bias, bias_bits, y, parallel);
   } else {
-    conv_forward(plan, weights, x, x_range, bias, bias_bits, y, parallel);
+    conv_forward(plan, weights, x, x_range, bias, bias_bits, y, parallel, threads);
   }
 }
 

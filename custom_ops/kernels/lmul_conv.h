@@ -92,7 +92,8 @@ void round_conv_weights(const typename S::type* w, const Shape& shape, size_t gr
 // y (float32, N x M x output pixels) = the L-Mul Conv / ConvTranspose of rounded X (N x C
 // x input pixels) and the weights, plus bias (M floats, or null). `bias_bits` is the
 // L-Mul constant of SPEC 1, step 3 (lmul_bias). The weights must match the plan.
+// `concurrency` (may be null) lets the work be split finer where many threads run it.
 void lmul_conv(const ConvPlan& plan, const ConvWeights& weights, const uint32_t* x, const float* bias,
-               uint32_t bias_bits, float* y, const ParallelFor& parallel);
+               uint32_t bias_bits, float* y, const ParallelFor& parallel, Concurrency* concurrency = nullptr);
 
 }  // namespace lmul
