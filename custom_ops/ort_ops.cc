@@ -260,6 +260,7 @@ struct LMulKernel {
     lmul::ProductOperands<S> operands;
     operands.a = static_cast<const T*>(a.GetTensorRawData());
     operands.b = static_cast<const T*>(b.GetTensorRawData());
+    if constexpr (std::is_same<T, float>::value) operands.a_bits = static_cast<const uint32_t*>(a.GetTensorRawData());
     operands.trans_a = trans_a;
     operands.trans_b = trans_b;
     if (constant_b && constant_b->shape == b_shape) operands.prepared_b = constant_b.get();

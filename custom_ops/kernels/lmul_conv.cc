@@ -429,10 +429,11 @@ std::vector<Box> output_boxes(const ConvPlan& plan) {
 // Border boxes (and every box with strides) go through im2col with zeros for padding.
 void conv_forward_offsets(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x, GemmVariant interior,
                           GemmVariant border, const float* bias, uint32_t bias_bits, float* y,
-                          const ParallelFor& parallel, size_t threads);
+                          const ParallelFor& parallel, Concurrency* concurrency);
 
 void conv_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x, const OperandRange& x_range,
-                  const float* bias, uint32_t bias_bits, float* y, const ParallelFor& parallel, size_t threads) {
+                  const float* bias, uint32_t bias_bits, float* y, const ParallelFor& parallel,
+                  Concurrency* concurrency) {
   const size_t groups = plan.group, cg = plan.in_per_group(), mg = plan.out_per_group();
   const size_t depth = w.depth, pixels = plan.out_pixels;
   OperandRange padded_range = x_range;
@@ -445,7 +446,7 @@ void conv_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x,
     return;
   }
   if (is_one_add(border) && offsets_gemm_available()) {
-    conv_forward_offsets(plan, w, x, interior, border, bias, bias_bits, y, parallel, threads);
+    conv_forward_offsets(plan, w, x, interior, border, bias, bias_bits, y, parallel, concurrency);
     return;
   }
   // Splitting off the interior pays when it then needs no masks and the boxes' partial
@@ -574,7 +575,7 @@ void conv_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x,
 
 void conv_forward_offsets(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x, GemmVariant interior,
                           GemmVariant border, const float* bias, uint32_t bias_bits, float* y,
-                          const ParallelFor& parallel, size_t threads) {
+                          const ParallelFor& parallel, Concurrency* concurrency) {
   const size_t groups = plan.group, cg = plan.in_per_group(), mg = plan.out_per_group();
   const size_t depth = w.depth, pixels = plan.out_pixels;
   const OffsetsOperand a(w, bias_bits);  // W's zeros serve both variants
@@ -602,6 +603,10 @@ void conv_forward_offsets(const ConvPlan& plan, const ConvWeights& w, const uint
 
   // Rows of output channels per task: all of a group's, unless that leaves few tasks (at
   // least 16, and two per thread), in blocks of equal size (64 rows: 32 + 32, not 48 + 16).
+  // (With 8 threads or fewer that is 16 whatever the count: no need to measure it.)
+  const size_t threads = concurrency != nullptr && (hardware_threads() > 8 || concurrency->fixed())
+                             ? concurrency->of(parallel)
+                             : 1;
   const size_t wanted_tasks = std::max<size_t>(16, 2 * threads);
   auto rows_per_task = [&](size_t tasks) {
     size_t r = mg;
@@ -615,6 +620,7 @@ void conv_forward_offsets(const ConvPlan& plan, const ConvWeights& w, const uint
   // few tasks in a pass of their own would leave most threads idle.
   size_t interior_tasks = 0;
   bool interior_runs_cross_borders = false;  // its direct runs span the border columns
+  size_t interior_rows_begin = 0, interior_rows_end = 0;  // (of those runs)
   std::function<void(size_t)> interior_task;
   std::vector<ptrdiff_t> offsets;
   if (!in_place.empty()) {
@@ -651,6 +657,8 @@ void conv_forward_offsets(const ConvPlan& plan, const ConvWeights& w, const uint
     // Y holds the run's outputs at the same v when the output rows have the input's width.
     const bool direct = plan.out[2] == in_w && (plan.out[1] == plan.in[1] || plan.out[0] == 1);
     interior_runs_cross_borders = direct && box.extent[1] > 1 && box.extent[2] < in_w;
+    interior_rows_begin = box.begin[1];
+    interior_rows_end = box.begin[1] + box.extent[1];
     const size_t per_image = groups * tasks * row_blocks;
     interior_tasks = plan.batch * per_image;
     interior_task = [=, &plan, &a, &offsets](size_t t) {
@@ -728,10 +736,17 @@ void conv_forward_offsets(const ConvPlan& plan, const ConvWeights& w, const uint
     }
   };
   // The interior's direct runs also write (wrong) sums at the border columns between
-  // its rows, which the borders' sums must overwrite: in a shared pass those are kept
-  // aside and written out after it.
-  const bool keep_aside = interior_tasks > 0 && interior_runs_cross_borders;
-  std::vector<float> aside(keep_aside ? border_tasks * rows * chunk : 0);
+  // its rows, which the borders' sums must overwrite: in a shared pass, the sums of the
+  // boxes beside the interior rows are kept aside (at aside_at[t]) and written after it.
+  std::vector<size_t> aside_at(border_tasks + 1, 0);
+  for (size_t t = 0; t < border_tasks; ++t) {
+    const BorderTask task = border_task_of(t);
+    const bool beside = interior_tasks > 0 && interior_runs_cross_borders &&
+                        task.box->begin[1] < interior_rows_end && task.box->begin[1] + task.box->extent[1] > interior_rows_begin;
+    aside_at[t + 1] = aside_at[t] + (beside ? (task.r1 - task.r0) * task.piece->count : 0);
+  }
+  std::vector<float> aside(aside_at[border_tasks]);
+  const bool keep_aside_any = !aside.empty();
   auto border_task = [&](size_t t) {
     const BorderTask task = border_task_of(t);
     const Box& box = *task.box;
@@ -747,6 +762,7 @@ void conv_forward_offsets(const ConvPlan& plan, const ConvWeights& w, const uint
     const uint64_t* mask_rows = a.zero ? a.zero + channel0 * a.words : nullptr;
     const bool consecutive = (box.extent[2] == plan.out[2] || (box.extent[1] == 1 && box.extent[0] == 1)) &&
                              (box.extent[1] == plan.out[1] || box.extent[0] == 1);
+    const bool keep_aside = aside_at[t + 1] > aside_at[t];
     if (consecutive && !keep_aside) {
       size_t first = 0;  // Y position of pixel p0
       for_each_run(box, p0, 1, [&](size_t, size_t oz, size_t oy, size_t ox, size_t) {
@@ -758,7 +774,7 @@ void conv_forward_offsets(const ConvPlan& plan, const ConvWeights& w, const uint
       return;
     }
     std::unique_ptr<float[]> own(keep_aside ? nullptr : new float[(r1 - r0) * count]);
-    float* sums = keep_aside ? aside.data() + t * rows * chunk : own.get();
+    float* sums = keep_aside ? aside.data() + aside_at[t] : own.get();
     lmul_gemm_offsets(variant, a_rows, mask_rows, depth, col.get(), col_offsets.data(), depth, r1 - r0, count, nullptr,
                       sums, count);
     if (!keep_aside) write_border(task, sums);
@@ -766,8 +782,10 @@ void conv_forward_offsets(const ConvPlan& plan, const ConvWeights& w, const uint
   // The borders' tasks first: with their im2col, they are the longer ones.
   parallel(border_tasks + interior_tasks,
            [&](size_t t) { t < border_tasks ? border_task(t) : interior_task(t - border_tasks); });
-  if (keep_aside) {
-    for (size_t t = 0; t < border_tasks; ++t) write_border(border_task_of(t), aside.data() + t * rows * chunk);
+  if (keep_aside_any) {
+    parallel(border_tasks, [&](size_t t) {
+      if (aside_at[t + 1] > aside_at[t]) write_border(border_task_of(t), aside.data() + aside_at[t]);
+    });
   }
 }
 
@@ -947,13 +965,12 @@ void prepare_offsets_operand(ConvWeights& w, uint32_t bias_bits) {
 void lmul_conv(const ConvPlan& plan, const ConvWeights& weights, const uint32_t* x, const float* bias,
                uint32_t bias_bits, float* y, const ParallelFor& parallel, Concurrency* concurrency) {
   if (plan.batch == 0 || plan.out_channels == 0 || plan.out_pixels == 0) return;
-  // (With 8 threads or fewer the split is the same for any count: no need to measure.)
-  const size_t threads = concurrency != nullptr && hardware_threads() > 8 ? concurrency->of(parallel) : 1;
+
   const OperandRange x_range = scan_range(x, plan.batch * plan.in_channels * plan.in_pixels, parallel);
   if (plan.transpose) {
     conv_transpose_forward(plan, weights, x, x_range, bias, bias_bits, y, parallel);
   } else {
-    conv_forward(plan, weights, x, x_range, bias, bias_bits, y, parallel, threads);
+    conv_forward(plan, weights, x, x_range, bias, bias_bits, y, parallel, concurrency);
   }
 }
 

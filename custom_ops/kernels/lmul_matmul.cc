@@ -9,6 +9,10 @@
 
 #include "lmul_small_m.h"
 
+#if defined(__linux__)
+#include <sched.h>
+#endif
+
 namespace lmul {
 
 namespace {
@@ -178,18 +182,27 @@ size_t measure_concurrency(const ParallelFor& parallel_for, size_t limit, unsign
 }
 
 size_t hardware_threads() {
-  static const size_t threads = std::max(1u, std::thread::hardware_concurrency());  // reads /sys: once
+  static const size_t threads = [] {
+#if defined(__linux__)
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0) return static_cast<size_t>(CPU_COUNT(&set));
+#endif
+    return static_cast<size_t>(std::max(1u, std::thread::hardware_concurrency()));
+  }();  // (a system call: once)
   return threads;
 }
 
 size_t Concurrency::of(const ParallelFor& parallel_for) {
   size_t threads = threads_.load();
-  if (threads == 0) {
-    // Once: at most 3.2 ms (a session of one thread: 0.4 ms).
-    threads = measure_concurrency(parallel_for, hardware_threads(), 400);
-    threads_.store(threads);
+  const size_t limit = hardware_threads();
+  if (threads < limit && measurements_.fetch_add(1) < kMeasurements) {
+    // At most 3.2 ms each (a session of one thread: 0.4 ms); the largest count is kept.
+    const size_t measured = measure_concurrency(parallel_for, limit, 400);
+    while (measured > threads && !threads_.compare_exchange_weak(threads, measured)) {
+    }
+    threads = std::max(threads, measured);
   }
-  return threads;
+  return std::max<size_t>(threads, 1);
 }
 
 template <class S>
@@ -334,8 +347,8 @@ struct BView {
 // rounded row-major without SIMD). Returns A's range; fills `b` for a per-call B.
 template <class S>
 OperandRange prepare_operands(const MatMulPlan& plan, const ProductOperands<S>& operands, int mantissa_bits,
-                              uint32_t bias, bool pack_per_call_b, uint32_t* a_rounded, CallBuffers& buffers, BView& b,
-                              const ParallelFor& parallel_for) {
+                              uint32_t bias, bool pack_per_call_b, uint32_t* a_rounded, bool a_in_place,
+                              CallBuffers& buffers, BView& b, const ParallelFor& parallel_for) {
   const size_t m = plan.m, k = plan.k, n = plan.n;
   // Narrow B (p.V with 32-wide heads) in narrow panels: a 64-wide panel would be half padding.
   const size_t nr = n <= narrow_panel_width() ? narrow_panel_width() : panel_width();
@@ -351,6 +364,10 @@ OperandRange prepare_operands(const MatMulPlan& plan, const ProductOperands<S>& 
   for_elements(elements, parallel_for)(a_tasks + b_tasks, [&](size_t t) {
     if (t < a_tasks) {
       const size_t i = t / a_chunks, r0 = (t % a_chunks) * kRowsPerChunk, r1 = std::min(m, r0 + kRowsPerChunk);
+      if (a_in_place) {  // A is its own rounding: only scanned
+        ranges[t].scan(operands.a_bits + i * m * k + r0 * k, (r1 - r0) * k);
+        return;
+      }
       uint32_t* rows = a_rounded + i * m * k + r0 * k;
       round_block<S>(operands.a + i * m * k + r0 * a_row_stride, r1 - r0, k, a_row_stride, a_col_stride,
                      mantissa_bits, rows, k);
@@ -420,14 +437,18 @@ void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& opera
   }
 
   // Phase 1: A rounded once (not once per product) and scanned; a per-call B packed.
-  uint32_t* a_rounded = buffers.a_rounded.get(std::max<size_t>(1, plan.a_matrices * m * k));
+  // (Full-precision float32 A needs no rounded copy: it is read where it is.)
+  const bool a_in_place = operands.a_bits != nullptr && std::is_same<T, float>::value &&
+                          mantissa_bits == kFloat32MantissaBits && !operands.trans_a;
+  uint32_t* a_rounded = a_in_place ? nullptr : buffers.a_rounded.get(std::max<size_t>(1, plan.a_matrices * m * k));
   BView b_view;
   const bool pack_per_call_b = !prepared && !small_m;
   const OperandRange a_range = prepare_operands<S>(plan, operands, mantissa_bits, bias, pack_per_call_b, a_rounded,
-                                                   buffers, b_view, parallel_for);
+                                                   a_in_place, buffers, b_view, parallel_for);
+  const uint32_t* a_view = a_in_place ? operands.a_bits : a_rounded;  // A as the kernels read it
   if constexpr (std::is_same<T, float>::value) {
     if (small_m) {
-      small_m_product<S>(plan, a_rounded, a_range, operands.b, mantissa_bits, bias, gemm, y, scratch, parallel_for,
+      small_m_product<S>(plan, a_view, a_range, operands.b, mantissa_bits, bias, gemm, y, scratch, parallel_for,
                          concurrency);
       return;
     }
@@ -483,6 +504,11 @@ void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& opera
   float* a_masks = nullptr;
   if (fast && (fold == 0 || masks_a(variant)) && panel_blocks > 1) {
     const size_t count = plan.a_matrices * m * k;
+    if (a_in_place) {  // prepared in place: into a copy, not the caller's A
+      a_rounded = buffers.a_rounded.get(std::max<size_t>(1, count));
+      std::memcpy(a_rounded, operands.a_bits, count * sizeof(uint32_t));
+      a_view = a_rounded;
+    }
     a_masks = masks_a(variant) ? buffers.a_masks.get(std::max<size_t>(1, count)) : nullptr;
     const size_t chunks = ceil_div(m, kRowsPerChunk);
     for_elements(count, parallel_for)(plan.a_matrices * chunks, [&](size_t t) {
@@ -497,7 +523,7 @@ void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& opera
     const size_t batch = t / (row_blocks * panel_blocks), rest = t % (row_blocks * panel_blocks);
     const size_t r0 = (rest / panel_blocks) * rows_per_task, r1 = std::min(m, r0 + rows_per_task);
     float* acc = in_place ? reinterpret_cast<float*>(y) + batch * m * n : scratch + batch * m * n;
-    const uint32_t* a_matrix = a_rounded + plan.a_matrix[batch] * m * k;
+    const uint32_t* a_matrix = a_view + plan.a_matrix[batch] * m * k;
     size_t j0 = 0, j1 = n;
     if (fast) {
       const size_t p0 = (rest % panel_blocks) * panels_per_task, p1 = std::min(panels, p0 + panels_per_task);

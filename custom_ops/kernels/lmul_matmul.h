@@ -34,21 +34,32 @@ constexpr size_t kMinOpsPerTask = size_t{1} << 16;
 // microseconds, or 8 times that has passed in all), and counts the threads they ran on.
 size_t measure_concurrency(const ParallelFor& parallel_for, size_t limit, unsigned wait_us);
 
-// The hardware threads of this machine (std::thread::hardware_concurrency, at least 1).
+// The CPUs this process may run on (its affinity mask; std::thread::hardware_concurrency
+// where there is none), at least 1.
 size_t hardware_threads();
 
-// How many threads a ParallelFor runs at once, measured on first use and then kept (one
-// per kernel instance). onnxruntime's C API does not tell a custom op the size of its
+// How many threads a ParallelFor runs at once, measured on first use and kept (one per
+// kernel instance). onnxruntime's C API does not tell a custom op the size of its
 // intra-op pool (a session of one thread has none: every task runs on the caller), and
 // some splits of work only pay when threads run them side by side. A hint for the split,
 // never for the bits: no result depends on it.
 class Concurrency {
  public:
-  // The threads `parallel_for` runs at once, up to the hardware's (1 without threads).
+  Concurrency() = default;
+  // A fixed count, never measured (tests: the splits of many threads on any machine).
+  explicit Concurrency(size_t threads) : threads_(threads), measurements_(kMeasurements), fixed_(true) {}
+
+  // The threads `parallel_for` runs at once, up to hardware_threads(). The largest of up
+  // to three measurements, one per call while it is below that (a pool asleep or a
+  // machine busy at the first one can show fewer).
   size_t of(const ParallelFor& parallel_for);
+  bool fixed() const { return fixed_; }
 
  private:
+  static constexpr unsigned kMeasurements = 3;
   std::atomic<size_t> threads_{0};
+  std::atomic<unsigned> measurements_{0};
+  bool fixed_ = false;
 };
 
 // B of a matrix product, rounded, analysed and packed into the one-add kernels' compact
@@ -102,6 +113,10 @@ struct ProductOperands {
   // B packed beforehand by pack_b from this same tensor (constant weights), or null: then
   // B is read, and packed if that pays, on every call.
   const PackedB* prepared_b = nullptr;
+  // A's float32 bit patterns (the memory of `a`, from a caller that holds it untyped), or
+  // null: at full precision (m = 23) and not transposed, A is then read in place instead
+  // of copied (A is already "rounded").
+  const uint32_t* a_bits = nullptr;
 };
 
 // y (plan.out_shape, row-major) = A (*) B per batch of `plan`, every product an L-Mul at
