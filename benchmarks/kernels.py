@@ -234,14 +234,27 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--threads", default="1,2", help="thread counts, e.g. 1,2,4,all (all: every CPU)")
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="smaller shapes, for a smoke run")
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--model", type=Path, help="an ONNX model to time original vs converted (always run)")
     parser.add_argument(
-        "--only", default="", help="run only the cases whose name contains this text (TEXT|TEXT: either)"
+        "--repeat", type=int, default=5, help="timed runs per side and round (40 times as many under 1 ms)"
     )
-    parser.add_argument("--statistic", choices=sorted(STATISTICS), default="median")
+    parser.add_argument("--quick", action="store_true", help="smaller shapes, for a smoke run")
+    parser.add_argument("--json", type=Path, help="also write every result (and the scaling) to this file")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="also time this ONNX model, original against converted (whatever --only says)",
+    )
+    parser.add_argument(
+        "--only",
+        default="",
+        help="run only the cases whose name contains this text; 'A|B' (split on '|', not a regex): either",
+    )
+    parser.add_argument(
+        "--statistic",
+        choices=sorted(STATISTICS),
+        default="median",
+        help="summary of a side's runs: median, or min (the steadier figure on a loaded machine)",
+    )
     parser.add_argument(
         "--cpu-time",
         action="store_true",
