@@ -195,7 +195,10 @@ size_t hardware_threads() {
 size_t Concurrency::of(const ParallelFor& parallel_for) {
   size_t threads = threads_.load();
   const size_t limit = hardware_threads();
-  if (threads < limit && measurements_.fetch_add(1) < kMeasurements) {
+  // (the load first: a pool smaller than the machine would otherwise write the counter
+  // on every call)
+  if (threads < limit && measurements_.load(std::memory_order_relaxed) < kMeasurements &&
+      measurements_.fetch_add(1) < kMeasurements) {
     // At most 3.2 ms each (a session of one thread: 0.4 ms); the largest count is kept.
     const size_t measured = measure_concurrency(parallel_for, limit, 400);
     while (measured > threads && !threads_.compare_exchange_weak(threads, measured)) {

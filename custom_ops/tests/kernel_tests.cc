@@ -471,17 +471,20 @@ void matrix_products() {
             lmul::lmul_matrix_product<lmul::Float32Storage>(plan, operands, bits, bias, nullptr, got.data(), schedule);
             check(differing_bits(got, expected) == 0, "matrix product, B per call",
                   (uint64_t{s.m} << 32) | (uint64_t(kind_a) << 16) | (uint64_t(kind_b) << 8) | uint64_t(bits));
-            // A's bit patterns given as well (the binding's float32 A): read in place at m = 23.
+            // A's bit patterns given as well (the binding's float32 A): read in place at
+            // m = 23. There `a` then holds other values: only a read in place sums right.
             std::vector<uint32_t> a_bits(a.size());
             if (!a.empty()) std::memcpy(a_bits.data(), a.data(), a.size() * sizeof(float));
+            const std::vector<uint32_t> a_bits_before = a_bits;
+            const std::vector<float> decoy(a.size(), 3.0f);
             operands.a_bits = a_bits.data();
+            if (bits == 23) operands.a = decoy.data();
             std::fill(got.begin(), got.end(), -1.0f);
             lmul::lmul_matrix_product<lmul::Float32Storage>(plan, operands, bits, bias, nullptr, got.data(), schedule);
             check(differing_bits(got, expected) == 0, "matrix product, A's bits in place",
                   (uint64_t{s.m} << 32) | (uint64_t(kind_a) << 16) | (uint64_t(kind_b) << 8) | uint64_t(bits));
-            check(a.empty() || std::memcmp(a_bits.data(), a.data(), a.size() * sizeof(float)) == 0,
-                  "A's bits left as they were");
-            // The same B packed beforehand, as constant weights are.
+            // The same B packed beforehand, as constant weights are (A prepared in place
+            // then: into a copy, never the caller's A).
             const auto packed = lmul::pack_b<lmul::Float32Storage>(b.data(), b_shape, plan.b_matrices, s.k, s.n,
                                                                    false, bits, schedule);
             operands.prepared_b = packed.get();
@@ -489,6 +492,7 @@ void matrix_products() {
             lmul::lmul_matrix_product<lmul::Float32Storage>(plan, operands, bits, bias, nullptr, got.data(), schedule);
             check(differing_bits(got, expected) == 0, "matrix product, B packed",
                   (uint64_t{s.m} << 32) | (uint64_t(kind_a) << 16) | (uint64_t(kind_b) << 8) | uint64_t(bits));
+            check(a_bits == a_bits_before, "A's bits left as they were");
           }
         }
       }
@@ -522,6 +526,61 @@ void small_m_paths() {
   check(!run(4, 0, 23), "small M: NaN in A goes to the portable loop");
   check(!run(6, 6, 23), "small M: overflow goes to the portable loop");
   check(!run(0, 7, 1), "small M: saturation goes to the portable loop");
+}
+
+// A broadcast against a batched B ((1, m, k) x (4, k, n)), its float32 bits read in place,
+// against per-call and packed B: every batch equals the reference, and A is left as it was.
+void broadcast_a_in_place() {
+  std::mt19937 rng(29);
+  struct Shape3 {
+    size_t m, k, n;
+  };
+  for (const Shape3& s : {Shape3{12, 130, 600}, Shape3{3, 40, 50}}) {
+    const size_t batches = 4;
+    for (int kind_a : {0, 1}) {
+      const std::vector<float> a = operand(rng, s.m * s.k, kind_a), b = operand(rng, batches * s.k * s.n, 0);
+      std::vector<float> a_repeated;
+      for (size_t i = 0; i < batches; ++i) a_repeated.insert(a_repeated.end(), a.begin(), a.end());
+      const std::vector<float> expected = reference_product(a_repeated, b, batches, s.m, s.k, s.n, true, 23);
+      const lmul::Shape a_shape{1, int64_t(s.m), int64_t(s.k)}, b_shape{int64_t(batches), int64_t(s.k), int64_t(s.n)};
+      lmul::MatMulPlan plan;
+      std::string error;
+      check(lmul::make_matmul_plan(a_shape, b_shape, plan, error), "broadcast plan");
+      std::vector<uint32_t> a_bits(a.size());
+      std::memcpy(a_bits.data(), a.data(), a.size() * sizeof(float));
+      const std::vector<uint32_t> before = a_bits;
+      const std::vector<float> decoy(a.size(), 3.0f);
+      lmul::ProductOperands<lmul::Float32Storage> operands;
+      operands.a = decoy.data();  // only the bits are right
+      operands.a_bits = a_bits.data();
+      operands.b = b.data();
+      const auto packed = lmul::pack_b<lmul::Float32Storage>(b.data(), b_shape, batches, s.k, s.n, false, 23,
+                                                             lmul::run_serially);
+      for (const lmul::PackedB* prepared : {static_cast<const lmul::PackedB*>(nullptr), packed.get()}) {
+        operands.prepared_b = prepared;
+        std::vector<float> got(expected.size(), -1.0f);
+        lmul::lmul_matrix_product<lmul::Float32Storage>(plan, operands, 23, lmul::lmul_bias(23), nullptr, got.data(),
+                                                        two_threads);
+        check(differing_bits(got, expected) == 0, "broadcast A read in place", s.m);
+        check(a_bits == before, "broadcast A left as it was");
+      }
+    }
+  }
+}
+
+// Concurrency::of measures at most three times, keeps the largest count, never says 0.
+void concurrency_measurements() {
+  size_t calls = 0;
+  const lmul::ParallelFor counting = [&calls](size_t tasks, const std::function<void(size_t)>& task) {
+    ++calls;
+    lmul::run_serially(tasks, task);
+  };
+  const size_t expected_calls = lmul::hardware_threads() > 1 ? 3 : 0;
+  lmul::Concurrency concurrency;
+  for (int i = 0; i < 6; ++i) check(concurrency.of(counting) == 1, "serial pool: one thread");
+  check(calls == expected_calls, "three measurements at most", calls);
+  check(lmul::Concurrency(0).of(counting) == 1, "never 0");
+  check(lmul::Concurrency(64).of(counting) == 64 && calls == expected_calls, "a fixed count is not measured");
 }
 
 // measure_concurrency counts the threads that run tasks at once, and a product split for
@@ -803,6 +862,8 @@ int main() {
   matrix_products();
   small_m_paths();
   concurrency_and_split();
+  concurrency_measurements();
+  broadcast_a_in_place();
   conv_split_for_threads();
   compact_weights();
   gemm_terms_and_storage();
