@@ -49,8 +49,6 @@ void lmul_matmul_rows_normal(const uint32_t* a, const uint32_t* b, size_t k, siz
 
 namespace {
 
-// One loop per stride pattern, so that each inner loop is a plain vectorisable map.
-// Always inlined: only then is it compiled for each target clone of its caller.
 #if LMUL_HAVE_X86_SIMD
 // Copies count floats to dst with streaming (non-temporal) stores of whole vectors where
 // dst is aligned to them, plain stores for the rest. One function per vector width: a
@@ -94,6 +92,8 @@ inline void stream_fence() {
 #endif
 }
 
+// One loop per stride pattern, so that each inner loop is a plain vectorisable map.
+// Always inlined: only then is it compiled for each target clone of its caller.
 template <bool kRound>
 __attribute__((always_inline)) inline void lmul_map(const float* __restrict a, size_t a_step, const float* __restrict b, size_t b_step,
                      float* __restrict out, size_t length, int mantissa_bits, uint32_t bias, bool stream) {
