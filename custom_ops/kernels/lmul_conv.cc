@@ -619,8 +619,9 @@ void conv_forward_offsets(const ConvPlan& plan, const ConvWeights& w, const uint
   // The interior's tasks and the other boxes' run in one parallel pass: the borders'
   // few tasks in a pass of their own would leave most threads idle.
   size_t interior_tasks = 0;
-  bool interior_runs_cross_borders = false;  // its direct runs span the border columns
-  size_t interior_rows_begin = 0, interior_rows_end = 0;  // (of those runs)
+  // Rows [crossed_begin, crossed_end) whose border columns the interior's direct runs
+  // also write (they run on from one row to the next); empty where they write none.
+  size_t crossed_begin = 0, crossed_end = 0;
   std::function<void(size_t)> interior_task;
   std::vector<ptrdiff_t> offsets;
   if (!in_place.empty()) {
@@ -656,9 +657,10 @@ void conv_forward_offsets(const ConvPlan& plan, const ConvWeights& w, const uint
     const size_t rows = rows_per_task(tasks), row_blocks = ceil_div(mg, rows);
     // Y holds the run's outputs at the same v when the output rows have the input's width.
     const bool direct = plan.out[2] == in_w && (plan.out[1] == plan.in[1] || plan.out[0] == 1);
-    interior_runs_cross_borders = direct && box.extent[1] > 1 && box.extent[2] < in_w;
-    interior_rows_begin = box.begin[1];
-    interior_rows_end = box.begin[1] + box.extent[1];
+    if (direct && box.extent[1] > 1 && box.extent[2] < in_w) {
+      crossed_begin = box.begin[1];
+      crossed_end = box.begin[1] + box.extent[1];
+    }
     const size_t per_image = groups * tasks * row_blocks;
     interior_tasks = plan.batch * per_image;
     interior_task = [=, &plan, &a, &offsets](size_t t) {
@@ -741,8 +743,7 @@ void conv_forward_offsets(const ConvPlan& plan, const ConvWeights& w, const uint
   std::vector<size_t> aside_at(border_tasks + 1, 0);
   for (size_t t = 0; t < border_tasks; ++t) {
     const BorderTask task = border_task_of(t);
-    const bool beside = interior_tasks > 0 && interior_runs_cross_borders &&
-                        task.box->begin[1] < interior_rows_end && task.box->begin[1] + task.box->extent[1] > interior_rows_begin;
+    const bool beside = task.box->begin[1] < crossed_end && task.box->begin[1] + task.box->extent[1] > crossed_begin;
     aside_at[t + 1] = aside_at[t] + (beside ? (task.r1 - task.r0) * task.piece->count : 0);
   }
   std::vector<float> aside(aside_at[border_tasks]);
