@@ -8,7 +8,8 @@ session, the fastest and the median run and their ratios to onnxruntime (higher 
 better), after checking that all builds return the same bits.
 
     python benchmarks/builds.py OLD/liblmul_onnx_ops.so NEW/liblmul_onnx_ops.so
-                                [--case mul|wide|wide-zeros|overflow-zeros] [--threads 1] [--rounds 30]
+                                [--case mul|wide|wide-zeros|overflow-zeros|attention|pv] [--threads 1]
+                                [--rounds 30]
 
 A build's library is ``lmul_onnx/liblmul_onnx_ops.so`` in its installed package, e.g.
 ``pip install --no-deps --target /tmp/old .`` from a checkout of the old revision.
@@ -64,6 +65,9 @@ def operands(case: str, rng: np.random.Generator) -> tuple[str, dict[str, np.nda
         signs = rng.choice([-1, 1], (1024, 1024))
         return (np.exp(rng.uniform(-80, 80, (1024, 1024))) * signs).astype(np.float32)
 
+    if case in ("attention", "pv"):  # q.K^T and p.V of 12 heads of 64 (kernels.py's cases)
+        shapes = [(12, 128, 64), (12, 64, 128)] if case == "attention" else [(12, 128, 128), (12, 128, 32)]
+        return "MatMul", {k: rng.standard_normal(s).astype(np.float32) for k, s in zip("AB", shapes, strict=True)}
     if case == "wide":
         a = wide()
         return "MatMul", {"A": a, "B": a.T.copy()}
@@ -81,7 +85,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("libraries", nargs="+", type=Path)
-    parser.add_argument("--case", choices=["mul", "wide", "wide-zeros", "overflow-zeros"], default="mul")
+    parser.add_argument("--case", choices=["mul", "wide", "wide-zeros", "overflow-zeros", "attention", "pv"], default="mul")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=30, help="interleaved rounds of 10 runs per session")
     args = parser.parse_args()

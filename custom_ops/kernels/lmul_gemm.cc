@@ -27,23 +27,40 @@ constexpr uint32_t kClampHigh = kClampOffset + kInfBits;            // u at or a
 
 LMUL_TARGET_CLONES
 void OperandRange::scan(const uint32_t* bits, size_t count) {
-  // Plain min/max reductions over masked values (GCC does not vectorise select
-  // reductions): zeros show as a smallest magnitude below 2^23, specials as a largest
-  // one at or above infinity; shifts of the sign make the masks without compares.
-  uint32_t smallest = 0xFFFFFFFFu, largest = 0, lo = 0xFFFFFFFFu, hi = 0;
-  for (size_t i = 0; i < count; ++i) {
-    const uint32_t m = bits[i] & kMagnitudeMask;
-    smallest = std::min(smallest, m);
-    largest = std::max(largest, m);
-    const uint32_t below_normal = static_cast<uint32_t>(static_cast<int32_t>(m - kSmallestNormalBits) >> 31);
-    const uint32_t not_finite = static_cast<uint32_t>(static_cast<int32_t>(kInfBits - 1u - m) >> 31);
-    lo = std::min(lo, m | below_normal);  // zeros excluded; specials only matter with has_special
-    hi = std::max(hi, m & ~not_finite);
+  // Block by block: first the plain smallest and largest magnitudes (two min/max
+  // reductions, which GCC vectorises); where those show no zero and no special value they
+  // are the range. Only a block with one is read again, its zeros (and subnormals) and
+  // specials left out by moving them to the far end of the reductions: m - 2^23 wraps the
+  // ones below the smallest normal to the top of the unsigned order, m + 2^23 takes the
+  // ones at or above infinity below zero in the signed order.
+  constexpr size_t kBlock = 4096;  // 16 KiB: the second read hits the L1 cache
+  for (size_t begin = 0; begin < count; begin += kBlock) {
+    const size_t end = std::min(count, begin + kBlock);
+    uint32_t smallest = 0xFFFFFFFFu, largest = 0;
+    for (size_t i = begin; i < end; ++i) {
+      const uint32_t m = bits[i] & kMagnitudeMask;
+      smallest = std::min(smallest, m);
+      largest = std::max(largest, m);
+    }
+    const bool zero = smallest < kSmallestNormalBits, special = largest >= kInfBits;
+    uint32_t lo = smallest, hi = largest;
+    if (zero || special) {
+      uint32_t lo_shifted = 0xFFFFFFFFu;
+      int32_t hi_shifted = static_cast<int32_t>(kSmallestNormalBits);  // hi = 0
+      for (size_t i = begin; i < end; ++i) {
+        const uint32_t m = bits[i] & kMagnitudeMask;
+        lo_shifted = std::min(lo_shifted, m - kSmallestNormalBits);
+        hi_shifted = std::max(hi_shifted, static_cast<int32_t>(m + kSmallestNormalBits));
+      }
+      // (normal and special magnitudes shift to at most 0x7F7FFFFF: above, none was seen)
+      lo = lo_shifted > 0x7FFFFFFFu ? 0xFFFFFFFFu : lo_shifted + kSmallestNormalBits;
+      hi = static_cast<uint32_t>(hi_shifted) - kSmallestNormalBits;
+    }
+    min_nonzero = std::min(min_nonzero, lo);  // zeros excluded; specials only matter with has_special
+    max_magnitude = std::max(max_magnitude, hi);
+    has_zero = has_zero || zero;
+    has_special = has_special || special;
   }
-  min_nonzero = std::min(min_nonzero, lo);
-  max_magnitude = std::max(max_magnitude, hi);
-  has_zero = has_zero || smallest < kSmallestNormalBits;
-  has_special = has_special || largest >= kInfBits;
 }
 
 void OperandRange::merge(const OperandRange& other) {

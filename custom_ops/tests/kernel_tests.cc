@@ -854,8 +854,53 @@ void elementwise_pass() {
 
 }  // namespace
 
+// OperandRange::scan against a one-value-at-a-time reference: zeros, subnormals,
+// infinities and NaN (either sign) alone or mixed, in runs that cross its blocks, and
+// blocks that hold only them.
+void operand_range_scan() {
+  struct Reference {
+    uint32_t min_nonzero = 0xFFFFFFFFu, max_magnitude = 0;
+    bool has_zero = false, has_special = false;
+    void add(uint32_t bits) {
+      const uint32_t m = bits & 0x7FFFFFFFu;
+      if (m < 0x00800000u) has_zero = true;
+      if (m >= 0x7F800000u) has_special = true;
+      if (m >= 0x00800000u) min_nonzero = std::min(min_nonzero, m);
+      if (m < 0x7F800000u) max_magnitude = std::max(max_magnitude, m);
+    }
+  };
+  std::mt19937 rng(31);
+  const uint32_t odd[] = {0u, 0x80000000u, 1u, 0x007FFFFFu, 0x7F800000u, 0xFF800000u, 0x7FC00000u, 0x7FFFFFFFu};
+  const size_t counts[] = {1, 15, 16, 17, 4095, 4096, 4097, 9000};
+  for (size_t count : counts) {
+    for (int mix = 0; mix < 6; ++mix) {
+      // mix 0: normal only; 1: zeros; 2: specials; 3: both; 4: only odd values; 5: one odd
+      // value in the last block only
+      std::vector<uint32_t> bits(count);
+      std::uniform_int_distribution<uint32_t> normal(0x00800000u, 0x7F7FFFFFu);
+      for (auto& x : bits) x = normal(rng) | (rng() & 0x80000000u);
+      for (size_t i = 0; i < count; ++i) {
+        const uint32_t pick = odd[rng() % 8];
+        const bool is_zero = (pick & 0x7FFFFFFFu) < 0x00800000u;
+        if ((mix == 1 && is_zero && rng() % 7 == 0) || (mix == 2 && !is_zero && rng() % 7 == 0) ||
+            (mix == 3 && rng() % 5 == 0) || mix == 4)
+          bits[i] = pick;
+      }
+      if (mix == 5) bits[count - 1] = odd[rng() % 8];
+      Reference expected;
+      for (uint32_t x : bits) expected.add(x);
+      lmul::OperandRange got;
+      got.scan(bits.data(), bits.size());
+      const bool ok = got.min_nonzero == expected.min_nonzero && got.max_magnitude == expected.max_magnitude &&
+                      got.has_zero == expected.has_zero && got.has_special == expected.has_special;
+      check(ok, "OperandRange::scan against the reference", count * 8 + static_cast<size_t>(mix));
+    }
+  }
+}
+
 int main() {
   spec_worked_values();
+  operand_range_scan();
   conversions();
   matmul_variants();
   clamped_variants();
