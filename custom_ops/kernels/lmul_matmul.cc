@@ -112,6 +112,32 @@ void round_block(const typename S::type* src, size_t rows, size_t cols, size_t r
   }
 }
 
+// One row of a panel from a float32 row: rounded, its magnitudes' smallest and largest
+// folded into `smallest` / `largest`, and stored minus `fold` (one pass; vectorised).
+LMUL_TARGET_CLONES
+void round_fold_row(const float* src, size_t width, int mantissa_bits, uint32_t fold, uint32_t* out,
+                    uint32_t& smallest, uint32_t& largest) {
+  uint32_t lo = smallest, hi = largest;
+  if (mantissa_bits == kFloat32MantissaBits) {
+    for (size_t j = 0; j < width; ++j) {
+      const uint32_t x = float_bits(src[j]);
+      lo = std::min(lo, x & kMagnitudeMask);
+      hi = std::max(hi, x & kMagnitudeMask);
+      out[j] = x - fold;
+    }
+  } else {
+    const uint32_t drop = static_cast<uint32_t>(kFloat32MantissaBits - mantissa_bits);
+    for (size_t j = 0; j < width; ++j) {
+      const uint32_t x = round_dropping_bits(float_bits(src[j]), drop);
+      lo = std::min(lo, x & kMagnitudeMask);
+      hi = std::max(hi, x & kMagnitudeMask);
+      out[j] = x - fold;
+    }
+  }
+  smallest = lo;
+  largest = hi;
+}
+
 // Packs one panel of a strided K x N matrix (columns [panel*nr, panel*nr + nr)), rounded,
 // and returns the range of its entries; then subtracts `fold` from every entry (see
 // BView::folded_bias). One pass over the panel while it is in the L1 cache; no stand-ins
@@ -121,6 +147,23 @@ OperandRange pack_panel_scanned(const typename S::type* src, size_t k, size_t n,
                                 size_t col_stride, int mantissa_bits, size_t nr, size_t panel, uint32_t fold,
                                 uint32_t* out) {
   const size_t j0 = panel * nr, width = std::min(nr, n - j0);
+  if constexpr (std::is_same<typename S::type, float>::value) {
+    if (col_stride == 1) {  // rows read in order: all in one pass, where no entry is zero or special
+      uint32_t smallest = 0xFFFFFFFFu, largest = 0;
+      for (size_t p = 0; p < k; ++p) {
+        round_fold_row(src + j0 + p * row_stride, width, mantissa_bits, fold, out + p * nr, smallest, largest);
+        std::fill(out + p * nr + width, out + (p + 1) * nr, 0u - fold);
+      }
+      if (k == 0 || (smallest >= kSmallestNormalBits && largest < kInfBits)) {
+        OperandRange range;  // (every entry normal: the smallest and largest are the range)
+        if (k > 0) {
+          range.min_nonzero = smallest;
+          range.max_magnitude = largest;
+        }
+        return range;
+      }
+    }  // else packed again below, with the range's zeros and specials set apart
+  }
   round_block<S>(src + j0 * col_stride, k, width, row_stride, col_stride, mantissa_bits, out, nr);
   OperandRange range;
   if (width == nr) {
