@@ -112,30 +112,42 @@ void round_block(const typename S::type* src, size_t rows, size_t cols, size_t r
   }
 }
 
-// One row of a panel from a float32 row: rounded, its magnitudes' smallest and largest
-// folded into `smallest` / `largest`, and stored minus `fold` (one pass; vectorised).
+// Rows of a panel from float32 rows (row stride row_stride, `width` of them, padded to
+// nr): rounded, stored minus `fold` (padding: 0 - fold), and the smallest and largest
+// magnitude returned, in one pass. The 16-lane reductions run across all rows (SLP
+// vectorised) and meet only at the end: a 64-wide row is only four vectors.
 LMUL_TARGET_CLONES
-void round_fold_row(const float* src, size_t width, int mantissa_bits, uint32_t fold, uint32_t* out,
-                    uint32_t& smallest, uint32_t& largest) {
-  uint32_t lo = smallest, hi = largest;
-  if (mantissa_bits == kFloat32MantissaBits) {
-    for (size_t j = 0; j < width; ++j) {
-      const uint32_t x = float_bits(src[j]);
-      lo = std::min(lo, x & kMagnitudeMask);
-      hi = std::max(hi, x & kMagnitudeMask);
-      out[j] = x - fold;
-    }
-  } else {
-    const uint32_t drop = static_cast<uint32_t>(kFloat32MantissaBits - mantissa_bits);
-    for (size_t j = 0; j < width; ++j) {
-      const uint32_t x = round_dropping_bits(float_bits(src[j]), drop);
-      lo = std::min(lo, x & kMagnitudeMask);
-      hi = std::max(hi, x & kMagnitudeMask);
-      out[j] = x - fold;
-    }
+void round_fold_rows(const float* src, size_t rows, size_t width, size_t row_stride, int mantissa_bits,
+                     uint32_t fold, uint32_t* out, size_t nr, uint32_t& smallest, uint32_t& largest) {
+  constexpr size_t kLanes = 16;
+  uint32_t lo[kLanes], hi[kLanes], tail_lo = 0xFFFFFFFFu, tail_hi = 0;  // (the tail's apart: lo, hi stay in registers)
+  for (size_t l = 0; l < kLanes; ++l) {
+    lo[l] = 0xFFFFFFFFu;
+    hi[l] = 0;
   }
-  smallest = lo;
-  largest = hi;
+  const uint32_t drop = static_cast<uint32_t>(kFloat32MantissaBits - mantissa_bits);
+  for (size_t p = 0; p < rows; ++p) {
+    const float* row = src + p * row_stride;
+    uint32_t* dst = out + p * nr;
+    size_t j = 0;
+    for (; j + kLanes <= width; j += kLanes) {
+      for (size_t l = 0; l < kLanes; ++l) {
+        const uint32_t x = drop == 0 ? float_bits(row[j + l]) : round_dropping_bits(float_bits(row[j + l]), drop);
+        lo[l] = std::min(lo[l], x & kMagnitudeMask);
+        hi[l] = std::max(hi[l], x & kMagnitudeMask);
+        dst[j + l] = x - fold;
+      }
+    }
+    for (; j < width; ++j) {
+      const uint32_t x = drop == 0 ? float_bits(row[j]) : round_dropping_bits(float_bits(row[j]), drop);
+      tail_lo = std::min(tail_lo, x & kMagnitudeMask);
+      tail_hi = std::max(tail_hi, x & kMagnitudeMask);
+      dst[j] = x - fold;
+    }
+    for (; j < nr; ++j) dst[j] = 0u - fold;
+  }
+  smallest = std::min(tail_lo, *std::min_element(lo, lo + kLanes));
+  largest = std::max(tail_hi, *std::max_element(hi, hi + kLanes));
 }
 
 // Packs one panel of a strided K x N matrix (columns [panel*nr, panel*nr + nr)), rounded,
@@ -149,11 +161,8 @@ OperandRange pack_panel_scanned(const typename S::type* src, size_t k, size_t n,
   const size_t j0 = panel * nr, width = std::min(nr, n - j0);
   if constexpr (std::is_same<typename S::type, float>::value) {
     if (col_stride == 1) {  // rows read in order: all in one pass, where no entry is zero or special
-      uint32_t smallest = 0xFFFFFFFFu, largest = 0;
-      for (size_t p = 0; p < k; ++p) {
-        round_fold_row(src + j0 + p * row_stride, width, mantissa_bits, fold, out + p * nr, smallest, largest);
-        std::fill(out + p * nr + width, out + (p + 1) * nr, 0u - fold);
-      }
+      uint32_t smallest, largest;
+      round_fold_rows(src + j0, k, width, row_stride, mantissa_bits, fold, out, nr, smallest, largest);
       if (k == 0 || (smallest >= kSmallestNormalBits && largest < kInfBits)) {
         OperandRange range;  // (every entry normal: the smallest and largest are the range)
         if (k > 0) {

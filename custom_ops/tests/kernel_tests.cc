@@ -426,6 +426,44 @@ std::vector<float> operand(std::mt19937& rng, size_t count, int kind) {
 // lmul_matrix_product (packing, scheduling, every kernel) equals the scalar reference, for
 // every M from 1 to 8 (the small-M kernel) and beyond, N off the vector width, batched and
 // broadcast B, special values, and any ParallelFor.
+// A per-call B's range (which picks the kernel) sees every column of each panel: one
+// entry that alone lets products overflow (or underflow), wherever it sits in a panel
+// (first, middle, last full vector, the columns after it), gives the reference's inf (or,
+// for a column of tiny entries, its zeros).
+void per_call_b_range_every_column() {
+  std::mt19937 rng(41);
+  std::uniform_real_distribution<float> moderate(0.5f, 2.0f);
+  const size_t m = 12, k = 10;
+  for (size_t n : {20, 40, 70}) {
+    for (size_t column : {size_t{0}, size_t{7}, size_t{16}, n - 9, n - 1}) {
+      for (float extreme : {3.0e38f, -3.0e38f, 1.2e-38f}) {
+        for (int bits : {23, 4}) {
+          std::vector<float> a(m * k), b(k * n);
+          for (auto& x : a) x = moderate(rng);
+          for (auto& x : b) x = moderate(rng);
+          b[(k / 2) * n + column] = extreme;
+          if (extreme < 1.0f) {  // (a whole column: a sum of ~1 would hide a wrong tiny product)
+            for (size_t p = 0; p < k; ++p) b[p * n + column] = extreme;
+          }
+          const uint32_t bias = lmul::lmul_bias(bits);
+          const std::vector<float> expected = reference_product(a, b, 1, m, k, n, false, bits, bias);
+          lmul::MatMulPlan plan;
+          std::string error;
+          check(lmul::make_matmul_plan({int64_t(m), int64_t(k)}, {int64_t(k), int64_t(n)}, plan, error), "plan");
+          lmul::ProductOperands<lmul::Float32Storage> operands;
+          operands.a = a.data();
+          operands.b = b.data();
+          std::vector<float> got(expected.size(), -1.0f);
+          lmul::lmul_matrix_product<lmul::Float32Storage>(plan, operands, bits, bias, nullptr, got.data(),
+                                                          lmul::run_serially);
+          check(differing_bits(got, expected) == 0, "per-call B: the range sees every column",
+                (uint64_t{n} << 16) | column);
+        }
+      }
+    }
+  }
+}
+
 void matrix_products() {
   std::mt19937 rng(11);
   const lmul::ParallelFor schedules[] = {lmul::run_serially, two_threads};
@@ -905,6 +943,7 @@ int main() {
   matmul_variants();
   clamped_variants();
   matrix_products();
+  per_call_b_range_every_column();
   small_m_paths();
   concurrency_and_split();
   concurrency_measurements();
