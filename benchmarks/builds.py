@@ -67,7 +67,8 @@ def operands(case: str, rng: np.random.Generator) -> tuple[str, dict[str, np.nda
 
     if case in ("attention", "pv"):  # q.K^T and p.V of 12 heads of 64 (kernels.py's cases)
         shapes = [(12, 128, 64), (12, 64, 128)] if case == "attention" else [(12, 128, 128), (12, 128, 32)]
-        return "MatMul", {k: rng.standard_normal(s).astype(np.float32) for k, s in zip("AB", shapes, strict=True)}
+        pair = zip("AB", shapes, strict=True)
+        return "MatMul", {name: rng.standard_normal(s).astype(np.float32) for name, s in pair}
     if case == "wide":
         a = wide()
         return "MatMul", {"A": a, "B": a.T.copy()}
