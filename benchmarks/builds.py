@@ -86,7 +86,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("libraries", nargs="+", type=Path)
-    parser.add_argument("--case", choices=["mul", "wide", "wide-zeros", "overflow-zeros", "attention", "pv"], default="mul")
+    cases = ["mul", "wide", "wide-zeros", "overflow-zeros", "attention", "pv"]
+    parser.add_argument("--case", choices=cases, default="mul")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=30, help="interleaved rounds of 10 runs per session")
     args = parser.parse_args()
