@@ -67,6 +67,7 @@ struct OperandRange {
   uint32_t max_magnitude = 0;          // largest magnitude among finite values
   bool has_zero = false;               // zero or subnormal (SPEC: treated as zero)
   bool has_special = false;            // infinity or NaN
+  uint64_t zeros = 0;                  // how many entries are zero or subnormal
 
   void scan(const uint32_t* bits, size_t count);
   void merge(const OperandRange& other);
@@ -149,10 +150,13 @@ size_t narrow_panel_width();
 // clamped variants need no B masks: b_min_nonzero (B's OperandRange::min_nonzero) tells
 // zero entries and their stand-ins (all below it) from the others; b_fold is the constant
 // subtracted from every panel entry when B was packed with the bias folded in (0 if not).
+// a_zero_bits (kAddMaskedA with AVX-512 only; optional): A's zeros as zero_bits_of_rows
+// from row 0 of `a`, in place of a_mask (then null): the tiles run the plain step between
+// the k steps where one of their rows has a zero (for A with few zeros: GELU outputs).
 void lmul_gemm_fast(GemmVariant variant, const uint32_t* a, const float* a_mask, const uint32_t* panels,
                     const float* b_masks, size_t k, size_t n, size_t row_begin, size_t row_end, size_t panel_begin,
                     size_t panel_end, float* c, size_t ldc, size_t panel_columns = 0, uint32_t b_min_nonzero = 0,
-                    uint32_t b_fold = 0);
+                    uint32_t b_fold = 0, const uint64_t* a_zero_bits = nullptr);
 
 // The widest mantissa whose rounded float32 values are all bfloat16 bit patterns (the low
 // 16 bits zero), so that panels of B can hold 16 bits per entry.
@@ -170,6 +174,11 @@ struct PanelsView {
 
 // Words of zero_row_bits per panel of k rows.
 constexpr size_t zero_row_words(size_t k) { return (k + 63) / 64; }
+
+// Where each of `rows` rows of A (k entries, row stride k, rounded, not yet prepared) has
+// a zero or subnormal entry: bit p % 64 of bits[r * zero_row_words(k) + p / 64] for entry
+// p of row r.
+void zero_bits_of_rows(const uint32_t* a, size_t rows, size_t k, uint64_t* bits);
 
 // For panels [panel_begin, panel_end) of compact panels (nr wide, of a K x N matrix): bit
 // p % 64 of bits[panel * zero_row_words(k) + p / 64] is set when row p of the panel has a
@@ -189,7 +198,7 @@ constexpr size_t half_panel_slot(size_t j, size_t nr) {
 // lmul_gemm_fast on compact panels: any one-add variant (B's zeros are tested, not masked).
 void lmul_gemm_panels(GemmVariant variant, const uint32_t* a, const float* a_mask, PanelsView panels, size_t k,
                       size_t n, size_t row_begin, size_t row_end, size_t panel_begin, size_t panel_end, float* c,
-                      size_t ldc);
+                      size_t ldc, const uint64_t* a_zero_bits = nullptr);
 
 // ---- B read in place (implicit GEMM), AVX-512 only ----
 //

@@ -64,7 +64,9 @@ class ThreadBuffer {
 struct CallBuffers {
   ThreadBuffer<uint32_t> a_rounded, b_packed;
   ThreadBuffer<float> a_masks, b_masks, sums;
+  ThreadBuffer<uint64_t> a_zero_bits;
   void trim() {
+    a_zero_bits.trim();
     a_rounded.trim();
     a_masks.trim();
     b_packed.trim();
@@ -77,6 +79,7 @@ struct CallBuffers {
 struct TaskBuffers {
   ThreadBuffer<uint32_t> a;
   ThreadBuffer<float> mask;
+  ThreadBuffer<uint64_t> zero_bits;
 };
 
 // dst[i] = float32 bits of src[i] rounded to `mantissa_bits` (SPEC 1, step 1), vectorised.
@@ -557,6 +560,14 @@ void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& opera
   const uint32_t a_bias = clamped ? bias : bias - fold, a_stand_in = clamped ? stand_in : stand_in + fold;
   const bool prepare_a_per_task = fast && (fold == 0 || masks_a(variant)) && panel_blocks == 1;
   float* a_masks = nullptr;
+  // An A with few zeros (at most 1 in 64 entries: GELU outputs) against a B without: where
+  // each row has them (zero_bits_of_rows) instead of A's float masks, so that the tiles run
+  // the plain step between them (lmul_gemm_fast). Denser zeros (ReLU outputs) keep masks.
+  const bool zero_bits = variant == GemmVariant::kAddMaskedA && simd_lanes() == 16 &&
+                         a_range.zeros * 64 <= plan.a_matrices * m * k;
+  const bool float_masks_a = masks_a(variant) && !zero_bits;
+  const size_t words = zero_row_words(k);
+  uint64_t* a_zero_bits = nullptr;
   if (fast && (fold == 0 || masks_a(variant)) && panel_blocks > 1) {
     const size_t count = plan.a_matrices * m * k;
     if (a_in_place) {  // prepared in place: into a copy, not the caller's A
@@ -564,11 +575,13 @@ void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& opera
       std::memcpy(a_rounded, operands.a_bits, count * sizeof(uint32_t));
       a_view = a_rounded;
     }
-    a_masks = masks_a(variant) ? buffers.a_masks.get(std::max<size_t>(1, count)) : nullptr;
+    a_masks = float_masks_a ? buffers.a_masks.get(std::max<size_t>(1, count)) : nullptr;
+    if (zero_bits) a_zero_bits = buffers.a_zero_bits.get(std::max<size_t>(1, plan.a_matrices * m * words));
     const size_t chunks = ceil_div(m, kRowsPerChunk);
     for_elements(count, parallel_for)(plan.a_matrices * chunks, [&](size_t t) {
       const size_t i = t / chunks, r0 = (t % chunks) * kRowsPerChunk, r1 = std::min(m, r0 + kRowsPerChunk);
       const size_t offset = i * m * k + r0 * k;
+      if (a_zero_bits) zero_bits_of_rows(a_rounded + offset, r1 - r0, k, a_zero_bits + (i * m + r0) * words);
       prepare_a(a_rounded + offset, a_masks ? a_masks + offset : nullptr, (r1 - r0) * k, variant, a_bias,
                 a_stand_in);
     });
@@ -588,29 +601,36 @@ void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& opera
       // against a B with the bias folded in, rounded A itself when it has no zeros.
       const uint32_t* a_block = a_matrix + r0 * k;
       const float* a_mask = a_masks ? a_masks + plan.a_matrix[batch] * m * k + r0 * k : nullptr;
+      const uint64_t* row_zero_bits = a_zero_bits ? a_zero_bits + (plan.a_matrix[batch] * m + r0) * words : nullptr;
       thread_local TaskBuffers task_buffers;
       if (prepare_a_per_task) {
         const size_t count = (r1 - r0) * k;
         uint32_t* prepared_rows = task_buffers.a.get(std::max<size_t>(1, count));
-        float* mask = masks_a(variant) ? task_buffers.mask.get(std::max<size_t>(1, count)) : nullptr;
+        float* mask = float_masks_a ? task_buffers.mask.get(std::max<size_t>(1, count)) : nullptr;
         std::memcpy(prepared_rows, a_block, count * sizeof(uint32_t));
+        if (zero_bits) {
+          uint64_t* bits = task_buffers.zero_bits.get(std::max<size_t>(1, (r1 - r0) * words));
+          zero_bits_of_rows(prepared_rows, r1 - r0, k, bits);
+          row_zero_bits = bits;
+        }
         prepare_a(prepared_rows, mask, count, variant, a_bias, a_stand_in);
         a_block = prepared_rows;
         a_mask = mask;
       }
       if (b_view.constant && !clamped) {
         lmul_gemm_panels(variant, a_block, a_mask, b_view.constant->matrix(plan.b_matrix[batch]), k, n, 0, r1 - r0,
-                         p0, p1, acc + r0 * n, n);
+                         p0, p1, acc + r0 * n, n, row_zero_bits);
       } else {
         // (constant 32-bit compact panels hold their zeros as 0, below B's smallest magnitude)
         const uint32_t* b_panels = b_view.constant ? b_view.constant->matrix(plan.b_matrix[batch]).wide
                                                    : b_view.panels + plan.b_matrix[batch] * panels * k * nr;
         const float* masks = b_masks ? b_masks + plan.b_matrix[batch] * panels * k * nr : nullptr;
         lmul_gemm_fast(variant, a_block, a_mask, b_panels, masks, k, n, 0, r1 - r0, p0, p1, acc + r0 * n, n, nr,
-                       b_view.range.min_nonzero, fold);
+                       b_view.range.min_nonzero, fold, row_zero_bits);
       }
       task_buffers.a.trim();
       task_buffers.mask.trim();
+      task_buffers.zero_bits.trim();
     } else {
       const auto rows = variant == GemmVariant::kNormal ? lmul_matmul_rows_normal : lmul_matmul_rows;
       rows(a_matrix, b_row_major + plan.b_matrix[batch] * k * n, k, n, r0, r1, bias, acc + r0 * n);
