@@ -190,6 +190,32 @@ OperandRange pack_panel_scanned(const typename S::type* src, size_t k, size_t n,
   return range;
 }
 
+// Rows x cols of a strided matrix rounded into dst (row-major, no padding), and their
+// range: float32 rows in one pass (round_fold_rows), where no entry is zero or special.
+template <class S>
+OperandRange round_scanned(const typename S::type* src, size_t rows, size_t cols, size_t row_stride,
+                           size_t col_stride, int mantissa_bits, uint32_t* dst) {
+  if constexpr (std::is_same<typename S::type, float>::value) {
+    if (col_stride == 1 && rows > 0 && cols > 0) {
+      uint32_t smallest, largest;
+      round_fold_rows(src, rows, cols, row_stride, mantissa_bits, 0, dst, cols, smallest, largest);
+      if (smallest >= kSmallestNormalBits && largest < kInfBits) {
+        OperandRange range;
+        range.min_nonzero = smallest;
+        range.max_magnitude = largest;
+        return range;
+      }
+      OperandRange range;  // (zeros or specials: their share of the range is set apart)
+      range.scan(dst, rows * cols);
+      return range;
+    }
+  }
+  round_block<S>(src, rows, cols, row_stride, col_stride, mantissa_bits, dst, cols);
+  OperandRange range;
+  range.scan(dst, rows * cols);
+  return range;
+}
+
 // Each K x N matrix of B rounded into row-major order (what the portable loops read).
 template <class S>
 std::unique_ptr<uint32_t[]> round_row_major(const typename S::type* data, size_t matrices, size_t k, size_t n,
@@ -427,9 +453,8 @@ OperandRange prepare_operands(const MatMulPlan& plan, const ProductOperands<S>& 
         return;
       }
       uint32_t* rows = a_rounded + i * m * k + r0 * k;
-      round_block<S>(operands.a + i * m * k + r0 * a_row_stride, r1 - r0, k, a_row_stride, a_col_stride,
-                     mantissa_bits, rows, k);
-      ranges[t].scan(rows, (r1 - r0) * k);
+      const typename S::type* src = operands.a + i * m * k + r0 * a_row_stride;
+      ranges[t] = round_scanned<S>(src, r1 - r0, k, a_row_stride, a_col_stride, mantissa_bits, rows);
       return;
     }
     const size_t u = t - a_tasks, i = u / b_units, unit = u % b_units;
