@@ -868,7 +868,7 @@ void compact_weights_of(std::mt19937& rng, int type_bits) {
         plan.m = m;
         plan.k = k;
         plan.n = n;
-        plan.out_shape = {int64_t(m), int64_t(n)};
+        plan.out_shape = lmul::Shape{int64_t(m), int64_t(n)};  // (assigning a list: a GCC 12 false -Wnonnull)
         plan.a_matrices = plan.b_matrices = 1;
         plan.a_matrix = plan.b_matrix = {0};
         lmul::ProductOperands<S> operands;
