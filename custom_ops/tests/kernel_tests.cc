@@ -10,7 +10,9 @@
 #include <cstdio>
 #include <atomic>
 #include <limits>
+#include <memory>
 #include <random>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -426,6 +428,27 @@ std::vector<float> operand(std::mt19937& rng, size_t count, int kind) {
 // lmul_matrix_product (packing, scheduling, every kernel) equals the scalar reference, for
 // every M from 1 to 8 (the small-M kernel) and beyond, N off the vector width, batched and
 // broadcast B, special values, and any ParallelFor.
+// lmul_matrix_product of float32 A and B (shapes a_shape, b_shape; B one matrix) at `bits`
+// with `bias`, B read per call or, with `packed`, packed beforehand as weights are.
+std::vector<float> product(const std::vector<float>& a, const std::vector<float>& b, const lmul::Shape& a_shape,
+                           const lmul::Shape& b_shape, int bits, uint32_t bias, const lmul::ParallelFor& schedule,
+                           bool packed) {
+  lmul::MatMulPlan plan;
+  std::string error;
+  check(lmul::make_matmul_plan(a_shape, b_shape, plan, error), "matmul plan");
+  lmul::ProductOperands<lmul::Float32Storage> operands;
+  operands.a = a.data();
+  operands.b = b.data();
+  std::unique_ptr<const lmul::PackedB> weights;
+  if (packed) {
+    weights = lmul::pack_b<lmul::Float32Storage>(b.data(), b_shape, 1, plan.k, plan.n, false, bits, schedule);
+    operands.prepared_b = weights.get();
+  }
+  std::vector<float> y(plan.m * plan.n * plan.a_matrix.size(), -1.0f);
+  lmul::lmul_matrix_product<lmul::Float32Storage>(plan, operands, bits, bias, nullptr, y.data(), schedule);
+  return y;
+}
+
 // A per-call B's range (which picks the kernel) sees every column of each panel: one
 // entry that alone lets products overflow (or underflow), wherever it sits in a panel
 // (first, middle, last full vector, the columns after it), gives the reference's inf (or,
@@ -446,18 +469,10 @@ void per_call_b_range_every_column() {
             for (size_t p = 0; p < k; ++p) b[p * n + column] = extreme;
           }
           const uint32_t bias = lmul::lmul_bias(bits);
-          const std::vector<float> expected = reference_product(a, b, 1, m, k, n, false, bits, bias);
-          lmul::MatMulPlan plan;
-          std::string error;
-          check(lmul::make_matmul_plan({int64_t(m), int64_t(k)}, {int64_t(k), int64_t(n)}, plan, error), "plan");
-          lmul::ProductOperands<lmul::Float32Storage> operands;
-          operands.a = a.data();
-          operands.b = b.data();
-          std::vector<float> got(expected.size(), -1.0f);
-          lmul::lmul_matrix_product<lmul::Float32Storage>(plan, operands, bits, bias, nullptr, got.data(),
-                                                          lmul::run_serially);
-          check(differing_bits(got, expected) == 0, "per-call B: the range sees every column",
-                (uint64_t{n} << 16) | column);
+          const std::vector<float> got = product(a, b, {int64_t(m), int64_t(k)}, {int64_t(k), int64_t(n)}, bits,
+                                                 bias, lmul::run_serially, false);
+          check(differing_bits(got, reference_product(a, b, 1, m, k, n, false, bits, bias)) == 0,
+                "per-call B: the range sees every column", (uint64_t{n} << 16) | column);
         }
       }
     }
@@ -568,22 +583,13 @@ void sparse_zeros_of_a() {
       a[c.k + 5] = 0.0f;
       const uint32_t bias = lmul::lmul_bias(bits);
       const std::vector<float> expected = reference_product(a, b, 1, c.m, c.k, c.n, false, bits, bias);
-      lmul::MatMulPlan plan;
-      std::string error;
-      const lmul::Shape b_shape{int64_t(c.k), int64_t(c.n)};
-      check(lmul::make_matmul_plan({int64_t(c.m), int64_t(c.k)}, b_shape, plan, error), "plan");
+      const lmul::Shape a_shape{int64_t(c.m), int64_t(c.k)}, b_shape{int64_t(c.k), int64_t(c.n)};
       for (const lmul::ParallelFor& schedule : schedules) {
-        lmul::ProductOperands<lmul::Float32Storage> operands;
-        operands.a = a.data();
-        operands.b = b.data();
-        std::vector<float> got(expected.size(), -1.0f);
-        lmul::lmul_matrix_product<lmul::Float32Storage>(plan, operands, bits, bias, nullptr, got.data(), schedule);
-        check(differing_bits(got, expected) == 0, "few zeros in A, B per call", (c.m << 16) | uint64_t(bits));
-        const auto packed = lmul::pack_b<lmul::Float32Storage>(b.data(), b_shape, 1, c.k, c.n, false, bits, schedule);
-        operands.prepared_b = packed.get();
-        std::fill(got.begin(), got.end(), -1.0f);
-        lmul::lmul_matrix_product<lmul::Float32Storage>(plan, operands, bits, bias, nullptr, got.data(), schedule);
-        check(differing_bits(got, expected) == 0, "few zeros in A, B packed", (c.m << 16) | uint64_t(bits));
+        for (bool packed : {false, true}) {
+          const std::vector<float> got = product(a, b, a_shape, b_shape, bits, bias, schedule, packed);
+          check(differing_bits(got, expected) == 0, packed ? "few zeros in A, B packed" : "few zeros in A, B per call",
+                (c.m << 16) | uint64_t(bits));
+        }
       }
     }
   }
