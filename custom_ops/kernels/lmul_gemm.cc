@@ -1,6 +1,7 @@
 #include "lmul_gemm.h"
 
 #include <algorithm>
+#include <cassert>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -735,10 +736,12 @@ void gemm_tiles(GemmVariant variant, const uint32_t* a, const float* a_mask, con
   const bool narrow = nr != panel_width() && nr == narrow_panel_width();
   const size_t mr = narrow ? 12 : tile_rows();
   alignas(64) float tile[6 * 64];  // also 12 x 32
-  // A's zeros as bits (kAddMaskedA, AVX-512): each tile of rows' steps with a zero
+  // A's zeros as bits (kAddMaskedA, AVX-512 only: no other tile reads them, and a_mask is
+  // null then): each tile of rows' steps with a zero
+  assert(!a_zero_bits || (variant == GemmVariant::kAddMaskedA && simd_lanes() == 16));
   const size_t words = zero_row_words(k);
-  std::vector<uint64_t> steps;
-  if (a_zero_bits) steps.resize((2 + mr) * words);
+  thread_local std::vector<uint64_t> steps;
+  if (a_zero_bits && steps.size() < (2 + mr) * words) steps.resize((2 + mr) * words);
   for (size_t r = row_begin; r < row_end; r += mr) {
     const size_t rows = std::min(mr, row_end - r);
     const TileFn<W> fn = select_tile<kZeros, W>(variant, rows, narrow);

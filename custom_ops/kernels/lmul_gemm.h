@@ -67,7 +67,8 @@ struct OperandRange {
   uint32_t max_magnitude = 0;          // largest magnitude among finite values
   bool has_zero = false;               // zero or subnormal (SPEC: treated as zero)
   bool has_special = false;            // infinity or NaN
-  uint64_t zeros = 0;                  // how many entries are zero or subnormal
+  uint64_t zeros = 0;                  // how many scanned entries are zero or subnormal
+                                       // (a range given has_zero by hand may say 0)
 
   void scan(const uint32_t* bits, size_t count);
   void merge(const OperandRange& other);
