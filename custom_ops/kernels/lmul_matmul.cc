@@ -494,6 +494,18 @@ OperandRange prepare_operands(const MatMulPlan& plan, const ProductOperands<S>& 
 
 }  // namespace
 
+// Whether a batch of products against per-call B's (attention's heads) runs one task per
+// product: at least two per thread, each with more rows than the small-M kernel takes
+// (that one streams B: nothing to keep in cache).
+template <class S>
+bool product_per_task(const MatMulPlan& plan, const ProductOperands<S>& operands, const GemmTerms<S>* gemm,
+                      const ParallelFor& parallel_for, Concurrency* concurrency) {
+  const size_t batches = plan.a_matrix.size();
+  if (batches < 2 || operands.prepared_b || gemm || plan.m <= kSmallMMaxRows || plan.k == 0) return false;
+  const size_t threads = concurrency ? concurrency->of(parallel_for) : 1;
+  return batches >= 2 * threads;
+}
+
 template <class S>
 void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& operands, int mantissa_bits, uint32_t bias,
                          const GemmTerms<S>* gemm, typename S::type* y, const ParallelFor& parallel_for,
@@ -501,6 +513,26 @@ void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& opera
   using T = typename S::type;
   const size_t m = plan.m, k = plan.k, n = plan.n, batches = plan.a_matrix.size();
   if (m == 0 || n == 0 || batches == 0) return;
+  if (product_per_task(plan, operands, gemm, parallel_for, concurrency)) {
+    // One task per product (attention's heads): each prepared, packed and summed by this
+    // function on one thread, while its B is in cache, in one pass of the pool instead
+    // of a preparation pass and a product pass. Each picks its own kernel: all give the
+    // same bits.
+    parallel_for(batches, [&](size_t i) {
+      MatMulPlan one;
+      one.m = m;
+      one.k = k;
+      one.n = n;
+      one.a_matrices = one.b_matrices = 1;
+      one.a_matrix = one.b_matrix = std::vector<size_t>{0};
+      ProductOperands<S> single = operands;
+      single.a = operands.a + plan.a_matrix[i] * m * k;
+      single.b = operands.b + plan.b_matrix[i] * k * n;
+      if (operands.a_bits) single.a_bits = operands.a_bits + plan.a_matrix[i] * m * k;
+      lmul_matrix_product<S>(one, single, mantissa_bits, bias, nullptr, y + i * m * n, run_serially);
+    });
+    return;
+  }
   thread_local CallBuffers buffers;
   struct Trim {
     CallBuffers& b;

@@ -524,6 +524,14 @@ void matrix_products() {
             lmul::lmul_matrix_product<lmul::Float32Storage>(plan, operands, bits, bias, nullptr, got.data(), schedule);
             check(differing_bits(got, expected) == 0, "matrix product, B per call",
                   (uint64_t{s.m} << 32) | (uint64_t(kind_a) << 16) | (uint64_t(kind_b) << 8) | uint64_t(bits));
+            // Told of 64 threads, a batch is not run one product per task (fewer than two
+            // per thread) but prepared and summed across all products at once.
+            lmul::Concurrency many(64);
+            std::fill(got.begin(), got.end(), -1.0f);
+            lmul::lmul_matrix_product<lmul::Float32Storage>(plan, operands, bits, bias, nullptr, got.data(), schedule,
+                                                            &many);
+            check(differing_bits(got, expected) == 0, "matrix product, B per call, whole batch at once",
+                  (uint64_t{s.m} << 32) | (uint64_t(kind_a) << 16) | (uint64_t(kind_b) << 8) | uint64_t(bits));
             // A's bit patterns given as well (the binding's float32 A): read in place at
             // m = 23. There `a` then holds other values: only a read in place sums right.
             std::vector<uint32_t> a_bits(a.size());
