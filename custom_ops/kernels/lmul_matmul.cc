@@ -123,7 +123,8 @@ LMUL_TARGET_CLONES
 void round_fold_rows(const float* src, size_t rows, size_t width, size_t row_stride, int mantissa_bits,
                      uint32_t fold, uint32_t* out, size_t nr, uint32_t& smallest, uint32_t& largest) {
   constexpr size_t kLanes = 16;
-  uint32_t lo[kLanes], hi[kLanes], tail_lo = 0xFFFFFFFFu, tail_hi = 0;  // (the tail's apart: lo, hi stay in registers)
+  // (the rows' last entries have their own pair: lo and hi then stay in registers)
+  uint32_t lo[kLanes], hi[kLanes], tail_lo = 0xFFFFFFFFu, tail_hi = 0;
   for (size_t l = 0; l < kLanes; ++l) {
     lo[l] = 0xFFFFFFFFu;
     hi[l] = 0;
