@@ -372,10 +372,10 @@ inline size_t next_set_bit(const uint64_t* bits, size_t from, size_t end) {
 // of them are zeros, from erf saturating). The steps between the zeros run as the plain
 // tight loop, found from the tile's zero steps (tile_zero_steps), with no test per step:
 // tested in the loop against A's float masks, which every panel read again (and which
-// A's preparation wrote), the 6-row tile ran 7 % slower. A step where some row has a zero adds that row's sums under an
-// all-or-nothing k-mask (no vector register taken from the sums); where every row has
-// one it is skipped. The sums are the same: a left-out product is +-0, and adding +-0
-// never changes a sum that starts at +0.
+// A's preparation wrote), the 6-row tile ran 7 % slower. A step where some row has a zero
+// adds that row's sums under an all-or-nothing k-mask (no vector register taken from the
+// sums); where every row has one it is skipped. The sums are the same: a left-out
+// product is +-0, and adding +-0 never changes a sum that starts at +0.
 template <int MR, int NV, class W>
 __attribute__((target("avx512f,avx512bw"))) void tile_sparse_zeros_a_avx512(const uint32_t* a, size_t lda,
                                                                            const W* panel, size_t k, float* out,

@@ -561,6 +561,32 @@ void matrix_products() {
   }
 }
 
+// zero_bits_of_rows (AVX-512, or the portable loop with LMUL_SIMD=avx2) against one bit per
+// entry: zeros of either sign and subnormals set it, nothing else does, for k off and on
+// the 16-entry vectors and 64-bit words.
+void zero_bits_of_rows_reference() {
+  std::mt19937 rng(47);
+  const uint32_t values[] = {0u, 0x80000000u, 1u, 0x807FFFFFu, 0x00800000u, 0x3F800000u, 0xFF800000u, 0x7FC00000u};
+  for (size_t k : {1, 15, 16, 17, 63, 64, 65, 130}) {
+    const size_t rows = 3, words = lmul::zero_row_words(k);
+    std::vector<uint32_t> a(rows * k);
+    for (auto& x : a) x = values[rng() % 8];
+    std::vector<uint64_t> bits(rows * words, ~uint64_t{0});
+    lmul::zero_bits_of_rows(a.data(), rows, k, bits.data());
+    bool ok = true;
+    for (size_t r = 0; r < rows; ++r) {
+      for (size_t w = 0; w < words; ++w) {
+        uint64_t expected = 0;
+        for (size_t p = w * 64; p < std::min(k, w * 64 + 64); ++p) {
+          expected |= uint64_t{(a[r * k + p] & 0x7FFFFFFFu) < 0x00800000u} << (p % 64);
+        }
+        ok = ok && bits[r * words + w] == expected;
+      }
+    }
+    check(ok, "zero_bits_of_rows against one bit per entry", k);
+  }
+}
+
 // An A with few zeros (at most 1 in 64: GELU outputs) against a B without: A's zeros go to
 // the tiles as bits, and the steps between them run unmasked. Zeros at random places, in
 // a whole column (every row of a tile: the step is skipped), in the first and last step,
@@ -1016,6 +1042,7 @@ int main() {
   matrix_products();
   per_call_b_range_every_column();
   sparse_zeros_of_a();
+  zero_bits_of_rows_reference();
   small_m_paths();
   concurrency_and_split();
   concurrency_measurements();
