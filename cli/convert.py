@@ -272,14 +272,14 @@ def convert(
             click.echo(f"portable: {report.portable}")
         click.echo(f"wrote {', '.join(report.written)} ({time.monotonic() - start:.1f} s)")
     if not dry_run:
-        click.echo(_energy_line(report, estimate))
+        click.echo(_energy_line(report, estimate, dims))
 
 
 def _energy_json(estimate: dict | None) -> dict | None:
     return None if estimate is None else {**estimate["total"], "unbound_dims": estimate["unbound_dims"]}
 
 
-def _energy_line(report: Any, estimate: dict | None) -> str:
+def _energy_line(report: Any, estimate: dict | None, dims: dict[str, int] | None = None) -> str:
     if not report.converted:
         return "energy: nothing converted, nothing saved"
     if estimate is None:
@@ -296,8 +296,11 @@ def _energy_line(report: Any, estimate: dict | None) -> str:
         if total["per_iteration_nodes"]
         else ""
     )
+    # the shapes it counts for, where --dim bound them (the estimate depends on them)
+    bound = "".join(f", {name}={size}" for name, size in (dims or {}).items())
     return (
-        f"energy (Horowitz 45 nm table): the {total['converted_multiplications']:,} converted products "
+        f"energy (Horowitz 45 nm table{bound}): "
+        f"the {total['converted_multiplications']:,} converted products "
         f"use {total['converted_saving_percent']:.1f} % less energy than float multiplication; "
         f"all {total['multiplications']:,} of the model's multiplications "
         f"{total['saving_percent']:.1f} % less{unknown}{loops}"

@@ -185,3 +185,13 @@ def test_convert_summary_without_candidates(tmp_path: Path) -> None:
     code, output = invoke("convert", path, "-q")
     assert code == 0
     assert output.strip().splitlines()[-1] == "energy: nothing converted, nothing saved"
+
+
+def test_convert_energy_line_names_the_bound_dimensions(model: Path, tmp_path: Path) -> None:
+    # The estimate depends on the shapes --dim binds: the line says which it counted for.
+    code, output = invoke("convert", model, "-o", tmp_path / "a.onnx", "--dim", "batch=2")
+    assert code == 0
+    line = next(text for text in output.splitlines() if text.startswith("energy"))
+    assert line.startswith("energy (Horowitz 45 nm table, batch=2): the ")
+    code, output = invoke("convert", model, "-o", tmp_path / "b.onnx", "--dim", "batch=3")
+    assert "energy (Horowitz 45 nm table, batch=3): the " in output
