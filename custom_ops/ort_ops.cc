@@ -128,6 +128,22 @@ lmul::ParallelFor pool_of(const Ort::KernelContext& context) {
   };
 }
 
+// onnxruntime's thread pool as the kernels' ParallelFor. A task that throws (out of
+// memory) must not unwind through onnxruntime's threads: the failure is rethrown here.
+lmul::ParallelFor pool_parallel_for(const Ort::KernelContext& context) {
+  return [pool = pool_of(context)](size_t tasks, const std::function<void(size_t)>& task) {
+    std::atomic<bool> failed{false};
+    pool(tasks, [&](size_t i) {
+      try {
+        task(i);
+      } catch (...) {
+        failed = true;
+      }
+    });
+    if (failed) throw std::bad_alloc();
+  };
+}
+
 lmul::Shape shape_of(const Ort::ConstValue& value) {
   return value.GetTensorTypeAndShapeInfo().GetShape();
 }
@@ -229,7 +245,7 @@ struct LMulKernel {
     if (plan.total == 0) return;
     lmul::lmul_elementwise<S>(plan, static_cast<const T*>(a.GetTensorRawData()),
                               static_cast<const T*>(b.GetTensorRawData()), static_cast<T*>(y.GetTensorMutableRawData()),
-                              mantissa_bits, bias, pool_of(context));
+                              mantissa_bits, bias, pool_parallel_for(context));
   }
 
   // LMulMatMul and LMulGemm: shapes and attributes here, the product in lmul_matmul.h.
@@ -273,25 +289,11 @@ struct LMulKernel {
       terms.c_col_stride = gemm.c_col_stride;
     }
     lmul::lmul_matrix_product<S>(mm, operands, mantissa_bits, bias, Kind == OpKind::kGemm ? &terms : nullptr,
-                                 static_cast<T*>(y.GetTensorMutableRawData()), pool_of(context), &concurrency);
+                                 static_cast<T*>(y.GetTensorMutableRawData()), pool_parallel_for(context),
+                                 &concurrency);
   }
 };
 
-// onnxruntime's thread pool as the kernels' ParallelFor. A task that throws (out of
-// memory) must not unwind through onnxruntime's threads: the failure is rethrown here.
-lmul::ParallelFor pool_parallel_for(const Ort::KernelContext& context) {
-  return [pool = pool_of(context)](size_t tasks, const std::function<void(size_t)>& task) {
-    std::atomic<bool> failed{false};
-    pool(tasks, [&](size_t i) {
-      try {
-        task(i);
-      } catch (...) {
-        failed = true;
-      }
-    });
-    if (failed) throw std::bad_alloc();
-  };
-}
 
 // LMulConv and LMulConvTranspose: attributes checked when the session is created,
 // constant weights rounded and scanned then, the rest in kernels/lmul_conv.h.

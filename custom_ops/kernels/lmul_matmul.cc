@@ -59,8 +59,10 @@ class ThreadBuffer {
   size_t capacity_ = 0;
 };
 
-// The calling thread's buffers for one lmul_matrix_product (it never runs nested on one
-// thread: tasks use their own, TaskBuffers).
+// The calling thread's buffers for one lmul_matrix_product (never two at once on one
+// thread: a batch run one product per task returns before it would use them, and each of
+// its tasks' products, on pool threads, finishes before that thread takes another task;
+// a product's own tasks use TaskBuffers).
 struct CallBuffers {
   ThreadBuffer<uint32_t> a_rounded, b_packed;
   ThreadBuffer<float> a_masks, b_masks, sums;
