@@ -499,14 +499,18 @@ OperandRange prepare_operands(const MatMulPlan& plan, const ProductOperands<S>& 
 
 // Whether a batch of products against per-call B's (attention's heads) runs one task per
 // product: at least two per thread, each with more rows than the small-M kernel takes
-// (that one streams B: nothing to keep in cache).
+// (that one streams B: nothing to keep in cache), and either small (waking the pool twice
+// costs more than an uneven share) or shared evenly among the threads.
 template <class S>
 bool product_per_task(const MatMulPlan& plan, const ProductOperands<S>& operands, const GemmTerms<S>* gemm,
                       const ParallelFor& parallel_for, Concurrency* concurrency) {
+  constexpr size_t kSmallProductOps = size_t{1} << 22;  // a 128 x 128 x 256 product
   const size_t batches = plan.a_matrix.size();
   if (batches < 2 || operands.prepared_b || gemm || plan.m <= kSmallMMaxRows || plan.k == 0) return false;
   const size_t threads = concurrency ? concurrency->of(parallel_for) : 1;
-  return batches >= 2 * threads;
+  const bool small = plan.m * plan.k * plan.n <= kSmallProductOps;
+  const bool even = batches % threads == 0 || batches >= 8 * threads;
+  return batches >= 2 * threads && (small || even);
 }
 
 template <class S>
