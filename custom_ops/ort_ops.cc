@@ -115,7 +115,8 @@ void read_width_and_offset(const OrtKernelInfo* info, int& mantissa_bits, uint32
   bias = lmul::lmul_bias_for_offset(static_cast<uint32_t>(offset));
 }
 
-// The kernels' ParallelFor on onnxruntime's intra-op thread pool of this call.
+// onnxruntime's intra-op thread pool of this call, as it is (the kernels get it through
+// pool_parallel_for).
 lmul::ParallelFor pool_of(const Ort::KernelContext& context) {
   return [&context](size_t tasks, const std::function<void(size_t)>& task) {
     if (tasks == 0) return;
@@ -293,7 +294,6 @@ struct LMulKernel {
                                  &concurrency);
   }
 };
-
 
 // LMulConv and LMulConvTranspose: attributes checked when the session is created,
 // constant weights rounded and scanned then, the rest in kernels/lmul_conv.h.

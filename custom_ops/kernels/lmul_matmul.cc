@@ -159,7 +159,8 @@ void round_fold_rows(const float* src, size_t rows, size_t width, size_t row_str
 // Packs one panel of a strided K x N matrix (columns [panel*nr, panel*nr + nr)), rounded,
 // and returns the range of its entries; then subtracts `fold` from every entry (see
 // BView::folded_bias). One pass over the panel while it is in the L1 cache; no stand-ins
-// for zeros yet (mask_panel_zeros). Padding columns hold 0 - fold.
+// for zeros yet (mask_panel_zeros). Padding columns hold 0 - fold. (Rows of A are one
+// panel as wide as A, with no fold.)
 template <class S>
 OperandRange pack_panel_scanned(const typename S::type* src, size_t k, size_t n, size_t row_stride,
                                 size_t col_stride, int mantissa_bits, size_t nr, size_t panel, uint32_t fold,
@@ -190,32 +191,6 @@ OperandRange pack_panel_scanned(const typename S::type* src, size_t k, size_t n,
     }
   }
   subtract_from_run(out, k * nr, fold);
-  return range;
-}
-
-// Rows x cols of a strided matrix rounded into dst (row-major, no padding), and their
-// range: float32 rows in one pass (round_fold_rows), where no entry is zero or special.
-template <class S>
-OperandRange round_scanned(const typename S::type* src, size_t rows, size_t cols, size_t row_stride,
-                           size_t col_stride, int mantissa_bits, uint32_t* dst) {
-  if constexpr (std::is_same<typename S::type, float>::value) {
-    if (col_stride == 1 && rows > 0 && cols > 0) {
-      uint32_t smallest, largest;
-      round_fold_rows(src, rows, cols, row_stride, mantissa_bits, 0, dst, cols, smallest, largest);
-      if (smallest >= kSmallestNormalBits && largest < kInfBits) {
-        OperandRange range;
-        range.min_nonzero = smallest;
-        range.max_magnitude = largest;
-        return range;
-      }
-      OperandRange range;  // (zeros or specials: their share of the range is set apart)
-      range.scan(dst, rows * cols);
-      return range;
-    }
-  }
-  round_block<S>(src, rows, cols, row_stride, col_stride, mantissa_bits, dst, cols);
-  OperandRange range;
-  range.scan(dst, rows * cols);
   return range;
 }
 
@@ -457,7 +432,7 @@ OperandRange prepare_operands(const MatMulPlan& plan, const ProductOperands<S>& 
       }
       uint32_t* rows = a_rounded + i * m * k + r0 * k;
       const typename S::type* src = operands.a + i * m * k + r0 * a_row_stride;
-      ranges[t] = round_scanned<S>(src, r1 - r0, k, a_row_stride, a_col_stride, mantissa_bits, rows);
+      ranges[t] = pack_panel_scanned<S>(src, r1 - r0, k, a_row_stride, a_col_stride, mantissa_bits, k, 0, 0, rows);
       return;
     }
     const size_t u = t - a_tasks, i = u / b_units, unit = u % b_units;
