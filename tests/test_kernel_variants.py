@@ -168,6 +168,13 @@ RUNNER = textwrap.dedent(
         cases[f"m1_a_{name}"] = (x, y)
     cases["m3_zeros"] = (np.maximum(a[:3], 0), np.where(np.abs(b) < 0.3, -0.0, b).astype(np.float32))
     cases["m1_overflow"] = (a[:1] * np.float32(1e20), b * np.float32(1e20))
+    # the small-M clamped pass: products that underflow (a peaked softmax's probabilities,
+    # down to subnormals and zeros) or span the whole range, with zeros in A and B
+    logits = a[:2] * np.float32(15)
+    peaked = np.exp(logits - logits.max(axis=1, keepdims=True))
+    cases["m2_peaked_softmax"] = (peaked / peaked.sum(axis=1, keepdims=True), b)
+    cases["m3_range_zeros"] = (cases["range_zeros"][0][:3], cases["range_zeros"][1])
+    cases["m1_underflow_zeros"] = (cases["underflow_zeros"][0][:1], cases["underflow_zeros"][1])
     cases["heads"] = (rng.standard_normal((12, 1, 70)).astype(np.float32),
                       rng.standard_normal((12, 70, 37)).astype(np.float32))
     cases["long_rows"] = (rng.standard_normal((2, 70)).astype(np.float32),

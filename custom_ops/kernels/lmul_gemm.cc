@@ -17,16 +17,6 @@
 
 namespace lmul {
 
-namespace {
-
-// The clamped kernels' constants (lmul_gemm.h): A is prepared as |a| + kClampOffset - bias,
-// so that u = a'' + |b| = |a| + |b| - bias + kClampOffset never wraps around.
-constexpr uint32_t kClampOffset = 0x40000000u;
-constexpr uint32_t kClampLow = kClampOffset + kSmallestNormalBits;  // u below: underflow
-constexpr uint32_t kClampHigh = kClampOffset + kInfBits;            // u at or above: overflow
-
-}  // namespace
-
 LMUL_TARGET_CLONES
 void OperandRange::scan(const uint32_t* bits, size_t count) {
   // Block by block: first the plain smallest and largest magnitudes (two min/max

@@ -61,6 +61,12 @@
 
 namespace lmul {
 
+// The clamped kernels' constants (above): A is prepared as |a| + kClampOffset - bias, so
+// that u = a'' + |b| = |a| + |b| - bias + kClampOffset never wraps around.
+constexpr uint32_t kClampOffset = 0x40000000u;
+constexpr uint32_t kClampLow = kClampOffset + kSmallestNormalBits;  // u below: underflow
+constexpr uint32_t kClampHigh = kClampOffset + kInfBits;            // u at or above: overflow
+
 // Magnitude statistics of a packed, rounded operand.
 struct OperandRange {
   uint32_t min_nonzero = 0xFFFFFFFFu;  // smallest magnitude among normal values

@@ -57,9 +57,21 @@ bool one_add_exact(const OperandRange& a, uint32_t b_min, uint32_t b_max, uint32
 
 #if LMUL_HAVE_X86_SIMD
 
-// How a one-add pass went: exact; not exact because B has zeros (a pass with masks will
-// be); or not exact because some product is not one add (the portable loop must do it).
-enum class Pass { kExact, kHasZeros, kNotOneAdd };
+// Whether a one-add pass is worth trying before B's range is known: not when A's range
+// alone needs every non-zero |b| above 2^-20 (or below 2^20) for it to be exact, as with
+// the tiny probabilities of a peaked softmax (p.V while decoding). The clamped pass then
+// goes first instead of after a one-add pass whose sums would be thrown away.
+bool one_add_plausible(const OperandRange& a, uint32_t bias) {
+  if (a.min_nonzero == 0xFFFFFFFFu) return true;
+  constexpr uint64_t kSmall = 0x35800000u, kLarge = 0x49800000u;  // 2^-20, 2^20
+  return uint64_t{bias} + kSmallestNormalBits <= a.min_nonzero + kSmall &&
+         uint64_t{a.max_magnitude} + kLarge < uint64_t{bias} + kInfBits;
+}
+
+// How a pass went: exact; not exact because B has zeros (a pass with masks will be); not
+// exact because some product is not one add (the clamped pass will be); or B has an
+// infinity, a NaN or a value that saturates when rounded (the portable loop must do it).
+enum class Pass { kExact, kHasZeros, kNotOneAdd, kSpecialB };
 
 // Rounded magnitudes of 16 float32 values to the kept bits (SPEC 1, step 1) without the
 // saturation and the pass-through of specials: a value that would saturate, infinity and
@@ -73,6 +85,14 @@ __attribute__((target("avx512f"), always_inline)) inline __m512i round_avx512(__
   return _mm512_and_si512(_mm512_add_epi32(_mm512_add_epi32(magnitude, half_minus_one), lsb), kept);
 }
 
+// The same with AVX2.
+__attribute__((target("avx2"), always_inline)) inline __m256i round_avx2(__m256i magnitude, __m128i drop,
+                                                                         __m256i half_minus_one, __m256i kept,
+                                                                         __m256i lsb_bit) {
+  const __m256i lsb = _mm256_and_si256(_mm256_srl_epi32(magnitude, drop), lsb_bit);
+  return _mm256_and_si256(_mm256_add_epi32(_mm256_add_epi32(magnitude, half_minus_one), lsb), kept);
+}
+
 // Rows of B per pass over the columns: the sums go through memory once per pass. Many
 // when B's rows are short (B is then read nearly in order anyway), few when they are
 // long, so that each pass reads few, long, sequential streams (what prefetchers follow).
@@ -82,20 +102,23 @@ inline size_t rows_per_pass(size_t ldb) { return ldb <= 256 ? kMaxRowsPerPass : 
 // Accumulator vectors per row: enough independent sums to hide the add latency.
 constexpr int vectors_per_chunk(int rows) { return rows == 1 ? 4 : rows == 2 ? 2 : 1; }
 
-// One pass's view of A: per row and k, A' = a - bias and a lane mask that skips the
+// One pass's view of A: per row and k, A prepared by the chunk kernel (Chunks::prepare:
+// a - bias for one add), a's sign as +-1 (clamped passes) and a lane mask that skips the
 // products of a zero.
 template <int R, class Mask>
 struct PassOfA {
   int prepared[kMaxRowsPerPass][R];
+  float sign[kMaxRowsPerPass][R];
   Mask lanes[kMaxRowsPerPass][R];
 };
 
-// The one-add pass over columns [j0, j1) (whole vectors) of R rows, with the chunk kernel
-// of one instruction set (Avx512Chunks or Avx2Chunks below): passes of rows_per_pass(ldb)
-// rows of B; in each, chunks of V vectors, then single vectors, from j0 to j1.
+// A pass over columns [j0, j1) (whole vectors) of R rows, with the chunk kernel of one
+// instruction set (Avx512Chunks, Avx2Chunks or their clamped forms below): passes of
+// rows_per_pass(ldb) rows of B; in each, chunks of V vectors, then single vectors, from
+// j0 to j1.
 template <class Chunks>
-Pass one_add_pass(const uint32_t* a, size_t k, const OperandRange& a_range, const float* b, size_t ldb, size_t j0,
-                  size_t j1, int mantissa_bits, uint32_t bias, float* c, size_t ldc) {
+Pass block_pass(const uint32_t* a, size_t k, const OperandRange& a_range, const float* b, size_t ldb, size_t j0,
+                size_t j1, int mantissa_bits, uint32_t bias, float* c, size_t ldc) {
   constexpr int R = Chunks::kRows, V = vectors_per_chunk(R);
   constexpr size_t kLanes = Chunks::kLanes;
   Chunks chunks(mantissa_bits);
@@ -106,7 +129,8 @@ Pass one_add_pass(const uint32_t* a, size_t k, const OperandRange& a_range, cons
     for (size_t s = 0; s < steps; ++s) {
       for (int r = 0; r < R; ++r) {
         const uint32_t x = a[r * k + p0 + s];
-        pass.prepared[s][r] = static_cast<int>(x - bias);
+        pass.prepared[s][r] = Chunks::prepare(x, bias);
+        if constexpr (Chunks::kClamped) pass.sign[s][r] = x & kSignBit ? -1.0f : 1.0f;
         pass.lanes[s][r] = (x & kMagnitudeMask) >= kSmallestNormalBits ? Chunks::kAllLanes : 0;
       }
     }
@@ -117,6 +141,8 @@ Pass one_add_pass(const uint32_t* a, size_t k, const OperandRange& a_range, cons
   }
   uint32_t smallest = 0, largest = 0;
   chunks.range(smallest, largest);
+  if (largest >= kInfBits) return Pass::kSpecialB;
+  if constexpr (Chunks::kClamped) return Pass::kExact;  // exact for any finite B
   if (!Chunks::kMaskB && smallest < kSmallestNormalBits) return Pass::kHasZeros;
   return one_add_exact(a_range, smallest, largest, bias) ? Pass::kExact : Pass::kNotOneAdd;
 }
@@ -128,11 +154,13 @@ template <int R, bool kRound, bool kMaskA, bool kMaskBZeros>
 struct Avx512Chunks {
   static constexpr int kRows = R;
   static constexpr size_t kLanes = 16;
-  static constexpr bool kMaskB = kMaskBZeros;
+  static constexpr bool kMaskB = kMaskBZeros, kClamped = false;
   using Mask = __mmask16;
   static constexpr Mask kAllLanes = 0xFFFF;
   __m128i drop;
   __m512i half_minus_one, kept, magnitude_mask, sign_mask, smallest_normal, b_min, b_max;
+
+  static int prepare(uint32_t x, uint32_t bias) { return static_cast<int>(x - bias); }
 
   __attribute__((target("avx512f"))) explicit Avx512Chunks(int mantissa_bits) {
     const uint32_t bits = static_cast<uint32_t>(kFloat32MantissaBits - mantissa_bits);
@@ -201,11 +229,13 @@ template <int R, bool kRound, bool kMaskA, bool kMaskBZeros>
 struct Avx2Chunks {
   static constexpr int kRows = R;
   static constexpr size_t kLanes = 8;
-  static constexpr bool kMaskB = kMaskBZeros;
+  static constexpr bool kMaskB = kMaskBZeros, kClamped = false;
   using Mask = int;
   static constexpr Mask kAllLanes = -1;
   __m128i drop;
   __m256i half_minus_one, kept, magnitude_mask, sign_mask, below_normal, ones, lsb_bit, b_min, b_max;
+
+  static int prepare(uint32_t x, uint32_t bias) { return static_cast<int>(x - bias); }
 
   __attribute__((target("avx2"))) explicit Avx2Chunks(int mantissa_bits) {
     const uint32_t bits = static_cast<uint32_t>(kFloat32MantissaBits - mantissa_bits);
@@ -233,8 +263,7 @@ struct Avx2Chunks {
         __m256i y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + s * ldb + j + 8 * v));
         __m256i magnitude = _mm256_and_si256(y, magnitude_mask);
         if (kRound) {
-          const __m256i lsb = _mm256_and_si256(_mm256_srl_epi32(magnitude, drop), lsb_bit);
-          magnitude = _mm256_and_si256(_mm256_add_epi32(_mm256_add_epi32(magnitude, half_minus_one), lsb), kept);
+          magnitude = round_avx2(magnitude, drop, half_minus_one, kept, lsb_bit);
           y = _mm256_or_si256(magnitude, _mm256_and_si256(y, sign_mask));
         }
         // Signed compare: a magnitude >= 2^31 (rounded NaN) counts as zero here, but the
@@ -270,6 +299,148 @@ struct Avx2Chunks {
   }
 };
 
+// AVX-512 for products that may underflow or overflow: lmul_gemm.h's clamped product
+// with B read in place. Per product u = a'' + |b| (a'' = |a| + kClampOffset - bias),
+// r = min(u, kClampHigh) - ((b & sign) | kClampOffset), and acc += s_a * r in the lanes
+// where u >= kClampLow (no underflow), b is not zero and a is not zero. Exact for every
+// finite B; b_max (largest rounded |b|) tells whether B had anything else.
+template <int R, bool kRound>
+struct Avx512ClampedChunks {
+  static constexpr int kRows = R;
+  static constexpr size_t kLanes = 16;
+  static constexpr bool kMaskB = true, kClamped = true;
+  using Mask = __mmask16;
+  static constexpr Mask kAllLanes = 0xFFFF;
+  __m128i drop;
+  __m512i half_minus_one, kept, magnitude_mask, sign_mask, offset, low, high, smallest_normal, b_max;
+
+  static int prepare(uint32_t x, uint32_t bias) {
+    return static_cast<int>((x & kMagnitudeMask) + (kClampOffset - bias));
+  }
+
+  __attribute__((target("avx512f"))) explicit Avx512ClampedChunks(int mantissa_bits) {
+    const uint32_t bits = static_cast<uint32_t>(kFloat32MantissaBits - mantissa_bits);
+    drop = _mm_cvtsi32_si128(static_cast<int>(bits));
+    half_minus_one = _mm512_set1_epi32(kRound ? static_cast<int>((1u << (bits - 1u)) - 1u) : 0);
+    kept = _mm512_set1_epi32(static_cast<int>(~((1u << bits) - 1u)));
+    magnitude_mask = _mm512_set1_epi32(static_cast<int>(kMagnitudeMask));
+    sign_mask = _mm512_set1_epi32(static_cast<int>(kSignBit));
+    offset = _mm512_set1_epi32(static_cast<int>(kClampOffset));
+    low = _mm512_set1_epi32(static_cast<int>(kClampLow));
+    high = _mm512_set1_epi32(static_cast<int>(kClampHigh));
+    smallest_normal = _mm512_set1_epi32(static_cast<int>(kSmallestNormalBits));
+    b_max = _mm512_setzero_si512();
+  }
+
+  template <int V>
+  __attribute__((target("avx512f"))) void run(const PassOfA<R, Mask>& a, const float* b, size_t ldb, size_t steps,
+                                              bool first, float* c, size_t ldc, size_t j) {
+    __m512 acc[R][V];
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < V; ++v) acc[r][v] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(c + r * ldc + j + 16 * v);
+    __m512i hi = b_max;
+    for (size_t s = 0; s < steps; ++s) {
+      for (int v = 0; v < V; ++v) {
+        const __m512i y = _mm512_loadu_si512(b + s * ldb + j + 16 * v);
+        __m512i magnitude = _mm512_and_si512(y, magnitude_mask);
+        if (kRound) magnitude = round_avx512(magnitude, drop, half_minus_one, kept);
+        hi = _mm512_mask_max_epu32(hi, 0xFFFF, hi, magnitude);  // (unmasked forms warn in GCC 12)
+        const __mmask16 nonzero = _mm512_cmpge_epu32_mask(magnitude, smallest_normal);
+        const __m512i constant = _mm512_ternarylogic_epi32(y, sign_mask, offset, 0xEA);  // (b & sign) | offset
+        for (int r = 0; r < R; ++r) {
+          const __m512i u = _mm512_add_epi32(_mm512_set1_epi32(a.prepared[s][r]), magnitude);
+          const __mmask16 keep = _mm512_mask_cmpge_epu32_mask(nonzero & a.lanes[s][r], u, low);
+          const __m512i product = _mm512_sub_epi32(_mm512_maskz_min_epu32(0xFFFF, u, high), constant);
+          acc[r][v] = _mm512_mask3_fmadd_ps(_mm512_castsi512_ps(product), _mm512_set1_ps(a.sign[s][r]), acc[r][v],
+                                            keep);
+        }
+      }
+    }
+    b_max = hi;
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < V; ++v) _mm512_storeu_ps(c + r * ldc + j + 16 * v, acc[r][v]);
+  }
+
+  __attribute__((target("avx512f"))) void range(uint32_t& smallest, uint32_t& largest) const {
+    alignas(64) uint32_t hi[16];
+    _mm512_store_si512(hi, b_max);
+    smallest = 0;  // not tracked: zeros are masked
+    largest = *std::max_element(hi, hi + 16);
+  }
+};
+
+// The same with AVX2: no unsigned compares, so u is kept offset by 2^31 (as a signed
+// value; prepare() gives a'' - 2^31) and the lanes to skip are zeroed before the
+// multiply-add (0 * s_a adds +-0, which leaves every sum as it was).
+template <int R, bool kRound>
+struct Avx2ClampedChunks {
+  static constexpr int kRows = R;
+  static constexpr size_t kLanes = 8;
+  static constexpr bool kMaskB = true, kClamped = true;
+  using Mask = int;
+  static constexpr Mask kAllLanes = -1;
+  __m128i drop;
+  __m256i half_minus_one, kept, magnitude_mask, sign_mask, constant, low, high, below_normal, lsb_bit, b_max;
+
+  static int prepare(uint32_t x, uint32_t bias) {
+    return static_cast<int>(((x & kMagnitudeMask) + (kClampOffset - bias)) ^ kSignBit);
+  }
+
+  __attribute__((target("avx2"))) explicit Avx2ClampedChunks(int mantissa_bits) {
+    const uint32_t bits = static_cast<uint32_t>(kFloat32MantissaBits - mantissa_bits);
+    drop = _mm_cvtsi32_si128(static_cast<int>(bits));
+    half_minus_one = _mm256_set1_epi32(kRound ? static_cast<int>((1u << (bits - 1u)) - 1u) : 0);
+    kept = _mm256_set1_epi32(static_cast<int>(~((1u << bits) - 1u)));
+    magnitude_mask = _mm256_set1_epi32(static_cast<int>(kMagnitudeMask));
+    sign_mask = _mm256_set1_epi32(static_cast<int>(kSignBit));
+    constant = _mm256_set1_epi32(static_cast<int>(kClampOffset ^ kSignBit));  // offset by 2^31 like u
+    low = _mm256_set1_epi32(static_cast<int>(kClampLow - kSignBit - 1u));     // u - 2^31 above: no underflow
+    high = _mm256_set1_epi32(static_cast<int>(kClampHigh - kSignBit));
+    below_normal = _mm256_set1_epi32(static_cast<int>(kSmallestNormalBits - 1u));
+    lsb_bit = _mm256_set1_epi32(1);
+    b_max = _mm256_setzero_si256();
+  }
+
+  template <int V>
+  __attribute__((target("avx2,fma"))) void run(const PassOfA<R, Mask>& a, const float* b, size_t ldb, size_t steps,
+                                               bool first, float* c, size_t ldc, size_t j) {
+    __m256 acc[R][V];
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < V; ++v) acc[r][v] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(c + r * ldc + j + 8 * v);
+    __m256i hi = b_max;
+    for (size_t s = 0; s < steps; ++s) {
+      for (int v = 0; v < V; ++v) {
+        const __m256i y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + s * ldb + j + 8 * v));
+        __m256i magnitude = _mm256_and_si256(y, magnitude_mask);
+        if (kRound) magnitude = round_avx2(magnitude, drop, half_minus_one, kept, lsb_bit);
+        hi = _mm256_max_epu32(hi, magnitude);
+        // Signed compare: a magnitude >= 2^31 (a rounded NaN) counts as zero here, but the
+        // unsigned maximum still sees it.
+        const __m256i nonzero = _mm256_cmpgt_epi32(magnitude, below_normal);
+        const __m256i bc = _mm256_xor_si256(_mm256_and_si256(y, sign_mask), constant);
+        for (int r = 0; r < R; ++r) {
+          const __m256i u = _mm256_add_epi32(_mm256_set1_epi32(a.prepared[s][r]), magnitude);
+          const __m256i product = _mm256_sub_epi32(_mm256_min_epi32(u, high), bc);
+          const __m256i keep = _mm256_and_si256(_mm256_and_si256(_mm256_cmpgt_epi32(u, low), nonzero),
+                                                _mm256_set1_epi32(a.lanes[s][r]));
+          acc[r][v] = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(product, keep)),
+                                      _mm256_set1_ps(a.sign[s][r]), acc[r][v]);
+        }
+      }
+    }
+    b_max = hi;
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < V; ++v) _mm256_storeu_ps(c + r * ldc + j + 8 * v, acc[r][v]);
+  }
+
+  __attribute__((target("avx2"))) void range(uint32_t& smallest, uint32_t& largest) const {
+    alignas(32) uint32_t hi[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(hi), b_max);
+    smallest = 0;  // not tracked: zeros are masked
+    largest = *std::max_element(hi, hi + 8);
+  }
+};
+
 using FastBlock = Pass (*)(const uint32_t*, size_t, const OperandRange&, const float*, size_t, size_t, size_t, int,
                            uint32_t, float*, size_t);
 
@@ -277,16 +448,35 @@ template <int R>
 FastBlock fast_block_for(bool avx512, bool round, bool mask_a, bool mask_b) {
   const int index = (round ? 4 : 0) + (mask_a ? 2 : 0) + (mask_b ? 1 : 0);
   static constexpr FastBlock kAvx512[] = {
-      one_add_pass<Avx512Chunks<R, false, false, false>>, one_add_pass<Avx512Chunks<R, false, false, true>>,
-      one_add_pass<Avx512Chunks<R, false, true, false>>,  one_add_pass<Avx512Chunks<R, false, true, true>>,
-      one_add_pass<Avx512Chunks<R, true, false, false>>,  one_add_pass<Avx512Chunks<R, true, false, true>>,
-      one_add_pass<Avx512Chunks<R, true, true, false>>,   one_add_pass<Avx512Chunks<R, true, true, true>>};
+      block_pass<Avx512Chunks<R, false, false, false>>, block_pass<Avx512Chunks<R, false, false, true>>,
+      block_pass<Avx512Chunks<R, false, true, false>>,  block_pass<Avx512Chunks<R, false, true, true>>,
+      block_pass<Avx512Chunks<R, true, false, false>>,  block_pass<Avx512Chunks<R, true, false, true>>,
+      block_pass<Avx512Chunks<R, true, true, false>>,   block_pass<Avx512Chunks<R, true, true, true>>};
   static constexpr FastBlock kAvx2[] = {
-      one_add_pass<Avx2Chunks<R, false, false, false>>, one_add_pass<Avx2Chunks<R, false, false, true>>,
-      one_add_pass<Avx2Chunks<R, false, true, false>>,  one_add_pass<Avx2Chunks<R, false, true, true>>,
-      one_add_pass<Avx2Chunks<R, true, false, false>>,  one_add_pass<Avx2Chunks<R, true, false, true>>,
-      one_add_pass<Avx2Chunks<R, true, true, false>>,   one_add_pass<Avx2Chunks<R, true, true, true>>};
+      block_pass<Avx2Chunks<R, false, false, false>>, block_pass<Avx2Chunks<R, false, false, true>>,
+      block_pass<Avx2Chunks<R, false, true, false>>,  block_pass<Avx2Chunks<R, false, true, true>>,
+      block_pass<Avx2Chunks<R, true, false, false>>,  block_pass<Avx2Chunks<R, true, false, true>>,
+      block_pass<Avx2Chunks<R, true, true, false>>,   block_pass<Avx2Chunks<R, true, true, true>>};
   return avx512 ? kAvx512[index] : kAvx2[index];
+}
+
+template <int R>
+FastBlock clamped_block_for(bool avx512, bool round) {
+  if (avx512) return round ? block_pass<Avx512ClampedChunks<R, true>> : block_pass<Avx512ClampedChunks<R, false>>;
+  return round ? block_pass<Avx2ClampedChunks<R, true>> : block_pass<Avx2ClampedChunks<R, false>>;
+}
+
+FastBlock select_clamped_block(size_t rows, bool avx512, bool round) {
+  switch (rows) {
+    case 1: return clamped_block_for<1>(avx512, round);
+    case 2: return clamped_block_for<2>(avx512, round);
+    case 3: return clamped_block_for<3>(avx512, round);
+    case 4: return clamped_block_for<4>(avx512, round);
+    case 5: return clamped_block_for<5>(avx512, round);
+    case 6: return clamped_block_for<6>(avx512, round);
+    case 7: return clamped_block_for<7>(avx512, round);
+    default: return clamped_block_for<8>(avx512, round);
+  }
 }
 
 FastBlock select_fast_block(size_t rows, bool avx512, bool round, bool mask_a, bool mask_b) {
@@ -316,13 +506,21 @@ bool lmul_small_m(const uint32_t* a, size_t rows, size_t k, const OperandRange& 
   if (lanes > 0 && rows <= kSmallMMaxRows && k > 0 && !a_range.has_special) {
     vector_end = j0 + (j1 - j0) / static_cast<size_t>(lanes) * static_cast<size_t>(lanes);
     if (vector_end > j0) {
-      // First as if B had no zeros (fewer operations); if it has, again with masks.
+      // First as if B had no zeros (fewer operations); if it has, again with masks; if
+      // some product was not one add, again with the clamped pass.
       const bool avx512 = lanes == 16, round = mantissa_bits != kFloat32MantissaBits;
-      const FastBlock unmasked = select_fast_block(rows, avx512, round, a_range.has_zero, false);
-      Pass pass = unmasked(a, k, a_range, b, ldb, j0, vector_end, mantissa_bits, bias, c, ldc);
+      Pass pass = Pass::kNotOneAdd;
+      if (one_add_plausible(a_range, bias)) {
+        const FastBlock unmasked = select_fast_block(rows, avx512, round, a_range.has_zero, false);
+        pass = unmasked(a, k, a_range, b, ldb, j0, vector_end, mantissa_bits, bias, c, ldc);
+      }
       if (pass == Pass::kHasZeros) {
         const FastBlock masked = select_fast_block(rows, avx512, round, a_range.has_zero, true);
         pass = masked(a, k, a_range, b, ldb, j0, vector_end, mantissa_bits, bias, c, ldc);
+      }
+      if (pass == Pass::kNotOneAdd) {
+        const FastBlock clamped = select_clamped_block(rows, avx512, round);
+        pass = clamped(a, k, a_range, b, ldb, j0, vector_end, mantissa_bits, bias, c, ldc);
       }
       exact = pass == Pass::kExact;
       if (!exact) exact_block(a, rows, k, b, ldb, j0, vector_end, mantissa_bits, bias, c, ldc);

@@ -654,10 +654,64 @@ void small_m_paths() {
     check(run(1, 1, 4), "small M: one-add pass with zeros");
     check(run(2, 2, 23), "small M: one-add pass with subnormals");
   }
+  if (lmul::simd_lanes() > 0) {
+    check(run(6, 6, 23), "small M: overflow takes the clamped pass");
+    check(run(5, 5, 4), "small M: the whole exponent range takes the clamped pass");
+  }
   check(!run(0, 3, 23), "small M: infinity in B goes to the portable loop");
+  check(!run(5, 3, 23), "small M: infinity in B goes to the portable loop from the clamped pass");
   check(!run(4, 0, 23), "small M: NaN in A goes to the portable loop");
-  check(!run(6, 6, 23), "small M: overflow goes to the portable loop");
   check(!run(0, 7, 1), "small M: saturation goes to the portable loop");
+}
+
+// The small-M clamped pass (products that underflow or overflow): every row count, passes
+// of 64 and of 8 rows of B (short and long rows), tail columns, zeros and subnormals in A
+// and in B, both signs, m = 23 and 4; A like the probabilities of a peaked softmax (the
+// clamped pass goes first) and A whose products only sometimes underflow (after a one-add
+// pass that is thrown away). Every block must equal the reference bit for bit.
+void small_m_clamped() {
+  std::mt19937 rng(41);
+  std::uniform_real_distribution<float> exponent(-87.0f, 0.0f);
+  struct Case {
+    size_t k, n;
+  };
+  size_t vector_passes = 0;
+  for (const Case& shape : {Case{150, 70}, Case{37, 300}, Case{9, 16}}) {
+    for (size_t rows = 1; rows <= lmul::kSmallMMaxRows; ++rows) {
+      for (int bits : {23, 4}) {
+        for (int kind : {0, 1, 2, 3}) {
+          const size_t k = shape.k, n = shape.n;
+          std::vector<float> a = operand(rng, rows * k, 0), b = operand(rng, k * n, kind == 2 ? 5 : 0);
+          for (size_t i = 0; i < a.size(); ++i) {
+            if (kind == 0) a[i] = std::exp(exponent(rng)) * (rng() % 2 ? 1.0f : -1.0f);  // down to 1.6e-38
+            if (kind == 1) a[i] *= 1e-30f;  // products of b below about 1e-8 underflow
+            if (kind == 3) a[i] = std::exp(exponent(rng) / 13.0f + 2.0f) * (rng() % 2 ? 1.0f : -1.0f);  // 0.01..7
+            if (i % 11 == 3) a[i] = i % 2 ? -0.0f : 0.0f;
+            if (i % 29 == 5) a[i] = 1e-41f;
+          }
+          // Sums near 1e-35: a zero of B whose product were taken (|a| - bias, about 1e-38
+          // for |a| near 4) would show.
+          if (kind == 3)
+            for (float& x : b) x = std::exp(exponent(rng) / 18.0f - 81.0f) * (rng() % 2 ? 1.0f : -1.0f);
+          for (size_t i = 0; i < b.size(); i += 13) b[i] = i % 2 ? 0.0f : 1e-40f;
+          b[b.size() / 2] = 2e-9f;
+          if (kind == 2) b[3] = 3e38f;  // with a near 1e38: overflow
+          std::vector<uint32_t> rounded(a.size());
+          for (size_t i = 0; i < a.size(); ++i) rounded[i] = lmul::round_mantissa_bits(lmul::float_bits(a[i]), bits);
+          lmul::OperandRange range;
+          range.scan(rounded.data(), rounded.size());
+          std::vector<float> c(rows * n, -1.0f);
+          const bool fast = lmul::lmul_small_m(rounded.data(), rows, k, range, b.data(), n, 0, n, bits,
+                                               lmul::lmul_bias(bits), c.data(), n);
+          vector_passes += fast;
+          check(differing_bits(c, reference_product(a, b, 1, rows, k, n, false, bits)) == 0, "small-M clamped block",
+                (rows << 16) | (uint64_t(bits) << 8) | uint64_t(kind));
+          check(fast == (lmul::simd_lanes() > 0), "small-M clamped: a vector pass", rows);
+        }
+      }
+    }
+  }
+  check(lmul::simd_lanes() == 0 || vector_passes > 0, "small-M clamped: the vector passes ran");
 }
 
 // A broadcast against a batched B ((1, m, k) x (4, k, n)), its float32 bits read in place,
@@ -1044,6 +1098,7 @@ int main() {
   sparse_zeros_of_a();
   zero_bits_of_rows_reference();
   small_m_paths();
+  small_m_clamped();
   concurrency_and_split();
   concurrency_measurements();
   broadcast_a_in_place();
