@@ -479,12 +479,11 @@ struct Registry {
 }  // namespace
 
 // Test hook: the matmul variant the pre-scan picks for float32 operands rounded to m bits
-// (against a per-call B; weights in 16-bit panels, m <= 7, take no clamped kernel)
-// with the given offset (-1: the paper's) (0 general, 1 add, 2 add-masked-a,
-// 3 add-masked-b, 4 add-masked-ab, 5 normal, 6 clamped, 7 clamped-masked-b, 8 clamped-high,
-// 9 clamped-high-masked-b, 10 clamped-low, 11 clamped-low-masked-b; -1 for a bad m or
-// offset: lmul_onnx.testing.MATMUL_VARIANTS). Lets tests check
-// that data selects the micro-kernel they mean to exercise.
+// with the given offset (-1: the paper's), against a per-call B or packed weights alike
+// (0 general, 1 add, 2 add-masked-a, 3 add-masked-b, 4 add-masked-ab, 5 normal, 6 clamped,
+// 7 clamped-masked-b, 8 clamped-high, 9 clamped-high-masked-b, 10 clamped-low,
+// 11 clamped-low-masked-b; -1 for a bad m or offset: lmul_onnx.testing.MATMUL_VARIANTS).
+// Lets tests check that data selects the micro-kernel they mean to exercise.
 extern "C" __attribute__((visibility("default"))) int lmul_matmul_variant(const float* a, size_t a_count,
                                                                           const float* b, size_t b_count,
                                                                           int mantissa_bits, int64_t offset) {

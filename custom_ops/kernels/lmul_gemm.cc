@@ -783,6 +783,53 @@ __attribute__((target("avx2"))) void widen_panel_avx2(const uint16_t* half, size
   }
 }
 
+// The same for a 64-wide panel (AVX-512): rows unpacked as the tiles unpack them.
+__attribute__((target("avx512f,avx512bw"))) void widen_panel_avx512(const uint16_t* half, size_t k, uint32_t* wide) {
+  for (size_t p = 0; p < k; ++p) {
+    __m512i b[4];
+    load_row<4>(half + p * 64, b);
+    for (int v = 0; v < 4; ++v) _mm512_storeu_si512(wide + p * 64 + 16 * v, b[v]);
+  }
+}
+
+// This thread's buffer for one widened panel (at least `entries` 32-bit entries), 64-byte
+// aligned, so that no vector load of it straddles two cache lines.
+uint32_t* widened_panel_buffer(size_t entries) {
+  struct Buffer {
+    std::unique_ptr<uint32_t[], decltype(&std::free)> data{nullptr, &std::free};
+    size_t size = 0;
+  };
+  thread_local Buffer wide;
+  if (wide.size < entries) {
+    const size_t bytes = (entries * sizeof(uint32_t) + 63) / 64 * 64;
+    wide.data.reset(static_cast<uint32_t*>(std::aligned_alloc(64, bytes)));
+    if (!wide.data) throw std::bad_alloc();
+    wide.size = entries;
+  }
+  return wide.data.get();
+}
+
+// 16-bit panels against products that may underflow or overflow: each panel widened (a
+// pass of its own: these products cost several ops each anyway) and handed to the clamped tiles as
+// panel 0 of a one-panel matrix whose columns start at j0. Same sums as from 32-bit panels.
+void clamped_tiles_widened(GemmVariant variant, const uint32_t* a, const float* a_sign, const uint16_t* panels,
+                           size_t k, size_t n, size_t row_begin, size_t row_end, size_t panel_begin,
+                           size_t panel_end, float* c, size_t ldc, uint32_t b_min) {
+  const size_t nr = panel_width();
+  uint32_t* wide = widened_panel_buffer(k * nr);
+  for (size_t panel = panel_begin; panel < panel_end; ++panel) {
+    const uint16_t* half = panels + panel * k * nr;
+    if (nr == 64) {
+      widen_panel_avx512(half, k, wide);
+    } else {
+      widen_panel_avx2(half, k, wide);
+    }
+    const size_t j0 = panel * nr;
+    clamped_tiles(variant, a, a_sign, wide, k, std::min(n - j0, nr), row_begin, row_end, 0, 1, c + j0, ldc, nr, b_min,
+                  0);
+  }
+}
+
 // 16-bit panels against more rows than one tile holds: each panel is widened once into a
 // per-thread 32-bit buffer (in cache: K x nr x 4 bytes) that every other tile of rows
 // then reads, so that the unpacking is paid once per panel, not once per tile. Same sums.
@@ -790,18 +837,7 @@ void gemm_tiles_widened(GemmVariant variant, const uint32_t* a, const float* a_m
                         const uint64_t* zero_rows, size_t k, size_t n, size_t row_begin, size_t row_end,
                         size_t panel_begin, size_t panel_end, float* c, size_t ldc, const uint64_t* a_zero_bits) {
   const size_t nr = panel_width();
-  // 64-byte aligned, so that no vector load of it straddles two cache lines.
-  struct Buffer {
-    std::unique_ptr<uint32_t[], decltype(&std::free)> data{nullptr, &std::free};
-    size_t size = 0;
-  };
-  thread_local Buffer wide;
-  if (wide.size < k * nr) {
-    const size_t bytes = (k * nr * sizeof(uint32_t) + 63) / 64 * 64;
-    wide.data.reset(static_cast<uint32_t*>(std::aligned_alloc(64, bytes)));
-    if (!wide.data) throw std::bad_alloc();
-    wide.size = k * nr;
-  }
+  uint32_t* wide = widened_panel_buffer(k * nr);
   for (size_t panel = panel_begin; panel < panel_end; ++panel) {
     // AVX-512: the first tile of rows reads the 16-bit panel and widens it as it goes
     // (its stores hidden under the adds; a separate widening pass over a 576-row panel
@@ -810,13 +846,13 @@ void gemm_tiles_widened(GemmVariant variant, const uint32_t* a, const float* a_m
     if (nr == 64) {
       rest = row_begin + tile_rows();
       gemm_tiles<ZerosOfB::kTested>(variant, a, a_mask, panels, nullptr, zero_rows, k, n, row_begin, rest, panel,
-                                    panel + 1, c, ldc, 0, wide.data.get(), a_zero_bits);
+                                    panel + 1, c, ldc, 0, wide, a_zero_bits);
     } else {
-      widen_panel_avx2(panels + panel * k * nr, k, wide.data.get());
+      widen_panel_avx2(panels + panel * k * nr, k, wide);
     }
     // The widened panel is panel 0 of a one-panel matrix whose columns start at j0.
     const size_t j0 = panel * nr;
-    gemm_tiles<ZerosOfB::kTested>(variant, a, a_mask, wide.data.get(), nullptr,
+    gemm_tiles<ZerosOfB::kTested>(variant, a, a_mask, wide, nullptr,
                                   zero_rows ? zero_rows + panel * zero_row_words(k) : nullptr, k,
                                   std::min(n - j0, nr), rest, row_end, 0, 1, c + j0, ldc, 0, nullptr, a_zero_bits);
   }
@@ -957,7 +993,13 @@ void lmul_gemm_panels(GemmVariant variant, const uint32_t* a, const float* a_mas
                       size_t n, size_t row_begin, size_t row_end, size_t panel_begin, size_t panel_end, float* c,
                       size_t ldc, const uint64_t* a_zero_bits) {
 #if LMUL_HAVE_X86_SIMD
-  if (panels.half && row_end - row_begin > tile_rows()) {
+  if (is_clamped(variant) && panels.half) {
+    clamped_tiles_widened(variant, a, a_mask, panels.half, k, n, row_begin, row_end, panel_begin, panel_end, c, ldc,
+                          panels.min_nonzero);
+  } else if (is_clamped(variant)) {
+    clamped_tiles(variant, a, a_mask, panels.wide, k, n, row_begin, row_end, panel_begin, panel_end, c, ldc, 0,
+                  panels.min_nonzero, 0);
+  } else if (panels.half && row_end - row_begin > tile_rows()) {
     gemm_tiles_widened(variant, a, a_mask, panels.half, panels.zero_rows, k, n, row_begin, row_end, panel_begin,
                        panel_end, c, ldc, a_zero_bits);
   } else if (panels.half) {

@@ -177,6 +177,8 @@ struct PanelsView {
   // Optional (zero_row_bits): which rows of each panel hold a zero of B. The kernels test
   // B's lanes for zeros only in those rows; null: in every row.
   const uint64_t* zero_rows = nullptr;
+  // B's smallest non-zero magnitude (the clamped kernels tell B's zeros by it).
+  uint32_t min_nonzero = 0;
 };
 
 // Words of zero_row_bits per panel of k rows.
@@ -202,7 +204,8 @@ constexpr size_t half_panel_slot(size_t j, size_t nr) {
   return nr != 64 ? j : (j / 32) * 32 + ((j % 16) / 4) * 8 + ((j % 32) / 16) * 4 + j % 4;
 }
 
-// lmul_gemm_fast on compact panels: any one-add variant (B's zeros are tested, not masked).
+// lmul_gemm_fast on compact panels: any one-add variant (B's zeros are tested, not masked)
+// or clamped one (16-bit panels widened one at a time; B's zeros told by min_nonzero).
 void lmul_gemm_panels(GemmVariant variant, const uint32_t* a, const float* a_mask, PanelsView panels, size_t k,
                       size_t n, size_t row_begin, size_t row_end, size_t panel_begin, size_t panel_end, float* c,
                       size_t ldc, const uint64_t* a_zero_bits = nullptr);

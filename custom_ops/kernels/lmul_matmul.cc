@@ -318,7 +318,7 @@ std::unique_ptr<const PackedB> pack_b(const typename S::type* data, const Shape&
 PanelsView PackedB::matrix(size_t i) const {
   const size_t entries = i * entries_per_matrix;
   return PanelsView{panels ? panels.get() + entries : nullptr, half_panels ? half_panels.get() + entries : nullptr,
-                    zero_rows ? zero_rows.get() + i * zero_row_words_per_matrix : nullptr};
+                    zero_rows ? zero_rows.get() + i * zero_row_words_per_matrix : nullptr, range.min_nonzero};
 }
 
 size_t PackedB::bytes() const {
@@ -560,9 +560,7 @@ void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& opera
 
   // Can every product be one integer add, or else a clamped one (lmul_gemm.h)?
   const size_t nr = b_view.panel_columns;
-  // (the clamped kernels read 32-bit panels: a per-call B, or weights kept in 32 bits)
-  const bool wide_panels = b_view.panels != nullptr || (b_view.constant && b_view.constant->panels);
-  const GemmVariant variant = choose_variant(a_range, b_view.range, bias, b_view.has_panels(), wide_panels);
+  const GemmVariant variant = choose_variant(a_range, b_view.range, bias, b_view.has_panels(), /*clamped=*/true);
   const bool fast = uses_panels(variant), clamped = is_clamped(variant);
   const size_t panels = fast ? b_view.panels_per_matrix : 1;
   // The portable loop needs row-major rounded B, which packed panels do not keep.
@@ -656,7 +654,7 @@ void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& opera
         a_block = prepared_rows;
         a_mask = mask;
       }
-      if (b_view.constant && !clamped) {
+      if (b_view.constant) {
         lmul_gemm_panels(variant, a_block, a_mask, b_view.constant->matrix(plan.b_matrix[batch]), k, n, 0, r1 - r0,
                          p0, p1, acc + r0 * n, n, row_zero_bits);
       } else {
