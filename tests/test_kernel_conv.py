@@ -262,6 +262,7 @@ VARIANT_RUNNER = textwrap.dedent(
     big = rng.standard_normal((1, 8, 40, 37)).astype(np.float32)
     sparse = np.where(np.abs(w) < 0.4, 0, w).astype(np.float32)
     relu = np.maximum(x, 0)
+    ranged = (x * np.exp(rng.uniform(-80, 80, x.shape))).astype(np.float32)
     sparse_t = np.where(np.abs(wt) < 0.4, 0, wt).astype(np.float32)
     pads_5x5 = [2, 1, 1, 2]
     x3 = rng.standard_normal((1, 4, 5, 6, 7)).astype(np.float32)
@@ -280,6 +281,13 @@ VARIANT_RUNNER = textwrap.dedent(
         "sparse_relu": ("LMulConv", np.maximum(x, 0), sparse, b, {"group": 2, "pads": [1, 1, 1, 1]}),
         "depthwise": ("LMulConv", x, dw, None, {"group": 8, "pads": [1, 1, 1, 1], "strides": [2, 2]}),
         "tiny": ("LMulConv", x * np.float32(1e-36), w, b, {"group": 2}),  # products underflow
+        # the clamped kernels on im2col panels: underflow with zeros in X, in the padding and
+        # in W; the whole exponent range (under- and overflow); ConvTranspose's panels
+        "tiny_relu_pads": ("LMulConv", relu * np.float32(1e-36), sparse, b,
+                           {"group": 2, "pads": [1, 2, 0, 1], "strides": [1, 2]}),
+        "range_pads": ("LMulConv", ranged, w * np.float32(1e10), b, {"group": 2, "pads": [1, 1, 1, 1]}),
+        "transpose_range": ("LMulConvTranspose", np.where(relu > 0, ranged, 0).astype(np.float32), sparse_t, bt,
+                            {"strides": [2, 1], "pads": [1, 0, 0, 1]}),
         "m3": ("LMulConv", x, w, b, {"group": 2, "mantissa_bits": 3, "auto_pad": "SAME_UPPER"}),
         "offset": ("LMulConv", x, w, b, {"group": 2, "pads": [1, 1, 1, 1], "offset": 0}),
         "transpose_offset": ("LMulConvTranspose", x, wt, None, {"strides": [2, 2], "offset": 0x7FFFFF}),

@@ -341,8 +341,9 @@ void depthwise_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_
 }
 
 // The weights as the one-add kernels read A: a -> a - bias, zeros -> stand-in (with a
-// 0/1 mask when W has zeros). One-add variants differ only in B's masks, so one
-// preparation serves every box of a call.
+// 0/1 mask when W has zeros), or as the clamped ones do (prepare_a: a'' and a's sign).
+// The variants of one call differ only in B's masks (padding zeros do not change what
+// may underflow or overflow), so one preparation serves every box of a call.
 struct PreparedWeights {
   std::vector<uint32_t> bits;
   std::unique_ptr<float[]> mask;
@@ -355,7 +356,7 @@ struct PreparedWeights {
     parallel(w.group, [&](size_t g) {
       const size_t offset = g * per_group;
       prepare_a(bits.data() + offset, mask ? mask.get() + offset : nullptr, per_group, variant, bias_bits,
-                zero_stand_in_a(x_range));
+                zero_stand_in_a(x_range, variant));
     });
   }
 };
@@ -439,8 +440,10 @@ void conv_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x,
   OperandRange padded_range = x_range;
   padded_range.has_zero = true;  // padding zeros are operands too
   const bool simd = panel_width() > 0;
-  const GemmVariant interior = choose_variant(w.range, x_range, bias_bits, simd);
-  const GemmVariant border = plan.uses_padding ? choose_variant(w.range, padded_range, bias_bits, simd) : interior;
+  // (products that may underflow or overflow take the clamped kernels on im2col panels)
+  const GemmVariant interior = choose_variant(w.range, x_range, bias_bits, simd, /*clamped=*/true);
+  const GemmVariant border =
+      plan.uses_padding ? choose_variant(w.range, padded_range, bias_bits, simd, /*clamped=*/true) : interior;
   if (is_one_add(border) && cg == 1 && mg <= 4) {  // depthwise (small channel multiplier)
     depthwise_forward(plan, w, x, bias, bias_bits, y, parallel);
     return;
@@ -463,11 +466,11 @@ void conv_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x,
       boxes = {full};
     }
   }
-  const bool any_fast = is_one_add(interior) || is_one_add(border);
+  const bool any_fast = uses_panels(interior) || uses_panels(border);
   const size_t nr = simd ? panel_width() : 0;
 
   PreparedWeights prepared;
-  if (any_fast) prepared.prepare(w, is_one_add(interior) ? interior : border, x_range, bias_bits, parallel);
+  if (any_fast) prepared.prepare(w, uses_panels(interior) ? interior : border, x_range, bias_bits, parallel);
   const float* a_mask = prepared.mask.get();
 
   // X with zeros replaced by the stand-in, and its 0/1 mask, once, for the boxes that mask B.
@@ -512,7 +515,7 @@ void conv_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x,
     const Box& box = boxes[piece.box];
     const size_t p0 = piece.p0, count = piece.count;
     const GemmVariant variant = box.padded ? border : interior;
-    const bool fast = is_one_add(variant), mask_b = masks_b(variant);
+    const bool fast = uses_panels(variant), mask_b = masks_b(variant);
     const uint32_t padding = zero_stand_in_b(x_range);  // what masked panels hold at padding
     const size_t x_offset = (n * plan.in_channels + g * cg) * plan.in_pixels;
     const uint32_t* a_rows = (fast ? prepared.bits.data() : w.bits.data()) + (g * mg + r0) * depth;
@@ -546,9 +549,10 @@ void conv_forward(const ConvPlan& plan, const ConvWeights& w, const uint32_t* x,
           if (panel_mask) std::fill(panel_mask + k * nr + width, panel_mask + (k + 1) * nr, 0.0f);
         }
       }
+      // (the clamped kernels tell X's zeros and the padding's by their magnitude)
       lmul_gemm_fast(variant, a_rows, a_mask ? a_mask + (g * mg + r0) * depth : nullptr, col.get(),
                      col_mask.get(), depth, count, 0, rows, 0, panels, direct ? y_rows + first : sums.get(),
-                     direct ? pixels : count);
+                     direct ? pixels : count, nr, x_range.min_nonzero);
     } else {
       std::unique_ptr<uint32_t[]> col(new uint32_t[depth * count]);
       im2col<false>(plan, x + x_offset, nullptr, cg, box, p0, count, 0u, col.get(), nullptr, count);
@@ -795,7 +799,7 @@ GemmVariant conv_variant(const ConvPlan& plan, const ConvWeights& weights, const
                          uint32_t bias_bits) {
   OperandRange b = x_range;
   if (plan.uses_padding) b.has_zero = true;  // padding zeros are operands too
-  return choose_variant(weights.range, b, bias_bits, panel_width() > 0);
+  return choose_variant(weights.range, b, bias_bits, panel_width() > 0, /*clamped=*/true);
 }
 
 // ConvTranspose: per image, the columns W_g^T (*) X_g of every group (phase 1), then
@@ -806,10 +810,10 @@ void conv_transpose_forward(const ConvPlan& plan, const ConvWeights& w, const ui
   const size_t groups = plan.group, cg = plan.in_per_group(), mg = plan.out_per_group();
   const size_t rows = w.rows, depth = w.depth, in_pixels = plan.in_pixels, out_pixels = plan.out_pixels;
   const GemmVariant variant = conv_variant(plan, w, x_range, bias_bits);
-  const bool fast = is_one_add(variant);
+  const bool fast = uses_panels(variant), one_add = is_one_add(variant);
   const size_t nr = fast ? panel_width() : 0;
-  // X_g is read in place by lmul_gemm_offsets (AVX-512), else packed into panels.
-  const bool in_place = fast && offsets_gemm_available();
+  // X_g is read in place by lmul_gemm_offsets (AVX-512, one add), else packed into panels.
+  const bool in_place = one_add && offsets_gemm_available();
   std::vector<ptrdiff_t> x_offsets(in_place ? depth : 0);
   for (size_t k = 0; k < x_offsets.size(); ++k) x_offsets[k] = static_cast<ptrdiff_t>(k * in_pixels);
 
@@ -818,7 +822,8 @@ void conv_transpose_forward(const ConvPlan& plan, const ConvWeights& w, const ui
   std::unique_ptr<const OffsetsOperand> operand(in_place ? new OffsetsOperand(w, bias_bits) : nullptr);
   const uint32_t* a = in_place ? operand->bits : fast ? prepared.bits.data() : w.bits.data();
   const float* a_mask = prepared.mask.get();
-  const ZeroRule rule{fast, fast ? zero_stand_in_b(x_range) : 0u};
+  // (the clamped kernels tell X's zeros by their magnitude: no stand-ins)
+  const ZeroRule rule{one_add, one_add ? zero_stand_in_b(x_range) : 0u};
   const bool mask_b = masks_b(variant);
   const size_t panels = fast ? ceil_div(in_pixels, nr) : 0;
   const size_t panel_entries = panels * depth * nr;  // per group
@@ -866,7 +871,7 @@ void conv_transpose_forward(const ConvPlan& plan, const ConvWeights& w, const ui
         const size_t q0 = ub * units_per_task, q1 = std::min(panels, q0 + units_per_task);
         lmul_gemm_fast(variant, a_rows, a_mask ? a_mask + (g * rows + r0) * depth : nullptr,
                        x_panels.get() + g * panel_entries, x_masks ? x_masks.get() + g * panel_entries : nullptr,
-                       depth, in_pixels, 0, r1 - r0, q0, q1, out, in_pixels);
+                       depth, in_pixels, 0, r1 - r0, q0, q1, out, in_pixels, nr, x_range.min_nonzero);
       } else {
         const auto product = variant == GemmVariant::kNormal ? lmul_matmul_rows_normal : lmul_matmul_rows;
         product(a_rows, x_n + g * cg * in_pixels, depth, in_pixels, 0, r1 - r0, bias_bits, out);

@@ -817,66 +817,75 @@ void conv_split_for_threads() {
       {{1, 4, 12, 12}, {8, 4, 3, 3}, {3, 3, 3, 3}, {}, 1},            // pads beyond the kernel's reach
   };
   for (const Case& c : cases) {
-    lmul::ConvAttributes attributes;
-    attributes.pads = c.pads;
-    attributes.dilations = c.dilations;
-    attributes.group = c.group;
-    lmul::ConvPlan plan;
-    std::string error;
-    check(lmul::make_conv_plan(c.x, c.w, nullptr, attributes, false, plan, error), "conv plan");
-    size_t x_count = 1, w_count = 1;
-    for (int64_t d : c.x) x_count *= static_cast<size_t>(d);
-    for (int64_t d : c.w) w_count *= static_cast<size_t>(d);
-    const std::vector<float> x = operand(rng, x_count, 1), w = operand(rng, w_count, 0), bias = operand(rng, plan.out_channels, 0);
-    std::vector<uint32_t> x_bits(x_count);
-    for (size_t i = 0; i < x_count; ++i) x_bits[i] = lmul::float_bits(x[i]);
-    lmul::ConvWeights weights;
-    lmul::round_conv_weights<lmul::Float32Storage>(w.data(), c.w, plan.group, false, 23, lmul::run_serially, weights);
-    lmul::prepare_offsets_operand(weights, lmul::lmul_bias(23));
-    const size_t y_count = plan.batch * plan.out_channels * plan.out_pixels;
-    // The scalar reference: per output, the sum over (c, kz, ky, kx) in order of the L-Mul
-    // products with X (padding contributes nothing), then the bias.
-    std::vector<float> expected(y_count);
-    const size_t cg = plan.in_per_group(), mg = plan.out_per_group();
-    for (size_t n = 0; n < plan.batch; ++n) {
-      for (size_t m = 0; m < plan.out_channels; ++m) {
-        const size_t g = m / mg;
-        for (size_t o = 0; o < plan.out_pixels; ++o) {
-          const size_t oz = o / (plan.out[1] * plan.out[2]), oy = o / plan.out[2] % plan.out[1], ox = o % plan.out[2];
-          float sum = 0.0f;
-          size_t k = 0;
-          for (size_t ci = 0; ci < cg; ++ci) {
-            for (size_t kz = 0; kz < plan.kernel[0]; ++kz) {
-              for (size_t ky = 0; ky < plan.kernel[1]; ++ky) {
-                for (size_t kx = 0; kx < plan.kernel[2]; ++kx, ++k) {
-                  const int64_t iz = int64_t(oz + kz * plan.dilation[0]) - int64_t(plan.pad_begin[0]);
-                  const int64_t iy = int64_t(oy + ky * plan.dilation[1]) - int64_t(plan.pad_begin[1]);
-                  const int64_t ix = int64_t(ox + kx * plan.dilation[2]) - int64_t(plan.pad_begin[2]);
-                  if (iz < 0 || iy < 0 || ix < 0 || iz >= int64_t(plan.in[0]) || iy >= int64_t(plan.in[1]) ||
-                      ix >= int64_t(plan.in[2])) {
-                    continue;
+    // kind 1: both operands over the whole exponent range, with zeros (the clamped kernels)
+    for (int kind : {0, 1}) {
+      lmul::ConvAttributes attributes;
+      attributes.pads = c.pads;
+      attributes.dilations = c.dilations;
+      attributes.group = c.group;
+      lmul::ConvPlan plan;
+      std::string error;
+      check(lmul::make_conv_plan(c.x, c.w, nullptr, attributes, false, plan, error), "conv plan");
+      size_t x_count = 1, w_count = 1;
+      for (int64_t d : c.x) x_count *= static_cast<size_t>(d);
+      for (int64_t d : c.w) w_count *= static_cast<size_t>(d);
+      std::vector<float> x = operand(rng, x_count, kind ? 5 : 1), w = operand(rng, w_count, kind ? 5 : 0);
+      const std::vector<float> bias = operand(rng, plan.out_channels, 0);
+      if (kind) {
+        for (size_t i = 0; i < x_count; i += 7) x[i] = 0.0f;
+        for (size_t i = 0; i < w_count; i += 5) w[i] = -0.0f;
+      }
+      std::vector<uint32_t> x_bits(x_count);
+      for (size_t i = 0; i < x_count; ++i) x_bits[i] = lmul::float_bits(x[i]);
+      lmul::ConvWeights weights;
+      lmul::round_conv_weights<lmul::Float32Storage>(w.data(), c.w, plan.group, false, 23, lmul::run_serially, weights);
+      lmul::prepare_offsets_operand(weights, lmul::lmul_bias(23));
+      const size_t y_count = plan.batch * plan.out_channels * plan.out_pixels;
+      // The scalar reference: per output, the sum over (c, kz, ky, kx) in order of the L-Mul
+      // products with X (padding contributes nothing), then the bias.
+      std::vector<float> expected(y_count);
+      const size_t cg = plan.in_per_group(), mg = plan.out_per_group();
+      for (size_t n = 0; n < plan.batch; ++n) {
+        for (size_t m = 0; m < plan.out_channels; ++m) {
+          const size_t g = m / mg;
+          for (size_t o = 0; o < plan.out_pixels; ++o) {
+            const size_t oz = o / (plan.out[1] * plan.out[2]), oy = o / plan.out[2] % plan.out[1], ox = o % plan.out[2];
+            float sum = 0.0f;
+            size_t k = 0;
+            for (size_t ci = 0; ci < cg; ++ci) {
+              for (size_t kz = 0; kz < plan.kernel[0]; ++kz) {
+                for (size_t ky = 0; ky < plan.kernel[1]; ++ky) {
+                  for (size_t kx = 0; kx < plan.kernel[2]; ++kx, ++k) {
+                    const int64_t iz = int64_t(oz + kz * plan.dilation[0]) - int64_t(plan.pad_begin[0]);
+                    const int64_t iy = int64_t(oy + ky * plan.dilation[1]) - int64_t(plan.pad_begin[1]);
+                    const int64_t ix = int64_t(ox + kx * plan.dilation[2]) - int64_t(plan.pad_begin[2]);
+                    if (iz < 0 || iy < 0 || ix < 0 || iz >= int64_t(plan.in[0]) || iy >= int64_t(plan.in[1]) ||
+                        ix >= int64_t(plan.in[2])) {
+                      continue;
+                    }
+                    const float xv = x[((n * plan.in_channels + g * cg + ci) * plan.in[0] + size_t(iz)) * plan.in[1] *
+                                           plan.in[2] +
+                                       size_t(iy) * plan.in[2] + size_t(ix)];
+                    sum += lmul::lmul_float(w[m * cg * plan.kernel_size + k], xv, 23, lmul::lmul_bias(23));
                   }
-                  const float xv = x[((n * plan.in_channels + g * cg + ci) * plan.in[0] + size_t(iz)) * plan.in[1] *
-                                         plan.in[2] +
-                                     size_t(iy) * plan.in[2] + size_t(ix)];
-                  sum += lmul::lmul_float(w[m * cg * plan.kernel_size + k], xv, 23, lmul::lmul_bias(23));
                 }
               }
             }
+            expected[(n * plan.out_channels + m) * plan.out_pixels + o] = sum + bias[m];
           }
-          expected[(n * plan.out_channels + m) * plan.out_pixels + o] = sum + bias[m];
         }
       }
-    }
-    std::vector<float> serial(y_count, -1.0f);
-    lmul::lmul_conv(plan, weights, x_bits.data(), bias.data(), lmul::lmul_bias(23), serial.data(), lmul::run_serially);
-    check(differing_bits(serial, expected) == 0, "conv against the scalar reference");
-    for (size_t threads : {16, 64}) {
-      lmul::Concurrency concurrency(threads);
-      std::vector<float> got(y_count, -1.0f);
-      lmul::lmul_conv(plan, weights, x_bits.data(), bias.data(), lmul::lmul_bias(23), got.data(), two_threads,
-                      &concurrency);
-      check(differing_bits(got, expected) == 0, "conv split for many threads", threads);
+      std::vector<float> serial(y_count, -1.0f);
+      lmul::lmul_conv(plan, weights, x_bits.data(), bias.data(), lmul::lmul_bias(23), serial.data(),
+                      lmul::run_serially);
+      check(differing_bits(serial, expected) == 0, "conv against the scalar reference");
+      for (size_t threads : {16, 64}) {
+        lmul::Concurrency concurrency(threads);
+        std::vector<float> got(y_count, -1.0f);
+        lmul::lmul_conv(plan, weights, x_bits.data(), bias.data(), lmul::lmul_bias(23), got.data(), two_threads,
+                        &concurrency);
+        check(differing_bits(got, expected) == 0, "conv split for many threads", threads);
+      }
     }
   }
 }
