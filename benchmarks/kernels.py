@@ -175,9 +175,13 @@ def conv_case(
     threads: int,
     timing: Timing,
     rng: np.random.Generator,
+    tiny: bool = False,
 ) -> dict:
-    """Standard op against its lmul op; weights are initializers, X and the bias inputs."""
+    """Standard op against its lmul op; weights are initializers, X and the bias inputs.
+    tiny: one X value is 1e-36, so that some products underflow (the clamped kernels)."""
     x = rng.standard_normal(x_shape).astype(np.float32)
+    if tiny:
+        x.flat[x.size // 3] = 1e-36
     w = (rng.standard_normal(w_shape) / np.sqrt(np.prod(w_shape[1:]))).astype(np.float32)
     channels = w_shape[1] * attrs.get("group", 1) if op == "ConvTranspose" else w_shape[0]
     bias = rng.standard_normal(channels).astype(np.float32)
@@ -299,6 +303,13 @@ def main() -> None:
         p = (p / p.sum(axis=-1, keepdims=True)).astype(np.float32)
         return matmul_case(p, normal(heads, context, 64), threads, timing, False)
 
+    def tiny_activation_product(threads: int) -> dict:
+        # one activation of 1e-36 against weights at m = 4 (16-bit panels): some products
+        # underflow, so the call takes the clamped tiles
+        a = normal(1, big // 2)
+        a[0, 7] = 1e-36
+        return matmul_case(a, normal(big // 2, big // 2) * 0.02, threads, timing, True, 4)
+
     def relu_product(threads: int) -> dict:
         return matmul_case(np.maximum(normal(size, size), 0), normal(size, size), threads, timing, True)
 
@@ -395,6 +406,7 @@ def main() -> None:
             f"MatMul 1x{big // 2}x{big // 2} (decoding), B weights m=4",
             product((1, big // 2), (big // 2, big // 2), True, 4),
         ),
+        (f"MatMul 1x{big // 2}x{big // 2} (decoding), B weights m=4, one a 1e-36", tiny_activation_product),
         # Decoding against a per-call B (a KV cache): the small-M kernel, B never packed.
         (f"MatMul 1x{big}x{big}, B input", product((1, big), (big, big), False)),
         (f"MatMul 1x64x{context} (q.K^T), B input", product((1, 64), (64, context), False)),
@@ -416,6 +428,11 @@ def main() -> None:
         cases.append(
             (name, lambda threads, c=(op, x_shape, w_shape, attrs): conv_case(*c, threads, timing, rng))
         )
+    # One value that makes some products underflow: the clamped kernels, not the one-add ones.
+    for name, op, x_shape, w_shape, attrs in (CONV_CASES[0], CONV_CASES[-1]):
+        case = (op, x_shape, w_shape, attrs)
+        tiny_run = lambda threads, c=case: conv_case(*c, threads, timing, rng, tiny=True)  # noqa: E731
+        cases.append((f"{name}, one x 1e-36", tiny_run))
     wanted = args.only.split("|")
     thread_counts = [available_cpus() if t == "all" else int(t) for t in args.threads.split(",")]
     for threads in thread_counts:
