@@ -25,6 +25,10 @@ from lmul_onnx.cli.common import (
 )
 from lmul_onnx.ops import SUPPORTED_OPS
 
+# Embedded weights from this size on get convert's memory hint (below that, onnxruntime's
+# extra copy is small next to the ~66 MiB a session adds anyway).
+EMBEDDED_WEIGHTS_HINT_BYTES = 16 << 20
+
 _SELECTION_OPTIONS = (
     "ops",
     "scope",
@@ -271,6 +275,12 @@ def convert(
         if report.portable:
             click.echo(f"portable: {report.portable}")
         click.echo(f"wrote {', '.join(report.written)} ({time.monotonic() - start:.1f} s)")
+        if report.embedded_weight_bytes >= EMBEDDED_WEIGHTS_HINT_BYTES:
+            click.echo(
+                f"memory: {report.embedded_weight_bytes / 2**20:.1f} MiB of converted weights embedded:"
+                " onnxruntime keeps its own copy beside the kernels' packed one when run;"
+                " --external-data stores them in a file it memory-maps instead"
+            )
     if not dry_run:
         click.echo(_energy_line(report, estimate, dims))
 

@@ -21,7 +21,7 @@ import onnx_ir as ir
 from lmul_onnx import energy, graph
 from lmul_onnx.calibration import CalibrationOptions, calibrate
 from lmul_onnx.graph import ModelInput, ModelLoadError
-from lmul_onnx.ops import SUPPORTED_OPS
+from lmul_onnx.ops import DOMAIN, SUPPORTED_OPS
 from lmul_onnx.output_paths import check_output, staged_files
 from lmul_onnx.passes.fold_pad import FoldPadPass
 from lmul_onnx.passes.offsets import (
@@ -53,6 +53,9 @@ class ConversionReport:
     written: list[str] = field(default_factory=list)
     portable: str | None = None  # what --portable changed (lmul_onnx.portable)
     folded_pads: list[str] = field(default_factory=list)  # Pad nodes folded into LMulConv pads
+    # bytes of the written model's weights that converted nodes read and that stay embedded
+    # in the .onnx file (embedded_weight_bytes; 0 on dry runs)
+    embedded_weight_bytes: int = 0
 
     @property
     def converted(self) -> list[NodeRecord]:
@@ -80,6 +83,7 @@ class ConversionReport:
             "converted": len(self.converted),
             "portable": self.portable,
             "folded_pads": self.folded_pads,
+            "embedded_weight_bytes": self.embedded_weight_bytes,
             "ops": self.per_op(),
             "offsets": self.offsets(),
             "nodes": [
@@ -171,6 +175,26 @@ def referenced_files(model: ir.Model, base: Path) -> set[Path]:
                 for tensor in attribute.value:
                     note(tensor)
     return files
+
+
+def embedded_weight_bytes(model: ir.Model) -> int:
+    """Bytes of the initializers that ``lmul`` nodes read (every graph and function) and
+    that are embedded in the model, not in an external-data file. When such a model runs,
+    onnxruntime keeps its copy of each beside the kernels' packed one (custom ops get no
+    pre-packing to release it); external data it memory-maps instead."""
+    seen: set[int] = set()
+    total = 0
+    for entry in graph.walk(model):
+        if entry.node.domain != DOMAIN:
+            continue
+        for value in entry.node.inputs:
+            if value is None or id(value) in seen or not value.is_initializer():
+                continue
+            seen.add(id(value))
+            tensor = value.const_value
+            if tensor is not None and not isinstance(tensor, ir.ExternalTensor):
+                total += tensor.nbytes
+    return total
 
 
 def output_files(
@@ -344,6 +368,8 @@ def convert_file(
         if portable:
             model, added = make_portable(model, base_dir=Path(input_path).parent)
             report.portable = added.describe()
+        if not external_data:  # (with it, every weight goes to <output>.data)
+            report.embedded_weight_bytes = embedded_weight_bytes(model)
         written = save_model(
             model,
             target,

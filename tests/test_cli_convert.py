@@ -145,3 +145,35 @@ def test_bad_input_exits_2_without_traceback(
     assert "Traceback" not in completed.stderr
     assert len(completed.stderr.strip().splitlines()) == 1, completed.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before, "no output may be written"
+
+
+def test_memory_hint_for_large_embedded_weights(tmp_path: Path) -> None:
+    """Weights of converted nodes that stay embedded (16 MiB or more) get a hint naming
+    --external-data; with it, or when the node holding them is not converted, none."""
+    big = numpy_helper.from_array(np.full((2112, 2048), 0.75, np.float32), "W")  # 16.5 MiB
+    other = numpy_helper.from_array(np.full((2048,), 0.5, np.float32), "B")  # not read by a product
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "W"], ["h"], name="mm"),
+            helper.make_node("MatMul", ["x", "W"], ["h2"], name="mm_again"),  # W counted once
+            helper.make_node("Add", ["h", "h2"], ["s"], name="sum"),
+            helper.make_node("Add", ["s", "B"], ["y"], name="add"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2112])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2048])],
+        [big, other],
+    )
+    path = tmp_path / "big.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), path)
+    hint = "memory: 16.5 MiB of converted weights embedded"
+
+    code, output = invoke("convert", str(path), "-o", str(tmp_path / "a.onnx"))
+    assert code == 0, output
+    assert hint in output and "--external-data" in output
+    code, output = invoke("convert", str(path), "-o", str(tmp_path / "b.onnx"), "--json", "-")
+    assert json.loads(output)["embedded_weight_bytes"] == 2112 * 2048 * 4
+    code, output = invoke("convert", str(path), "-o", str(tmp_path / "c.onnx"), "--external-data")
+    assert code == 0 and "memory:" not in output, output
+    code, output = invoke("convert", str(path), "-o", str(tmp_path / "d.onnx"), "--exclude", "mm.*")
+    assert code == 0 and "memory:" not in output, output
