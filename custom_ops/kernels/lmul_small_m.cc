@@ -73,25 +73,111 @@ bool one_add_plausible(const OperandRange& a, uint32_t bias) {
 // infinity, a NaN or a value that saturates when rounded (the portable loop must do it).
 enum class Pass { kExact, kHasZeros, kNotOneAdd, kSpecialB };
 
-// Rounded magnitudes of 16 float32 values to the kept bits (SPEC 1, step 1) without the
-// saturation and the pass-through of specials: a value that would saturate, infinity and
-// NaN all come out >= 0x7F800000, which sends the block to the portable loop.
-__attribute__((target("avx512f"), always_inline)) inline __m512i round_avx512(__m512i magnitude, __m128i drop,
-                                                                               __m512i half_minus_one,
-                                                                               __m512i kept) {
-  // (masked forms: GCC 12 warns about the unmasked ones' undefined pass-through operand)
-  const __m512i shifted = _mm512_mask_srl_epi32(magnitude, 0xFFFF, magnitude, drop);
-  const __m512i lsb = _mm512_and_si512(shifted, _mm512_set1_epi32(1));
-  return _mm512_and_si512(_mm512_add_epi32(_mm512_add_epi32(magnitude, half_minus_one), lsb), kept);
-}
+// What the AVX-512 passes share: B's magnitudes rounded to the kept bits (SPEC 1, step
+// 1) without the saturation and the pass-through of specials (a value that would
+// saturate, infinity and NaN all come out >= 0x7F800000, which sends the block to the
+// portable loop), the sums' trips through C, and the lanes' extremes.
+template <bool kRound>
+struct Avx512Common {
+  static constexpr size_t kLanes = 16;
+  using Mask = __mmask16;
+  static constexpr Mask kAllLanes = 0xFFFF;
+  __m128i drop;
+  __m512i half_minus_one, kept, magnitude_mask, sign_mask;
 
-// The same with AVX2.
-__attribute__((target("avx2"), always_inline)) inline __m256i round_avx2(__m256i magnitude, __m128i drop,
-                                                                         __m256i half_minus_one, __m256i kept,
-                                                                         __m256i lsb_bit) {
-  const __m256i lsb = _mm256_and_si256(_mm256_srl_epi32(magnitude, drop), lsb_bit);
-  return _mm256_and_si256(_mm256_add_epi32(_mm256_add_epi32(magnitude, half_minus_one), lsb), kept);
-}
+  __attribute__((target("avx512f"))) explicit Avx512Common(int mantissa_bits) {
+    const uint32_t bits = static_cast<uint32_t>(kFloat32MantissaBits - mantissa_bits);
+    drop = _mm_cvtsi32_si128(static_cast<int>(bits));
+    half_minus_one = _mm512_set1_epi32(kRound ? static_cast<int>((1u << (bits - 1u)) - 1u) : 0);
+    kept = _mm512_set1_epi32(static_cast<int>(~((1u << bits) - 1u)));
+    magnitude_mask = _mm512_set1_epi32(static_cast<int>(kMagnitudeMask));
+    sign_mask = _mm512_set1_epi32(static_cast<int>(kSignBit));
+  }
+
+  __attribute__((target("avx512f"), always_inline)) inline __m512i magnitude(__m512i y) const {
+    const __m512i m = _mm512_and_si512(y, magnitude_mask);
+    if (!kRound) return m;
+    // (masked forms: GCC 12 warns about the unmasked ones' undefined pass-through operand)
+    const __m512i lsb = _mm512_and_si512(_mm512_mask_srl_epi32(m, 0xFFFF, m, drop), _mm512_set1_epi32(1));
+    return _mm512_and_si512(_mm512_add_epi32(_mm512_add_epi32(m, half_minus_one), lsb), kept);
+  }
+
+  // The sums of R rows x V vectors from column j: zero on a block's first pass, else C's.
+  template <int R, int V>
+  __attribute__((target("avx512f"), always_inline)) static inline void load_sums(__m512 (&acc)[R][V], const float* c,
+                                                                                 size_t ldc, size_t j, bool first) {
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < V; ++v) acc[r][v] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(c + r * ldc + j + 16 * v);
+  }
+  template <int R, int V>
+  __attribute__((target("avx512f"), always_inline)) static inline void store_sums(const __m512 (&acc)[R][V], float* c,
+                                                                                  size_t ldc, size_t j) {
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < V; ++v) _mm512_storeu_ps(c + r * ldc + j + 16 * v, acc[r][v]);
+  }
+
+  __attribute__((target("avx512f"))) static uint32_t lanes_min(__m512i x) {
+    alignas(64) uint32_t lanes[16];
+    _mm512_store_si512(lanes, x);
+    return *std::min_element(lanes, lanes + 16);
+  }
+  __attribute__((target("avx512f"))) static uint32_t lanes_max(__m512i x) {
+    alignas(64) uint32_t lanes[16];
+    _mm512_store_si512(lanes, x);
+    return *std::max_element(lanes, lanes + 16);
+  }
+};
+
+// The same for AVX2: 8 lanes, no mask registers (a lane mask is an int, -1 or 0).
+template <bool kRound>
+struct Avx2Common {
+  static constexpr size_t kLanes = 8;
+  using Mask = int;
+  static constexpr Mask kAllLanes = -1;
+  __m128i drop;
+  __m256i half_minus_one, kept, magnitude_mask, sign_mask, lsb_bit;
+
+  __attribute__((target("avx2"))) explicit Avx2Common(int mantissa_bits) {
+    const uint32_t bits = static_cast<uint32_t>(kFloat32MantissaBits - mantissa_bits);
+    drop = _mm_cvtsi32_si128(static_cast<int>(bits));
+    half_minus_one = _mm256_set1_epi32(kRound ? static_cast<int>((1u << (bits - 1u)) - 1u) : 0);
+    kept = _mm256_set1_epi32(static_cast<int>(~((1u << bits) - 1u)));
+    magnitude_mask = _mm256_set1_epi32(static_cast<int>(kMagnitudeMask));
+    sign_mask = _mm256_set1_epi32(static_cast<int>(kSignBit));
+    lsb_bit = _mm256_set1_epi32(1);
+  }
+
+  __attribute__((target("avx2"), always_inline)) inline __m256i magnitude(__m256i y) const {
+    const __m256i m = _mm256_and_si256(y, magnitude_mask);
+    if (!kRound) return m;
+    const __m256i lsb = _mm256_and_si256(_mm256_srl_epi32(m, drop), lsb_bit);
+    return _mm256_and_si256(_mm256_add_epi32(_mm256_add_epi32(m, half_minus_one), lsb), kept);
+  }
+
+  template <int R, int V>
+  __attribute__((target("avx2"), always_inline)) static inline void load_sums(__m256 (&acc)[R][V], const float* c,
+                                                                              size_t ldc, size_t j, bool first) {
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < V; ++v) acc[r][v] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(c + r * ldc + j + 8 * v);
+  }
+  template <int R, int V>
+  __attribute__((target("avx2"), always_inline)) static inline void store_sums(const __m256 (&acc)[R][V], float* c,
+                                                                               size_t ldc, size_t j) {
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < V; ++v) _mm256_storeu_ps(c + r * ldc + j + 8 * v, acc[r][v]);
+  }
+
+  __attribute__((target("avx2"))) static uint32_t lanes_min(__m256i x) {
+    alignas(32) uint32_t lanes[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), x);
+    return *std::min_element(lanes, lanes + 8);
+  }
+  __attribute__((target("avx2"))) static uint32_t lanes_max(__m256i x) {
+    alignas(32) uint32_t lanes[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), x);
+    return *std::max_element(lanes, lanes + 8);
+  }
+};
 
 // Rows of B per pass over the columns: the sums go through memory once per pass. Many
 // when B's rows are short (B is then read nearly in order anyway), few when they are
@@ -151,24 +237,16 @@ Pass block_pass(const uint32_t* a, size_t k, const OperandRange& a_range, const 
 // the pass's first row); the sums start at zero on the first pass, else from C. Without
 // kMaskB, B is taken to have no zeros, and b_min (over every value) tells whether it had.
 template <int R, bool kRound, bool kMaskA, bool kMaskBZeros>
-struct Avx512Chunks {
+struct Avx512Chunks : Avx512Common<kRound> {
+  using Common = Avx512Common<kRound>;
+  using typename Common::Mask;
   static constexpr int kRows = R;
-  static constexpr size_t kLanes = 16;
   static constexpr bool kMaskB = kMaskBZeros, kClamped = false;
-  using Mask = __mmask16;
-  static constexpr Mask kAllLanes = 0xFFFF;
-  __m128i drop;
-  __m512i half_minus_one, kept, magnitude_mask, sign_mask, smallest_normal, b_min, b_max;
+  __m512i smallest_normal, b_min, b_max;
 
   static int prepare(uint32_t x, uint32_t bias) { return static_cast<int>(x - bias); }
 
-  __attribute__((target("avx512f"))) explicit Avx512Chunks(int mantissa_bits) {
-    const uint32_t bits = static_cast<uint32_t>(kFloat32MantissaBits - mantissa_bits);
-    drop = _mm_cvtsi32_si128(static_cast<int>(bits));
-    half_minus_one = _mm512_set1_epi32(kRound ? static_cast<int>((1u << (bits - 1u)) - 1u) : 0);
-    kept = _mm512_set1_epi32(static_cast<int>(~((1u << bits) - 1u)));
-    magnitude_mask = _mm512_set1_epi32(static_cast<int>(kMagnitudeMask));
-    sign_mask = _mm512_set1_epi32(static_cast<int>(kSignBit));
+  __attribute__((target("avx512f"))) explicit Avx512Chunks(int mantissa_bits) : Common(mantissa_bits) {
     smallest_normal = _mm512_set1_epi32(static_cast<int>(kSmallestNormalBits));
     b_min = _mm512_set1_epi32(-1);
     b_max = _mm512_setzero_si512();
@@ -178,17 +256,13 @@ struct Avx512Chunks {
   __attribute__((target("avx512f"))) void run(const PassOfA<R, Mask>& a, const float* b, size_t ldb, size_t steps,
                                               bool first, float* c, size_t ldc, size_t j) {
     __m512 acc[R][V];
-    for (int r = 0; r < R; ++r)
-      for (int v = 0; v < V; ++v) acc[r][v] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(c + r * ldc + j + 16 * v);
+    Common::load_sums(acc, c, ldc, j, first);
     __m512i lo = b_min, hi = b_max;
     for (size_t s = 0; s < steps; ++s) {
       for (int v = 0; v < V; ++v) {
         __m512i y = _mm512_loadu_si512(b + s * ldb + j + 16 * v);
-        __m512i magnitude = _mm512_and_si512(y, magnitude_mask);
-        if (kRound) {
-          magnitude = round_avx512(magnitude, drop, half_minus_one, kept);
-          y = _mm512_or_si512(magnitude, _mm512_and_si512(y, sign_mask));
-        }
+        const __m512i magnitude = this->magnitude(y);
+        if (kRound) y = _mm512_or_si512(magnitude, _mm512_and_si512(y, this->sign_mask));
         __mmask16 lanes = 0xFFFF;
         if (kMaskB) {
           lanes = _mm512_cmpge_epu32_mask(magnitude, smallest_normal);
@@ -210,43 +284,30 @@ struct Avx512Chunks {
     }
     b_min = lo;
     b_max = hi;
-    for (int r = 0; r < R; ++r)
-      for (int v = 0; v < V; ++v) _mm512_storeu_ps(c + r * ldc + j + 16 * v, acc[r][v]);
+    Common::store_sums(acc, c, ldc, j);
   }
 
   __attribute__((target("avx512f"))) void range(uint32_t& smallest, uint32_t& largest) const {
-    alignas(64) uint32_t lo[16], hi[16];
-    _mm512_store_si512(lo, b_min);
-    _mm512_store_si512(hi, b_max);
-    smallest = *std::min_element(lo, lo + 16);
-    largest = *std::max_element(hi, hi + 16);
+    smallest = Common::lanes_min(b_min);
+    largest = Common::lanes_max(b_max);
   }
 };
 
 // The same with AVX2, 8 columns per vector and no mask registers: a skipped product adds
 // +0, which leaves every sum as it was (a sum that starts at +0 never becomes -0).
 template <int R, bool kRound, bool kMaskA, bool kMaskBZeros>
-struct Avx2Chunks {
+struct Avx2Chunks : Avx2Common<kRound> {
+  using Common = Avx2Common<kRound>;
+  using typename Common::Mask;
   static constexpr int kRows = R;
-  static constexpr size_t kLanes = 8;
   static constexpr bool kMaskB = kMaskBZeros, kClamped = false;
-  using Mask = int;
-  static constexpr Mask kAllLanes = -1;
-  __m128i drop;
-  __m256i half_minus_one, kept, magnitude_mask, sign_mask, below_normal, ones, lsb_bit, b_min, b_max;
+  __m256i below_normal, ones, b_min, b_max;
 
   static int prepare(uint32_t x, uint32_t bias) { return static_cast<int>(x - bias); }
 
-  __attribute__((target("avx2"))) explicit Avx2Chunks(int mantissa_bits) {
-    const uint32_t bits = static_cast<uint32_t>(kFloat32MantissaBits - mantissa_bits);
-    drop = _mm_cvtsi32_si128(static_cast<int>(bits));
-    half_minus_one = _mm256_set1_epi32(kRound ? static_cast<int>((1u << (bits - 1u)) - 1u) : 0);
-    kept = _mm256_set1_epi32(static_cast<int>(~((1u << bits) - 1u)));
-    magnitude_mask = _mm256_set1_epi32(static_cast<int>(kMagnitudeMask));
-    sign_mask = _mm256_set1_epi32(static_cast<int>(kSignBit));
+  __attribute__((target("avx2"))) explicit Avx2Chunks(int mantissa_bits) : Common(mantissa_bits) {
     below_normal = _mm256_set1_epi32(static_cast<int>(kSmallestNormalBits - 1u));
     ones = _mm256_set1_epi32(-1);
-    lsb_bit = _mm256_set1_epi32(1);
     b_min = ones;
     b_max = _mm256_setzero_si256();
   }
@@ -255,17 +316,13 @@ struct Avx2Chunks {
   __attribute__((target("avx2"))) void run(const PassOfA<R, Mask>& a, const float* b, size_t ldb, size_t steps,
                                            bool first, float* c, size_t ldc, size_t j) {
     __m256 acc[R][V];
-    for (int r = 0; r < R; ++r)
-      for (int v = 0; v < V; ++v) acc[r][v] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(c + r * ldc + j + 8 * v);
+    Common::load_sums(acc, c, ldc, j, first);
     __m256i lo = b_min, hi = b_max;
     for (size_t s = 0; s < steps; ++s) {
       for (int v = 0; v < V; ++v) {
         __m256i y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + s * ldb + j + 8 * v));
-        __m256i magnitude = _mm256_and_si256(y, magnitude_mask);
-        if (kRound) {
-          magnitude = round_avx2(magnitude, drop, half_minus_one, kept, lsb_bit);
-          y = _mm256_or_si256(magnitude, _mm256_and_si256(y, sign_mask));
-        }
+        const __m256i magnitude = this->magnitude(y);
+        if (kRound) y = _mm256_or_si256(magnitude, _mm256_and_si256(y, this->sign_mask));
         // Signed compare: a magnitude >= 2^31 (rounded NaN) counts as zero here, but the
         // unsigned maximum still sees it.
         __m256i lanes = ones;  // B's non-zero lanes
@@ -286,16 +343,12 @@ struct Avx2Chunks {
     }
     b_min = lo;
     b_max = hi;
-    for (int r = 0; r < R; ++r)
-      for (int v = 0; v < V; ++v) _mm256_storeu_ps(c + r * ldc + j + 8 * v, acc[r][v]);
+    Common::store_sums(acc, c, ldc, j);
   }
 
   __attribute__((target("avx2"))) void range(uint32_t& smallest, uint32_t& largest) const {
-    alignas(32) uint32_t lo[8], hi[8];
-    _mm256_store_si256(reinterpret_cast<__m256i*>(lo), b_min);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(hi), b_max);
-    smallest = *std::min_element(lo, lo + 8);
-    largest = *std::max_element(hi, hi + 8);
+    smallest = Common::lanes_min(b_min);
+    largest = Common::lanes_max(b_max);
   }
 };
 
@@ -305,26 +358,18 @@ struct Avx2Chunks {
 // where u >= kClampLow (no underflow), b is not zero and a is not zero. Exact for every
 // finite B; b_max (largest rounded |b|) tells whether B had anything else.
 template <int R, bool kRound>
-struct Avx512ClampedChunks {
+struct Avx512ClampedChunks : Avx512Common<kRound> {
+  using Common = Avx512Common<kRound>;
+  using typename Common::Mask;
   static constexpr int kRows = R;
-  static constexpr size_t kLanes = 16;
   static constexpr bool kMaskB = true, kClamped = true;
-  using Mask = __mmask16;
-  static constexpr Mask kAllLanes = 0xFFFF;
-  __m128i drop;
-  __m512i half_minus_one, kept, magnitude_mask, sign_mask, offset, low, high, smallest_normal, b_max;
+  __m512i offset, low, high, smallest_normal, b_max;
 
   static int prepare(uint32_t x, uint32_t bias) {
     return static_cast<int>((x & kMagnitudeMask) + (kClampOffset - bias));
   }
 
-  __attribute__((target("avx512f"))) explicit Avx512ClampedChunks(int mantissa_bits) {
-    const uint32_t bits = static_cast<uint32_t>(kFloat32MantissaBits - mantissa_bits);
-    drop = _mm_cvtsi32_si128(static_cast<int>(bits));
-    half_minus_one = _mm512_set1_epi32(kRound ? static_cast<int>((1u << (bits - 1u)) - 1u) : 0);
-    kept = _mm512_set1_epi32(static_cast<int>(~((1u << bits) - 1u)));
-    magnitude_mask = _mm512_set1_epi32(static_cast<int>(kMagnitudeMask));
-    sign_mask = _mm512_set1_epi32(static_cast<int>(kSignBit));
+  __attribute__((target("avx512f"))) explicit Avx512ClampedChunks(int mantissa_bits) : Common(mantissa_bits) {
     offset = _mm512_set1_epi32(static_cast<int>(kClampOffset));
     low = _mm512_set1_epi32(static_cast<int>(kClampLow));
     high = _mm512_set1_epi32(static_cast<int>(kClampHigh));
@@ -336,17 +381,16 @@ struct Avx512ClampedChunks {
   __attribute__((target("avx512f"))) void run(const PassOfA<R, Mask>& a, const float* b, size_t ldb, size_t steps,
                                               bool first, float* c, size_t ldc, size_t j) {
     __m512 acc[R][V];
-    for (int r = 0; r < R; ++r)
-      for (int v = 0; v < V; ++v) acc[r][v] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(c + r * ldc + j + 16 * v);
+    Common::load_sums(acc, c, ldc, j, first);
     __m512i hi = b_max;
     for (size_t s = 0; s < steps; ++s) {
       for (int v = 0; v < V; ++v) {
         const __m512i y = _mm512_loadu_si512(b + s * ldb + j + 16 * v);
-        __m512i magnitude = _mm512_and_si512(y, magnitude_mask);
-        if (kRound) magnitude = round_avx512(magnitude, drop, half_minus_one, kept);
+        const __m512i magnitude = this->magnitude(y);
         hi = _mm512_mask_max_epu32(hi, 0xFFFF, hi, magnitude);  // (unmasked forms warn in GCC 12)
         const __mmask16 nonzero = _mm512_cmpge_epu32_mask(magnitude, smallest_normal);
-        const __m512i constant = _mm512_ternarylogic_epi32(y, sign_mask, offset, 0xEA);  // (b & sign) | offset
+        // (b & sign) | offset
+        const __m512i constant = _mm512_ternarylogic_epi32(y, this->sign_mask, offset, 0xEA);
         for (int r = 0; r < R; ++r) {
           const __m512i u = _mm512_add_epi32(_mm512_set1_epi32(a.prepared[s][r]), magnitude);
           const __mmask16 keep = _mm512_mask_cmpge_epu32_mask(nonzero & a.lanes[s][r], u, low);
@@ -357,15 +401,12 @@ struct Avx512ClampedChunks {
       }
     }
     b_max = hi;
-    for (int r = 0; r < R; ++r)
-      for (int v = 0; v < V; ++v) _mm512_storeu_ps(c + r * ldc + j + 16 * v, acc[r][v]);
+    Common::store_sums(acc, c, ldc, j);
   }
 
   __attribute__((target("avx512f"))) void range(uint32_t& smallest, uint32_t& largest) const {
-    alignas(64) uint32_t hi[16];
-    _mm512_store_si512(hi, b_max);
     smallest = 0;  // not tracked: zeros are masked
-    largest = *std::max_element(hi, hi + 16);
+    largest = Common::lanes_max(b_max);
   }
 };
 
@@ -373,31 +414,22 @@ struct Avx512ClampedChunks {
 // value; prepare() gives a'' - 2^31) and the lanes to skip are zeroed before the
 // multiply-add (0 * s_a adds +-0, which leaves every sum as it was).
 template <int R, bool kRound>
-struct Avx2ClampedChunks {
+struct Avx2ClampedChunks : Avx2Common<kRound> {
+  using Common = Avx2Common<kRound>;
+  using typename Common::Mask;
   static constexpr int kRows = R;
-  static constexpr size_t kLanes = 8;
   static constexpr bool kMaskB = true, kClamped = true;
-  using Mask = int;
-  static constexpr Mask kAllLanes = -1;
-  __m128i drop;
-  __m256i half_minus_one, kept, magnitude_mask, sign_mask, constant, low, high, below_normal, lsb_bit, b_max;
+  __m256i constant, low, high, below_normal, b_max;
 
   static int prepare(uint32_t x, uint32_t bias) {
     return static_cast<int>(((x & kMagnitudeMask) + (kClampOffset - bias)) ^ kSignBit);
   }
 
-  __attribute__((target("avx2"))) explicit Avx2ClampedChunks(int mantissa_bits) {
-    const uint32_t bits = static_cast<uint32_t>(kFloat32MantissaBits - mantissa_bits);
-    drop = _mm_cvtsi32_si128(static_cast<int>(bits));
-    half_minus_one = _mm256_set1_epi32(kRound ? static_cast<int>((1u << (bits - 1u)) - 1u) : 0);
-    kept = _mm256_set1_epi32(static_cast<int>(~((1u << bits) - 1u)));
-    magnitude_mask = _mm256_set1_epi32(static_cast<int>(kMagnitudeMask));
-    sign_mask = _mm256_set1_epi32(static_cast<int>(kSignBit));
+  __attribute__((target("avx2"))) explicit Avx2ClampedChunks(int mantissa_bits) : Common(mantissa_bits) {
     constant = _mm256_set1_epi32(static_cast<int>(kClampOffset ^ kSignBit));  // offset by 2^31 like u
     low = _mm256_set1_epi32(static_cast<int>(kClampLow - kSignBit - 1u));     // u - 2^31 above: no underflow
     high = _mm256_set1_epi32(static_cast<int>(kClampHigh - kSignBit));
     below_normal = _mm256_set1_epi32(static_cast<int>(kSmallestNormalBits - 1u));
-    lsb_bit = _mm256_set1_epi32(1);
     b_max = _mm256_setzero_si256();
   }
 
@@ -405,19 +437,17 @@ struct Avx2ClampedChunks {
   __attribute__((target("avx2,fma"))) void run(const PassOfA<R, Mask>& a, const float* b, size_t ldb, size_t steps,
                                                bool first, float* c, size_t ldc, size_t j) {
     __m256 acc[R][V];
-    for (int r = 0; r < R; ++r)
-      for (int v = 0; v < V; ++v) acc[r][v] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(c + r * ldc + j + 8 * v);
+    Common::load_sums(acc, c, ldc, j, first);
     __m256i hi = b_max;
     for (size_t s = 0; s < steps; ++s) {
       for (int v = 0; v < V; ++v) {
         const __m256i y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + s * ldb + j + 8 * v));
-        __m256i magnitude = _mm256_and_si256(y, magnitude_mask);
-        if (kRound) magnitude = round_avx2(magnitude, drop, half_minus_one, kept, lsb_bit);
+        const __m256i magnitude = this->magnitude(y);
         hi = _mm256_max_epu32(hi, magnitude);
         // Signed compare: a magnitude >= 2^31 (a rounded NaN) counts as zero here, but the
         // unsigned maximum still sees it.
         const __m256i nonzero = _mm256_cmpgt_epi32(magnitude, below_normal);
-        const __m256i bc = _mm256_xor_si256(_mm256_and_si256(y, sign_mask), constant);
+        const __m256i bc = _mm256_xor_si256(_mm256_and_si256(y, this->sign_mask), constant);
         for (int r = 0; r < R; ++r) {
           const __m256i u = _mm256_add_epi32(_mm256_set1_epi32(a.prepared[s][r]), magnitude);
           const __m256i product = _mm256_sub_epi32(_mm256_min_epi32(u, high), bc);
@@ -429,15 +459,12 @@ struct Avx2ClampedChunks {
       }
     }
     b_max = hi;
-    for (int r = 0; r < R; ++r)
-      for (int v = 0; v < V; ++v) _mm256_storeu_ps(c + r * ldc + j + 8 * v, acc[r][v]);
+    Common::store_sums(acc, c, ldc, j);
   }
 
   __attribute__((target("avx2"))) void range(uint32_t& smallest, uint32_t& largest) const {
-    alignas(32) uint32_t hi[8];
-    _mm256_store_si256(reinterpret_cast<__m256i*>(hi), b_max);
     smallest = 0;  // not tracked: zeros are masked
-    largest = *std::max_element(hi, hi + 8);
+    largest = Common::lanes_max(b_max);
   }
 };
 
