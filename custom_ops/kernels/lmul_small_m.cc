@@ -1,6 +1,8 @@
 #include "lmul_small_m.h"
 
 #include <algorithm>
+#include <cstring>
+#include <iterator>
 
 #include "lmul_arith.h"
 #include "lmul_kernels.h"
@@ -73,10 +75,48 @@ bool one_add_plausible(const OperandRange& a, uint32_t bias) {
 // infinity, a NaN or a value that saturates when rounded (the portable loop must do it).
 enum class Pass { kExact, kHasZeros, kNotOneAdd, kSpecialB };
 
+// The sums of R rows x V vectors (of float lanes) from column j: zero on a block's first
+// pass, else C's; and back. Plain copies, which compile to vector loads and stores in
+// the chunk kernels they are inlined into (any instruction set).
+template <int R, int V, class Vec>
+__attribute__((always_inline)) inline void load_sums(Vec (&acc)[R][V], const float* c, size_t ldc, size_t j,
+                                                     bool first) {
+  constexpr size_t kLanes = sizeof(Vec) / sizeof(float);
+  for (int r = 0; r < R; ++r) {
+    for (int v = 0; v < V; ++v) {
+      if (first) {
+        acc[r][v] = Vec{};
+      } else {
+        std::memcpy(&acc[r][v], c + r * ldc + j + kLanes * v, sizeof(Vec));
+      }
+    }
+  }
+}
+template <int R, int V, class Vec>
+__attribute__((always_inline)) inline void store_sums(const Vec (&acc)[R][V], float* c, size_t ldc, size_t j) {
+  constexpr size_t kLanes = sizeof(Vec) / sizeof(float);
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v) std::memcpy(c + r * ldc + j + kLanes * v, &acc[r][v], sizeof(Vec));
+}
+
+// The smallest and the largest of a vector's unsigned 32-bit lanes.
+template <class Vec>
+uint32_t lanes_min(const Vec& x) {
+  uint32_t lanes[sizeof(Vec) / sizeof(uint32_t)];
+  std::memcpy(lanes, &x, sizeof lanes);
+  return *std::min_element(std::begin(lanes), std::end(lanes));
+}
+template <class Vec>
+uint32_t lanes_max(const Vec& x) {
+  uint32_t lanes[sizeof(Vec) / sizeof(uint32_t)];
+  std::memcpy(lanes, &x, sizeof lanes);
+  return *std::max_element(std::begin(lanes), std::end(lanes));
+}
+
 // What the AVX-512 passes share: B's magnitudes rounded to the kept bits (SPEC 1, step
 // 1) without the saturation and the pass-through of specials (a value that would
 // saturate, infinity and NaN all come out >= 0x7F800000, which sends the block to the
-// portable loop), the sums' trips through C, and the lanes' extremes.
+// portable loop).
 template <bool kRound>
 struct Avx512Common {
   static constexpr size_t kLanes = 16;
@@ -100,31 +140,6 @@ struct Avx512Common {
     // (masked forms: GCC 12 warns about the unmasked ones' undefined pass-through operand)
     const __m512i lsb = _mm512_and_si512(_mm512_mask_srl_epi32(m, 0xFFFF, m, drop), _mm512_set1_epi32(1));
     return _mm512_and_si512(_mm512_add_epi32(_mm512_add_epi32(m, half_minus_one), lsb), kept);
-  }
-
-  // The sums of R rows x V vectors from column j: zero on a block's first pass, else C's.
-  template <int R, int V>
-  __attribute__((target("avx512f"), always_inline)) static inline void load_sums(__m512 (&acc)[R][V], const float* c,
-                                                                                 size_t ldc, size_t j, bool first) {
-    for (int r = 0; r < R; ++r)
-      for (int v = 0; v < V; ++v) acc[r][v] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(c + r * ldc + j + 16 * v);
-  }
-  template <int R, int V>
-  __attribute__((target("avx512f"), always_inline)) static inline void store_sums(const __m512 (&acc)[R][V], float* c,
-                                                                                  size_t ldc, size_t j) {
-    for (int r = 0; r < R; ++r)
-      for (int v = 0; v < V; ++v) _mm512_storeu_ps(c + r * ldc + j + 16 * v, acc[r][v]);
-  }
-
-  __attribute__((target("avx512f"))) static uint32_t lanes_min(__m512i x) {
-    alignas(64) uint32_t lanes[16];
-    _mm512_store_si512(lanes, x);
-    return *std::min_element(lanes, lanes + 16);
-  }
-  __attribute__((target("avx512f"))) static uint32_t lanes_max(__m512i x) {
-    alignas(64) uint32_t lanes[16];
-    _mm512_store_si512(lanes, x);
-    return *std::max_element(lanes, lanes + 16);
   }
 };
 
@@ -152,30 +167,6 @@ struct Avx2Common {
     if (!kRound) return m;
     const __m256i lsb = _mm256_and_si256(_mm256_srl_epi32(m, drop), lsb_bit);
     return _mm256_and_si256(_mm256_add_epi32(_mm256_add_epi32(m, half_minus_one), lsb), kept);
-  }
-
-  template <int R, int V>
-  __attribute__((target("avx2"), always_inline)) static inline void load_sums(__m256 (&acc)[R][V], const float* c,
-                                                                              size_t ldc, size_t j, bool first) {
-    for (int r = 0; r < R; ++r)
-      for (int v = 0; v < V; ++v) acc[r][v] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(c + r * ldc + j + 8 * v);
-  }
-  template <int R, int V>
-  __attribute__((target("avx2"), always_inline)) static inline void store_sums(const __m256 (&acc)[R][V], float* c,
-                                                                               size_t ldc, size_t j) {
-    for (int r = 0; r < R; ++r)
-      for (int v = 0; v < V; ++v) _mm256_storeu_ps(c + r * ldc + j + 8 * v, acc[r][v]);
-  }
-
-  __attribute__((target("avx2"))) static uint32_t lanes_min(__m256i x) {
-    alignas(32) uint32_t lanes[8];
-    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), x);
-    return *std::min_element(lanes, lanes + 8);
-  }
-  __attribute__((target("avx2"))) static uint32_t lanes_max(__m256i x) {
-    alignas(32) uint32_t lanes[8];
-    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), x);
-    return *std::max_element(lanes, lanes + 8);
   }
 };
 
@@ -256,7 +247,7 @@ struct Avx512Chunks : Avx512Common<kRound> {
   __attribute__((target("avx512f"))) void run(const PassOfA<R, Mask>& a, const float* b, size_t ldb, size_t steps,
                                               bool first, float* c, size_t ldc, size_t j) {
     __m512 acc[R][V];
-    Common::load_sums(acc, c, ldc, j, first);
+    load_sums(acc, c, ldc, j, first);
     __m512i lo = b_min, hi = b_max;
     for (size_t s = 0; s < steps; ++s) {
       for (int v = 0; v < V; ++v) {
@@ -284,12 +275,12 @@ struct Avx512Chunks : Avx512Common<kRound> {
     }
     b_min = lo;
     b_max = hi;
-    Common::store_sums(acc, c, ldc, j);
+    store_sums(acc, c, ldc, j);
   }
 
   __attribute__((target("avx512f"))) void range(uint32_t& smallest, uint32_t& largest) const {
-    smallest = Common::lanes_min(b_min);
-    largest = Common::lanes_max(b_max);
+    smallest = lanes_min(b_min);
+    largest = lanes_max(b_max);
   }
 };
 
@@ -316,7 +307,7 @@ struct Avx2Chunks : Avx2Common<kRound> {
   __attribute__((target("avx2"))) void run(const PassOfA<R, Mask>& a, const float* b, size_t ldb, size_t steps,
                                            bool first, float* c, size_t ldc, size_t j) {
     __m256 acc[R][V];
-    Common::load_sums(acc, c, ldc, j, first);
+    load_sums(acc, c, ldc, j, first);
     __m256i lo = b_min, hi = b_max;
     for (size_t s = 0; s < steps; ++s) {
       for (int v = 0; v < V; ++v) {
@@ -343,12 +334,12 @@ struct Avx2Chunks : Avx2Common<kRound> {
     }
     b_min = lo;
     b_max = hi;
-    Common::store_sums(acc, c, ldc, j);
+    store_sums(acc, c, ldc, j);
   }
 
   __attribute__((target("avx2"))) void range(uint32_t& smallest, uint32_t& largest) const {
-    smallest = Common::lanes_min(b_min);
-    largest = Common::lanes_max(b_max);
+    smallest = lanes_min(b_min);
+    largest = lanes_max(b_max);
   }
 };
 
@@ -381,7 +372,7 @@ struct Avx512ClampedChunks : Avx512Common<kRound> {
   __attribute__((target("avx512f"))) void run(const PassOfA<R, Mask>& a, const float* b, size_t ldb, size_t steps,
                                               bool first, float* c, size_t ldc, size_t j) {
     __m512 acc[R][V];
-    Common::load_sums(acc, c, ldc, j, first);
+    load_sums(acc, c, ldc, j, first);
     __m512i hi = b_max;
     for (size_t s = 0; s < steps; ++s) {
       for (int v = 0; v < V; ++v) {
@@ -401,12 +392,12 @@ struct Avx512ClampedChunks : Avx512Common<kRound> {
       }
     }
     b_max = hi;
-    Common::store_sums(acc, c, ldc, j);
+    store_sums(acc, c, ldc, j);
   }
 
   __attribute__((target("avx512f"))) void range(uint32_t& smallest, uint32_t& largest) const {
     smallest = 0;  // not tracked: zeros are masked
-    largest = Common::lanes_max(b_max);
+    largest = lanes_max(b_max);
   }
 };
 
@@ -437,7 +428,7 @@ struct Avx2ClampedChunks : Avx2Common<kRound> {
   __attribute__((target("avx2,fma"))) void run(const PassOfA<R, Mask>& a, const float* b, size_t ldb, size_t steps,
                                                bool first, float* c, size_t ldc, size_t j) {
     __m256 acc[R][V];
-    Common::load_sums(acc, c, ldc, j, first);
+    load_sums(acc, c, ldc, j, first);
     __m256i hi = b_max;
     for (size_t s = 0; s < steps; ++s) {
       for (int v = 0; v < V; ++v) {
@@ -459,12 +450,12 @@ struct Avx2ClampedChunks : Avx2Common<kRound> {
       }
     }
     b_max = hi;
-    Common::store_sums(acc, c, ldc, j);
+    store_sums(acc, c, ldc, j);
   }
 
   __attribute__((target("avx2"))) void range(uint32_t& smallest, uint32_t& largest) const {
     smallest = 0;  // not tracked: zeros are masked
-    largest = Common::lanes_max(b_max);
+    largest = lanes_max(b_max);
   }
 };
 
