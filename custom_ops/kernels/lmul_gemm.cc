@@ -9,6 +9,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "clamped_step.h"
 #include "lmul_arith.h"
 
 #if LMUL_HAVE_X86_SIMD
@@ -130,9 +131,6 @@ GemmVariant choose_variant(const OperandRange& a, const OperandRange& b, uint32_
                                       : (z ? GemmVariant::kClampedLowMaskedB : GemmVariant::kClampedLow);
   if (b_all_zero || may_underflow || may_overflow) return fallback;  // (all of B zero: no stand-ins)
   if (normal_only) return GemmVariant::kAdd;
-  if (b.max_magnitude - b.min_nonzero >= kInfBits - kSmallestNormalBits) {
-    return clamped ? fallback : GemmVariant::kGeneral;
-  }
   if (a.has_zero && b.has_zero) return GemmVariant::kAddMaskedAB;
   return a.has_zero ? GemmVariant::kAddMaskedA : GemmVariant::kAddMaskedB;
 }
@@ -508,12 +506,10 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const uint32_t* a, const floa
     for (int v = 0; v < 3; ++v) _mm256_storeu_ps(out + i * ldo + v * 8, acc[i][v]);
 }
 
-// MR x (16 NV) clamped tile (lmul_gemm.h; 64 columns, or 32 for narrow B), with b read as
-// panel entry + b_fold: per product u = a'' + |b|, r = min(u, kClampHigh) -
-// ((b & sign) | kClampOffset), and acc += s_a * r in the lanes where u >= kClampLow and
-// (kMaskB) b is not zero. kLow / kHigh: whether products may underflow / overflow (the
-// compare / the clamp are left out where they cannot). |b|, b's constant and the zero
-// mask are made once per k.
+// MR x (16 NV) clamped tile (lmul_gemm.h, clamped_step.h; 64 columns, or 32 for narrow
+// B), with b read as panel entry + b_fold; with kMaskB, B's zeros (and their stand-ins)
+// are the entries below b_min, its smallest non-zero magnitude. |b|, b's constant and the
+// zero mask are made once per k.
 template <int MR, int NV, bool kMaskB, bool kLow, bool kHigh>
 __attribute__((target("avx512f"))) void tile_clamped_avx512(const uint32_t* a, const float* a_sign, size_t lda,
                                                             const uint32_t* panel, uint32_t b_min, uint32_t b_fold,
@@ -523,10 +519,6 @@ __attribute__((target("avx512f"))) void tile_clamped_avx512(const uint32_t* a, c
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
   const __m512i magnitude_mask = _mm512_set1_epi32(static_cast<int>(kMagnitudeMask));
-  const __m512i sign_bit = _mm512_set1_epi32(static_cast<int>(kSignBit));
-  const __m512i offset = _mm512_set1_epi32(static_cast<int>(kClampOffset));
-  const __m512i low = _mm512_set1_epi32(static_cast<int>(kClampLow));
-  const __m512i high = _mm512_set1_epi32(static_cast<int>(kClampHigh));
   const __m512i smallest = _mm512_set1_epi32(static_cast<int>(b_min));
   const __m512i fold = _mm512_set1_epi32(static_cast<int>(b_fold));
   for (size_t p = 0; p < k; ++p) {
@@ -535,19 +527,14 @@ __attribute__((target("avx512f"))) void tile_clamped_avx512(const uint32_t* a, c
     for (int v = 0; v < NV; ++v) {
       const __m512i b = _mm512_add_epi32(_mm512_loadu_si512(panel + p * kWidth + 16 * v), fold);
       bm[v] = _mm512_and_si512(b, magnitude_mask);
-      bc[v] = _mm512_ternarylogic_epi32(b, sign_bit, offset, 0xEA);  // (b & sign) | offset
-      // zeros and their stand-ins lie below B's smallest non-zero magnitude
+      bc[v] = clamped_constant_avx512(b);
       nonzero[v] = kMaskB ? _mm512_cmpge_epu32_mask(bm[v], smallest) : static_cast<__mmask16>(0xFFFF);
     }
     for (int i = 0; i < MR; ++i) {
       const __m512i av = _mm512_set1_epi32(static_cast<int>(a[i * lda + p]));
       const __m512 sv = _mm512_set1_ps(a_sign[i * lda + p]);
       for (int v = 0; v < NV; ++v) {
-        const __m512i u = _mm512_add_epi32(av, bm[v]);
-        const __mmask16 keep = kLow ? _mm512_mask_cmpge_epu32_mask(nonzero[v], u, low) : nonzero[v];
-        // (maskz with all lanes: GCC 12 warns about _mm512_min_epu32's undefined source)
-        const __m512i r = _mm512_sub_epi32(kHigh ? _mm512_maskz_min_epu32(0xFFFF, u, high) : u, bc[v]);
-        acc[i][v] = _mm512_mask3_fmadd_ps(_mm512_castsi512_ps(r), sv, acc[i][v], keep);
+        acc[i][v] = clamped_step_avx512<kLow, kHigh>(acc[i][v], av, sv, bm[v], bc[v], nonzero[v]);
       }
     }
   }
@@ -555,8 +542,7 @@ __attribute__((target("avx512f"))) void tile_clamped_avx512(const uint32_t* a, c
     for (int v = 0; v < NV; ++v) _mm512_storeu_ps(out + i * ldo + v * 16, acc[i][v]);
 }
 
-// MR x 24 clamped tile with AVX2: no unsigned compares, so u is kept offset by 2^31 (as
-// a signed value) and the lanes to skip are zeroed before the multiply-add.
+// MR x 24 clamped tile with AVX2 (clamped_step.h: u kept offset by 2^31).
 template <int MR, bool kMaskB, bool kLow, bool kHigh>
 __attribute__((target("avx2,fma"))) void tile_clamped_avx2(const uint32_t* a, const float* a_sign, size_t lda,
                                                           const uint32_t* panel, uint32_t b_min, uint32_t b_fold,
@@ -566,12 +552,6 @@ __attribute__((target("avx2,fma"))) void tile_clamped_avx2(const uint32_t* a, co
     for (int v = 0; v < 3; ++v) acc[i][v] = _mm256_setzero_ps();
   const __m256i magnitude_mask = _mm256_set1_epi32(static_cast<int>(kMagnitudeMask));
   const __m256i sign_bit = _mm256_set1_epi32(static_cast<int>(kSignBit));
-  // u - 2^31 as signed: below kClampLow - 2^31 (i.e. <= the value below) is an underflow;
-  // without the underflow check, every u of a non-zero b (u > 0) is kept.
-  const __m256i low = _mm256_set1_epi32(kLow ? static_cast<int>(kClampLow - kSignBit - 1u) : INT32_MIN);
-  const __m256i high = _mm256_set1_epi32(static_cast<int>(kClampHigh - kSignBit));
-  const __m256i never = _mm256_set1_epi32(0x7FFFFFFF);
-  const __m256i constant = _mm256_set1_epi32(static_cast<int>(kClampOffset ^ kSignBit));
   const __m256i smallest = _mm256_set1_epi32(static_cast<int>(b_min ^ kSignBit));
   const __m256i fold = _mm256_set1_epi32(static_cast<int>(b_fold));
   for (size_t p = 0; p < k; ++p) {
@@ -580,23 +560,18 @@ __attribute__((target("avx2,fma"))) void tile_clamped_avx2(const uint32_t* a, co
     for (int v = 0; v < 3; ++v) {
       const __m256i b = _mm256_add_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + 8 * v)), fold);
       bm[v] = _mm256_and_si256(b, magnitude_mask);
-      // (b & sign) | kClampOffset, offset by 2^31 like u
-      bc[v] = _mm256_xor_si256(_mm256_and_si256(b, sign_bit), constant);
-      threshold[v] = low;
-      if (kMaskB) {  // zero entries of B (below min|b|, as signed after the offset): a threshold no u exceeds
-        const __m256i zero = _mm256_cmpgt_epi32(smallest, _mm256_xor_si256(bm[v], sign_bit));
-        threshold[v] = _mm256_blendv_epi8(low, never, zero);
-      }
+      bc[v] = clamped_constant_avx2(b);
+      // zero entries of B: below min|b| (compared as signed after the offset)
+      const __m256i zero =
+          kMaskB ? _mm256_cmpgt_epi32(smallest, _mm256_xor_si256(bm[v], sign_bit)) : _mm256_setzero_si256();
+      threshold[v] = clamped_threshold_avx2<kLow>(zero);
     }
     for (int i = 0; i < MR; ++i) {
       // a'' - 2^31: u - 2^31 = (a'' - 2^31) + |b| without signed overflow
       const __m256i av = _mm256_set1_epi32(static_cast<int>(a[i * lda + p] ^ kSignBit));
       const __m256 sv = _mm256_set1_ps(a_sign[i * lda + p]);
       for (int v = 0; v < 3; ++v) {
-        const __m256i u = _mm256_add_epi32(av, bm[v]);
-        const __m256i r = _mm256_sub_epi32(kHigh ? _mm256_min_epi32(u, high) : u, bc[v]);
-        const __m256i masked = kLow || kMaskB ? _mm256_and_si256(r, _mm256_cmpgt_epi32(u, threshold[v])) : r;
-        acc[i][v] = _mm256_fmadd_ps(_mm256_castsi256_ps(masked), sv, acc[i][v]);
+        acc[i][v] = clamped_step_avx2<kLow || kMaskB, kHigh>(acc[i][v], av, sv, bm[v], bc[v], threshold[v]);
       }
     }
   }
@@ -993,6 +968,8 @@ void lmul_gemm_panels(GemmVariant variant, const uint32_t* a, const float* a_mas
                       size_t n, size_t row_begin, size_t row_end, size_t panel_begin, size_t panel_end, float* c,
                       size_t ldc, const uint64_t* a_zero_bits) {
 #if LMUL_HAVE_X86_SIMD
+  // (the clamped kernels tell B's zeros by min_nonzero: a view without it would add them)
+  assert(!is_clamped(variant) || panels.min_nonzero >= kSmallestNormalBits);
   if (is_clamped(variant) && panels.half) {
     clamped_tiles_widened(variant, a, a_mask, panels.half, k, n, row_begin, row_end, panel_begin, panel_end, c, ldc,
                           panels.min_nonzero);

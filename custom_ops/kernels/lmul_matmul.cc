@@ -658,9 +658,7 @@ void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& opera
         lmul_gemm_panels(variant, a_block, a_mask, b_view.constant->matrix(plan.b_matrix[batch]), k, n, 0, r1 - r0,
                          p0, p1, acc + r0 * n, n, row_zero_bits);
       } else {
-        // (constant 32-bit compact panels hold their zeros as 0, below B's smallest magnitude)
-        const uint32_t* b_panels = b_view.constant ? b_view.constant->matrix(plan.b_matrix[batch]).wide
-                                                   : b_view.panels + plan.b_matrix[batch] * panels * k * nr;
+        const uint32_t* b_panels = b_view.panels + plan.b_matrix[batch] * panels * k * nr;
         const float* masks = b_masks ? b_masks + plan.b_matrix[batch] * panels * k * nr : nullptr;
         lmul_gemm_fast(variant, a_block, a_mask, b_panels, masks, k, n, 0, r1 - r0, p0, p1, acc + r0 * n, n, nr,
                        b_view.range.min_nonzero, fold, row_zero_bits);

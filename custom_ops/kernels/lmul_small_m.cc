@@ -4,6 +4,7 @@
 #include <cstring>
 #include <iterator>
 
+#include "clamped_step.h"
 #include "lmul_arith.h"
 #include "lmul_kernels.h"
 
@@ -207,7 +208,10 @@ Pass block_pass(const uint32_t* a, size_t k, const OperandRange& a_range, const 
       for (int r = 0; r < R; ++r) {
         const uint32_t x = a[r * k + p0 + s];
         pass.prepared[s][r] = Chunks::prepare(x, bias);
-        if constexpr (Chunks::kClamped) pass.sign[s][r] = x & kSignBit ? -1.0f : 1.0f;
+        if constexpr (Chunks::kClamped) {
+          const bool zero = (x & kMagnitudeMask) < kSmallestNormalBits;
+          pass.sign[s][r] = zero ? 0.0f : x & kSignBit ? -1.0f : 1.0f;
+        }
         pass.lanes[s][r] = (x & kMagnitudeMask) >= kSmallestNormalBits ? Chunks::kAllLanes : 0;
       }
     }
@@ -343,27 +347,24 @@ struct Avx2Chunks : Avx2Common<kRound> {
   }
 };
 
-// AVX-512 for products that may underflow or overflow: lmul_gemm.h's clamped product
-// with B read in place. Per product u = a'' + |b| (a'' = |a| + kClampOffset - bias),
-// r = min(u, kClampHigh) - ((b & sign) | kClampOffset), and acc += s_a * r in the lanes
-// where u >= kClampLow (no underflow), b is not zero and a is not zero. Exact for every
-// finite B; b_max (largest rounded |b|) tells whether B had anything else.
+// AVX-512 for products that may underflow or overflow: clamped_step.h's product with B
+// read in place. A zero of A is prepared as a'' = 0 with s_a = 0: its sums u = |b| stay
+// below kClampHigh, and it adds +-0. Exact for every finite B; b_max (the largest
+// rounded |b|) tells whether B had anything else.
 template <int R, bool kRound>
 struct Avx512ClampedChunks : Avx512Common<kRound> {
   using Common = Avx512Common<kRound>;
   using typename Common::Mask;
   static constexpr int kRows = R;
   static constexpr bool kMaskB = true, kClamped = true;
-  __m512i offset, low, high, smallest_normal, b_max;
+  __m512i smallest_normal, b_max;
 
   static int prepare(uint32_t x, uint32_t bias) {
-    return static_cast<int>((x & kMagnitudeMask) + (kClampOffset - bias));
+    const uint32_t magnitude = x & kMagnitudeMask;
+    return static_cast<int>(magnitude < kSmallestNormalBits ? 0u : magnitude + (kClampOffset - bias));
   }
 
   __attribute__((target("avx512f"))) explicit Avx512ClampedChunks(int mantissa_bits) : Common(mantissa_bits) {
-    offset = _mm512_set1_epi32(static_cast<int>(kClampOffset));
-    low = _mm512_set1_epi32(static_cast<int>(kClampLow));
-    high = _mm512_set1_epi32(static_cast<int>(kClampHigh));
     smallest_normal = _mm512_set1_epi32(static_cast<int>(kSmallestNormalBits));
     b_max = _mm512_setzero_si512();
   }
@@ -380,14 +381,10 @@ struct Avx512ClampedChunks : Avx512Common<kRound> {
         const __m512i magnitude = this->magnitude(y);
         hi = _mm512_mask_max_epu32(hi, 0xFFFF, hi, magnitude);  // (unmasked forms warn in GCC 12)
         const __mmask16 nonzero = _mm512_cmpge_epu32_mask(magnitude, smallest_normal);
-        // (b & sign) | offset
-        const __m512i constant = _mm512_ternarylogic_epi32(y, this->sign_mask, offset, 0xEA);
+        const __m512i constant = clamped_constant_avx512(y);  // (rounding leaves the sign)
         for (int r = 0; r < R; ++r) {
-          const __m512i u = _mm512_add_epi32(_mm512_set1_epi32(a.prepared[s][r]), magnitude);
-          const __mmask16 keep = _mm512_mask_cmpge_epu32_mask(nonzero & a.lanes[s][r], u, low);
-          const __m512i product = _mm512_sub_epi32(_mm512_maskz_min_epu32(0xFFFF, u, high), constant);
-          acc[r][v] = _mm512_mask3_fmadd_ps(_mm512_castsi512_ps(product), _mm512_set1_ps(a.sign[s][r]), acc[r][v],
-                                            keep);
+          acc[r][v] = clamped_step_avx512<true, true>(acc[r][v], _mm512_set1_epi32(a.prepared[s][r]),
+                                                      _mm512_set1_ps(a.sign[s][r]), magnitude, constant, nonzero);
         }
       }
     }
@@ -401,26 +398,22 @@ struct Avx512ClampedChunks : Avx512Common<kRound> {
   }
 };
 
-// The same with AVX2: no unsigned compares, so u is kept offset by 2^31 (as a signed
-// value; prepare() gives a'' - 2^31) and the lanes to skip are zeroed before the
-// multiply-add (0 * s_a adds +-0, which leaves every sum as it was).
+// The same with AVX2 (clamped_step.h: u kept offset by 2^31, so prepare() gives
+// a'' ^ 2^31, and the lanes to skip are zeroed before the multiply-add).
 template <int R, bool kRound>
 struct Avx2ClampedChunks : Avx2Common<kRound> {
   using Common = Avx2Common<kRound>;
   using typename Common::Mask;
   static constexpr int kRows = R;
   static constexpr bool kMaskB = true, kClamped = true;
-  __m256i constant, low, high, below_normal, b_max;
+  __m256i smallest_normal, b_max;
 
   static int prepare(uint32_t x, uint32_t bias) {
-    return static_cast<int>(((x & kMagnitudeMask) + (kClampOffset - bias)) ^ kSignBit);
+    return Avx512ClampedChunks<R, kRound>::prepare(x, bias) ^ static_cast<int>(kSignBit);
   }
 
   __attribute__((target("avx2"))) explicit Avx2ClampedChunks(int mantissa_bits) : Common(mantissa_bits) {
-    constant = _mm256_set1_epi32(static_cast<int>(kClampOffset ^ kSignBit));  // offset by 2^31 like u
-    low = _mm256_set1_epi32(static_cast<int>(kClampLow - kSignBit - 1u));     // u - 2^31 above: no underflow
-    high = _mm256_set1_epi32(static_cast<int>(kClampHigh - kSignBit));
-    below_normal = _mm256_set1_epi32(static_cast<int>(kSmallestNormalBits - 1u));
+    smallest_normal = _mm256_set1_epi32(static_cast<int>(kSmallestNormalBits));
     b_max = _mm256_setzero_si256();
   }
 
@@ -437,15 +430,11 @@ struct Avx2ClampedChunks : Avx2Common<kRound> {
         hi = _mm256_max_epu32(hi, magnitude);
         // Signed compare: a magnitude >= 2^31 (a rounded NaN) counts as zero here, but the
         // unsigned maximum still sees it.
-        const __m256i nonzero = _mm256_cmpgt_epi32(magnitude, below_normal);
-        const __m256i bc = _mm256_xor_si256(_mm256_and_si256(y, this->sign_mask), constant);
+        const __m256i threshold = clamped_threshold_avx2<true>(_mm256_cmpgt_epi32(smallest_normal, magnitude));
+        const __m256i constant = clamped_constant_avx2(y);
         for (int r = 0; r < R; ++r) {
-          const __m256i u = _mm256_add_epi32(_mm256_set1_epi32(a.prepared[s][r]), magnitude);
-          const __m256i product = _mm256_sub_epi32(_mm256_min_epi32(u, high), bc);
-          const __m256i keep = _mm256_and_si256(_mm256_and_si256(_mm256_cmpgt_epi32(u, low), nonzero),
-                                                _mm256_set1_epi32(a.lanes[s][r]));
-          acc[r][v] = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(product, keep)),
-                                      _mm256_set1_ps(a.sign[s][r]), acc[r][v]);
+          acc[r][v] = clamped_step_avx2<true, true>(acc[r][v], _mm256_set1_epi32(a.prepared[s][r]),
+                                                    _mm256_set1_ps(a.sign[s][r]), magnitude, constant, threshold);
         }
       }
     }

@@ -679,13 +679,15 @@ void small_m_clamped() {
   for (const Case& shape : {Case{150, 70}, Case{37, 300}, Case{9, 16}}) {
     for (size_t rows = 1; rows <= lmul::kSmallMMaxRows; ++rows) {
       for (int bits : {23, 4}) {
-        for (int kind : {0, 1, 2, 3}) {
+        for (int kind : {0, 1, 2, 3, 4}) {
           const size_t k = shape.k, n = shape.n;
-          std::vector<float> a = operand(rng, rows * k, 0), b = operand(rng, k * n, kind == 2 ? 5 : 0);
+          std::vector<float> a = operand(rng, rows * k, 0), b = operand(rng, k * n, kind == 2 || kind == 4 ? 5 : 0);
           for (size_t i = 0; i < a.size(); ++i) {
             if (kind == 0) a[i] = std::exp(exponent(rng)) * (rng() % 2 ? 1.0f : -1.0f);  // down to 1.6e-38
             if (kind == 1) a[i] *= 1e-30f;  // products of b below about 1e-8 underflow
             if (kind == 3) a[i] = std::exp(exponent(rng) / 13.0f + 2.0f) * (rng() % 2 ? 1.0f : -1.0f);  // 0.01..7
+            // A zero's product (as |b| 2^-128 if it were taken) would show beside 1e-33 |b|
+            if (kind == 4) a[i] = i % 3 ? 0.0f : a[i] * 1e-33f;
             if (i % 11 == 3) a[i] = i % 2 ? -0.0f : 0.0f;
             if (i % 29 == 5) a[i] = 1e-41f;
           }
