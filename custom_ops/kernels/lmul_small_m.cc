@@ -224,7 +224,11 @@ Pass block_pass(const uint32_t* a, size_t k, const OperandRange& a_range, const 
   chunks.range(smallest, largest);
   if (largest >= kInfBits) return Pass::kSpecialB;
   if constexpr (Chunks::kClamped) return Pass::kExact;  // exact for any finite B
-  if (!Chunks::kMaskB && smallest < kSmallestNormalBits) return Pass::kHasZeros;
+  if (!Chunks::kMaskB && smallest < kSmallestNormalBits) {
+    // B has zeros: a pass with masks is worth it only if no product can overflow.
+    const bool overflows = uint64_t{a_range.max_magnitude} + largest >= uint64_t{bias} + kInfBits;
+    return overflows ? Pass::kNotOneAdd : Pass::kHasZeros;
+  }
   return one_add_exact(a_range, smallest, largest, bias) ? Pass::kExact : Pass::kNotOneAdd;
 }
 
