@@ -246,6 +246,30 @@ RUNNER = textwrap.dedent(
                     session = lmul_onnx.InferenceSession(model.SerializeToString())
                     out = lmul_onnx.runtime.run(session, {"A": x})[0]
                     results[f"{dtype.__name__}_{rows}_{gemm}_{bits}"] = out.view(np.uint16)
+    # float16 / bfloat16 per-call B (widened to float32 for the small-M pass and for
+    # packing; outputs narrowed back): M = 1 to 37, batched heads, zeros and subnormals,
+    # float16's whole range (sums that overflow float16, and that land in its subnormals),
+    # products that underflow (the clamped paths)
+    halves = {
+        "normal": (a[:1], b), "m3": (a[:3], zeros_b), "m37": (a, zeros_b),
+        "heads": (rng.standard_normal((4, 2, 70)), rng.standard_normal((4, 70, 37))),
+        "attention": (rng.standard_normal((4, 30, 70)), rng.standard_normal((4, 70, 45))),
+        "big_sums": (a[:2] * 300, b * 300), "small_sums": (a[:2] * 1e-3, b * 1e-3),
+        "tiny_m1": (a[:1] * 1e-4, b * 1e-4), "tiny_m9": (a[:9] * 1e-4, b * 1e-4),
+    }
+    for dtype, onnx_type in ((np.float16, TensorProto.FLOAT16), (ml_dtypes.bfloat16, TensorProto.BFLOAT16)):
+        for name, (x, y) in halves.items():
+            x, y = x.astype(dtype), y.astype(dtype)
+            inputs = [helper.make_tensor_value_info("A", onnx_type, x.shape),
+                      helper.make_tensor_value_info("B", onnx_type, y.shape)]
+            for attrs in ({}, {"mantissa_bits": 4}):
+                node = helper.make_node("LMulMatMul", ["A", "B"], ["Y"], domain="lmul", **attrs)
+                output = helper.make_tensor_value_info("Y", onnx_type, None)
+                graph = helper.make_graph([node], "g", inputs, [output])
+                model = helper.make_model(graph, opset_imports=opsets, ir_version=9)
+                session = lmul_onnx.InferenceSession(model.SerializeToString())
+                out = lmul_onnx.runtime.run(session, {"A": x, "B": y})[0]
+                results[f"per_call_{dtype.__name__}_{name}_{attrs}"] = out.view(np.uint16)
     np.savez(sys.argv[1], **results)
     """
 )

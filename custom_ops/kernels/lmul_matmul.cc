@@ -9,6 +9,10 @@
 
 #include "lmul_small_m.h"
 
+#if LMUL_HAVE_X86_SIMD
+#include <immintrin.h>
+#endif
+
 #if defined(__linux__)
 #include <sched.h>
 #endif
@@ -65,7 +69,7 @@ class ThreadBuffer {
 // a product's own tasks use TaskBuffers).
 struct CallBuffers {
   ThreadBuffer<uint32_t> a_rounded, b_packed;
-  ThreadBuffer<float> a_masks, b_masks, sums;
+  ThreadBuffer<float> a_masks, b_masks, b_wide, sums;
   ThreadBuffer<uint64_t> a_zero_bits;
   void trim() {
     a_zero_bits.trim();
@@ -73,6 +77,7 @@ struct CallBuffers {
     a_masks.trim();
     b_packed.trim();
     b_masks.trim();
+    b_wide.trim();
     sums.trim();
   }
 };
@@ -156,6 +161,97 @@ void round_fold_rows(const float* src, size_t rows, size_t width, size_t row_str
   largest = std::max(tail_hi, *std::max_element(hi, hi + kLanes));
 }
 
+// `count` float16 or bfloat16 values (S) widened to float32, exactly (SPEC 2): bfloat16 by
+// a shift, float16 by F16C's vcvtph2ps where the kernels use SIMD (an exact conversion,
+// subnormal halves included), else value by value.
+#if LMUL_HAVE_X86_SIMD
+__attribute__((target("avx512f"))) void widen_float16_avx512(const uint16_t* src, size_t count, float* dst) {
+  size_t i = 0;
+  for (; i + 16 <= count; i += 16) {
+    // (maskz with all lanes: GCC 12 warns about _mm512_cvtph_ps's undefined source)
+    const __m256i halves = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i));
+    _mm512_storeu_ps(dst + i, _mm512_maskz_cvtph_ps(0xFFFF, halves));
+  }
+  for (; i < count; ++i) dst[i] = float16_to_float(src[i]);
+}
+__attribute__((target("avx2,f16c"))) void widen_float16_avx2(const uint16_t* src, size_t count, float* dst) {
+  size_t i = 0;
+  for (; i + 8 <= count; i += 8) {
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+  }
+  for (; i < count; ++i) dst[i] = float16_to_float(src[i]);
+}
+#endif
+
+LMUL_TARGET_CLONES
+void widen_bfloat16(const uint16_t* src, size_t count, float* dst) {
+  for (size_t i = 0; i < count; ++i) dst[i] = bits_float(static_cast<uint32_t>(src[i]) << 16);
+}
+
+// `count` float32 values narrowed to float16 with round-to-nearest-even (SPEC 2), as
+// float_to_float16 does: vcvtps2ph where the kernels use SIMD (NaN lanes then redone
+// value by value, for float_to_float16's NaN), else value by value.
+#if LMUL_HAVE_X86_SIMD
+__attribute__((target("avx512f"))) void narrow_float16_avx512(const float* src, size_t count, uint16_t* dst) {
+  size_t i = 0;
+  for (; i + 16 <= count; i += 16) {
+    const __m512 v = _mm512_loadu_ps(src + i);
+    // (maskz with all lanes: GCC 12 warns about _mm512_cvtps_ph's undefined source)
+    const __m256i halves = _mm512_maskz_cvtps_ph(0xFFFF, v, _MM_FROUND_TO_NEAREST_INT);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), halves);
+    if (_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) != 0) {
+      for (size_t l = i; l < i + 16; ++l) dst[l] = float_to_float16(src[l]);
+    }
+  }
+  for (; i < count; ++i) dst[i] = float_to_float16(src[i]);
+}
+__attribute__((target("avx2,f16c"))) void narrow_float16_avx2(const float* src, size_t count, uint16_t* dst) {
+  size_t i = 0;
+  for (; i + 8 <= count; i += 8) {
+    const __m256 v = _mm256_loadu_ps(src + i);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+    if (_mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)) != 0) {
+      for (size_t l = i; l < i + 8; ++l) dst[l] = float_to_float16(src[l]);
+    }
+  }
+  for (; i < count; ++i) dst[i] = float_to_float16(src[i]);
+}
+#endif
+
+// Whether the CPU has F16C (every AVX2 CPU the kernels met so far has).
+bool has_f16c() {
+#if LMUL_HAVE_X86_SIMD
+  static const bool f16c = __builtin_cpu_supports("f16c");
+  return f16c;
+#else
+  return false;
+#endif
+}
+
+template <class S>
+void narrow_from_float32(const float* src, size_t count, typename S::type* dst) {
+  if constexpr (std::is_same_v<S, Float16Storage>) {
+#if LMUL_HAVE_X86_SIMD
+    if (simd_lanes() == 16) return narrow_float16_avx512(src, count, dst);
+    if (simd_lanes() == 8 && has_f16c()) return narrow_float16_avx2(src, count, dst);
+#endif
+  }
+  for (size_t i = 0; i < count; ++i) dst[i] = S::store(src[i]);
+}
+
+template <class S>
+void widen_to_float32(const uint16_t* src, size_t count, float* dst) {
+  if constexpr (std::is_same_v<S, BFloat16Storage>) {
+    widen_bfloat16(src, count, dst);
+  } else {
+#if LMUL_HAVE_X86_SIMD
+    if (simd_lanes() == 16) return widen_float16_avx512(src, count, dst);
+    if (simd_lanes() == 8 && has_f16c()) return widen_float16_avx2(src, count, dst);
+#endif
+    for (size_t i = 0; i < count; ++i) dst[i] = float16_to_float(src[i]);
+  }
+}
+
 // Packs one panel of a strided K x N matrix (columns [panel*nr, panel*nr + nr)), rounded,
 // and returns the range of its entries; then subtracts `fold` from every entry (see
 // BView::folded_bias). One pass over the panel while it is in the L1 cache; no stand-ins
@@ -166,7 +262,14 @@ OperandRange pack_panel_scanned(const typename S::type* src, size_t k, size_t n,
                                 size_t col_stride, int mantissa_bits, size_t nr, size_t panel, uint32_t fold,
                                 uint32_t* out) {
   const size_t j0 = panel * nr, width = std::min(nr, n - j0);
-  if constexpr (std::is_same<typename S::type, float>::value) {
+  if constexpr (!std::is_same<typename S::type, float>::value) {
+    if (col_stride == 1) {  // 16-bit rows: widened (exactly) into float32 rows, then packed as those
+      thread_local std::vector<float> wide;
+      wide.resize(std::max<size_t>(1, k * width));
+      for (size_t p = 0; p < k; ++p) widen_to_float32<S>(src + p * row_stride + j0, width, wide.data() + p * width);
+      return pack_panel_scanned<Float32Storage>(wide.data(), k, width, width, 1, mantissa_bits, nr, 0, fold, out);
+    }
+  } else {
     if (col_stride == 1) {  // rows read in order: all in one pass, where no entry is zero or special
       uint32_t smallest, largest;
       round_fold_rows(src + j0, k, width, row_stride, mantissa_bits, fold, out, nr, smallest, largest);
@@ -336,6 +439,10 @@ namespace {
 template <class S>
 void finish_block(const float* acc, size_t n, size_t r0, size_t r1, size_t j0, size_t j1, const GemmTerms<S>* gemm,
                   typename S::type* out) {
+  if (gemm == nullptr) {
+    for (size_t r = r0; r < r1; ++r) narrow_from_float32<S>(acc + r * n + j0, j1 - j0, out + r * n + j0);
+    return;
+  }
   for (size_t r = r0; r < r1; ++r) {
     const float* s = acc + r * n;
     typename S::type* row = out + r * n;
@@ -526,12 +633,10 @@ void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& opera
   const bool in_place = std::is_same<T, float>::value && gemm == nullptr;
   float* scratch = in_place ? nullptr : buffers.sums.get(batches * m * n);
 
-  // Few rows against a B that changes per call: stream B instead of packing it.
+  // Few rows against a B that changes per call: stream B instead of packing it (a 16-bit
+  // B widened to float32 first, in one vectorised pass).
   const PackedB* prepared = operands.prepared_b;
-  bool small_m = false;
-  if constexpr (std::is_same<T, float>::value) {
-    small_m = !prepared && !operands.trans_b && m <= kSmallMMaxRows && panel_width() > 0;
-  }
+  const bool small_m = !prepared && !operands.trans_b && m <= kSmallMMaxRows && panel_width() > 0;
 
   // Phase 1: A rounded once (not once per product) and scanned; a per-call B packed.
   // (Full-precision float32 A needs no rounded copy: it is read where it is.)
@@ -543,12 +648,23 @@ void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& opera
   const OperandRange a_range = prepare_operands<S>(plan, operands, mantissa_bits, bias, pack_per_call_b, a_rounded,
                                                    a_in_place, buffers, b_view, parallel_for);
   const uint32_t* a_view = a_in_place ? operands.a_bits : a_rounded;  // A as the kernels read it
-  if constexpr (std::is_same<T, float>::value) {
-    if (small_m) {
-      small_m_product<S>(plan, a_view, a_range, operands.b, mantissa_bits, bias, gemm, y, scratch, parallel_for,
-                         concurrency);
-      return;
+  if (small_m) {
+    const float* b_float = nullptr;
+    if constexpr (std::is_same<T, float>::value) {
+      b_float = operands.b;
+    } else {
+      const size_t count = plan.b_matrices * k * n;
+      float* wide = buffers.b_wide.get(std::max<size_t>(1, count));
+      constexpr size_t kChunk = size_t{1} << 16;
+      for_elements(count, parallel_for)(ceil_div(count, kChunk), [&](size_t c) {
+        const size_t begin = c * kChunk;
+        widen_to_float32<S>(operands.b + begin, std::min(kChunk, count - begin), wide + begin);
+      });
+      b_float = wide;
     }
+    small_m_product<S>(plan, a_view, a_range, b_float, mantissa_bits, bias, gemm, y, scratch, parallel_for,
+                       concurrency);
+    return;
   }
   if (prepared) {
     b_view.range = prepared->range;
