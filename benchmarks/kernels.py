@@ -45,12 +45,16 @@ from models import feeds_for, session_options  # benchmarks/models.py
 
 
 def model(
-    op: str, domain: str, shapes: list[tuple[int, ...]], constant_b: np.ndarray | None = None, **attrs: object
+    op: str,
+    domain: str,
+    shapes: list[tuple[int, ...]],
+    constant_b: np.ndarray | None = None,
+    element_type: int = TensorProto.FLOAT,
+    **attrs: object,
 ) -> bytes:
     names = ["A", "B", "C"][: len(shapes)]
     inputs = [
-        helper.make_tensor_value_info(n, TensorProto.FLOAT, list(s))
-        for n, s in zip(names, shapes, strict=True)
+        helper.make_tensor_value_info(n, element_type, list(s)) for n, s in zip(names, shapes, strict=True)
     ]
     initializers = []
     if constant_b is not None:
@@ -60,7 +64,7 @@ def model(
         [helper.make_node(op, names, ["Y"], domain=domain, **attrs)],
         "bench",
         inputs,
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("Y", element_type, None)],
         initializers,
     )
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid("lmul", 1)]
@@ -116,14 +120,16 @@ def matmul_case(
     constant: bool,
     mantissa_bits: int | None = None,
 ) -> dict:
-    """onnxruntime's float32 MatMul against LMulMatMul (at ``mantissa_bits``, default full width)."""
+    """onnxruntime's MatMul against LMulMatMul (at ``mantissa_bits``, default full width), in
+    the operands' type (float32 or float16)."""
     shapes = [a.shape, b.shape]
     feeds = {"A": a} if constant else {"A": a, "B": b}
     const = b if constant else None
     attrs = {} if mantissa_bits is None else {"mantissa_bits": mantissa_bits}
+    element = TensorProto.FLOAT16 if a.dtype == np.float16 else TensorProto.FLOAT
     return ratio(
-        session(model("MatMul", "", shapes, const), threads),
-        session(model("LMulMatMul", "lmul", shapes, const, **attrs), threads),
+        session(model("MatMul", "", shapes, const, element), threads),
+        session(model("LMulMatMul", "lmul", shapes, const, element, **attrs), threads),
         feeds,
         timing,
     )
@@ -295,6 +301,18 @@ def main() -> None:
             normal(*a_shape), normal(*b_shape), threads, timing, constant, mantissa_bits
         )
 
+    def half_product(
+        a_shape: tuple[int, ...], b_shape: tuple[int, ...], constant: bool
+    ) -> Callable[[int], dict]:
+        # float16 operands and output, against onnxruntime's float16 MatMul
+        return lambda threads: matmul_case(
+            normal(*a_shape).astype(np.float16),
+            normal(*b_shape).astype(np.float16),
+            threads,
+            timing,
+            constant,
+        )
+
     def peaked_softmax_pv(threads: int) -> dict:
         # decoding's p.V with sharp attention: probabilities down to e^-87 and below (zeros,
         # subnormals) against V, so some products underflow (the small-M clamped pass)
@@ -421,6 +439,13 @@ def main() -> None:
         ),
         (f"MatMul {heads}x(1x{context} @ {context}x64), peaked softmax", peaked_softmax_pv),
         (f"MatMul 8x{big}x{big}, B input", product((8, big), (big, big), False)),
+        # float16 models: a per-call B widened to float32 on the fly, the sums narrowed back
+        (
+            f"MatMul fp16 {heads}x(1x{context} @ {context}x64), B input",
+            half_product((heads, 1, context), (heads, context, 64), False),
+        ),
+        ("MatMul fp16 attention 12x(128x64 @ 64x128)", half_product((12, 128, 64), (12, 64, 128), False)),
+        ("MatMul fp16 128x384x1536, B weights", half_product((128, 384), (384, 1536), True)),
         (f"Gemm {size}^3 transB, B weights", gemm),
         (f"Mul {4 * size * size / (1 << 20):g}M elements", mul),
     ]
