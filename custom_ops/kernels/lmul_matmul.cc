@@ -69,7 +69,7 @@ class ThreadBuffer {
 // a product's own tasks use TaskBuffers).
 struct CallBuffers {
   ThreadBuffer<uint32_t> a_rounded, b_packed;
-  ThreadBuffer<float> a_masks, b_masks, b_wide, sums;
+  ThreadBuffer<float> a_masks, b_masks, sums;
   ThreadBuffer<uint64_t> a_zero_bits;
   void trim() {
     a_zero_bits.trim();
@@ -77,7 +77,6 @@ struct CallBuffers {
     a_masks.trim();
     b_packed.trim();
     b_masks.trim();
-    b_wide.trim();
     sums.trim();
   }
 };
@@ -161,31 +160,42 @@ void round_fold_rows(const float* src, size_t rows, size_t width, size_t row_str
   largest = std::max(tail_hi, *std::max_element(hi, hi + kLanes));
 }
 
-// `count` float16 or bfloat16 values (S) widened to float32, exactly (SPEC 2): bfloat16 by
-// a shift, float16 by F16C's vcvtph2ps where the kernels use SIMD (an exact conversion,
-// subnormal halves included), else value by value.
+// `rows` rows of `width` float16 or bfloat16 values (S; row stride src_stride) widened to
+// float32 rows of `width` at dst, exactly (SPEC 2): bfloat16 by a shift, float16 by
+// F16C's vcvtph2ps where the kernels use SIMD (an exact conversion, subnormal halves
+// included), else value by value.
 #if LMUL_HAVE_X86_SIMD
-__attribute__((target("avx512f"))) void widen_float16_avx512(const uint16_t* src, size_t count, float* dst) {
-  size_t i = 0;
-  for (; i + 16 <= count; i += 16) {
-    // (maskz with all lanes: GCC 12 warns about _mm512_cvtph_ps's undefined source)
-    const __m256i halves = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i));
-    _mm512_storeu_ps(dst + i, _mm512_maskz_cvtph_ps(0xFFFF, halves));
+__attribute__((target("avx512f"))) void widen_float16_avx512(const uint16_t* src, size_t rows, size_t width,
+                                                             size_t src_stride, float* dst) {
+  for (size_t r = 0; r < rows; ++r, src += src_stride, dst += width) {
+    size_t i = 0;
+    for (; i + 16 <= width; i += 16) {
+      // (maskz with all lanes: GCC 12 warns about _mm512_cvtph_ps's undefined source)
+      const __m256i halves = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i));
+      _mm512_storeu_ps(dst + i, _mm512_maskz_cvtph_ps(0xFFFF, halves));
+    }
+    for (; i < width; ++i) dst[i] = float16_to_float(src[i]);
   }
-  for (; i < count; ++i) dst[i] = float16_to_float(src[i]);
 }
-__attribute__((target("avx2,f16c"))) void widen_float16_avx2(const uint16_t* src, size_t count, float* dst) {
-  size_t i = 0;
-  for (; i + 8 <= count; i += 8) {
-    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+__attribute__((target("avx2,f16c"))) void widen_float16_avx2(const uint16_t* src, size_t rows, size_t width,
+                                                             size_t src_stride, float* dst) {
+  for (size_t r = 0; r < rows; ++r, src += src_stride, dst += width) {
+    size_t i = 0;
+    for (; i + 8 <= width; i += 8) {
+      _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+    }
+    for (; i < width; ++i) dst[i] = float16_to_float(src[i]);
   }
-  for (; i < count; ++i) dst[i] = float16_to_float(src[i]);
 }
 #endif
 
 LMUL_TARGET_CLONES
-void widen_bfloat16(const uint16_t* src, size_t count, float* dst) {
-  for (size_t i = 0; i < count; ++i) dst[i] = bits_float(static_cast<uint32_t>(src[i]) << 16);
+void widen_bfloat16(const uint16_t* src, size_t rows, size_t width, size_t src_stride, float* dst) {
+  for (size_t r = 0; r < rows; ++r) {
+    for (size_t i = 0; i < width; ++i) {
+      dst[r * width + i] = bits_float(static_cast<uint32_t>(src[r * src_stride + i]) << 16);
+    }
+  }
 }
 
 // `count` float32 values narrowed to float16 with round-to-nearest-even (SPEC 2), as
@@ -240,15 +250,16 @@ void narrow_from_float32(const float* src, size_t count, typename S::type* dst) 
 }
 
 template <class S>
-void widen_to_float32(const uint16_t* src, size_t count, float* dst) {
+void widen_to_float32(const uint16_t* src, size_t rows, size_t width, size_t src_stride, float* dst) {
   if constexpr (std::is_same_v<S, BFloat16Storage>) {
-    widen_bfloat16(src, count, dst);
+    widen_bfloat16(src, rows, width, src_stride, dst);
   } else {
 #if LMUL_HAVE_X86_SIMD
-    if (simd_lanes() == 16) return widen_float16_avx512(src, count, dst);
-    if (simd_lanes() == 8 && has_f16c()) return widen_float16_avx2(src, count, dst);
+    if (simd_lanes() == 16) return widen_float16_avx512(src, rows, width, src_stride, dst);
+    if (simd_lanes() == 8 && has_f16c()) return widen_float16_avx2(src, rows, width, src_stride, dst);
 #endif
-    for (size_t i = 0; i < count; ++i) dst[i] = float16_to_float(src[i]);
+    for (size_t r = 0; r < rows; ++r)
+      for (size_t i = 0; i < width; ++i) dst[r * width + i] = float16_to_float(src[r * src_stride + i]);
   }
 }
 
@@ -264,10 +275,14 @@ OperandRange pack_panel_scanned(const typename S::type* src, size_t k, size_t n,
   const size_t j0 = panel * nr, width = std::min(nr, n - j0);
   if constexpr (!std::is_same<typename S::type, float>::value) {
     if (col_stride == 1) {  // 16-bit rows: widened (exactly) into float32 rows, then packed as those
-      thread_local std::vector<float> wide;
-      wide.resize(std::max<size_t>(1, k * width));
-      for (size_t p = 0; p < k; ++p) widen_to_float32<S>(src + p * row_stride + j0, width, wide.data() + p * width);
-      return pack_panel_scanned<Float32Storage>(wide.data(), k, width, width, 1, mantissa_bits, nr, 0, fold, out);
+      thread_local ThreadBuffer<float> wide_rows;
+      float* wide = wide_rows.get(std::max<size_t>(1, k * width));
+      widen_to_float32<S>(src + j0, k, width, row_stride, wide);
+      // (rounding to m bits changes them only where m is narrower than their type's)
+      const int bits = mantissa_bits >= type_mantissa_bits(S::kind) ? kFloat32MantissaBits : mantissa_bits;
+      const OperandRange range = pack_panel_scanned<Float32Storage>(wide, k, width, width, 1, bits, nr, 0, fold, out);
+      wide_rows.trim();
+      return range;
     }
   } else {
     if (col_stride == 1) {  // rows read in order: all in one pass, where no entry is zero or special
@@ -460,9 +475,9 @@ void finish_block(const float* acc, size_t n, size_t r0, size_t r1, size_t j0, s
 // Small M against a per-call float32 B, read in place (lmul_small_m.h): tasks are
 // (batch, column block) pairs, each over all M rows, so B streams through once.
 template <class S>
-void small_m_product(const MatMulPlan& plan, const uint32_t* a_rounded, const OperandRange& a_range, const float* b,
-                     int mantissa_bits, uint32_t bias, const GemmTerms<S>* gemm, typename S::type* y, float* scratch,
-                     const ParallelFor& parallel_for, Concurrency* concurrency) {
+void small_m_product(const MatMulPlan& plan, const uint32_t* a_rounded, const OperandRange& a_range,
+                     const typename S::type* b, int mantissa_bits, uint32_t bias, const GemmTerms<S>* gemm,
+                     typename S::type* y, float* scratch, const ParallelFor& parallel_for, Concurrency* concurrency) {
   const size_t m = plan.m, k = plan.k, n = plan.n, batches = plan.a_matrix.size();
   // Blocks of whole vectors, wide enough for long sequential reads of B's rows (measured
   // on 1x4096x4096, one thread: blocks of 256 or 512 columns ran at 0.6 the speed of 2048).
@@ -484,8 +499,23 @@ void small_m_product(const MatMulPlan& plan, const uint32_t* a_rounded, const Op
   parallel_for(batches * blocks, [&](size_t t) {
     const size_t batch = t / blocks, j0 = (t % blocks) * width, j1 = std::min(n, j0 + width);
     float* acc = scratch ? scratch + batch * m * n : reinterpret_cast<float*>(y) + batch * m * n;
-    lmul_small_m(a_rounded + plan.a_matrix[batch] * m * k, m, k, a_range, b + plan.b_matrix[batch] * k * n, n, j0,
-                 j1, mantissa_bits, bias, acc, n);
+    const uint32_t* a_matrix = a_rounded + plan.a_matrix[batch] * m * k;
+    const typename S::type* b_matrix = b + plan.b_matrix[batch] * k * n;
+    if constexpr (std::is_same<typename S::type, float>::value) {
+      lmul_small_m(a_matrix, m, k, a_range, b_matrix, n, j0, j1, mantissa_bits, bias, acc, n);
+    } else {
+      // A 16-bit B: the block's columns widened (exactly) into this thread's buffer, where
+      // the float32 kernel reads them while they are in cache.
+      // Its values have the type's few mantissa bits: rounding them to m bits changes
+      // nothing unless m is narrower (the kernel's rounding ops are left out).
+      const int b_bits = mantissa_bits >= type_mantissa_bits(S::kind) ? kFloat32MantissaBits : mantissa_bits;
+      thread_local ThreadBuffer<float> wide_block;
+      const size_t block_width = j1 - j0;
+      float* wide = wide_block.get(std::max<size_t>(1, k * block_width));
+      widen_to_float32<S>(b_matrix + j0, k, block_width, n, wide);
+      lmul_small_m(a_matrix, m, k, a_range, wide, block_width, 0, block_width, b_bits, bias, acc + j0, n);
+      wide_block.trim();
+    }
     if (scratch) finish_block<S>(acc, n, 0, m, j0, j1, gemm, y + batch * m * n);
   });
 }
@@ -649,20 +679,7 @@ void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& opera
                                                    a_in_place, buffers, b_view, parallel_for);
   const uint32_t* a_view = a_in_place ? operands.a_bits : a_rounded;  // A as the kernels read it
   if (small_m) {
-    const float* b_float = nullptr;
-    if constexpr (std::is_same<T, float>::value) {
-      b_float = operands.b;
-    } else {
-      const size_t count = plan.b_matrices * k * n;
-      float* wide = buffers.b_wide.get(std::max<size_t>(1, count));
-      constexpr size_t kChunk = size_t{1} << 16;
-      for_elements(count, parallel_for)(ceil_div(count, kChunk), [&](size_t c) {
-        const size_t begin = c * kChunk;
-        widen_to_float32<S>(operands.b + begin, std::min(kChunk, count - begin), wide + begin);
-      });
-      b_float = wide;
-    }
-    small_m_product<S>(plan, a_view, a_range, b_float, mantissa_bits, bias, gemm, y, scratch, parallel_for,
+    small_m_product<S>(plan, a_view, a_range, operands.b, mantissa_bits, bias, gemm, y, scratch, parallel_for,
                        concurrency);
     return;
   }
