@@ -68,6 +68,22 @@ def test_lmul_broadcasting(
     )
 
 
+@pytest.mark.parametrize(("a_shape", "b_shape"), BROADCAST_CASES)
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16])
+def test_lmul_half_types_broadcasting(
+    a_shape: tuple, b_shape: tuple, dtype: type, rng: np.random.Generator, run_op: Callable
+) -> None:
+    """16-bit operands go through float32 pieces (widened, multiplied, narrowed once):
+    every broadcast run, runs longer than a piece, both orders, bit for bit."""
+    a = np.asarray(rng.standard_normal(a_shape) * 300).astype(dtype)
+    b = np.asarray(rng.standard_normal(b_shape) * 300).astype(dtype)  # products overflow float16
+    for m in (None, 3):
+        expected = numerics.lmul(a, b) if m is None else numerics.lmul(a, b, mantissa_bits=m)
+        attrs = {} if m is None else {"mantissa_bits": m}
+        assert_same_bits(run_op("LMul", [a, b], threads=3, **attrs), expected)
+        assert_same_bits(run_op("LMul", [b, a], threads=3, **attrs), expected)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, ml_dtypes.bfloat16])
 @pytest.mark.parametrize(("a_shape", "b_shape"), [((), ()), ((), (1,)), ((1,), ())])
 def test_lmul_scalars_keep_their_rank(
