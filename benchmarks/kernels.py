@@ -374,11 +374,12 @@ def main() -> None:
             timing,
         )
 
-    def mul(threads: int) -> dict:
-        x, y = normal(4 * size * size), normal(4 * size * size)
+    def mul(threads: int, dtype: type = np.float32) -> dict:
+        x, y = normal(4 * size * size).astype(dtype), normal(4 * size * size).astype(dtype)
+        element = TensorProto.FLOAT16 if dtype == np.float16 else TensorProto.FLOAT
         return ratio(
-            session(model("Mul", "", [x.shape, y.shape]), threads),
-            session(model("LMul", "lmul", [x.shape, y.shape]), threads),
+            session(model("Mul", "", [x.shape, y.shape], None, element), threads),
+            session(model("LMul", "lmul", [x.shape, y.shape], None, element), threads),
             {"A": x, "B": y},
             timing,
         )
@@ -448,6 +449,7 @@ def main() -> None:
         ("MatMul fp16 128x384x1536, B weights", half_product((128, 384), (384, 1536), True)),
         (f"Gemm {size}^3 transB, B weights", gemm),
         (f"Mul {4 * size * size / (1 << 20):g}M elements", mul),
+        (f"Mul fp16 {4 * size * size / (1 << 20):g}M elements", lambda threads: mul(threads, np.float16)),
     ]
     for name, op, x_shape, w_shape, attrs in CONV_CASES:
         cases.append(
