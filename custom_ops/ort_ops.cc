@@ -385,7 +385,7 @@ struct LMulConvKernel {
     if (!x_as_is) {
       parallel((x_count + chunk - 1) / chunk, [&](size_t t) {
         const size_t begin = t * chunk, count = std::min(chunk, x_count - begin);
-        lmul::pack_rounded<S>(px + begin, 1, count, 0, 1, mantissa_bits, x_rounded.get() + begin);
+        lmul::round_to_bits<S>(px + begin, count, mantissa_bits, x_rounded.get() + begin);
       });
     }
     const uint32_t* x_bits = x_as_is ? static_cast<const uint32_t*>(x.GetTensorRawData()) : x_rounded.get();
@@ -412,8 +412,8 @@ struct LMulConvKernel {
     lmul::lmul_conv(plan, weights, x_bits, b ? b_values.data() : nullptr, bias, out, parallel, &concurrency);
     if (!kInPlace) {
       parallel((y_count + chunk - 1) / chunk, [&](size_t t) {
-        const size_t begin = t * chunk, end = std::min(y_count, begin + chunk);
-        for (size_t i = begin; i < end; ++i) py[i] = S::store(out[i]);
+        const size_t begin = t * chunk;
+        lmul::narrow_sums<S>(out + begin, std::min(chunk, y_count - begin), py + begin);
       });
     }
   }

@@ -839,13 +839,37 @@ void lmul_elementwise(const BroadcastPlan& plan, const typename S::type* a, cons
   });
 }
 
+template <class S>
+void round_to_bits(const typename S::type* src, size_t count, int mantissa_bits, uint32_t* dst) {
+  if constexpr (std::is_same<typename S::type, float>::value) {
+    round_float32_run(src, count, mantissa_bits, dst);
+  } else {
+    // (rounding to m bits changes widened values only where m is narrower than their type's)
+    const int bits = mantissa_bits >= type_mantissa_bits(S::kind) ? kFloat32MantissaBits : mantissa_bits;
+    constexpr size_t kPiece = 4096;
+    float wide[kPiece];
+    for (size_t i = 0; i < count; i += kPiece) {
+      const size_t piece = std::min(kPiece, count - i);
+      widen_to_float32<S>(src + i, 1, piece, 0, wide);
+      round_float32_run(wide, piece, bits, dst + i);
+    }
+  }
+}
+
+template <class S>
+void narrow_sums(const float* src, size_t count, typename S::type* dst) {
+  narrow_from_float32<S>(src, count, dst);
+}
+
 #define LMUL_INSTANTIATE(S)                                                                                        \
   template std::unique_ptr<const PackedB> pack_b<S>(const S::type*, const Shape&, size_t, size_t, size_t, bool,   \
                                                     int, const ParallelFor&);                                     \
   template void lmul_matrix_product<S>(const MatMulPlan&, const ProductOperands<S>&, int, uint32_t,               \
                                        const GemmTerms<S>*, S::type*, const ParallelFor&, Concurrency*);          \
   template void lmul_elementwise<S>(const BroadcastPlan&, const S::type*, const S::type*, S::type*, int,          \
-                                    uint32_t, const ParallelFor&);
+                                    uint32_t, const ParallelFor&);                                                 \
+  template void round_to_bits<S>(const S::type*, size_t, int, uint32_t*);                                          \
+  template void narrow_sums<S>(const float*, size_t, S::type*);
 
 LMUL_INSTANTIATE(Float32Storage)
 LMUL_INSTANTIATE(Float16Storage)

@@ -129,6 +129,16 @@ void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& opera
                          const GemmTerms<S>* gemm, typename S::type* y, const ParallelFor& parallel_for,
                          Concurrency* concurrency = nullptr);
 
+// `count` values of a tensor as float32 bit patterns rounded to `mantissa_bits` (SPEC 1,
+// step 1; float16 / bfloat16 widened exactly first, SPEC 2), vectorised.
+template <class S>
+void round_to_bits(const typename S::type* src, size_t count, int mantissa_bits, uint32_t* dst);
+
+// `count` float32 sums stored in the tensor type (SPEC 2: round-to-nearest-even once),
+// vectorised.
+template <class S>
+void narrow_sums(const float* src, size_t count, typename S::type* dst);
+
 // y (plan.out_shape) = LMul(a, b) element-wise with numpy broadcasting, with SPEC 1's
 // additive constant `bias`.
 template <class S>
