@@ -182,19 +182,23 @@ def conv_case(
     timing: Timing,
     rng: np.random.Generator,
     tiny: bool = False,
+    dtype: type = np.float32,
 ) -> dict:
     """Standard op against its lmul op; weights are initializers, X and the bias inputs.
-    tiny: one X value is 1e-36, so that some products underflow (the clamped kernels)."""
+    tiny: one X value is 1e-36, so that some products underflow (the clamped kernels);
+    dtype: float32 or float16 tensors."""
     x = rng.standard_normal(x_shape).astype(np.float32)
     if tiny:
         x.flat[x.size // 3] = 1e-36
-    w = (rng.standard_normal(w_shape) / np.sqrt(np.prod(w_shape[1:]))).astype(np.float32)
+    w = (rng.standard_normal(w_shape) / np.sqrt(np.prod(w_shape[1:]))).astype(dtype)
     channels = w_shape[1] * attrs.get("group", 1) if op == "ConvTranspose" else w_shape[0]
-    bias = rng.standard_normal(channels).astype(np.float32)
+    bias = rng.standard_normal(channels).astype(dtype)
+    x = x.astype(dtype)
     shapes = [x_shape, w_shape, bias.shape]
+    element = TensorProto.FLOAT16 if dtype == np.float16 else TensorProto.FLOAT
     return ratio(
-        session(model(op, "", shapes, w, **attrs), threads),
-        session(model(f"LMul{op}", "lmul", shapes, w, **attrs), threads),
+        session(model(op, "", shapes, w, element, **attrs), threads),
+        session(model(f"LMul{op}", "lmul", shapes, w, element, **attrs), threads),
         {"A": x, "C": bias},
         timing,
     )
@@ -460,6 +464,10 @@ def main() -> None:
         case = (op, x_shape, w_shape, attrs)
         tiny_run = lambda threads, c=case: conv_case(*c, threads, timing, rng, tiny=True)  # noqa: E731
         cases.append((f"{name}, one x 1e-36", tiny_run))
+    name, op, x_shape, w_shape, attrs = CONV_CASES[0]
+    case = (op, x_shape, w_shape, attrs)
+    half_run = lambda threads, c=case: conv_case(*c, threads, timing, rng, dtype=np.float16)  # noqa: E731
+    cases.append((name.replace("Conv", "Conv fp16", 1), half_run))
     wanted = args.only.split("|")
     thread_counts = [available_cpus() if t == "all" else int(t) for t in args.threads.split(",")]
     for threads in thread_counts:
