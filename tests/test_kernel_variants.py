@@ -256,6 +256,8 @@ RUNNER = textwrap.dedent(
         "attention": (rng.standard_normal((4, 30, 70)), rng.standard_normal((4, 70, 45))),
         "big_sums": (a[:2] * 300, b * 300), "small_sums": (a[:2] * 1e-3, b * 1e-3),
         "tiny_m1": (a[:1] * 1e-4, b * 1e-4), "tiny_m9": (a[:9] * 1e-4, b * 1e-4),
+        # several column blocks (each widened on its own: at most 2^18 values)
+        "blocks": (rng.standard_normal((2, 600)), rng.standard_normal((600, 700))),
     }
     for dtype, onnx_type in ((np.float16, TensorProto.FLOAT16), (ml_dtypes.bfloat16, TensorProto.BFLOAT16)):
         for name, (x, y) in halves.items():

@@ -164,6 +164,7 @@ void round_fold_rows(const float* src, size_t rows, size_t width, size_t row_str
 // float32 rows of `width` at dst, exactly (SPEC 2): bfloat16 by a shift, float16 by
 // F16C's vcvtph2ps where the kernels use SIMD (an exact conversion, subnormal halves
 // included), else value by value.
+// (every AVX-512F CPU has F16C, whose conversions vcvtph2ps/vcvtps2ph AVX-512F widens)
 #if LMUL_HAVE_X86_SIMD
 __attribute__((target("avx512f"))) void widen_float16_avx512(const uint16_t* src, size_t rows, size_t width,
                                                              size_t src_stride, float* dst) {
@@ -249,6 +250,14 @@ void narrow_from_float32(const float* src, size_t count, typename S::type* dst) 
   for (size_t i = 0; i < count; ++i) dst[i] = S::store(src[i]);
 }
 
+// The width to round values widened from S to: rounding them to m bits changes nothing
+// unless m is narrower than their type's own width (then the kernels' rounding ops are
+// left out).
+template <class S>
+int widened_rounding_bits(int mantissa_bits) {
+  return mantissa_bits >= type_mantissa_bits(S::kind) ? kFloat32MantissaBits : mantissa_bits;
+}
+
 template <class S>
 void widen_to_float32(const uint16_t* src, size_t rows, size_t width, size_t src_stride, float* dst) {
   if constexpr (std::is_same_v<S, BFloat16Storage>) {
@@ -278,9 +287,9 @@ OperandRange pack_panel_scanned(const typename S::type* src, size_t k, size_t n,
       thread_local ThreadBuffer<float> wide_rows;
       float* wide = wide_rows.get(std::max<size_t>(1, k * width));
       widen_to_float32<S>(src + j0, k, width, row_stride, wide);
-      // (rounding to m bits changes them only where m is narrower than their type's)
-      const int bits = mantissa_bits >= type_mantissa_bits(S::kind) ? kFloat32MantissaBits : mantissa_bits;
-      const OperandRange range = pack_panel_scanned<Float32Storage>(wide, k, width, width, 1, bits, nr, 0, fold, out);
+      const OperandRange range = pack_panel_scanned<Float32Storage>(wide, k, width, width, 1,
+                                                                    widened_rounding_bits<S>(mantissa_bits), nr, 0,
+                                                                    fold, out);
       wide_rows.trim();
       return range;
     }
@@ -462,18 +471,16 @@ void finish_block(const float* acc, size_t n, size_t r0, size_t r1, size_t j0, s
     const float* s = acc + r * n;
     typename S::type* row = out + r * n;
     for (size_t j = j0; j < j1; ++j) {
-      float value = s[j];
-      if (gemm) {
-        value = gemm->alpha * value;  // ordinary float32 scalings (SPEC 3)
-        if (gemm->c) value += gemm->beta * S::load(gemm->c[r * gemm->c_row_stride + j * gemm->c_col_stride]);
-      }
+      float value = gemm->alpha * s[j];  // ordinary float32 scalings (SPEC 3)
+      if (gemm->c) value += gemm->beta * S::load(gemm->c[r * gemm->c_row_stride + j * gemm->c_col_stride]);
       row[j] = S::store(value);
     }
   }
 }
 
-// Small M against a per-call float32 B, read in place (lmul_small_m.h): tasks are
-// (batch, column block) pairs, each over all M rows, so B streams through once.
+// Small M against a per-call B, float32 read in place (lmul_small_m.h), float16 /
+// bfloat16 widened block by block: tasks are (batch, column block) pairs, each over all
+// M rows, so B streams through once.
 template <class S>
 void small_m_product(const MatMulPlan& plan, const uint32_t* a_rounded, const OperandRange& a_range,
                      const typename S::type* b, int mantissa_bits, uint32_t bias, const GemmTerms<S>* gemm,
@@ -495,6 +502,12 @@ void small_m_product(const MatMulPlan& plan, const uint32_t* a_rounded, const Op
       width = std::min(width, std::max({kAlign, fewest_columns, ceil_div(ceil_div(n, per_batch), kAlign) * kAlign}));
     }
   }
+  if constexpr (!std::is_same<typename S::type, float>::value) {
+    // A 16-bit B is widened block by block into the thread's buffer: blocks of at most
+    // 2^18 float32 values (1 MiB), still in cache when the kernel reads them.
+    constexpr size_t kWidenedEntries = size_t{1} << 18;
+    width = std::min(width, std::max(kAlign, kWidenedEntries / std::max<size_t>(1, k) / kAlign * kAlign));
+  }
   const size_t blocks = ceil_div(n, width);
   parallel_for(batches * blocks, [&](size_t t) {
     const size_t batch = t / blocks, j0 = (t % blocks) * width, j1 = std::min(n, j0 + width);
@@ -506,9 +519,7 @@ void small_m_product(const MatMulPlan& plan, const uint32_t* a_rounded, const Op
     } else {
       // A 16-bit B: the block's columns widened (exactly) into this thread's buffer, where
       // the float32 kernel reads them while they are in cache.
-      // Its values have the type's few mantissa bits: rounding them to m bits changes
-      // nothing unless m is narrower (the kernel's rounding ops are left out).
-      const int b_bits = mantissa_bits >= type_mantissa_bits(S::kind) ? kFloat32MantissaBits : mantissa_bits;
+      const int b_bits = widened_rounding_bits<S>(mantissa_bits);
       thread_local ThreadBuffer<float> wide_block;
       const size_t block_width = j1 - j0;
       float* wide = wide_block.get(std::max<size_t>(1, k * block_width));
@@ -844,8 +855,7 @@ void round_to_bits(const typename S::type* src, size_t count, int mantissa_bits,
   if constexpr (std::is_same<typename S::type, float>::value) {
     round_float32_run(src, count, mantissa_bits, dst);
   } else {
-    // (rounding to m bits changes widened values only where m is narrower than their type's)
-    const int bits = mantissa_bits >= type_mantissa_bits(S::kind) ? kFloat32MantissaBits : mantissa_bits;
+    const int bits = widened_rounding_bits<S>(mantissa_bits);
     constexpr size_t kPiece = 4096;
     float wide[kPiece];
     for (size_t i = 0; i < count; i += kPiece) {

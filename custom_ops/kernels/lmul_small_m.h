@@ -26,7 +26,8 @@ constexpr size_t kSmallMMaxRows = 8;
 
 // Columns [j0, j1) of rows [0, rows) of C = A (*) B, rows <= kSmallMMaxRows. A is rounded
 // (rows x k, row-major, lmul_arith.h), `a_range` its range (or a superset's); B is float32,
-// row-major K x ldb, not rounded; `bias` is SPEC 1's additive constant (lmul_bias). Row
+// row-major K x ldb, not rounded (a float16 / bfloat16 B is widened block by block by
+// lmul_matmul.cc first); `bias` is SPEC 1's additive constant (lmul_bias). Row
 // r of C starts at c + r * ldc. Returns true when the one-add or the clamped pass
 // computed the block (all but the last columns short of a whole vector), false when the
 // portable loop did (the bits are the same; tests use it to tell the paths apart).
