@@ -675,7 +675,7 @@ void lmul_matrix_product(const MatMulPlan& plan, const ProductOperands<S>& opera
   float* scratch = in_place ? nullptr : buffers.sums.get(batches * m * n);
 
   // Few rows against a B that changes per call: stream B instead of packing it (a 16-bit
-  // B widened to float32 first, in one vectorised pass).
+  // B widened to float32 block by block, small_m_product).
   const PackedB* prepared = operands.prepared_b;
   const bool small_m = !prepared && !operands.trans_b && m <= kSmallMMaxRows && panel_width() > 0;
 
