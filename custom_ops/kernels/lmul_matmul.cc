@@ -239,8 +239,11 @@ bool has_f16c() {
 #endif
 }
 
+}  // namespace
+
+// (lmul_matmul.h; also the narrowing of every 16-bit result here)
 template <class S>
-void narrow_from_float32(const float* src, size_t count, typename S::type* dst) {
+void narrow_sums(const float* src, size_t count, typename S::type* dst) {
   if constexpr (std::is_same_v<S, Float16Storage>) {
 #if LMUL_HAVE_X86_SIMD
     if (simd_lanes() == 16) return narrow_float16_avx512(src, count, dst);
@@ -249,6 +252,8 @@ void narrow_from_float32(const float* src, size_t count, typename S::type* dst) 
   }
   for (size_t i = 0; i < count; ++i) dst[i] = S::store(src[i]);
 }
+
+namespace {
 
 // The width to round values widened from S to: rounding them to m bits changes nothing
 // unless m is narrower than their type's own width (then the kernels' rounding ops are
@@ -464,7 +469,7 @@ template <class S>
 void finish_block(const float* acc, size_t n, size_t r0, size_t r1, size_t j0, size_t j1, const GemmTerms<S>* gemm,
                   typename S::type* out) {
   if (gemm == nullptr) {
-    for (size_t r = r0; r < r1; ++r) narrow_from_float32<S>(acc + r * n + j0, j1 - j0, out + r * n + j0);
+    for (size_t r = r0; r < r1; ++r) narrow_sums<S>(acc + r * n + j0, j1 - j0, out + r * n + j0);
     return;
   }
   for (size_t r = r0; r < r1; ++r) {
@@ -843,7 +848,7 @@ void lmul_elementwise(const BroadcastPlan& plan, const typename S::type* a, cons
           widen_to_float32<S>(a + ao + i * as, 1, as ? count : 1, 0, wide_a);
           widen_to_float32<S>(b + bo + i * bs, 1, bs ? count : 1, 0, wide_b);
           lmul_run_float32(wide_a, as, wide_b, bs, products, count, mantissa_bits, bias);
-          narrow_from_float32<S>(products, count, y + yo + i);
+          narrow_sums<S>(products, count, y + yo + i);
         }
       }
     });
@@ -864,11 +869,6 @@ void round_to_bits(const typename S::type* src, size_t count, int mantissa_bits,
       round_float32_run(wide, piece, bits, dst + i);
     }
   }
-}
-
-template <class S>
-void narrow_sums(const float* src, size_t count, typename S::type* dst) {
-  narrow_from_float32<S>(src, count, dst);
 }
 
 #define LMUL_INSTANTIATE(S)                                                                                        \

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <iterator>
+#include <type_traits>
 
 #include "clamped_step.h"
 #include "lmul_arith.h"
@@ -181,8 +182,8 @@ inline size_t rows_per_pass(size_t ldb) { return ldb <= 256 ? kMaxRowsPerPass : 
 constexpr int vectors_per_chunk(int rows) { return rows == 1 ? 4 : rows == 2 ? 2 : 1; }
 
 // One pass's view of A: per row and k, A prepared by the chunk kernel (Chunks::prepare:
-// a - bias for one add), a's sign as +-1 (clamped passes) and a lane mask that skips the
-// products of a zero.
+// a - bias for one add), and for a zero's products a lane mask that skips them (one-add
+// passes) or a's sign as +-1, 0 for a zero (clamped passes).
 template <int R, class Mask>
 struct PassOfA {
   int prepared[kMaxRowsPerPass][R];
@@ -207,12 +208,13 @@ Pass block_pass(const uint32_t* a, size_t k, const OperandRange& a_range, const 
     for (size_t s = 0; s < steps; ++s) {
       for (int r = 0; r < R; ++r) {
         const uint32_t x = a[r * k + p0 + s];
+        const bool zero = (x & kMagnitudeMask) < kSmallestNormalBits;
         pass.prepared[s][r] = Chunks::prepare(x, bias);
         if constexpr (Chunks::kClamped) {
-          const bool zero = (x & kMagnitudeMask) < kSmallestNormalBits;
           pass.sign[s][r] = zero ? 0.0f : x & kSignBit ? -1.0f : 1.0f;
+        } else {
+          pass.lanes[s][r] = zero ? 0 : Chunks::kAllLanes;
         }
-        pass.lanes[s][r] = (x & kMagnitudeMask) >= kSmallestNormalBits ? Chunks::kAllLanes : 0;
       }
     }
     const float* rows = b + p0 * ldb;
@@ -477,30 +479,29 @@ FastBlock clamped_block_for(bool avx512, bool round) {
   return round ? block_pass<Avx2ClampedChunks<R, true>> : block_pass<Avx2ClampedChunks<R, false>>;
 }
 
-FastBlock select_clamped_block(size_t rows, bool avx512, bool round) {
+// pick(std::integral_constant<int, R>) for R = rows (1 to kSmallMMaxRows): the pass
+// instantiated for that many rows.
+template <class Pick>
+FastBlock for_rows(size_t rows, Pick pick) {
+  static_assert(kSmallMMaxRows == 8, "one case per row count");
   switch (rows) {
-    case 1: return clamped_block_for<1>(avx512, round);
-    case 2: return clamped_block_for<2>(avx512, round);
-    case 3: return clamped_block_for<3>(avx512, round);
-    case 4: return clamped_block_for<4>(avx512, round);
-    case 5: return clamped_block_for<5>(avx512, round);
-    case 6: return clamped_block_for<6>(avx512, round);
-    case 7: return clamped_block_for<7>(avx512, round);
-    default: return clamped_block_for<8>(avx512, round);
+    case 1: return pick(std::integral_constant<int, 1>{});
+    case 2: return pick(std::integral_constant<int, 2>{});
+    case 3: return pick(std::integral_constant<int, 3>{});
+    case 4: return pick(std::integral_constant<int, 4>{});
+    case 5: return pick(std::integral_constant<int, 5>{});
+    case 6: return pick(std::integral_constant<int, 6>{});
+    case 7: return pick(std::integral_constant<int, 7>{});
+    default: return pick(std::integral_constant<int, 8>{});
   }
 }
 
+FastBlock select_clamped_block(size_t rows, bool avx512, bool round) {
+  return for_rows(rows, [&](auto r) { return clamped_block_for<decltype(r)::value>(avx512, round); });
+}
+
 FastBlock select_fast_block(size_t rows, bool avx512, bool round, bool mask_a, bool mask_b) {
-  switch (rows) {
-    case 1: return fast_block_for<1>(avx512, round, mask_a, mask_b);
-    case 2: return fast_block_for<2>(avx512, round, mask_a, mask_b);
-    case 3: return fast_block_for<3>(avx512, round, mask_a, mask_b);
-    case 4: return fast_block_for<4>(avx512, round, mask_a, mask_b);
-    case 5: return fast_block_for<5>(avx512, round, mask_a, mask_b);
-    case 6: return fast_block_for<6>(avx512, round, mask_a, mask_b);
-    case 7: return fast_block_for<7>(avx512, round, mask_a, mask_b);
-    default: return fast_block_for<8>(avx512, round, mask_a, mask_b);
-  }
+  return for_rows(rows, [&](auto r) { return fast_block_for<decltype(r)::value>(avx512, round, mask_a, mask_b); });
 }
 
 #endif  // LMUL_HAVE_X86_SIMD
